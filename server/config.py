@@ -1,0 +1,80 @@
+"""The one settings object of the server and worker processes (env prefix CADDIE_)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CADDIE_", extra="ignore")
+
+    # Where the embedded default keeps its SQLite file, broker folders and run files.
+    data_dir: Path = Path(".caddie")
+    # None: SQLite in data_dir. e.g. postgresql+psycopg://user@127.0.0.1:5432/caddie
+    database_url: str | None = None
+    # None: Celery's filesystem transport in data_dir (one machine, no server needed).
+    redis_url: str | None = None
+
+    # Seconds between periodic reconciles (Celery beat) and between log polls of a run.
+    reconcile_interval_s: float = Field(default=5.0, gt=0)
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    # A worker's hold on a run row; another worker may take the run once it expires.
+    lease_s: float = Field(default=120.0, gt=0)
+
+    # ssh provider: hosts the operator owns, "user@host:port" separated by commas.
+    ssh_hosts: str = ""
+    ssh_key_file: Path | None = None
+    ssh_connect_attempts: int = Field(default=3, ge=1)
+    # Directory on the remote host under which each run gets its own folder.
+    ssh_workdir: str = "/tmp/caddie-runs"
+    # Python on the host that runs the trainer (needs the trainer extra installed).
+    remote_python: str = "python3"
+    # Python that runs the trainer for the local provider; default: this interpreter.
+    local_python: str = ""
+
+    # Extra seconds a run may take beyond its training and eval caps before it is killed.
+    run_grace_s: float = Field(default=300.0, ge=0)
+    # How far the trainer's own train time may exceed what the worker observed.
+    clock_tolerance_s: float = Field(default=30.0, ge=0)
+
+    @field_validator("database_url", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'caddie.db').resolve()}"
+
+    def runs_dir(self) -> Path:
+        """Where the worker keeps each run's downloaded files (log, results, artifact)."""
+        return (self.data_dir / "runs").resolve()
+
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    def broker_url(self) -> str:
+        return self.redis_url or "filesystem://"
+
+    def broker_transport_options(self) -> dict[str, object]:
+        if self.redis_url:
+            # Above any task's duration (tasks are short steps; see docs/architecture.md).
+            return {"visibility_timeout": 3600}
+        folder = self.broker_dir()
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "control_folder": str(folder / "control"),
+        }
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
