@@ -1,0 +1,1 @@
+"""The `caddie` command: start the stack, run the demo, apply migrations."""

@@ -1,0 +1,114 @@
+"""`caddie demo`: the whole path on one machine, offline, in a few minutes on 2 CPU cores.
+
+Corpus → SentencePiece tokenizer → official-format shards → the stack (`caddie up`'s
+processes) → an experiment of 3 seeds on the local provider with the `tiny` preset →
+progress while it runs → the leaderboard of seeds with the reasons it is not a record.
+"""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from cli.corpus import write_corpus
+from cli.stack import Stack
+from server.config import Settings
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+def prepare_data(work: Path, vocab_size: int) -> tuple[Path, Path]:
+    """Build (once) the demo's dataset folder and tokenizer; returns (data_path, tokenizer_path)."""
+    name = f"demo_sp{vocab_size}"
+    data_path = work / "data" / "datasets" / name
+    tokenizer = work / "data" / "tokenizers" / f"{name}.model"
+    if tokenizer.exists() and any(data_path.glob("fineweb_val_*.bin")):
+        return data_path, tokenizer
+    print("building the corpus from the Python standard library's docstrings ...", flush=True)
+    corpus = write_corpus(work / "corpus")
+    print(f"training a {vocab_size}-token SentencePiece BPE and writing shards ...", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "trainer", "data", "build", "--text", str(corpus),
+         "--vocab-size", str(vocab_size), "--out", str(work / "data"), "--name", name,
+         "--val-docs", "200"],
+        check=True,
+    )
+    return data_path, tokenizer
+
+
+def api(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"{method} {url} -> {error.code}: {error.read().decode()}") from error
+
+
+def follow(base: str, experiment_id: int, stack: Stack, timeout_s: float) -> dict[str, Any]:
+    """Print each run's state changes and progress until every run has ended."""
+    seen: dict[int, tuple[str, int]] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        experiment = api(f"{base}/api/experiments/{experiment_id}")
+        for run in experiment["runs"]:
+            state = (run["status"], run.get("log_offset") or 0)
+            if seen.get(run["id"], ("", -1))[0] != state[0]:
+                print(f"  seed {run['seed']:>5}  {run['status']}"
+                      + (f"  ({run['reason']})" if run.get("reason") else ""), flush=True)
+            seen[run["id"]] = state
+        if all(run["status"] in FINAL for run in experiment["runs"]) and experiment["status"] != "running":
+            return experiment
+        time.sleep(1.0)
+    raise RuntimeError(f"the demo experiment did not finish in {timeout_s:.0f} s")
+
+
+def print_leaderboard(board: dict[str, Any], experiment_id: int) -> None:
+    for entry in board["items"]:
+        if entry["id"] != experiment_id:
+            continue
+        print(f"\nexperiment {entry['id']} '{entry['name']}' preset={entry['preset']} "
+              f"provider={entry['provider']}")
+        print(f"{'seed':>6} {'status':>10} {'val_bpb':>9} {'val_loss':>9} {'bytes':>10} "
+              f"{'train s':>8} {'eval s':>7}  eligible")
+        for seed in entry["seeds"]:
+            print(f"{seed['seed']:>6} {seed['status']:>10} {_num(seed['val_bpb'], 4):>9} "
+                  f"{_num(seed['val_loss'], 4):>9} {_num(seed['bytes_total'], 0):>10} "
+                  f"{_num(seed['train_time_s'], 1):>8} {_num(seed['eval_time_s'], 1):>7}  "
+                  f"{'yes' if seed['eligible'] else 'no'}")
+        print(f"\nmean val_bpb {_num(entry['mean_val_bpb'], 4)} ± {_num(entry['std_val_bpb'], 4)} "
+              f"over {entry['n_succeeded']} seeds; record-eligible: "
+              f"{'yes' if entry['eligible'] else 'no'}")
+        for reason in entry["reasons"]:
+            print(f"  - {reason}")
+
+
+def _num(value: float | int | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def run_demo(settings: Settings, *, seeds: list[int], port: int, timeout_s: float) -> int:
+    work = settings.data_dir.resolve() / "demo"
+    data_path, tokenizer = prepare_data(work, vocab_size=512)
+    stack = Stack(settings, port=port, log_dir=settings.data_dir.resolve() / "logs")
+    print(f"starting the stack (API {stack.url}, worker, beat; logs in {stack.log_dir}) ...", flush=True)
+    stack.start()
+    try:
+        stack.wait_healthy()
+        spec = {"name": "demo", "author": "caddie-demo", "preset": "tiny",
+                "config": {"data_path": str(data_path), "tokenizer_path": str(tokenizer)},
+                "seeds": seeds, "provider": "local"}
+        experiment = api(f"{stack.url}/api/experiments", "POST", spec)
+        print(f"submitted experiment {experiment['id']} with seeds {seeds}", flush=True)
+        follow(stack.url, experiment["id"], stack, timeout_s)
+        print_leaderboard(api(f"{stack.url}/api/leaderboard?limit=100"), experiment["id"])
+    finally:
+        stack.stop()
+    return 0
