@@ -8,7 +8,8 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)  # stored naive, always UTC
+    # Aware, in UTC: SQLModel's datetime columns refuse naive values and read back UTC.
+    return datetime.now(UTC)
 
 
 class Experiment(SQLModel, table=True):

@@ -1,0 +1,26 @@
+"""The leaderboard of finished experiments."""
+
+from fastapi import APIRouter
+
+from server import leaderboard
+from server.api.deps import FilterText, Limit, Offset, SessionDep
+from server.leaderboard import LeaderboardPublic
+
+router = APIRouter(prefix="/leaderboard", tags=["leaderboard"])
+
+
+@router.get("")
+def read_leaderboard(
+    session: SessionDep,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    eligible: bool = False,
+    provider: FilterText = None,
+    preset: FilterText = None,
+    author: FilterText = None,
+) -> LeaderboardPublic:
+    """Finished experiments by mean val_bpb, lowest first; unscored ones last."""
+    return leaderboard.read_leaderboard(
+        session, limit=limit, offset=offset, eligible_only=eligible,
+        provider=provider, preset=preset, author=author,
+    )

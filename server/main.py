@@ -1,0 +1,56 @@
+"""Builds the FastAPI app: routers and error handlers. The schema is migrations' job."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from server.api import health
+from server.api.main import api_router
+from server.errors import CaddieError
+
+log = logging.getLogger(__name__)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Caddie",
+        summary="Runs OpenAI's Parameter Golf challenge: seeds, pods, verification, leaderboard.",
+        version="0.1.0",
+    )
+    app.include_router(api_router)
+    app.include_router(health.router)
+    app.add_exception_handler(CaddieError, _domain_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error)
+    return app
+
+
+async def _domain_error(_request: Request, exc: CaddieError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
+
+
+async def _invalid_input(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one entry per problem: where (`loc`, e.g. ["body", "seeds", 1]) and what.
+
+    The submitted value is not echoed back: it may be large, and the location names it.
+    """
+    detail = [
+        {"loc": list(error["loc"]), "msg": _message(error), "type": error["type"]}
+        for error in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def _message(error: dict) -> str:  # type: ignore[type-arg]
+    # Our validators already start with the field (`config.num_layers: ...`).
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+
+app = create_app()

@@ -1,0 +1,81 @@
+"""Rows for tests, written straight to the database (status included: this is setup,
+not the state machine under test).
+
+Each factory commits and leaves no transaction open: on SQLite every transaction takes
+the write lock, so an open one would block the API under test. Use a session with
+`expire_on_commit=False` so the returned rows stay readable.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlmodel import Session
+
+from server.models import Experiment, LogChunk, Run, RunEvent
+
+RECORD_GPU = "NVIDIA H100 80GB HBM3"
+SP1024_VAL_TOKENS = 62_021_632
+
+
+def make_experiment(
+    session: Session,
+    *,
+    name: str = "baseline 9x512",
+    author: str = "ada",
+    preset: str = "baseline",
+    provider: str = "local",
+    seeds: Sequence[int] = (1337, 42, 7),
+    config: dict[str, Any] | None = None,
+    **fields: Any,
+) -> Experiment:
+    """An experiment with no runs yet (see make_run)."""
+    experiment = Experiment(name=name, author=author, preset=preset, provider=provider,
+                            seeds=list(seeds), config=config or {}, **fields)
+    session.add(experiment)
+    session.commit()
+    return experiment
+
+
+def make_run(session: Session, experiment: Experiment, *, seed: int, status: str = "queued",
+             **fields: Any) -> Run:
+    run = Run(experiment_id=experiment.id, seed=seed, status=status, **fields)
+    session.add(run)
+    session.flush()
+    session.add(RunEvent(run_id=run.id, from_status=None, to_status="queued"))
+    session.commit()
+    return run
+
+
+def make_scored_run(session: Session, experiment: Experiment, *, seed: int, val_bpb: float,
+                    status: str = "succeeded", **fields: Any) -> Run:
+    """A run as the worker leaves it after verifying: measured, eligible unless told."""
+    measured: dict[str, Any] = {
+        "val_bpb": val_bpb,
+        "val_loss": val_bpb * 1.69,  # roughly sp1024's bytes per token times ln 2
+        "bytes_total": 15_800_000,
+        "code_bytes": 50_000,
+        "model_bytes": 15_750_000,
+        "train_time_s": 599.0,
+        "eval_time_s": 120.0,
+        "val_tokens": SP1024_VAL_TOKENS,
+        "gpu_name": RECORD_GPU,
+        "gpu_count": 8,
+        "eligible": True,
+        "reasons": [],
+    }
+    return make_run(session, experiment, seed=seed, status=status, **(measured | fields))
+
+
+def make_log(session: Session, run: Run, chunks: Sequence[str]) -> list[LogChunk]:
+    """Store `chunks` (each whole lines) back to back as the run's train.log."""
+    rows = []
+    offset = run.log_offset
+    for text in chunks:
+        nbytes = len(text.encode("utf-8"))
+        rows.append(LogChunk(run_id=run.id, offset=offset, nbytes=nbytes, text=text))
+        offset += nbytes
+    session.add_all(rows)
+    run.log_offset = offset
+    session.add(run)
+    session.commit()
+    return rows

@@ -1,0 +1,58 @@
+"""The app as a whole: health, OpenAPI, and no traceback ever reaching a user."""
+
+import logging
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+from sqlmodel import Session
+
+from server.db import get_session
+from server.main import create_app
+
+
+def test_healthz_answers_when_the_database_does(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_healthz_is_503_when_the_database_is_gone(settings_env: None) -> None:
+    dead = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    app = create_app()
+
+    def session_on_dead_database():  # type: ignore[no-untyped-def]
+        with Session(dead) as session:
+            yield session
+
+    app.dependency_overrides[get_session] = session_on_dead_database
+    with TestClient(app) as client:
+        response = client.get("/healthz")
+    assert (response.status_code, response.json()) == (503, {"detail": "database unavailable"})
+
+
+def test_unexpected_errors_are_500_without_a_traceback(
+    settings_env: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app()
+
+    def broken_session():  # type: ignore[no-untyped-def]
+        raise RuntimeError("secret connection string postgres://u:pw@db")
+        yield
+
+    app.dependency_overrides[get_session] = broken_session
+    with caplog.at_level(logging.ERROR, logger="server.main"), \
+            TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/api/experiments")
+    assert (response.status_code, response.json()) == (500, {"detail": "internal error"})
+    assert "pw@db" not in response.text
+    assert "GET /api/experiments" in caplog.text
+
+
+def test_openapi_lists_every_operation(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths) == {
+        "/api/experiments", "/api/experiments/{experiment_id}",
+        "/api/experiments/{experiment_id}/cancel", "/api/runs/{run_id}",
+        "/api/runs/{run_id}/log", "/api/runs/{run_id}/cancel", "/api/leaderboard", "/healthz",
+    }
+    assert set(paths["/api/experiments"]) == {"get", "post"}
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,153 @@
+"""GET /api/leaderboard: ranking, per-experiment numbers, every seed, filters, pages."""
+
+import statistics
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from server.experiments import finalize_experiment
+from server.leaderboard import read_leaderboard
+from server.models import Experiment
+from tests.factories import make_experiment, make_run, make_scored_run
+
+
+def finished(session: Session, name: str, scores: list[float], *, author: str = "ada",
+             provider: str = "local", preset: str = "baseline", **run_fields: Any) -> Experiment:
+    """An experiment whose seeds all succeeded with `scores`, finalized for real."""
+    seeds = list(range(1, len(scores) + 1))
+    experiment = make_experiment(session, name=name, author=author, provider=provider,
+                                 preset=preset, seeds=seeds)
+    for seed, score in zip(seeds, scores, strict=True):
+        make_scored_run(session, experiment, seed=seed, val_bpb=score, **run_fields)
+    assert finalize_experiment(session, experiment.id)
+    return experiment
+
+
+def board(client: TestClient, **params: Any) -> dict[str, Any]:
+    response = client.get("/api/leaderboard", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_ranked_by_mean_val_bpb_with_unscored_last(client: TestClient, session: Session) -> None:
+    middle = finished(session, "middle", [1.22, 1.23, 1.24])
+    best = finished(session, "best", [1.10, 1.12, 1.11])
+    worst = finished(session, "worst", [1.30, 1.31, 1.29])
+    unscored = make_experiment(session, name="unscored", seeds=[1])
+    make_run(session, unscored, seed=1, status="failed", reason="trainer exited with code 1")
+    finalize_experiment(session, unscored.id)
+    running = make_experiment(session, name="running", seeds=[1])
+    make_run(session, running, seed=1, status="running")
+
+    body = board(client)
+
+    assert body["count"] == 4
+    assert [e["name"] for e in body["data"]] == ["best", "middle", "worst", "unscored"]
+    assert [e["rank"] for e in body["data"]] == [1, 2, 3, None]
+    assert [e["experiment_id"] for e in body["data"][:3]] == [best.id, middle.id, worst.id]
+
+
+def test_entry_numbers_and_seed_rows(client: TestClient, session: Session) -> None:
+    experiment = make_experiment(session, name="mixed", seeds=[7, 8, 9, 10])
+    rows = [
+        make_scored_run(session, experiment, seed=7, val_bpb=1.21, bytes_total=15_000_000,
+                        train_time_s=580.5, eval_time_s=100.0),
+        make_scored_run(session, experiment, seed=8, val_bpb=1.23, bytes_total=15_900_000,
+                        train_time_s=599.9, eval_time_s=90.0),
+        make_scored_run(session, experiment, seed=9, val_bpb=1.22, bytes_total=15_100_000,
+                        train_time_s=570.0, eval_time_s=130.5, eligible=False,
+                        reasons=["train time unknown"]),
+        make_run(session, experiment, seed=10, status="failed", reason="pod lost",
+                 bytes_total=99_000_000),
+    ]
+    finalize_experiment(session, experiment.id)
+
+    (entry,) = board(client)["data"]
+
+    scores = [1.21, 1.23, 1.22]
+    assert entry["n"] == 3
+    assert entry["mean_val_bpb"] == pytest.approx(statistics.mean(scores))
+    assert entry["std_val_bpb"] == pytest.approx(statistics.stdev(scores))
+    # Maxima are over the seeds that succeeded: the failed seed's bytes do not count.
+    assert (entry["max_bytes_total"], entry["max_train_time_s"], entry["max_eval_time_s"]) == (
+        15_900_000, 599.9, 130.5)
+    assert entry["eligible"] is False
+    assert entry["reasons"] == ["seed 9: train time unknown", "seed 10: failed: pod lost"]
+    seeds = entry["seeds"]
+    assert [s["seed"] for s in seeds] == [7, 8, 9, 10]
+    assert [s["run_id"] for s in seeds] == [row.id for row in rows]
+    assert seeds[2] == {
+        "run_id": rows[2].id, "seed": 9, "status": "succeeded", "val_bpb": 1.22,
+        "val_loss": rows[2].val_loss, "bytes_total": 15_100_000, "train_time_s": 570.0,
+        "eval_time_s": 130.5, "eligible": False, "reasons": ["train time unknown"],
+    }
+    assert (seeds[3]["status"], seeds[3]["val_bpb"]) == ("failed", None)
+
+
+def test_filters(client: TestClient, session: Session) -> None:
+    finished(session, "eligible", [1.2, 1.2, 1.2], author="ada", provider="ssh")
+    finished(session, "two seeds", [1.1, 1.1], author="bob")
+    finished(session, "tiny", [1.5, 1.5, 1.5], author="ada", preset="tiny")
+
+    def names(**params: Any) -> list[str]:
+        return [e["name"] for e in board(client, **params)["data"]]
+
+    assert names(eligible=True) == ["eligible", "tiny"]
+    assert names(author="ada") == ["eligible", "tiny"]
+    assert names(provider="ssh") == ["eligible"]
+    assert names(preset="tiny") == ["tiny"]
+    assert names(author="ada", eligible=True, preset="baseline") == ["eligible"]
+    assert names(author="nobody") == []
+
+
+def test_pages_keep_ranks_and_count(client: TestClient, session: Session) -> None:
+    for index in range(5):
+        finished(session, f"e{index}", [1.0 + index / 10] * 3)
+
+    first = board(client, limit=2)
+    second = board(client, limit=2, offset=2)
+    last = board(client, limit=2, offset=4)
+
+    assert [e["name"] for e in first["data"] + second["data"] + last["data"]] == [
+        "e0", "e1", "e2", "e3", "e4"]
+    assert [e["rank"] for e in second["data"]] == [3, 4]
+    assert (first["count"], second["count"], last["count"]) == (5, 5, 5)
+    assert board(client, limit=2, offset=10)["data"] == []
+
+
+def test_bad_parameters_are_422(client: TestClient) -> None:
+    for params, name in [({"limit": 0}, "limit"), ({"offset": -3}, "offset"),
+                         ({"eligible": "maybe"}, "eligible"), ({"author": "a\x00"}, "author")]:
+        response = client.get("/api/leaderboard", params=params)
+        assert response.status_code == 422, params
+        assert ["query", name] in [p["loc"] for p in response.json()["detail"]]
+
+
+def test_a_page_costs_the_same_queries_however_many_experiments(
+    engine: Engine, session: Session
+) -> None:
+    def statements_for_page() -> int:
+        seen: list[str] = []
+
+        def count(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+            seen.append(statement)
+
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            with Session(engine) as reader:
+                read_leaderboard(reader, limit=50, offset=0)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        return sum(1 for s in seen if s.lstrip().upper().startswith("SELECT"))
+
+    finished(session, "one", [1.2, 1.2, 1.2])
+    few = statements_for_page()
+    for index in range(6):
+        finished(session, f"more{index}", [1.3] * 4)
+    many = statements_for_page()
+
+    assert few == many == 3  # count, page, runs of the page
