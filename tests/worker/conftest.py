@@ -1,0 +1,90 @@
+"""Worker fixtures: a fresh database (SQLite, or PostgreSQL with param "postgres"), settings
+in a tmp data dir, and a director whose trainer bundle is the stand-in in fake_trainer/."""
+
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel
+
+from server.config import Settings
+from server.db import make_engine
+from tests.sshd import Sshd
+from tests.worker.harness import FAKE_TRAINER
+from worker.bundle import TrainerBundle
+from worker.director import RunDirector
+
+# A database the test user may connect to and create databases from (trust auth).
+POSTGRES_ADMIN_URL = os.environ.get("CADDIE_TEST_POSTGRES_URL",
+                                    "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A fresh database with every table: a SQLite file, or with param "postgres" a new
+    PostgreSQL database dropped after the test."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        with _postgres_database() as url:
+            yield from _tables(make_engine(url))
+        return
+    yield from _tables(make_engine(f"sqlite:///{tmp_path / 'caddie.db'}"))
+
+
+def _tables(engine: Engine) -> Iterator[Engine]:
+    SQLModel.metadata.create_all(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _postgres_database() -> Iterator[str]:
+    name = f"caddie_worker_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", poll_interval_s=0.05, lease_s=60, run_grace_s=30,
+                    ssh_connect_attempts=3)
+
+
+@pytest.fixture
+def ssh_settings(settings: Settings, sshd: Sshd, tmp_path: Path) -> Settings:
+    return settings.model_copy(update={
+        "ssh_hosts": sshd.target, "ssh_key_file": sshd.key_path,
+        "ssh_workdir": str(tmp_path / "ssh-pod"), "remote_python": sys.executable,
+    })
+
+
+class Finalized(list[int]):
+    """Stands in for server.experiments.finalize_experiment: records the ids it was given."""
+
+    def __call__(self, session: Session, experiment_id: int) -> bool:
+        self.append(experiment_id)
+        return True
+
+
+@pytest.fixture
+def finalized() -> Finalized:
+    return Finalized()
+
+
+@pytest.fixture
+def director(settings: Settings, engine: Engine, finalized: Finalized) -> RunDirector:
+    return RunDirector(settings, engine, bundle=TrainerBundle(FAKE_TRAINER), finalize=finalized)

@@ -1,0 +1,1 @@
+"""A stand-in trainer for the worker's tests: same command line and files as the real one."""

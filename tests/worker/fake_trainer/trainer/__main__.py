@@ -1,0 +1,66 @@
+"""`python -m trainer train --config run.json --out DIR`, faking a training run.
+
+The run.json key `fake_mode` picks the behaviour: "ok" (default) writes every file a real
+run writes; "crash" logs a little and exits with `fake_exit_code`; "sleep" logs one line
+and sleeps until killed. `fake_log_lines` sets how many log lines an "ok" run writes, `fake_results` overrides
+keys of results.json and `fake_no_artifact` leaves the artifact out.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="trainer")
+    parser.add_argument("command", choices=["train"])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    config = json.loads(Path(args.config).read_text())
+    out = Path(args.out)
+    with open(out / "starts", "a") as starts:  # one line per trainer process ever started
+        starts.write(f"{os.getpid()}\n")
+    log = open(out / "train.log", "w", encoding="utf-8")
+    log.write(f"seed:{config['seed']} run_id:{config['run_id']} preset:{config['preset']} µ-check ✓\n")
+    log.write("env_secret:" + os.environ.get("CADDIE_SECRET_PROBE", "absent") + "\n")
+    log.flush()
+    mode = config.get("fake_mode", "ok")
+    if mode == "crash":
+        log.write("step:1/10 train_loss:9.0\nstep:2/10 train_loss:nan\n")
+        log.close()
+        print("Traceback (most recent call last):\nValueError: loss became nan", file=sys.stderr)
+        return int(config.get("fake_exit_code", 3))
+    if mode == "sleep":
+        print("sleeping", flush=True)
+        time.sleep(300)
+        return 0
+    for step in range(int(config.get("fake_log_lines", 20))):
+        log.write(f"step:{step}/1000 train_loss:{5.0 - step * 1e-4:.4f} train_time:{step}ms step_avg:1.00ms\n")
+        if step == 5:
+            log.flush()
+            time.sleep(float(config.get("fake_pause_s", 0.0)))
+    artifact = hashlib.sha256(str(config["seed"]).encode()).digest() * 100
+    if not config.get("fake_no_artifact"):
+        (out / "final_model.int8.ptz").write_bytes(artifact)
+    with open(out / "metrics.jsonl", "w") as metrics:
+        metrics.write(json.dumps({"event": "final", "val_loss": 2.5, "val_bpb": 1.48}) + "\n")
+    results = {
+        "val_loss": 2.5, "val_bpb": 1.48, "pre_quant_val_bpb": 1.47, "steps": 1000,
+        "train_time_s": 0.5, "eval_time_s": 0.25, "val_tokens": 62_021_632,
+        "artifact_file": "final_model.int8.ptz", "artifact_sha256": hashlib.sha256(artifact).hexdigest(),
+        "seed": config["seed"], "config": config,
+    }
+    results.update(config.get("fake_results", {}))
+    (out / "results.json").write_text(json.dumps(results))
+    log.write("final_int8_zlib_roundtrip_exact val_loss:2.5 val_bpb:1.48\nno newline at the end")
+    log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

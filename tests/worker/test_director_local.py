@@ -1,0 +1,236 @@
+"""The director with the local provider: the pod is this machine, the trainer a subprocess."""
+
+import json
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlmodel import Session, select
+
+from server.models import LogChunk, Pod, Run, RunEvent, utcnow
+from server.runs import acquire_lease, release_lease, update_run
+from server.states import FINAL_RUN_STATUSES, RUN_PATH, RunStatus
+from tests.worker.harness import FAKE_TRAINER, drive, new_run, read_run
+from worker import launcher
+from worker.bundle import TrainerBundle, code_digest
+
+FINAL = set(FINAL_RUN_STATUSES)
+
+
+def stored_log(engine, run_id: int) -> str:
+    with Session(engine) as session:
+        chunks = session.exec(select(LogChunk).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)).all()
+    offset = 0
+    for chunk in chunks:
+        assert chunk.offset == offset, "chunks must be contiguous"
+        offset += chunk.nbytes
+    return "".join(c.text for c in chunks)
+
+
+def process_gone(pid: int) -> bool:
+    """True when the pid is gone or only a zombie is left of it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def wait_for(path: Path, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+                         indirect=True)
+def test_run_goes_through_every_state_and_is_verified(director, engine, settings, finalized):
+    run_id = new_run(engine, fake_log_lines=30_000)  # ~1.7 MB of log: several chunks
+    run = drive(director, run_id, until=FINAL)
+
+    assert run.status == "succeeded", run.reason
+    with Session(engine) as session:
+        events = session.exec(select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)).all()
+        pod = session.get(Pod, run.pod_id)
+    assert [e.to_status for e in events] == [s.value for s in RUN_PATH]
+    train_log = Path(run.remote_dir, "train.log").read_bytes()
+    assert stored_log(engine, run_id).encode() == train_log
+    assert run.log_offset == len(train_log)
+    expected_code_bytes, expected_sha = code_digest(TrainerBundle(FAKE_TRAINER).files())
+    artifact = Path(run.remote_dir, "final_model.int8.ptz").read_bytes()
+    assert (run.code_bytes, run.code_sha256) == (expected_code_bytes, expected_sha)
+    assert run.model_bytes == len(artifact) and run.bytes_total == expected_code_bytes + len(artifact)
+    assert (run.val_bpb, run.val_loss, run.steps, run.val_tokens) == (1.48, 2.5, 1000, 62_021_632)
+    assert run.exit_code == 0 and run.started_at <= run.exited_at
+    # No GPU here: the worker's own preflight says so, and the rules say why it is not a record.
+    assert (run.gpu_name, run.gpu_count) == (None, 0)
+    assert run.eligible is False and run.reasons == ["hardware no GPU is not 8×H100"]
+    assert run.results["worker"]["preflight"]["python"].count(".") == 2
+    assert pod.name == f"caddie-run-{run_id}" and pod.status == "terminated"
+    # Once on leaving the queue (the experiment starts), once at the end.
+    assert finalized == [read_run(engine, run_id).experiment_id] * 2
+    assert (settings.runs_dir() / str(run_id) / "results.json").is_file()
+
+
+def test_the_pod_environment_carries_none_of_the_workers_variables(director, engine, monkeypatch):
+    monkeypatch.setenv("CADDIE_SECRET_PROBE", "s3cret")
+    run_id = new_run(engine)
+    run = drive(director, run_id, until=FINAL)
+    assert "env_secret:absent" in stored_log(engine, run_id)
+    assert "s3cret" not in Path(run.remote_dir, "launch.sh").read_text()
+
+
+def test_a_redelivered_upload_step_launches_no_second_trainer(director, engine):
+    run_id = new_run(engine, fake_mode="sleep")
+    drive(director, run_id, until={RunStatus.uploading})
+    with Session(engine) as session:
+        fence = acquire_lease(session, run_id, owner="w1", lease_s=60)
+    assert director.step(run_id, fence) == 0
+    with Session(engine) as session:
+        release_lease(session, run_id, fence=fence, next_check_at=None)
+    run = read_run(engine, run_id)
+    assert run.status == "running"
+    wait_for(Path(run.remote_dir, "starts"))
+    # The worker died after launching but before its transition committed: the message is
+    # delivered again and finds the run still uploading.
+    with Session(engine) as session:
+        session.execute(update(Run).where(Run.id == run_id).values(status="uploading"))
+        session.commit()
+    assert director.advance(run_id) is True
+    assert read_run(engine, run_id).status == "running"
+    assert director.advance(run_id) is False  # a duplicate of the step: just a poll now
+    assert launcher.launch(director_remote(), run.remote_dir) is False
+    time.sleep(0.3)
+    assert len(Path(run.remote_dir, "starts").read_text().split()) == 1
+    with Session(engine) as session:
+        update_run(session, run_id, fence=None, cancel_requested=True)
+    assert drive(director, run_id, until=FINAL).status == "cancelled"
+
+
+def test_a_stale_fence_cannot_launch_or_write(director, engine):
+    run_id = new_run(engine, fake_mode="sleep")
+    drive(director, run_id, until={RunStatus.uploading})
+    with Session(engine) as session:
+        old = acquire_lease(session, run_id, owner="slow-worker", lease_s=60)
+        update_run(session, run_id, fence=old, lease_expires_at=utcnow() - timedelta(seconds=1))
+        new = acquire_lease(session, run_id, owner="new-worker", lease_s=60)
+    assert new == old + 1
+    with pytest.raises(Exception) as lost:
+        director.step(run_id, old)
+    assert type(lost.value).__name__ == "LeaseLost"
+    run = read_run(engine, run_id)
+    assert run.status == "uploading" and not Path(run.remote_dir or "/nonexistent", "launched").exists()
+    director.step(run_id, new)
+    run = read_run(engine, run_id)
+    wait_for(Path(run.remote_dir, "train.log"))
+    for _ in range(500):  # until the trainer has written a first whole line
+        if b"\n" in Path(run.remote_dir, "train.log").read_bytes():
+            break
+        time.sleep(0.02)
+    with pytest.raises(Exception) as lost_again:
+        director.step(run_id, old)
+    assert type(lost_again.value).__name__ == "LeaseLost"
+    assert len(Path(run.remote_dir, "starts").read_text().split()) == 1
+    with Session(engine) as session:
+        update_run(session, run_id, fence=None, cancel_requested=True, lease_owner=None)
+    assert drive(director, run_id, until=FINAL).status == "cancelled"
+
+
+@pytest.mark.parametrize(("code", "reason"), [
+    (3, "trainer exited with code 3"),
+    (124, "trainer exited with code 124 (stopped at its wall-clock deadline)"),
+])
+def test_a_crashing_trainer_fails_the_run_with_its_exit_code_and_last_lines(director, engine, code, reason):
+    run_id = new_run(engine, fake_mode="crash", fake_exit_code=code)
+    run = drive(director, run_id, until=FINAL)
+    assert run.status == "failed"
+    assert run.reason == reason
+    assert run.exit_code == code and run.exited_at is not None
+    assert "step:2/10 train_loss:nan" in run.last_log_lines
+    assert "ValueError: loss became nan" in run.last_log_lines
+    assert read_pod(engine, run).status == "terminated"
+
+
+def test_cancel_while_running_stops_the_trainer(director, engine):
+    run_id = new_run(engine, fake_mode="sleep")
+    run = drive(director, run_id, until={RunStatus.running})
+    wait_for(Path(run.remote_dir, "trainer_pid"))
+    wait_for(Path(run.remote_dir, "starts"))
+    wait_for(Path(run.remote_dir, "heartbeat"))
+    assert abs(int(Path(run.remote_dir, "heartbeat").read_text()) - time.time()) < 30
+    launcher_pid = int(Path(run.remote_dir, "pid").read_text())
+    trainer_pid = int(Path(run.remote_dir, "starts").read_text())
+    assert not process_gone(trainer_pid)
+    with Session(engine) as session:
+        update_run(session, run_id, fence=None, cancel_requested=True)
+    run = drive(director, run_id, until=FINAL, timeout_s=15)
+    assert run.status == "cancelled" and run.reason == "cancelled on request"
+    assert process_gone(trainer_pid) and process_gone(launcher_pid)
+    assert read_pod(engine, run).status == "terminated"
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"fake_no_artifact": True}, "the run produced no artifact (final_model.int8.ptz is missing)"),
+        ({"fake_results": {"val_bpb": "1.2"}}, "results.json is corrupt: val_bpb = '1.2' is not a finite number"),
+        ({"fake_results": {"steps": 10.5}}, "results.json is corrupt: steps = 10.5 is not a finite integer"),
+    ],
+)
+def test_bad_results_fail_the_run_with_a_reason(director, engine, config, reason):
+    run = drive(director, new_run(engine, **config), until=FINAL)
+    assert (run.status, run.reason) == ("failed", reason)
+
+
+def test_rules_use_the_workers_measurements(director, engine):
+    # The trainer claims 700 s of training inside a process that lived a second or two.
+    run = drive(director, new_run(engine, fake_results={"train_time_s": 700.0}), until=FINAL)
+    assert run.status == "succeeded" and run.eligible is False
+    assert "train time 700.0 s > 600 s" in run.reasons
+    assert any(r.startswith("clocks disagree") for r in run.reasons)
+
+
+def test_an_unknown_provider_fails_the_run_clearly(director, engine):
+    run = drive(director, new_run(engine, provider="moon"), until=FINAL)
+    assert run.status == "failed" and run.reason == "unknown provider 'moon' (known: local, ssh)"
+
+
+def test_run_json_holds_preset_overrides_seed_and_run_id(director, engine):
+    run_id = new_run(engine, seed=11, fake_mode="crash", num_layers=3)
+    run = drive(director, run_id, until=FINAL)
+    config = json.loads(Path(run.remote_dir, "run.json").read_text())
+    assert config == {"preset": "tiny", "fake_mode": "crash", "num_layers": 3, "seed": 11,
+                      "run_id": str(run_id)}
+
+
+def read_pod(engine, run):
+    with Session(engine) as session:
+        return session.get(Pod, run.pod_id)
+
+
+def director_remote():
+    from worker.providers.local import LocalRemote
+
+    return LocalRemote()
+
+
+def test_stop_is_bounded_and_kills_a_trainer_that_ignores_term(tmp_path):
+    remote = director_remote()
+    (tmp_path / "run").mkdir()
+    run_dir = str(tmp_path / "run")
+    script = "trap '' TERM; echo $$ > pid; sleep 60 & wait"
+    remote.run(f"cd {run_dir}; setsid bash -c \"{script}\" </dev/null >/dev/null 2>&1 &", timeout_s=10)
+    wait_for(tmp_path / "run" / "pid")
+    pid = int((tmp_path / "run" / "pid").read_text())
+    started = time.monotonic()
+    launcher.stop(remote, run_dir, grace_s=0.5)
+    assert time.monotonic() - started < 5
+    deadline = time.monotonic() + 5
+    while not process_gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_gone(pid)
+    assert os.path.exists(tmp_path / "run" / "pid")

@@ -1,0 +1,506 @@
+"""RunDirector: moves one run one step along its lifecycle, one method per state.
+
+    queued → provisioning → connecting → uploading → running → collecting → verifying
+           → succeeded | failed | cancelled
+
+Each call of `advance` takes the run's lease, re-reads the row, does the step for the
+state it finds, writes with the lease's fence and gives the lease back with the time of
+the next look. Steps are idempotent: a redelivered step finds the pod row, the launched
+marker and the stored log offset of the earlier attempt and carries on from there.
+
+Not in charge of: queueing (worker.tasks), waking runs (worker.reconciler), the rules of
+eligibility (server.eligibility) or experiment statistics (server.experiments).
+"""
+
+import hashlib
+import json
+import logging
+import math
+import re
+import shlex
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+import trainer.contract as contract
+from server.config import Settings
+from server.eligibility import Measurements, run_reasons
+from server.errors import Conflict, LeaseLost
+from server.models import Experiment, LogChunk, Pod, Run, utcnow
+from server.runs import acquire_lease, get_run, release_lease, transition, update_run
+from server.states import FINAL_RUN_STATUSES, PodStatus, RunStatus
+from worker import launcher
+from worker.bundle import TrainerBundle, code_digest, default_bundle, run_config, run_deadline_s
+from worker.errors import ConnectError, StepFailed
+from worker.providers import ACTIVE_POD_STATUSES, Provider, get_provider
+from worker.remote import Remote
+
+log = logging.getLogger(__name__)
+
+LOG_CHUNK_BYTES = 1024 * 1024  # read from train.log per request
+LOG_CHUNKS_PER_STEP = 8  # then let other runs have the worker; the next step goes on at once
+LAST_LINES = 40
+MANIFEST = "code_manifest.json"  # {path under code/: {"bytes", "sha256"}} of the uploaded bundle
+_CODE_PATH = re.compile(r"^[A-Za-z0-9_]+/[A-Za-z0-9_.-]+$")
+
+# A step returns the seconds until the run's next look (0: go on at once), or None when
+# the run has ended.
+Delay = float | None
+
+
+class RunDirector:
+    def __init__(self, settings: Settings, engine: Engine, *, bundle: TrainerBundle | None = None,
+                 finalize: Callable[[Session, int], Any] | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.bundle = default_bundle() if bundle is None else bundle
+        self.finalize = _finalize_experiment if finalize is None else finalize
+        self.owner = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+        self._steps: dict[RunStatus, Callable[[Run, int], Delay]] = {
+            RunStatus.queued: self.queued,
+            RunStatus.provisioning: self.provisioning,
+            RunStatus.connecting: self.connecting,
+            RunStatus.uploading: self.uploading,
+            RunStatus.running: self.running,
+            RunStatus.collecting: self.collecting,
+            RunStatus.verifying: self.verifying,
+        }
+
+    # --- one step, under the lease ------------------------------------------------------
+
+    def advance(self, run_id: int) -> bool:
+        """Take one step of the run; True when its next step may start at once."""
+        with Session(self.engine) as session:
+            fence = acquire_lease(session, run_id, owner=self.owner, lease_s=self.settings.lease_s)
+        if fence is None:
+            return False  # ended, or another worker holds it
+        try:
+            delay = self.step(run_id, fence)
+            if delay is None:
+                self._finish_quietly(run_id)
+                return False
+            with Session(self.engine) as session:
+                release_lease(session, run_id, fence=fence,
+                              next_check_at=utcnow() + timedelta(seconds=delay))
+        except Conflict as exc:  # LeaseLost, or InvalidTransition: the row moved under us
+            log.info("run %s: %s; leaving it to its new owner", run_id, exc.message)
+            return False
+        return delay == 0
+
+    def step(self, run_id: int, fence: int) -> Delay:
+        """Do what the run's current state asks; failures end the run with a reason."""
+        run = self._load(Run, run_id)
+        status = RunStatus(run.status)
+        if status in FINAL_RUN_STATUSES:
+            return None
+        try:
+            if run.cancel_requested:
+                return self.cancel(run, fence)
+            return self._steps[status](run, fence)
+        except (Conflict, SoftTimeLimitExceeded):
+            raise  # another worker has the run, or this step ran too long: its lease expires
+        except ConnectError as exc:
+            return self._retry_connect(run, fence, exc)
+        except StepFailed as exc:
+            return self._fail(run, fence, exc.reason)
+        except Exception as exc:
+            log.exception("run %s: %s step crashed", run_id, status)
+            return self._fail(run, fence, f"internal error while {status}: {type(exc).__name__}")
+
+    # --- the states ---------------------------------------------------------------------
+
+    def queued(self, run: Run, fence: int) -> Delay:
+        self._move(run, fence, RunStatus.provisioning)
+        with Session(self.engine) as session:
+            self.finalize(session, run.experiment_id)  # marks the experiment running
+        return 0
+
+    def provisioning(self, run: Run, fence: int) -> Delay:
+        experiment = self._load(Experiment, run.experiment_id)
+        provider = get_provider(experiment.provider, self.settings)
+        deadline_at = utcnow() + timedelta(seconds=self._deadline_s(run) + 900)
+        # One session at a time: on SQLite every transaction takes the write lock (BEGIN IMMEDIATE).
+        with Session(self.engine) as session:
+            pod = self._pod_row(session, run, provider, deadline_at)
+            if pod.host is None and not provider.assign_host(session, pod):
+                log.info("run %s: no %s host free yet", run.id, provider.name)
+                return self.settings.poll_interval_s
+            update_run(session, run.id, fence=fence, pod_id=pod.id, attempts=0)
+        self._move(run, fence, RunStatus.connecting)
+        return 0
+
+    def connecting(self, run: Run, fence: int) -> Delay:
+        with self._remote(run, fence) as (remote, provider):
+            gpus = remote.run("nvidia-smi --query-gpu=name --format=csv,noheader", timeout_s=60)
+            python = remote.run(f"{shlex.quote(provider.python)} -c 'import sys; print(sys.version.split()[0])'",
+                                timeout_s=60)
+        if not python.ok:
+            raise StepFailed(f"python {provider.python!r} does not run on the pod: "
+                             f"{python.stderr.strip()[-200:] or f'exit code {python.exit_code}'}")
+        names = [line.strip() for line in gpus.stdout.splitlines() if line.strip()] if gpus.ok else []
+        preflight = {"python": python.stdout.strip(), "gpus": names}
+        self._move(run, fence, RunStatus.uploading, gpu_name=names[0] if names else None,
+                   gpu_count=len(names), attempts=0, results={"worker": {"preflight": preflight}})
+        return 0
+
+    def uploading(self, run: Run, fence: int) -> Delay:
+        experiment = self._load(Experiment, run.experiment_id)
+        files = self.bundle.files()
+        code_bytes, code_sha256 = code_digest(files)
+        config = run_config(experiment, run)
+        with self._remote(run, fence) as (remote, provider):
+            run_dir = f"{provider.workdir}/run-{run.id}"
+            folders = sorted({f"{run_dir}/code/{rel.rsplit('/', 1)[0]}" for rel in files})
+            self._must(remote, "mkdir -p " + " ".join(shlex.quote(f) for f in folders))
+            if not remote.exists(f"{run_dir}/launched"):
+                self._upload(remote, run_dir, files, config, provider)
+            with Session(self.engine) as session:
+                update_run(session, run.id, fence=fence, remote_dir=run_dir, code_bytes=code_bytes,
+                           code_sha256=code_sha256, started_at=run.started_at or utcnow())
+            if not launcher.launch(remote, run_dir):
+                log.info("run %s: trainer already launched; not starting another", run.id)
+        self._set_pod_status(run, PodStatus.busy)
+        self._move(run, fence, RunStatus.running, attempts=0)
+        return 0
+
+    def running(self, run: Run, fence: int) -> Delay:
+        assert run.remote_dir is not None
+        with self._remote(run, fence) as (remote, _):
+            more = self._pull_log(remote, run, fence, final=False)
+            trainer = launcher.trainer_state(remote, run.remote_dir)
+            if trainer.state == "exited" and trainer.exit_code != 0:
+                lines = launcher.last_lines(remote, run.remote_dir,
+                                            (contract.TRAIN_LOG, "trainer.out"), lines=LAST_LINES)
+                return self._fail(run, fence, _exit_reason(trainer.exit_code), exit_code=trainer.exit_code,
+                                  exited_at=utcnow(), last_log_lines=lines)
+            if trainer.state == "gone":
+                raise StepFailed("the trainer process vanished without an exit code")
+            if trainer.state != "exited" and self._overdue(run):
+                launcher.stop(remote, run.remote_dir)
+                raise StepFailed("the run passed its deadline on the worker's clock and was stopped")
+        if trainer.state == "exited":
+            self._move(run, fence, RunStatus.collecting, exit_code=0, exited_at=utcnow())
+            return 0
+        if run.attempts:
+            self._update(run, fence, attempts=0)
+        return 0 if more else self.settings.poll_interval_s
+
+    def collecting(self, run: Run, fence: int) -> Delay:
+        assert run.remote_dir is not None
+        local = self._local_dir(run)
+        with self._remote(run, fence) as (remote, _):
+            self._pull_log(remote, run, fence, final=True)
+            for name in (contract.TRAIN_LOG, contract.RESULTS, contract.METRICS, MANIFEST):
+                _get_if_there(remote, f"{run.remote_dir}/{name}", local / name)
+            artifact = _artifact_name(_read_json(local / contract.RESULTS))
+            _get_if_there(remote, f"{run.remote_dir}/{artifact}", local / artifact)
+            for rel in _manifest(local).keys():
+                (local / "code" / rel).parent.mkdir(parents=True, exist_ok=True)
+                _get_if_there(remote, f"{run.remote_dir}/code/{rel}", local / "code" / rel)
+        self._move(run, fence, RunStatus.verifying)
+        return 0
+
+    def verifying(self, run: Run, fence: int) -> Delay:
+        local = self._local_dir(run)
+        results = _read_json(local / contract.RESULTS)
+        if not isinstance(results, dict):
+            raise StepFailed(f"{contract.RESULTS} is missing or not a JSON object")
+        artifact = local / _artifact_name(results)
+        if not artifact.is_file():
+            raise StepFailed(f"the run produced no artifact ({artifact.name} is missing)")
+        artifact_bytes, artifact_sha256 = artifact.stat().st_size, _sha256(artifact.read_bytes())
+        code_bytes, code_sha256 = self._measure_code(local)
+        numbers = _result_numbers(results)
+        measured = Measurements(
+            bytes_total=code_bytes + artifact_bytes, train_time_s=numbers["train_time_s"],
+            eval_time_s=numbers["eval_time_s"], observed_wall_s=_wall_s(run),
+            val_tokens=numbers["val_tokens"], gpu_name=run.gpu_name, gpu_count=run.gpu_count,
+            val_bpb=numbers["val_bpb"])
+        reasons = run_reasons(measured, clock_tolerance_s=self.settings.clock_tolerance_s)
+        if code_bytes != run.code_bytes:
+            reasons.append(f"code on the pod is {code_bytes:,} bytes, {run.code_bytes:,} were uploaded")
+        if results.get("artifact_sha256") not in (None, artifact_sha256):
+            reasons.append("the artifact's sha256 differs from the one the trainer reported")
+        worker = {**((run.results or {}).get("worker") or {}), "observed_wall_s": measured.observed_wall_s}
+        self._move(run, fence, RunStatus.succeeded, eligible=not reasons, reasons=reasons,
+                   results={**results, "worker": worker}, code_bytes=code_bytes,
+                   code_sha256=code_sha256, model_bytes=artifact_bytes,
+                   bytes_total=measured.bytes_total, artifact_sha256=artifact_sha256, **numbers)
+        return None
+
+    def cancel(self, run: Run, fence: int) -> Delay:
+        if run.remote_dir and run.pod_id is not None:
+            try:
+                with self._remote(run, fence) as (remote, _):
+                    launcher.stop(remote, run.remote_dir)
+            except ConnectError as exc:  # finish() tries again before the pod is given back
+                log.warning("run %s: cancel could not reach the pod: %s", run.id, exc.reason)
+        self._move(run, fence, RunStatus.cancelled, reason="cancelled on request")
+        return None
+
+    # --- after the end ------------------------------------------------------------------
+
+    def finish(self, run_id: int) -> None:
+        """Give the run's pod back (stopping anything left on it) and finalize its experiment."""
+        run = self._load(Run, run_id)
+        pod = self._load(Pod, run.pod_id) if run.pod_id is not None else None
+        if pod is not None and pod.status in {s.value for s in ACTIVE_POD_STATUSES}:
+            provider = get_provider(pod.provider, self.settings)
+            if run.remote_dir and run.exit_code is None:
+                self._stop_leftovers(run, pod, provider)
+            self._set_pod_status(run, provider.release(pod))
+        with Session(self.engine) as session:
+            self.finalize(session, run.experiment_id)
+
+    def _finish_quietly(self, run_id: int) -> None:
+        # The run has ended either way; the reconciler releases pods a crash here left behind.
+        try:
+            self.finish(run_id)
+        except Exception:
+            log.exception("run %s: releasing its pod or finalizing its experiment failed", run_id)
+
+    def _stop_leftovers(self, run: Run, pod: Pod, provider: Provider) -> None:
+        assert run.remote_dir is not None
+        try:
+            remote = provider.connect(pod, pinned_host_key=run.host_key)
+            try:
+                launcher.stop(remote, run.remote_dir)
+            finally:
+                remote.close()
+        except Exception as exc:
+            log.warning("run %s: could not stop leftovers on pod %s: %s", run.id, pod.id, exc)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _upload(self, remote: Remote, run_dir: str, files: dict[str, bytes], config: dict[str, Any],
+                provider: Provider) -> None:
+        manifest = {rel: {"bytes": len(data), "sha256": _sha256(data)} for rel, data in files.items()}
+        for rel, data in files.items():
+            remote.put_bytes(data, f"{run_dir}/code/{rel}")
+        config_path = f"{run_dir}/{contract.CONFIG_FILE}"
+        deadline_s = run_deadline_s(config, self.bundle.schema(), grace_s=self.settings.run_grace_s)
+        remote.put_bytes(json.dumps(config, indent=1).encode(), config_path)
+        remote.put_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode(), f"{run_dir}/{MANIFEST}")
+        script = launcher.launch_script(run_dir=run_dir, python=provider.python,
+                                        config_path=config_path, deadline_s=deadline_s)
+        remote.put_bytes(script.encode(), f"{run_dir}/{launcher.LAUNCH_SCRIPT}")
+
+    def _pull_log(self, remote: Remote, run: Run, fence: int, *, final: bool) -> bool:
+        """Store new whole lines of train.log (and a last partial line when final).
+
+        Returns True when more bytes are waiting than one step reads.
+        """
+        assert run.remote_dir is not None
+        path, offset = f"{run.remote_dir}/{contract.TRAIN_LOG}", self._load(Run, run.id).log_offset
+        for _ in range(LOG_CHUNKS_PER_STEP):
+            data = remote.read_from(path, offset, LOG_CHUNK_BYTES)
+            whole = data.rfind(b"\n") + 1
+            if len(data) < LOG_CHUNK_BYTES:  # up to the end of the file: its tail only when final
+                end = len(data) if final else whole
+            else:  # a full chunk: up to its last line, or all of a line longer than a chunk
+                end = whole or len(data)
+            if end == 0:
+                return False
+            self._store_log(run.id, fence, offset, data[:end])
+            offset += end
+            if len(data) < LOG_CHUNK_BYTES:
+                return False
+        return True
+
+    def _store_log(self, run_id: int, fence: int, offset: int, data: bytes) -> None:
+        # Chunks are split after "\n", so no UTF-8 sequence is cut; NUL cannot go into TEXT.
+        text = data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+        with Session(self.engine) as session:
+            try:
+                session.add(LogChunk(run_id=run_id, offset=offset, nbytes=len(data), text=text))
+                session.flush()
+            except IntegrityError:
+                session.rollback()
+                raise LeaseLost(f"run {run_id}: log offset {offset} was stored by another worker") from None
+            update_run(session, run_id, fence=fence, log_offset=offset + len(data))
+
+    def _measure_code(self, local: Path) -> tuple[int, str]:
+        files: dict[str, bytes] = {}
+        for rel in _manifest(local):
+            path = local / "code" / rel
+            if not path.is_file():
+                raise StepFailed(f"uploaded code file {rel} could not be collected from the pod")
+            files[rel] = path.read_bytes()
+        if not files:
+            raise StepFailed(f"{MANIFEST} is missing: the uploaded code cannot be counted")
+        return code_digest(files)
+
+    def _retry_connect(self, run: Run, fence: int, exc: ConnectError) -> Delay:
+        attempts = run.attempts + 1
+        if not exc.retryable or attempts >= self.settings.ssh_connect_attempts:
+            tries = f" (after {attempts} attempts)" if exc.retryable else ""
+            return self._fail(run, fence, f"{exc.reason}{tries}")
+        log.info("run %s: %s; try %d of %d", run.id, exc.reason, attempts, self.settings.ssh_connect_attempts)
+        self._update(run, fence, attempts=attempts)
+        return min(30.0, 2.0 * 2 ** (attempts - 1))
+
+    def _fail(self, run: Run, fence: int, reason: str, **fields: Any) -> Delay:
+        log.info("run %s failed: %s", run.id, reason)
+        self._move(run, fence, RunStatus.failed, reason=reason, **fields)
+        return None
+
+    @contextmanager
+    def _remote(self, run: Run, fence: int) -> Iterator[tuple[Remote, Provider]]:
+        """A connection to the run's pod; pins the host key on the run's first connection."""
+        pod = self._load(Pod, run.pod_id) if run.pod_id is not None else None
+        if pod is None:
+            raise StepFailed("the run has no pod")
+        provider = get_provider(pod.provider, self.settings)
+        remote = provider.connect(pod, pinned_host_key=run.host_key)
+        try:
+            if run.host_key is None and remote.host_key is not None:
+                self._update(run, fence, host_key=remote.host_key)
+                run.host_key = remote.host_key
+            yield remote, provider
+        finally:
+            remote.close()
+
+    def _pod_row(self, session: Session, run: Run, provider: Provider, deadline_at: datetime) -> Pod:
+        name = f"caddie-run-{run.id}"
+        pod = session.exec(select(Pod).where(Pod.name == name).order_by(Pod.id)).first()  # type: ignore[arg-type]
+        if pod is None:
+            pod = Pod(run_id=run.id, provider=provider.name, name=name,
+                      deadline_at=deadline_at)
+            session.add(pod)
+            session.commit()
+            session.refresh(pod)
+        return pod
+
+    def _deadline_s(self, run: Run) -> float:
+        experiment = self._load(Experiment, run.experiment_id)
+        try:
+            return run_deadline_s(run_config(experiment, run), self.bundle.schema(),
+                                  grace_s=self.settings.run_grace_s)
+        except ValueError as exc:
+            raise StepFailed(f"config: {exc}") from None
+
+    def _overdue(self, run: Run) -> bool:
+        # The pod's own `timeout` should have fired long before; this is the worker's backstop.
+        if run.started_at is None:
+            return False
+        return utcnow() > _utc(run.started_at) + timedelta(seconds=self._deadline_s(run) + 120)
+
+    def _set_pod_status(self, run: Run, status: PodStatus) -> None:
+        with Session(self.engine) as session:
+            pod = session.get(Pod, run.pod_id)
+            if pod is None:
+                return
+            pod.status, pod.updated_at = status.value, utcnow()
+            if status == PodStatus.terminated:
+                pod.terminated_at = pod.updated_at
+            session.add(pod)
+            session.commit()
+
+    def _local_dir(self, run: Run) -> Path:
+        path = self.settings.runs_dir() / str(run.id)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _must(self, remote: Remote, command: str) -> None:
+        result = remote.run(command, timeout_s=60)
+        if not result.ok:
+            raise StepFailed(f"command on the pod failed ({command.split()[0]}): {result.stderr.strip()[-200:]}")
+
+    def _move(self, run: Run, fence: int, to: RunStatus, **fields: Any) -> None:
+        with Session(self.engine) as session:
+            transition(session, run.id, to, fence=fence, **fields)  # type: ignore[arg-type]
+
+    def _update(self, run: Run, fence: int, **fields: Any) -> None:
+        with Session(self.engine) as session:
+            update_run(session, run.id, fence=fence, **fields)  # type: ignore[arg-type]
+
+    def _load(self, table: type, row_id: int | None) -> Any:
+        with Session(self.engine) as session:
+            row = get_run(session, row_id) if table is Run else session.get(table, row_id)
+            if row is None:
+                raise StepFailed(f"{table.__name__.lower()} {row_id} does not exist")
+            session.expunge(row)
+            return row
+
+
+def _finalize_experiment(session: Session, experiment_id: int) -> Any:
+    try:
+        from server.experiments import finalize_experiment  # written beside the API
+    except ImportError:
+        log.debug("server.experiments.finalize_experiment is not available")
+        return None
+    return finalize_experiment(session, experiment_id)
+
+
+def _exit_reason(code: int | None) -> str:
+    if code in launcher.TIMEOUT_EXIT_CODES:
+        return f"trainer exited with code {code} (stopped at its wall-clock deadline)"
+    return f"trainer exited with code {code}"
+
+
+def _result_numbers(results: dict[str, Any]) -> dict[str, Any]:
+    """The numbers the run row keeps, checked: a wrong type means results.json is corrupt."""
+    kinds = {"val_loss": float, "val_bpb": float, "pre_quant_val_bpb": float, "steps": int,
+             "train_time_s": float, "eval_time_s": float, "val_tokens": int}
+    numbers: dict[str, Any] = {}
+    for key, kind in kinds.items():
+        value = results.get(key)
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and math.isfinite(value) and (kind is float or float(value).is_integer()))
+        if not ok:
+            raise StepFailed(f"{contract.RESULTS} is corrupt: {key} = {value!r} is not a finite "
+                             f"{'integer' if kind is int else 'number'}")
+        numbers[key] = None if value is None else kind(value)
+    return numbers
+
+
+def _wall_s(run: Run) -> float | None:
+    if run.started_at is None or run.exited_at is None:
+        return None
+    return (_utc(run.exited_at) - _utc(run.started_at)).total_seconds()
+
+
+def _utc(moment: datetime) -> datetime:
+    """Aware UTC; a database column without a time zone gives back naive UTC values."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _artifact_name(results: Any) -> str:
+    name = results.get("artifact_file") if isinstance(results, dict) else None
+    if isinstance(name, str) and name and Path(name).name == name and name not in (".", ".."):
+        return name
+    return contract.ARTIFACT
+
+
+def _manifest(local: Path) -> dict[str, Any]:
+    manifest = _read_json(local / MANIFEST)
+    if not isinstance(manifest, dict):
+        return {}
+    return {rel: v for rel, v in manifest.items() if _CODE_PATH.match(rel) and ".." not in rel}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        raise StepFailed(f"{path.name} is corrupt: not valid JSON") from None
+
+
+def _get_if_there(remote: Remote, path: str, local: Path) -> None:
+    if remote.exists(path):
+        remote.get(path, str(local))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,115 @@
+"""The launcher script on the pod and the shell commands that start, watch and stop it.
+
+Files in the run directory (all written as tmp + mv, so a reader never sees half a file):
+`pid` (launcher pid = its session and process group), `trainer_pid` (the `timeout`
+process, leader of the trainer's own process group), `heartbeat` (unix seconds, every
+5 s), `trainer.out` (trainer stdout+stderr), `exit_code`. The directory `launched` is
+made with mkdir, which is atomic: only the first launch attempt of a run gets past it.
+"""
+
+import shlex
+from dataclasses import dataclass
+
+from worker.remote import Remote
+
+LAUNCH_SCRIPT = "launch.sh"
+# Exit codes of `timeout`: the trainer hit the wall-clock deadline (TERM, then KILL).
+TIMEOUT_EXIT_CODES = (124, 137)
+
+_SCRIPT = """\
+#!/usr/bin/env bash
+# Starts one Caddie run's trainer; the worker writes it and launches it detached (setsid).
+set -u
+cd {run_dir} || exit 1
+echo $$ > pid.tmp && mv pid.tmp pid
+( while true; do date +%s > heartbeat.tmp && mv heartbeat.tmp heartbeat; sleep 5; done ) &
+heartbeat=$!
+PYTHONPATH={code_dir} PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \\
+  timeout --kill-after=30 {deadline_s} {python} -m trainer train --config {config} --out {run_dir} \\
+  > trainer.out 2>&1 < /dev/null &
+trainer=$!
+echo $trainer > trainer_pid.tmp && mv trainer_pid.tmp trainer_pid
+wait $trainer
+code=$?
+kill $heartbeat 2>/dev/null
+echo $code > exit_code.tmp && mv exit_code.tmp exit_code
+"""
+
+# Signal both process groups (launcher's and trainer's); $1 is the signal.
+_SIGNAL_GROUPS = 'for f in pid trainer_pid; do [ -f $f ] && kill -{sig} -- -$(cat $f) 2>/dev/null; done'
+# A group counts as alive while it has a member that is not a zombie: where PID 1 does not
+# reap orphans (many containers), a dead launcher stays a zombie and kill -0 still succeeds.
+_ANY_ALIVE = (
+    "alive=0; for f in pid trainer_pid; do [ -f $f ] || continue; g=$(cat $f); "
+    "if command -v ps >/dev/null; then "
+    "ps -eo pgid=,stat= | awk -v g=$g '$1==g && $2 !~ /^Z/ {f=1} END {exit !f}' && alive=1; "
+    "else kill -0 -- -$g 2>/dev/null && alive=1; fi; done"
+)
+
+
+def launch_script(*, run_dir: str, python: str, config_path: str, deadline_s: float) -> str:
+    q = shlex.quote
+    return _SCRIPT.format(run_dir=q(run_dir), code_dir=q(f"{run_dir}/code"), python=q(python),
+                          config=q(config_path), deadline_s=f"{int(deadline_s)}s")
+
+
+def launch(remote: Remote, run_dir: str) -> bool:
+    """Start launch.sh detached with a clean environment; False if this run was launched before."""
+    # `&` must apply to the redirected setsid command alone: a backgrounded list would keep
+    # a subshell holding this command's stdout open for as long as the trainer runs.
+    command = (
+        f"cd {shlex.quote(run_dir)} || exit 1\n"
+        "mkdir launched 2>/dev/null || { echo again; exit 0; }\n"
+        f'setsid env -i PATH="$PATH" HOME="$HOME" LANG=C.UTF-8 bash {LAUNCH_SCRIPT} '
+        "</dev/null >/dev/null 2>&1 &\n"
+        "echo started"
+    )
+    result = remote.run(command, timeout_s=30)
+    if "started" in result.stdout:
+        return True
+    if "again" in result.stdout:
+        return False
+    raise RuntimeError(f"launch failed: exit {result.exit_code}: {result.stderr.strip()[-300:]}")
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    state: str  # "starting" (no pid yet) | "alive" | "exited" | "gone" (died without exit code)
+    exit_code: int | None = None
+
+
+def trainer_state(remote: Remote, run_dir: str) -> TrainerState:
+    # exit_code is asked again after the liveness test: the launcher writes it and only then
+    # exits, so a launcher that ends between the two tests is not taken for a vanished one.
+    # (Asking exit_code first keeps an unreaped zombie launcher from looking alive.)
+    exited = 'echo "exited $(cat exit_code)"'
+    command = (
+        f"cd {shlex.quote(run_dir)} || exit 3; "
+        f"if [ -f exit_code ]; then {exited}; "
+        'elif [ -f pid ] && kill -0 "$(cat pid)" 2>/dev/null; then echo alive; '
+        f"elif [ -f exit_code ]; then {exited}; "
+        "elif [ -f pid ]; then echo gone; else echo starting; fi"
+    )
+    words = remote.run(command, timeout_s=30).stdout.split()
+    if words[:1] == ["exited"] and len(words) == 2 and words[1].lstrip("-").isdigit():
+        return TrainerState("exited", int(words[1]))
+    if words[:1] in (["alive"], ["starting"]):
+        return TrainerState(words[0])
+    return TrainerState("gone")
+
+
+def stop(remote: Remote, run_dir: str, *, grace_s: float = 5.0) -> None:
+    """TERM both process groups, wait up to grace_s for them to go, then KILL what is left."""
+    ticks = max(1, int(grace_s * 10))
+    command = (
+        f"cd {shlex.quote(run_dir)} 2>/dev/null || exit 0; {_SIGNAL_GROUPS.format(sig='TERM')}; "
+        f"for i in $(seq {ticks}); do {_ANY_ALIVE}; [ $alive = 0 ] && exit 0; sleep 0.1; done; "
+        f"{_SIGNAL_GROUPS.format(sig='KILL')}; exit 0"
+    )
+    remote.run(command, timeout_s=grace_s + 30)
+
+
+def last_lines(remote: Remote, run_dir: str, files: tuple[str, ...], *, lines: int = 40) -> str:
+    """The last lines of each file, each under a '== name ==' header."""
+    parts = [f"echo '== {name} =='; tail -n {lines} {shlex.quote(name)} 2>/dev/null" for name in files]
+    return remote.run(f"cd {shlex.quote(run_dir)} && {{ {'; '.join(parts)}; }}", timeout_s=30).stdout

@@ -1,0 +1,44 @@
+"""The operations the director performs on a pod, whichever provider lent it.
+
+A `Remote` is one open connection to a pod: the local machine (a subprocess) or a
+host over SSH. Paths are POSIX paths on the pod.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Remote(Protocol):
+    # Fingerprint of the host's key as "<type> SHA256:<base64>"; None where there is no host key.
+    host_key: str | None
+
+    def run(self, command: str, *, timeout_s: float) -> CommandResult:
+        """Run a shell command; raise CommandTimeout after timeout_s seconds."""
+        ...
+
+    def put_bytes(self, data: bytes, path: str) -> str:
+        """Write data to path via a temp name and a rename; check and return its sha256."""
+        ...
+
+    def get(self, path: str, local_path: str) -> int:
+        """Copy a pod file to local_path (via a temp name); return its size in bytes."""
+        ...
+
+    def read_from(self, path: str, offset: int, limit: int) -> bytes:
+        """Up to `limit` bytes of path from byte `offset`; b"" if the file does not exist."""
+        ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def close(self) -> None: ...
