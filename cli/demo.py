@@ -71,10 +71,10 @@ def follow(base: str, experiment_id: int, stack: Stack, timeout_s: float) -> dic
 
 
 def print_leaderboard(board: dict[str, Any], experiment_id: int) -> None:
-    for entry in board["items"]:
-        if entry["id"] != experiment_id:
+    for entry in board["data"]:
+        if entry["experiment_id"] != experiment_id:
             continue
-        print(f"\nexperiment {entry['id']} '{entry['name']}' preset={entry['preset']} "
+        print(f"\nexperiment {entry['experiment_id']} '{entry['name']}' preset={entry['preset']} "
               f"provider={entry['provider']}")
         print(f"{'seed':>6} {'status':>10} {'val_bpb':>9} {'val_loss':>9} {'bytes':>10} "
               f"{'train s':>8} {'eval s':>7}  eligible")
@@ -84,7 +84,7 @@ def print_leaderboard(board: dict[str, Any], experiment_id: int) -> None:
                   f"{_num(seed['train_time_s'], 1):>8} {_num(seed['eval_time_s'], 1):>7}  "
                   f"{'yes' if seed['eligible'] else 'no'}")
         print(f"\nmean val_bpb {_num(entry['mean_val_bpb'], 4)} ± {_num(entry['std_val_bpb'], 4)} "
-              f"over {entry['n_succeeded']} seeds; record-eligible: "
+              f"over {entry['n']} seeds; max bytes {_num(entry['max_bytes_total'], 0)}; record-eligible: "
               f"{'yes' if entry['eligible'] else 'no'}")
         for reason in entry["reasons"]:
             print(f"  - {reason}")
@@ -108,7 +108,7 @@ def run_demo(settings: Settings, *, seeds: list[int], port: int, timeout_s: floa
         experiment = api(f"{stack.url}/api/experiments", "POST", spec)
         print(f"submitted experiment {experiment['id']} with seeds {seeds}", flush=True)
         follow(stack.url, experiment["id"], stack, timeout_s)
-        print_leaderboard(api(f"{stack.url}/api/leaderboard?limit=100"), experiment["id"])
+        print_leaderboard(api(f"{stack.url}/api/leaderboard?author=caddie-demo&limit=200"), experiment["id"])
     finally:
         stack.stop()
     return 0

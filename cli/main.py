@@ -5,6 +5,7 @@ import signal
 import sys
 import time
 
+from cli.logs import register as register_logs
 from server.config import get_settings
 
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(func=cmd_migrate)
+    register_logs(sub)
     return parser
 
 
