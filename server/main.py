@@ -1,4 +1,8 @@
-"""Builds the FastAPI app: routers and error handlers. The schema is migrations' job."""
+"""Builds the FastAPI app: API routers, the web pages and error handlers.
+
+The composition root: the only server module that imports `web` (which itself uses the
+server's services). The schema is migrations' job.
+"""
 
 import logging
 
@@ -9,6 +13,7 @@ from fastapi.responses import JSONResponse
 from server.api import health
 from server.api.main import api_router
 from server.errors import CaddieError
+from web.pages import include_pages
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(CaddieError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
+    include_pages(app)
     return app
 
 

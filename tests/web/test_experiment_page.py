@@ -1,0 +1,136 @@
+"""GET /experiments and /experiments/{id}; cancelling an experiment from its page."""
+
+import statistics
+
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from server.experiments import finalize_experiment
+from server.models import Experiment
+from server.runs import get_run
+from tests.factories import make_experiment, make_run, make_scored_run
+from tests.web.dom import Element, cells, fetch
+
+
+def facts(page: Element, section_id: str) -> dict[str, str]:
+    """The <dt>/<dd> pairs of the section headed by `section_id`."""
+    section = page.find("section", aria_labelledby=section_id)
+    dl = section.find("dl")
+    terms = dl.find_all("dt")
+    return {dt.text(): dd.text() for dt, dd in zip(terms, dl.find_all("dd"), strict=True)}
+
+
+def test_spec_stats_and_seed_table(client: TestClient, session: Session) -> None:
+    experiment = make_experiment(session, name="deeper", author="ada", preset="baseline",
+                                 seeds=[1337, 42, 7],
+                                 config={"num_layers": 11, "matrix_lr": 0.035}, status="running")
+    runs = [make_scored_run(session, experiment, seed=1337, val_bpb=1.2211),
+            make_scored_run(session, experiment, seed=42, val_bpb=1.2302, bytes_total=15_999_999),
+            make_run(session, experiment, seed=7, status="running")]
+
+    page = fetch(client, f"/experiments/{experiment.id}")
+
+    assert page.find("h1").text() == "deeper running"
+    spec = facts(page, "spec-heading")
+    assert (spec["Author"], spec["Preset"], spec["Provider"], spec["Seeds"]) == (
+        "ada", "baseline", "local", "1337, 42, 7")
+    overrides = page.find("table", class_="overrides").find("tbody").find_all("tr")
+    assert [cells(row) for row in overrides] == [["matrix_lr", "0.035"], ["num_layers", "11"]]
+    stats = facts(page, "stats-heading")
+    assert stats["Seeds succeeded"] == "2 of 3"
+    assert stats["Mean val_bpb"] == f"{statistics.fmean([1.2211, 1.2302]):.5f}"
+    assert stats["Standard deviation"] == f"{statistics.stdev([1.2211, 1.2302]):.5f}"
+    assert (stats["Best seed"], stats["Worst seed"]) == ("1.22110", "1.23020")
+    assert stats["Record"] == "decided once every seed has ended"
+    rows = page.find("table", class_="runs").find("tbody").find_all("tr")
+    assert [cells(row)[:6] for row in rows] == [
+        ["1337", f"run {runs[0].id}", "succeeded", "1.22110", f"{1.2211 * 1.69:.5f}", "15,800,000"],
+        ["42", f"run {runs[1].id}", "succeeded", "1.23020", f"{1.2302 * 1.69:.5f}", "15,999,999"],
+        ["7", f"run {runs[2].id}", "running", "—", "—", "—"],
+    ]
+    assert [row.find("a").attrs["href"] for row in rows] == [f"/runs/{r.id}" for r in runs]
+    form = page.find("form", class_="cancel")
+    assert (form.attrs["method"], form.attrs["action"]) == (
+        "post", f"/experiments/{experiment.id}/cancel")
+
+
+def test_finished_experiment_shows_its_verdict_and_no_cancel(client: TestClient,
+                                                             session: Session) -> None:
+    experiment = make_experiment(session, name="plain", seeds=[1])
+    make_scored_run(session, experiment, seed=1, val_bpb=1.25)
+    finalize_experiment(session, experiment.id)
+
+    page = fetch(client, f"/experiments/{experiment.id}")
+
+    assert page.find("p", class_="overrides-none").text().startswith("None")
+    stats = facts(page, "stats-heading")
+    assert (stats["Mean val_bpb"], stats["Standard deviation"], stats["Record"]) == (
+        "1.25000", "—", "not eligible")
+    assert [li.text() for li in page.find("ul", class_="reasons").find_all("li")] == [
+        "3 seeds needed, 1 succeeded"]
+    assert page.find_all("form") == []
+
+
+def test_cancel_form_cancels_and_redirects(client: TestClient, session: Session) -> None:
+    experiment = make_experiment(session, name="to stop", seeds=[1, 2])
+    queued = make_run(session, experiment, seed=1)
+    done = make_scored_run(session, experiment, seed=2, val_bpb=1.3)
+
+    response = client.post(f"/experiments/{experiment.id}/cancel", follow_redirects=False)
+
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/experiments/{experiment.id}"
+    session.expire_all()
+    assert (get_run(session, queued.id).status, get_run(session, done.id).status) == (
+        "cancelled", "succeeded")
+    session.rollback()  # ends the read: on SQLite an open transaction holds the write lock
+    page = fetch(client, response.headers["location"])
+    assert page.find("h1").text() == "to stop finished"
+    rows = page.find("table", class_="runs").find("tbody").find_all("tr")
+    assert [cells(row)[2] for row in rows] == ["cancelled cancelled by user", "succeeded"]
+    assert page.find_all("form") == []
+
+
+def test_cancelling_an_ended_experiment_is_a_409_page(client: TestClient,
+                                                      session: Session) -> None:
+    experiment = make_experiment(session, name="over", seeds=[1])
+    make_scored_run(session, experiment, seed=1, val_bpb=1.3)
+    finalize_experiment(session, experiment.id)
+
+    response = client.post(f"/experiments/{experiment.id}/cancel")
+
+    assert response.status_code == 409
+    assert f"experiment {experiment.id} is already finished" in response.text
+
+
+def test_unknown_experiment_is_a_404_page(client: TestClient) -> None:
+    page = fetch(client, "/experiments/999", status=404)
+    assert page.find("h1").text() == "404 Not Found"
+    assert page.find("ul", class_="problems").text() == "experiment 999 not found"
+    assert fetch(client, "/experiments/0", status=400).find("ul", class_="problems").text() == (
+        "experiment_id: Input should be greater than or equal to 1")
+
+
+def make_listed(session: Session, name: str, status: str) -> Experiment:
+    return make_experiment(session, name=name, status=status)
+
+
+def test_experiments_list_newest_first_with_filter_and_pages(client: TestClient,
+                                                             session: Session) -> None:
+    for index, status in enumerate(["finished", "running", "queued", "running"]):
+        make_listed(session, f"x{index}", status)
+
+    page = fetch(client, "/experiments?per_page=3")
+    rows = page.find("table", class_="experiments").find("tbody").find_all("tr")
+    assert [cells(row)[0] for row in rows] == ["x3", "x2", "x1"]
+    assert [cells(row)[3] for row in rows] == ["running", "queued", "running"]
+    assert page.find("a", rel="next").attrs["href"] == "/experiments?page=2&per_page=3"
+    assert [a.attrs["href"] for a in page.find_all("a", data_filter="status")] == [
+        f"/experiments?status={s}&per_page=3" for s in ("queued", "running", "finished",
+                                                        "cancelled")]
+
+    running = fetch(client, "/experiments?status=running")
+    rows = running.find("table", class_="experiments").find("tbody").find_all("tr")
+    assert [cells(row)[0] for row in rows] == ["x3", "x1"]
+    assert fetch(client, "/experiments?status=lost", status=400).find(
+        "ul", class_="problems").text().startswith("status: ")

@@ -1,0 +1,190 @@
+"""GET /: rows, numbers, seeds, sorting, filters and pages of the leaderboard."""
+
+import statistics
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from server.experiments import finalize_experiment
+from server.models import Experiment
+from tests.factories import make_experiment, make_run, make_scored_run
+from tests.web.dom import Element, cells, fetch
+
+
+def finished(session: Session, name: str, scores: list[float], *, preset: str = "baseline",
+             author: str = "ada", **run_fields: Any) -> Experiment:
+    """An experiment whose seeds all succeeded with `scores`, finalized for real."""
+    seeds = list(range(1, len(scores) + 1))
+    experiment = make_experiment(session, name=name, preset=preset, author=author, seeds=seeds)
+    for seed, score in zip(seeds, scores, strict=True):
+        make_scored_run(session, experiment, seed=seed, val_bpb=score, **run_fields)
+    assert finalize_experiment(session, experiment.id)
+    return experiment
+
+
+def entries(page: Element) -> list[Element]:
+    return page.find_all("tbody", class_="entry")
+
+
+def names(page: Element) -> list[str]:
+    return [entry.find("a", href=f"/experiments/{entry.attrs['data-experiment']}").text()
+            for entry in entries(page)]
+
+
+def main_row(entry: Element) -> Element:
+    return entry.find_all("tr", children_only=True)[0]
+
+
+def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session) -> None:
+    middle = finished(session, "middle", [1.22, 1.23, 1.24])
+    best = finished(session, "best", [1.101, 1.12, 1.11], author="grace")
+    unscored = make_experiment(session, name="unscored", seeds=[5])
+    make_run(session, unscored, seed=5, status="failed", reason="trainer exited with code 1")
+    finalize_experiment(session, unscored.id)
+    running = make_experiment(session, name="still running", seeds=[1])
+    make_run(session, running, seed=1, status="running")
+
+    page = fetch(client, "/")
+
+    assert names(page) == ["best", "middle", "unscored"]
+    assert [e.attrs["data-experiment"] for e in entries(page)] == [
+        str(best.id), str(middle.id), str(unscored.id)]
+    rank, name, author, _date, mean, seeds, max_bytes, train, evaluation, record = cells(
+        main_row(entries(page)[0]))
+    scores = [1.101, 1.12, 1.11]
+    assert rank == "1"
+    assert name == "best baseline"
+    assert author == "grace"
+    assert mean == f"{statistics.fmean(scores):.5f} ± {statistics.stdev(scores):.5f}"
+    assert seeds == "3/3"
+    assert max_bytes == "15,800,000 200,000 to spare"
+    assert (train, evaluation, record) == ("599.0 s", "120.0 s", "record-eligible")
+    assert cells(main_row(entries(page)[2]))[0] == "—"  # no score, no rank
+    assert cells(main_row(entries(page)[2]))[4] == "—"
+
+
+def test_badge_title_and_details_list_the_failed_rules(client: TestClient,
+                                                       session: Session) -> None:
+    experiment = make_experiment(session, name="mixed", seeds=[7, 8, 9])
+    runs = [
+        make_scored_run(session, experiment, seed=7, val_bpb=1.21, bytes_total=16_000_250),
+        make_scored_run(session, experiment, seed=8, val_bpb=1.23, train_time_s=612.5,
+                        eligible=False, reasons=["train time 612.5 s > 600 s"]),
+        make_run(session, experiment, seed=9, status="failed", reason="pod lost"),
+    ]
+    finalize_experiment(session, experiment.id)
+
+    (entry,) = entries(fetch(client, "/"))
+
+    badge = entry.find("span", class_="badge")
+    assert badge.text() == "not eligible"
+    assert badge.attrs["title"].split("\n") == [
+        "3 seeds needed, 2 succeeded", "seed 8: train time 612.5 s > 600 s",
+        "seed 9: failed: pod lost"]
+    headroom = entry.find("span", class_="headroom")
+    assert (headroom.text(), headroom.classes()) == ("250 over", ["headroom", "over"])
+    details = entry.find("details")
+    assert details.find("summary").text() == "3 seeds, 3 failed rules"
+    assert [li.text() for li in details.find("ul", class_="reasons").find_all("li")] == (
+        badge.attrs["title"].split("\n"))
+    seed_rows = details.find("table", class_="seeds").find("tbody").find_all("tr")
+    assert [cells(row) for row in seed_rows] == [
+        ["7", "succeeded", "1.21000", f"{1.21 * 1.69:.5f}", "16,000,250", "599.0 s", "120.0 s"],
+        ["8", "succeeded", "1.23000", f"{1.23 * 1.69:.5f}", "15,800,000", "612.5 s", "120.0 s"],
+        ["9", "failed", "—", "—", "—", "—", "—"],
+    ]
+    assert [row.find("a").attrs["href"] for row in seed_rows] == [f"/runs/{r.id}" for r in runs]
+
+
+def test_sort_links_and_sorted_rows(client: TestClient, session: Session) -> None:
+    finished(session, "small", [1.30, 1.30, 1.30], bytes_total=12_000_000)
+    finished(session, "big", [1.10, 1.10, 1.10], bytes_total=15_990_000)
+    finished(session, "mid", [1.20, 1.20, 1.20], bytes_total=14_000_000)
+    unscored = make_experiment(session, name="crashed", seeds=[1])
+    make_run(session, unscored, seed=1, status="failed", reason="trainer exited with code 1")
+    finalize_experiment(session, unscored.id)
+
+    page = fetch(client, "/")
+    board_head = page.find("table", class_="board").find("thead", children_only=True)
+    headers = {a.attrs["data-sort"]: a for a in board_head.find_all("a")}
+    assert {key: a.attrs["href"] for key, a in headers.items()} == {
+        "rank": "/?sort=-rank", "name": "/?sort=name", "author": "/?sort=author",
+        "date": "/?sort=date", "seeds": "/?sort=seeds", "bytes": "/?sort=bytes",
+        "train": "/?sort=train", "eval": "/?sort=eval"}
+    assert headers["rank"].parent.attrs["aria-sort"] == "ascending"
+    assert names(page) == ["big", "mid", "small", "crashed"]
+
+    # Entries without the sorted value (no score, no bytes) stay last either way.
+    assert names(fetch(client, "/?sort=-rank")) == ["small", "mid", "big", "crashed"]
+    assert names(fetch(client, "/?sort=name")) == ["big", "crashed", "mid", "small"]
+    assert names(fetch(client, "/?sort=-date")) == ["crashed", "mid", "big", "small"]
+    by_bytes = fetch(client, "/?sort=bytes")
+    assert names(by_bytes) == ["small", "mid", "big", "crashed"]
+    # Ranks belong to the entries, not to the positions of this sort.
+    assert [cells(main_row(e))[0] for e in entries(by_bytes)] == ["3", "2", "1", "—"]
+    bytes_header = by_bytes.find("a", data_sort="bytes")
+    assert bytes_header.attrs["href"] == "/?sort=-bytes"
+    assert bytes_header.text() == "Max bytes ▲"
+    assert bytes_header.parent.attrs["aria-sort"] == "ascending"
+    assert "aria-sort" not in by_bytes.find("a", data_sort="rank").parent.attrs
+    assert names(fetch(client, "/?sort=-bytes")) == ["big", "mid", "small", "crashed"]
+
+
+def test_filters_by_link_and_keep_the_sort(client: TestClient, session: Session) -> None:
+    finished(session, "eligible", [1.2, 1.2, 1.2])
+    finished(session, "two seeds", [1.1, 1.1], author="bob")
+    finished(session, "tiny one", [1.5, 1.5, 1.5], preset="tiny")
+
+    page = fetch(client, "/?sort=name")
+    filters = page.find("nav", class_="filters")
+    assert filters.find("a", data_filter="eligible").attrs["href"] == "/?sort=name&eligible=1"
+    assert [a.attrs["href"] for a in filters.find_all("a", data_filter="preset")] == [
+        "/?sort=name&preset=baseline", "/?sort=name&preset=tiny"]
+
+    eligible = fetch(client, "/?sort=name&eligible=1")
+    assert names(eligible) == ["eligible", "tiny one"]
+    assert eligible.find("a", data_sort="name").attrs["href"] == "/?sort=-name&eligible=1"
+    assert eligible.find("a", data_filter="eligible").attrs["href"] == "/?sort=name"
+    assert names(fetch(client, "/?preset=tiny")) == ["tiny one"]
+    by_bob = fetch(client, "/?author=bob")
+    assert names(by_bob) == ["two seeds"]
+    assert by_bob.find("a", data_filter="author").attrs["href"] == "/"
+    assert names(fetch(client, "/?preset=tiny&author=bob")) == []
+
+
+def test_pages_by_link(client: TestClient, session: Session) -> None:
+    for index in range(5):
+        finished(session, f"e{index}", [1.0 + index / 10] * 3)
+
+    first = fetch(client, "/?per_page=2")
+    assert names(first) == ["e0", "e1"]
+    assert first.find("a", rel="next").attrs["href"] == "/?page=2&per_page=2"
+    assert first.find_all("a", rel="prev") == []
+    assert first.find("nav", class_="pager").find("span").text() == "Page 1 of 3"
+
+    second = fetch(client, "/?page=2&per_page=2")
+    assert names(second) == ["e2", "e3"]
+    assert [cells(main_row(e))[0] for e in entries(second)] == ["3", "4"]
+    assert second.find("a", rel="prev").attrs["href"] == "/?per_page=2"
+
+    last = fetch(client, "/?page=3&per_page=2")
+    assert names(last) == ["e4"]
+    assert last.find_all("a", rel="next") == []
+
+    reversed_second = fetch(client, "/?sort=-rank&page=2&per_page=2")
+    assert names(reversed_second) == ["e2", "e1"]
+    assert reversed_second.find("a", rel="next").attrs["href"] == "/?sort=-rank&page=3&per_page=2"
+
+    beyond = fetch(client, "/?page=9&per_page=2")
+    assert entries(beyond) == []
+    assert beyond.find("p", class_="empty").find("a").attrs["href"] == "/?per_page=2"
+
+
+def test_bad_parameters_get_an_error_page_naming_them(client: TestClient) -> None:
+    for url, field in [("/?sort=bytes;drop", "sort"), ("/?page=0", "page"),
+                       ("/?per_page=1000", "per_page"), ("/?eligible=maybe", "eligible")]:
+        page = fetch(client, url, status=400)
+        assert page.find("h1").text() == "400 Bad Request"
+        problems = [li.text() for li in page.find("ul", class_="problems").find_all("li")]
+        assert [p for p in problems if p.startswith(f"{field}: ")], (url, problems)

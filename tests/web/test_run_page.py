@@ -1,0 +1,171 @@
+"""GET /runs/{id}: status, timeline, verification checklist, log; its log download; cancel."""
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from server import logs
+from server.runs import transition
+from server.states import RunStatus
+from tests.factories import make_experiment, make_log, make_run, make_scored_run
+from tests.web.dom import Element, cells, fetch
+from web.pages import LOG_TAIL_BYTES
+
+LOG = ["step:1/20 train_loss:6.93 train_time:10ms step_avg:10.00ms\n",
+       "step:2/20 train_loss:6.51 train_time:20ms <b>not markup</b>\n",
+       "final_int8_zlib_roundtrip_exact val_loss:2.07 val_bpb:1.2244 — ok ✓\n"]
+
+
+def checklist(page: Element) -> dict[str, tuple[str, str, str, str]]:
+    """Rule -> (limit, measured, result, row class)."""
+    rows = page.find("table", class_="checklist").find("tbody").find_all("tr")
+    table = {}
+    for row in rows:
+        rule, limit, measured, result = cells(row)
+        table[rule] = (limit, measured, result, row.classes()[1])
+    return table
+
+
+def test_checklist_of_an_eligible_run(client: TestClient, session: Session) -> None:
+    run = make_scored_run(session, make_experiment(session), seed=1337, val_bpb=1.2244,
+                          bytes_total=15_912_345, code_bytes=47_345, model_bytes=15_865_000,
+                          train_time_s=598.25, eval_time_s=71.04)
+
+    checks = checklist(fetch(client, f"/runs/{run.id}"))
+
+    assert checks == {
+        "Artifact size (code + model)": (
+            "≤ 16,000,000 bytes",
+            "15,912,345 bytes (code 47,345 + model 15,865,000); 87,655 to spare", "✓ pass",
+            "pass"),
+        "Train time": ("≤ 600 s", "598.2 s", "✓ pass", "pass"),
+        "Eval time": ("≤ 600 s", "71.0 s", "✓ pass", "pass"),
+        "Full validation split": (
+            "full split: sp1024 62,021,632, sp4096 45,508,608, sp8192 40,540,160 tokens",
+            "62,021,632 tokens (sp1024)", "✓ pass", "pass"),
+        "Hardware": ("8 × H100", "8 × NVIDIA H100 80GB HBM3", "✓ pass", "pass"),
+    }
+
+
+def test_limits_are_inclusive(client: TestClient, session: Session) -> None:
+    run = make_scored_run(session, make_experiment(session), seed=1, val_bpb=1.2,
+                          bytes_total=16_000_000, code_bytes=None, train_time_s=600.0,
+                          eval_time_s=600.0)
+
+    checks = checklist(fetch(client, f"/runs/{run.id}"))
+
+    assert checks["Artifact size (code + model)"][1:3] == ("16,000,000 bytes; 0 to spare",
+                                                           "✓ pass")
+    assert (checks["Train time"][2], checks["Eval time"][2]) == ("✓ pass", "✓ pass")
+
+
+def test_checklist_of_a_run_that_breaks_the_rules(client: TestClient, session: Session) -> None:
+    reasons = ["bytes_total 16,000,001 > 16,000,000", "train time 601.5 s > 600 s",
+               "eval time unknown", "val_tokens 4096 is not a full official validation split",
+               "hardware 1×NVIDIA A100-SXM4-40GB is not 8×H100"]
+    run = make_scored_run(session, make_experiment(session), seed=3, val_bpb=1.3,
+                          bytes_total=16_000_001, code_bytes=None, train_time_s=601.5,
+                          eval_time_s=None, val_tokens=4096, gpu_name="NVIDIA A100-SXM4-40GB",
+                          gpu_count=1, eligible=False, reasons=reasons)
+
+    page = fetch(client, f"/runs/{run.id}")
+
+    checks = checklist(page)
+    assert checks["Artifact size (code + model)"][1:] == ("16,000,001 bytes; 1 over", "✗ fail",
+                                                          "fail")
+    assert checks["Train time"][1:] == ("601.5 s", "✗ fail", "fail")
+    assert checks["Eval time"][1:] == ("—", "not measured", "unknown")
+    assert checks["Full validation split"][1:] == ("4,096 tokens (not a full split)", "✗ fail",
+                                                   "fail")
+    assert checks["Hardware"][1:] == ("1 × NVIDIA A100-SXM4-40GB", "✗ fail", "fail")
+    assert [li.text() for li in page.find("ul", class_="reasons").find_all("li")] == reasons
+    assert page.find("span", class_="badge").attrs["title"].split("\n") == reasons
+
+
+def test_a_queued_run_has_nothing_measured(client: TestClient, session: Session) -> None:
+    run = make_run(session, make_experiment(session), seed=9)
+
+    page = fetch(client, f"/runs/{run.id}")
+
+    assert {c[2] for c in checklist(page).values()} == {"not measured"}
+    assert page.find("p", class_="empty").text() == "No log stored yet."
+    form = page.find("form", class_="cancel")
+    assert form.attrs["action"] == f"/runs/{run.id}/cancel"
+
+
+def test_status_reason_and_timeline(client: TestClient, session: Session) -> None:
+    experiment = make_experiment(session, name="timeline")
+    experiment_id, run_id = experiment.id, make_run(session, experiment, seed=5).id
+    transition(session, run_id, RunStatus.provisioning, fence=None)
+    transition(session, run_id, RunStatus.failed, fence=None, reason="no host free")
+
+    page = fetch(client, f"/runs/{run_id}")
+
+    assert page.find("h1").text() == "Seed 5 failed"
+    assert page.find("p", class_="reason").text() == "Why it ended: no host free"
+    assert page.find("p", class_="crumbs").find_all("a")[1].attrs["href"] == (
+        f"/experiments/{experiment_id}")
+    steps = page.find("ol", class_="timeline").find_all("li")
+    assert [li.attrs["data-status"] for li in steps] == ["queued", "provisioning", "failed"]
+    assert steps[2].find("span", class_="why").text() == "no host free"
+    assert steps[0].find_all("span", class_="elapsed") == []
+    assert steps[2].find("span", class_="elapsed").text().startswith("after ")
+    for li in steps:
+        stamp = li.find("time").attrs["datetime"]
+        assert stamp.endswith("Z") and len(stamp) == len("2026-05-01T12:00:00Z")
+    assert page.find_all("form") == []
+
+
+def test_log_is_shown_and_downloadable(client: TestClient, session: Session) -> None:
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+    make_log(session, run, LOG)
+
+    page = fetch(client, f"/runs/{run.id}")
+
+    assert page.find("pre", class_="log").raw_text() == "".join(LOG)
+    link = page.find("p", class_="downloads").find("a")
+    assert link.attrs["href"] == f"/runs/{run.id}/train.log"
+    response = client.get(link.attrs["href"])
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.content == "".join(LOG).encode()
+
+
+def test_long_log_shows_its_last_whole_lines(client: TestClient, session: Session) -> None:
+    lines = [f"step:{i}/5000 train_loss:{i / 1000:.3f} train_time:{i * 10}ms\n"
+             for i in range(1, 5001)]
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+    make_log(session, run, ["".join(lines[:2500]), "".join(lines[2500:])])
+
+    shown = fetch(client, f"/runs/{run.id}").find("pre", class_="log").raw_text()
+
+    assert len(shown.encode()) <= LOG_TAIL_BYTES
+    assert shown.endswith(lines[-1])
+    first = shown.splitlines(keepends=True)[0]
+    assert first in lines and shown == "".join(lines[lines.index(first):])
+
+
+def test_download_joins_reads_of_a_long_log(client: TestClient, session: Session,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "MAX_READ_BYTES", 50)  # several reads for the few lines below
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+    make_log(session, run, LOG * 3)
+
+    assert client.get(f"/runs/{run.id}/train.log").content == ("".join(LOG) * 3).encode()
+
+
+def test_cancel_run_form(client: TestClient, session: Session) -> None:
+    run = make_run(session, make_experiment(session), seed=1)
+
+    response = client.post(f"/runs/{run.id}/cancel", follow_redirects=False)
+
+    assert (response.status_code, response.headers["location"]) == (303, f"/runs/{run.id}")
+    page = fetch(client, f"/runs/{run.id}")
+    assert page.find("h1").text() == "Seed 1 cancelled"
+    assert client.post(f"/runs/{run.id}/cancel").status_code == 409
+
+
+def test_unknown_run_is_a_404_page(client: TestClient) -> None:
+    assert fetch(client, "/runs/404", status=404).find("ul", class_="problems").text() == (
+        "run 404 not found")
+    assert fetch(client, "/runs/404/train.log", status=404).find("h1").text() == "404 Not Found"

@@ -1,0 +1,68 @@
+"""The pages' Jinja2 environment: where templates live and how values are written.
+
+Numbers are formatted here, once, so every page shows a score or a size the same way.
+Times are written as ISO 8601 UTC inside `<time datetime=...>`; static/app.js rewrites
+them in the viewer's locale, and without JavaScript the UTC text stays.
+"""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+
+from server.eligibility import MAX_BYTES_TOTAL
+
+WEB_DIR = Path(__file__).parent
+STATIC_DIR = WEB_DIR / "static"
+MISSING = "—"
+
+templates = Jinja2Templates(directory=WEB_DIR / "templates")
+
+
+def score(value: float | None) -> str:
+    """A val_bpb (bits per byte) or val_loss (nats per token), 5 decimals as records print."""
+    return MISSING if value is None else f"{value:.5f}"
+
+
+def count(value: int | None) -> str:
+    """An integer with thousands separators: bytes, tokens, steps."""
+    return MISSING if value is None else f"{value:,}"
+
+
+def seconds(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.1f} s"
+
+
+def duration(value: float | None) -> str:
+    """Seconds as the largest sensible units: 45 s, 3 min 05 s, 2 h 01 min."""
+    if value is None:
+        return MISSING
+    total = round(value)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every time we store is UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def timestamp(value: datetime | None) -> Markup | str:
+    """`<time datetime="2026-05-01T12:00:00Z">2026-05-01 12:00:00 UTC</time>`."""
+    if value is None:
+        return MISSING
+    moment = as_utc(value).replace(microsecond=0)
+    iso = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return Markup('<time datetime="{}">{}</time>').format(
+        iso, moment.strftime("%Y-%m-%d %H:%M:%S UTC"))
+
+
+templates.env.filters.update(score=score, count=count, seconds=seconds, duration=duration,
+                             timestamp=timestamp)
+templates.env.globals.update(MAX_BYTES_TOTAL=MAX_BYTES_TOTAL)
