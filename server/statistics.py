@@ -13,7 +13,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ ONE_SAMPLE_TEST = "one-sided one-sample t-test"
 WELCH_TEST = "one-sided Welch's t-test"
 
 
-class Units(str, Enum):
+class Units(StrEnum):
     BITS_PER_BYTE = "bits_per_byte"  # val_bpb
     NATS_PER_TOKEN = "nats_per_token"  # val_loss
 

@@ -1,8 +1,6 @@
 """Fixtures: a migrated database (SQLite file or a fresh PostgreSQL database), settings
 pointing at it, a session and a TestClient. Tests taking `database_url` run on both."""
 
-import os
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from server.config import get_settings
@@ -18,10 +16,8 @@ from server.db import get_engine
 from server.main import create_app
 from server.migrate import upgrade_head
 from server.queue import get_producer
+from tests.databases import postgres_database
 
-# A database the test user may connect to and create databases from (trust auth).
-ADMIN_URL = os.environ.get("CADDIE_TEST_POSTGRES_URL",
-                           "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TABLES = ("runevent", "logchunk", "pod", "run", "experiment")
 
 
@@ -36,18 +32,9 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test session, dropped after."""
-    name = f"caddie_test_{secrets.token_hex(6)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
+    with postgres_database("caddie_test") as url:
         upgrade_head(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

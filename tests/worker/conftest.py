@@ -1,28 +1,21 @@
 """Worker fixtures: a fresh database (SQLite, or PostgreSQL with param "postgres"), settings
 in a tmp data dir, and a director whose trainer bundle is the stand-in in fake_trainer/."""
 
-import os
-import secrets
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
 from server.config import Settings
 from server.db import make_engine
+from tests.databases import postgres_database
 from tests.sshd import Sshd
 from tests.worker.harness import FAKE_TRAINER
 from worker.bundle import TrainerBundle
 from worker.director import RunDirector
-
-# A database the test user may connect to and create databases from (trust auth).
-POSTGRES_ADMIN_URL = os.environ.get("CADDIE_TEST_POSTGRES_URL",
-                                    "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
@@ -30,7 +23,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """A fresh database with every table: a SQLite file, or with param "postgres" a new
     PostgreSQL database dropped after the test."""
     if getattr(request, "param", "sqlite") == "postgres":
-        with _postgres_database() as url:
+        with postgres_database("caddie_worker") as url:
             yield from _tables(make_engine(url))
         return
     yield from _tables(make_engine(f"sqlite:///{tmp_path / 'caddie.db'}"))
@@ -42,20 +35,6 @@ def _tables(engine: Engine) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
-
-
-@contextmanager
-def _postgres_database() -> Iterator[str]:
-    name = f"caddie_worker_{secrets.token_hex(6)}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture
