@@ -4,6 +4,8 @@ Torch-free on purpose: the worker imports this module to read what the trainer
 writes, without installing the trainer's heavy dependencies.
 """
 
+import hashlib
+
 # --- files the trainer writes into its run directory -------------------------------
 TRAIN_LOG = "train.log"  # human log with the community's standard lines
 METRICS = "metrics.jsonl"  # one JSON object per event, see EVENT_* below
@@ -50,3 +52,14 @@ RESULT_KEYS = (
     "versions",  # {"python", "torch", "numpy", "sentencepiece"}
     "config",  # the full resolved config
 )
+
+
+def code_digest(files: dict[str, bytes]) -> tuple[int, str]:
+    """(total bytes, sha256 of a sha256sum-style listing "<sha256>  <path>\\n" sorted by path).
+
+    `files` maps a path relative to the folder holding `trainer/` (e.g. "trainer/model.py")
+    to its bytes. The trainer reports this for the code it ran; the worker recomputes it
+    from the files it uploaded, so the two can be compared.
+    """
+    listing = "".join(f"{hashlib.sha256(data).hexdigest()}  {rel}\n" for rel, data in sorted(files.items()))
+    return sum(len(data) for data in files.values()), hashlib.sha256(listing.encode()).hexdigest()

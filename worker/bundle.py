@@ -4,7 +4,6 @@ The bundle is the `trainer` package's `*.py` files and its `schema.json`, upload
 `<run dir>/code/trainer/`. Those bytes, exactly as uploaded, are the run's code bytes.
 """
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +38,6 @@ class TrainerBundle:
 
 def default_bundle() -> TrainerBundle:
     return TrainerBundle(Path(contract.__file__).resolve().parent)
-
-
-def code_digest(files: dict[str, bytes]) -> tuple[int, str]:
-    """(total bytes, sha256 of a sha256sum-style listing "<sha256>  <path>\\n" sorted by path)."""
-    listing = "".join(f"{hashlib.sha256(data).hexdigest()}  {rel}\n" for rel, data in sorted(files.items()))
-    return sum(len(d) for d in files.values()), hashlib.sha256(listing.encode()).hexdigest()
 
 
 def run_config(experiment: Experiment, run: Run) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from server.models import Experiment, LogChunk, Pod, Run, utcnow
 from server.runs import acquire_lease, get_run, release_lease, transition, update_run
 from server.states import FINAL_RUN_STATUSES, PodStatus, RunStatus
 from worker import launcher
-from worker.bundle import TrainerBundle, code_digest, default_bundle, run_config, run_deadline_s
+from worker.bundle import TrainerBundle, default_bundle, run_config, run_deadline_s
 from worker.errors import ConnectError, StepFailed
 from worker.providers import ACTIVE_POD_STATUSES, Provider, get_provider
 from worker.remote import Remote
@@ -155,7 +155,7 @@ class RunDirector:
     def uploading(self, run: Run, fence: int) -> Delay:
         experiment = self._load(Experiment, run.experiment_id)
         files = self.bundle.files()
-        code_bytes, code_sha256 = code_digest(files)
+        code_bytes, code_sha256 = contract.code_digest(files)
         config = run_config(experiment, run)
         with self._remote(run, fence) as (remote, provider):
             run_dir = f"{provider.workdir}/run-{run.id}"
@@ -228,6 +228,8 @@ class RunDirector:
         reasons = run_reasons(measured, clock_tolerance_s=self.settings.clock_tolerance_s)
         if code_bytes != run.code_bytes:
             reasons.append(f"code on the pod is {code_bytes:,} bytes, {run.code_bytes:,} were uploaded")
+        if results.get("code_sha256") not in (None, code_sha256):
+            reasons.append("the code the trainer counted differs from the code that was uploaded")
         if results.get("artifact_sha256") not in (None, artifact_sha256):
             reasons.append("the artifact's sha256 differs from the one the trainer reported")
         worker = {**((run.results or {}).get("worker") or {}), "observed_wall_s": measured.observed_wall_s}
@@ -337,7 +339,7 @@ class RunDirector:
             files[rel] = path.read_bytes()
         if not files:
             raise StepFailed(f"{MANIFEST} is missing: the uploaded code cannot be counted")
-        return code_digest(files)
+        return contract.code_digest(files)
 
     def _retry_connect(self, run: Run, fence: int, exc: ConnectError) -> Delay:
         attempts = run.attempts + 1

@@ -4,7 +4,8 @@ import pytest
 
 from server.eligibility import MAX_EVAL_SECONDS
 from server.models import Experiment, Run
-from worker.bundle import TrainerBundle, code_digest, default_bundle, run_config, run_deadline_s
+from trainer.contract import code_digest
+from worker.bundle import TrainerBundle, default_bundle, run_config, run_deadline_s
 from worker.launcher import launch_script
 
 SCHEMA = {"fields": {"max_wallclock_seconds": {"default": 600.0}},

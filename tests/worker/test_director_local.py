@@ -14,8 +14,9 @@ from server.models import LogChunk, Pod, Run, RunEvent, utcnow
 from server.runs import acquire_lease, release_lease, update_run
 from server.states import FINAL_RUN_STATUSES, RUN_PATH, RunStatus
 from tests.worker.harness import FAKE_TRAINER, drive, new_run, read_run
+from trainer.contract import code_digest
 from worker import launcher
-from worker.bundle import TrainerBundle, code_digest
+from worker.bundle import TrainerBundle
 
 FINAL = set(FINAL_RUN_STATUSES)
 

@@ -1,0 +1,130 @@
+"""Fixtures for the trainer: a small real corpus, a built dataset and one tiny CPU run.
+
+The corpus is the docstrings of the Python standard library (real English-ish prose and
+code), one document per module, written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+TOKENIZERS = SHARED / "fixtures" / "tokenizers"
+CORPUS_BYTES = 400_000  # enough text for a 512-piece BPE and a few thousand val tokens
+VOCAB = 512
+VAL_DOCS = 8
+TINY_STEPS = 20
+
+
+def trainer_cmd(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m trainer ARGS` in a fresh process with the repository on the path."""
+    # One intra-op thread: tiny shapes gain nothing from more, and spinning OpenMP threads
+    # slow everything down when other suites share the 2 cores.
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
+
+
+def write_docstring_corpus(folder: Path, limit_bytes: int) -> list[str]:
+    """One .txt document per stdlib module with docstrings; returns the texts in path order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs: list[str] = []
+    total = 0
+    for path in sorted(stdlib.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        parts = [ast.get_docstring(n) for n in ast.walk(tree) if isinstance(n, kinds)]
+        text = "\n\n".join(p for p in parts if p)
+        if len(text) < 500:
+            continue
+        (folder / f"{path.stem}.txt").write_text(text, encoding="utf-8")
+        docs.append(text)
+        total += len(text.encode("utf-8"))
+        if total >= limit_bytes:
+            break
+    return docs
+
+
+@dataclass(frozen=True)
+class Dataset:
+    text_dir: Path
+    docs: list[str]
+    tokenizer: Path
+    data_path: Path
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """`python -m trainer data build` on the docstring corpus (vocab 512)."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = write_docstring_corpus(root / "text", CORPUS_BYTES)
+    done = trainer_cmd(
+        "data",
+        "build",
+        "--text",
+        str(root / "text"),
+        "--out",
+        str(root / "data"),
+        "--vocab-size",
+        str(VOCAB),
+        "--val-docs",
+        str(VAL_DOCS),
+    )
+    assert done.returncode == 0, done.stderr
+    tokenizer, data_path = (Path(line) for line in done.stdout.split())
+    return Dataset(root / "text", docs, tokenizer, data_path, done.stdout)
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    out: Path
+    config_path: Path
+    results: dict
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def tiny_run(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """One full `python -m trainer train` of the tiny preset (fewer steps) on CPU."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    config_path = root / "run.json"
+    config_path.write_text(
+        json.dumps(
+            {
+                "preset": "tiny",
+                "data_path": str(dataset.data_path),
+                "tokenizer_path": str(dataset.tokenizer),
+                "iterations": TINY_STEPS,
+                "warmdown_iters": 8,
+                "seed": 7,
+            }
+        )
+    )
+    out = root / "run"
+    done = trainer_cmd("train", "--config", str(config_path), "--out", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    return TinyRun(out, config_path, results, done.stdout)

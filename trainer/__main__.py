@@ -1,0 +1,111 @@
+"""Command line: `python -m trainer {train, eval, data build}`.
+
+User errors (a bad config value, a missing path, an unreadable artifact) print one line
+on stderr and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from trainer.config import ConfigError, load_config
+
+USAGE_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train, export the int8+zlib artifact, score it")
+    train.add_argument("--config", help='run.json: {"preset": NAME, FIELD: VALUE, ...}')
+    train.add_argument("--out", default=".", help="run directory for logs, results and artifact")
+
+    score = commands.add_parser("eval", help="score an artifact alone, in a fresh process")
+    score.add_argument("--artifact", required=True, help="final_model.int8.ptz")
+    score.add_argument("--data-path", help="folder with fineweb_val_*.bin (default: as trained)")
+    score.add_argument("--tokenizer-path", help="SentencePiece .model (default: as trained)")
+    score.add_argument("--json", action="store_true", help="print one JSON object")
+
+    data = commands.add_parser("data", help="datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    build = data_commands.add_parser("build", help="tokenizer + shards from your documents")
+    build.add_argument("--text", required=True, help="folder of *.txt / *.jsonl documents")
+    build.add_argument("--out", required=True, help="output root (tokenizers/, datasets/)")
+    build.add_argument("--vocab-size", type=int, default=1024)
+    build.add_argument(
+        "--val-docs", type=int, help="first N documents are validation (default: a tenth)"
+    )
+    build.add_argument("--name", help="dataset/tokenizer name (default: custom_sp<vocab>)")
+    build.add_argument("--tokenizer", help="use this .model instead of training one")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = load_config(args.config, os.environ)  # before importing torch: fast to fail
+    from trainer.train import run
+
+    run(config, args.out)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from trainer.train import score_artifact
+
+    result = score_artifact(args.artifact, args.data_path, args.tokenizer_path)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"final_int8_zlib_roundtrip_exact val_loss:{result['val_loss']:.8f} "
+            f"val_bpb:{result['val_bpb']:.8f}"
+        )
+    return 0
+
+
+def _data_build(args: argparse.Namespace) -> int:
+    from trainer.corpus import build
+
+    built = build(
+        args.text,
+        args.out,
+        vocab_size=args.vocab_size,
+        val_docs=args.val_docs,
+        name=args.name,
+        tokenizer=args.tokenizer,
+    )
+    print(built.tokenizer_path)
+    print(built.dataset_dir)
+    return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from trainer.corpus import CorpusError
+    from trainer.data import ShardError
+    from trainer.evaluate import TokenizerError
+    from trainer.quantize import ArtifactError
+    from trainer.train import LaunchError
+
+    return (ConfigError, CorpusError, ShardError, TokenizerError, ArtifactError, LaunchError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"train": _train, "eval": _eval, "data": _data_build}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return USAGE_ERROR
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
