@@ -122,7 +122,9 @@ def test_code_bytes_are_the_trainer_package_files(tiny_run: TinyRun):
     assert r["code_files"] == expected
     blobs = [(REPO / p).read_bytes() for p in r["code_files"]]
     assert r["code_bytes"] == sum(len(b) for b in blobs)
-    assert r["code_sha256"] == hashlib.sha256(b"".join(blobs)).hexdigest()
+    listing = "".join(f"{hashlib.sha256(b).hexdigest()}  {p}\n"
+                      for p, b in sorted(zip(r["code_files"], blobs, strict=True)))
+    assert r["code_sha256"] == hashlib.sha256(listing.encode()).hexdigest()
     assert r["bytes_total"] == r["code_bytes"] + r["model_bytes"]
 
 
