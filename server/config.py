@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     remote_python: str = "python3"
     # Python that runs the trainer for the local provider; default: this interpreter.
     local_python: str = ""
+    # Torch threads per trainer on the local provider, whose runs share this machine's cores.
+    local_threads: int = Field(default=1, ge=1)
 
     # Extra seconds a run may take beyond its training and eval caps before it is killed.
     run_grace_s: float = Field(default=300.0, ge=0)

@@ -293,7 +293,8 @@ class RunDirector:
         remote.put_bytes(json.dumps(config, indent=1).encode(), config_path)
         remote.put_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode(), f"{run_dir}/{MANIFEST}")
         script = launcher.launch_script(run_dir=run_dir, python=provider.python,
-                                        config_path=config_path, deadline_s=deadline_s)
+                                        config_path=config_path, deadline_s=deadline_s,
+                                        cpu_threads=provider.cpu_threads)
         remote.put_bytes(script.encode(), f"{run_dir}/{launcher.LAUNCH_SCRIPT}")
 
     def _pull_log(self, remote: Remote, run: Run, fence: int, *, final: bool) -> bool:

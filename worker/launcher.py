@@ -24,7 +24,7 @@ cd {run_dir} || exit 1
 echo $$ > pid.tmp && mv pid.tmp pid
 ( while true; do date +%s > heartbeat.tmp && mv heartbeat.tmp heartbeat; sleep 5; done ) &
 heartbeat=$!
-PYTHONPATH={code_dir} PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \\
+{threads}PYTHONPATH={code_dir} PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \\
   timeout --kill-after=30 {deadline_s} {python} -m trainer train --config {config} --out {run_dir} \\
   > trainer.out 2>&1 < /dev/null &
 trainer=$!
@@ -47,10 +47,12 @@ _ANY_ALIVE = (
 )
 
 
-def launch_script(*, run_dir: str, python: str, config_path: str, deadline_s: float) -> str:
+def launch_script(*, run_dir: str, python: str, config_path: str, deadline_s: float,
+                  cpu_threads: int | None = None) -> str:
     q = shlex.quote
+    threads = f"OMP_NUM_THREADS={int(cpu_threads)} " if cpu_threads else ""
     return _SCRIPT.format(run_dir=q(run_dir), code_dir=q(f"{run_dir}/code"), python=q(python),
-                          config=q(config_path), deadline_s=f"{int(deadline_s)}s")
+                          config=q(config_path), deadline_s=f"{int(deadline_s)}s", threads=threads)
 
 
 def launch(remote: Remote, run_dir: str) -> bool:

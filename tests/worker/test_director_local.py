@@ -82,6 +82,8 @@ def test_the_pod_environment_carries_none_of_the_workers_variables(director, eng
     run_id = new_run(engine)
     run = drive(director, run_id, until=FINAL)
     assert "env_secret:absent" in stored_log(engine, run_id)
+    # Seeds share this machine's cores: one torch thread each unless configured otherwise.
+    assert "omp_threads:1\n" in stored_log(engine, run_id)
     assert "s3cret" not in Path(run.remote_dir, "launch.sh").read_text()
 
 

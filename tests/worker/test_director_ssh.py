@@ -41,6 +41,7 @@ def test_run_over_ssh_succeeds_with_the_host_key_pinned(ssh_director, engine, ss
     with Session(engine) as session:
         chunks = session.exec(select(LogChunk).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)).all()
     assert "".join(c.text for c in chunks).encode() == Path(run.remote_dir, "train.log").read_bytes()
+    assert "omp_threads:unset\n" in chunks[0].text  # a host of its own: torch picks its threads
     pod = pod_of(engine, run)
     assert (pod.provider, pod.host, pod.port, pod.username, pod.status) == (
         "ssh", "127.0.0.1", sshd.port, sshd.user, "released")

@@ -35,6 +35,11 @@ class Provider(ABC):
     def python(self) -> str:
         """The Python command on the pod that runs the trainer."""
 
+    @property
+    def cpu_threads(self) -> int | None:
+        """Threads per trainer process (OMP_NUM_THREADS) where runs share CPU cores; None: leave it."""
+        return None
+
     @abstractmethod
     def assign_host(self, session: Session, pod: Pod) -> bool:
         """Give the pod row a host (and commit it); False when none is free yet."""

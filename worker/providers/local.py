@@ -83,6 +83,12 @@ class LocalProvider(Provider):
     def python(self) -> str:
         return self.settings.local_python or sys.executable
 
+    @property
+    def cpu_threads(self) -> int | None:
+        # Several seeds share this machine's cores; torch's default of one thread per core
+        # in every process oversubscribes them and slows all runs several times over.
+        return self.settings.local_threads
+
     def assign_host(self, session: Session, pod: Pod) -> bool:
         pod.host, pod.status, pod.updated_at = "localhost", PodStatus.ready.value, utcnow()
         session.add(pod)

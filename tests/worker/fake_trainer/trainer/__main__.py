@@ -28,6 +28,7 @@ def main() -> int:
     log = open(out / "train.log", "w", encoding="utf-8")
     log.write(f"seed:{config['seed']} run_id:{config['run_id']} preset:{config['preset']} µ-check ✓\n")
     log.write("env_secret:" + os.environ.get("CADDIE_SECRET_PROBE", "absent") + "\n")
+    log.write("omp_threads:" + os.environ.get("OMP_NUM_THREADS", "unset") + "\n")
     log.flush()
     mode = config.get("fake_mode", "ok")
     if mode == "crash":
