@@ -3,7 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,6 +35,39 @@ class Settings(BaseSettings):
     local_python: str = ""
     # Torch threads per trainer on the local provider, whose runs share this machine's cores.
     local_threads: int = Field(default=1, ge=1)
+
+    # Every pod's name starts with this and ends with its run id; the reconciler ends any pod
+    # with this prefix that the database does not expect (one prefix per Caddie installation).
+    pod_prefix: str = Field(default="caddie-run-", min_length=3, max_length=60, pattern=r"^[a-z0-9-]+$")
+    # Seconds a pod may outlive its run's own deadline (collecting, verifying); past that, all
+    # three stops (provider deadline, pod watchdog, reconciler) end it.
+    pod_margin_s: float = Field(default=900.0, ge=60)
+    # Pods of one provider alive at once; further runs wait in `provisioning` (RunPod accounts
+    # start with an $80/hour spending limit: three 8xH100 pods).
+    max_pods: int = Field(default=3, ge=1)
+
+    # runpod provider: REST API v2 for pods, GraphQL only for terminateAfter and the balance.
+    runpod_api_url: str = "https://api.runpod.io/v2"
+    runpod_graphql_url: str = "https://api.runpod.io/graphql"
+    # The account key: from the environment (CADDIE_RUNPOD_API_KEY) or a file; never sent into a pod.
+    runpod_api_key: SecretStr | None = None
+    runpod_api_key_file: Path | None = None
+    runpod_image: str = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
+    runpod_gpu_type: str = "NVIDIA H100 80GB HBM3"  # the H100 SXM id (PCIe and NVL are other SKUs)
+    runpod_gpu_count: int = Field(default=8, ge=1)
+    runpod_cloud: str = Field(default="SECURE", pattern="^(SECURE|COMMUNITY)$")
+    runpod_disk_gb: int = Field(default=50, ge=10)
+    runpod_data_centers: str = ""  # comma-separated ids; empty: any
+    runpod_workdir: str = "/workspace/caddie-runs"
+    runpod_python: str = "python3"
+    # Seconds per API request; tries of a create (no capacity, 5xx, timeout) and the first
+    # wait between them (doubling, at most 5 minutes).
+    runpod_request_timeout_s: float = Field(default=30.0, gt=0)
+    runpod_create_attempts: int = Field(default=6, ge=1)
+    runpod_backoff_s: float = Field(default=15.0, ge=0)
+    # Seconds a new pod may take to reach RUNNING with SSH published, and tries of its sshd.
+    runpod_start_timeout_s: float = Field(default=1200.0, gt=0)
+    runpod_ssh_attempts: int = Field(default=10, ge=1)
 
     # Extra seconds a run may take beyond its training and eval caps before it is killed.
     run_grace_s: float = Field(default=300.0, ge=0)
@@ -74,6 +107,8 @@ class Settings(BaseSettings):
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
             "control_folder": str(folder / "control"),
+            # Seconds between looks at the folder; each lifecycle step waits this long once.
+            "polling_interval": 0.1,
         }
 
 
