@@ -5,6 +5,7 @@ import signal
 import sys
 import time
 
+from cli.doctor import register as register_doctor
 from cli.logs import register as register_logs
 from server.config import get_settings
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(func=cmd_migrate)
     register_logs(sub)
+    register_doctor(sub)
     return parser
 
 

@@ -10,8 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from server import redaction
 from server.api import health
 from server.api.main import api_router
+from server.config import get_settings
 from server.errors import CaddieError
 from web.pages import include_pages
 
@@ -30,6 +32,8 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
     include_pages(app)
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        redaction.install(get_settings(), logging.getLogger(name))
     return app
 
 

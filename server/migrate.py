@@ -8,6 +8,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 import migrations
 
@@ -24,3 +25,8 @@ def alembic_config(url: str | None = None) -> Config:
 
 def upgrade_head(url: str | None = None) -> None:
     command.upgrade(alembic_config(url), "head")
+
+
+def head_revision() -> str | None:
+    """The newest migration's revision id (what a ready database is at)."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -8,8 +8,12 @@ over loss: acks after the step, one message per process, requeue when a process 
 Redis when CADDIE_REDIS_URL is set, else Celery's filesystem transport in the data dir.
 """
 
-from celery import Celery
+import logging
 
+from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
+
+from server import redaction
 from server.config import Settings, get_settings
 from server.queue import RECONCILE
 
@@ -48,3 +52,9 @@ def make_app(settings: Settings) -> Celery:
 
 
 app = make_app(get_settings())
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_secrets(logger: logging.Logger, **_kwargs: object) -> None:
+    redaction.install(get_settings(), logger)

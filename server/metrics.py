@@ -1,0 +1,76 @@
+"""Prometheus metrics, read from the database on each scrape (the database is the truth).
+
+Exposition is the plain-text format (version 0.0.4); no client library is needed for gauges.
+"""
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from server.models import LogChunk, Pod, Run, utcnow
+from server.states import PodStatus, RunStatus
+
+LIVE_POD_STATUSES = (PodStatus.requested, PodStatus.starting, PodStatus.ready, PodStatus.busy)
+RUNNING = RunStatus.running.value
+
+
+def runs_by_state(session: Session) -> dict[str, int]:
+    counts = dict(session.exec(select(Run.status, func.count()).group_by(Run.status)).all())
+    return {state.value: int(counts.get(state.value, 0)) for state in RunStatus}
+
+
+def pods_alive(session: Session) -> dict[str, int]:
+    rows = session.exec(
+        select(Pod.provider, func.count())
+        .where(Pod.status.in_([s.value for s in LIVE_POD_STATUSES]))  # type: ignore[attr-defined]
+        .group_by(Pod.provider)
+    ).all()
+    return {provider: int(n) for provider, n in rows}
+
+
+def log_lag_seconds(session: Session) -> float:
+    """Seconds since the newest stored log line of any running run (0 when none runs).
+
+    A running trainer logs every few seconds; a growing lag means the worker stopped
+    pulling logs or the pod stopped writing them.
+    """
+    newest = session.exec(
+        select(Run.id, func.max(LogChunk.created_at))
+        .join(LogChunk, LogChunk.run_id == Run.id, isouter=True)  # type: ignore[arg-type]
+        .where(Run.status == RUNNING)
+        .group_by(Run.id)
+    ).all()
+    now = utcnow()
+    lags = [(now - _aware(seen)).total_seconds() for _, seen in newest if seen is not None]
+    return max(lags, default=0.0)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands datetimes back without their zone; every stored time is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=utcnow().tzinfo)
+
+
+def render(session: Session) -> str:
+    """The metrics page: one HELP and TYPE line per metric, then its samples."""
+    lines: list[str] = []
+    states = runs_by_state(session)
+    _gauge(lines, "caddie_runs", "Runs by lifecycle state.",
+           ((f'state="{state}"', n) for state, n in states.items()))
+    _gauge(lines, "caddie_queue_depth", "Runs waiting for a pod.", [("", states[RunStatus.queued.value])])
+    alive = pods_alive(session)
+    _gauge(lines, "caddie_pods_alive", "Pods not yet released or terminated, by provider.",
+           ((f'provider="{p}"', n) for p, n in sorted(alive.items())) if alive else [("", 0)])
+    _gauge(lines, "caddie_log_lag_seconds",
+           "Seconds since the newest stored log line of any running run.",
+           [("", round(log_lag_seconds(session), 3))])
+    return "\n".join(lines) + "\n"
+
+
+def _gauge(lines: list[str], name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} gauge")
+    for labels, value in samples:
+        lines.append(f"{name}{{{labels}}} {value}" if labels else f"{name} {value}")
+
