@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure what the tests talk to is installed and running: PostgreSQL (127.0.0.1:5432,
 # trust auth, database `test`), Redis (127.0.0.1:6379), OpenSSH's sshd binary and
-# docker-compose (only to validate docker-compose.yml; no Docker engine is needed).
+# docker-compose (only to validate docker-compose.yml; no Docker engine is needed) and
+# Chromium for the browser tests.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -11,6 +12,7 @@ missing=()
 command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+[ -x /usr/bin/chromium ] || missing+=(chromium)  # browser tests (Playwright drives it)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"

@@ -1,8 +1,10 @@
-"""The HTML pages: leaderboard, experiments, one experiment, one run, its log.
+"""The HTML pages: leaderboard, experiments, one experiment, one run (live log, loss curves,
+downloads), the submit form and the comparison of two experiments.
 
 Handlers read through the server's service functions and render a template; they own no
 queries. Errors on these routes (an unknown id, a bad query parameter, a conflict, a bug)
-come back as styled HTML pages instead of the API's JSON.
+come back as styled HTML pages instead of the API's JSON. Every POST needs the form's CSRF
+token (web/csrf.py).
 """
 
 import logging
@@ -13,18 +15,21 @@ from http import HTTPStatus
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
+from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import experiments, logs, presets
 from server.api.deps import MAX_ID, FilterText, IdPath, SessionDep
 from server.errors import CaddieError, NotFound
 from server.experiments import RunEventPublic, RunPublic
+from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
+from web import comparison, csrf, downloads, submission
 from web.board import (
     DEFAULT_PER_PAGE,
     DEFAULT_SORT,
@@ -33,7 +38,9 @@ from web.board import (
     BoardView,
     read_board,
 )
+from web.charts import seed_plot
 from web.checklist import run_checks
+from web.curves import loss_points
 from web.rendering import STATIC_DIR, as_utc, templates
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,11 @@ class PageRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def render_errors(request: Request) -> Response:
+            response = await _render(request)
+            csrf.set_cookie(request, response)
+            return response
+
+        async def _render(request: Request) -> Response:
             try:
                 return await handler(request)
             except CaddieError as exc:
@@ -70,11 +82,14 @@ class PageRoute(APIRoute):
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False,
                    default_response_class=HTMLResponse)
+Csrf = Depends(csrf.verify)  # on every POST of a page form
+templates.env.globals.update(csrf_field=csrf.hidden_field)
 
 
 def include_pages(app: FastAPI) -> None:
     """Add the pages to `app`, and HTML 404 pages for unknown URLs outside /api."""
     app.include_router(router)
+    app.include_router(comparison.api_router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
 
 
@@ -154,9 +169,23 @@ def read_experiment_page(request: Request, session: SessionDep,
     """An experiment's spec, its seeds and their statistics."""
     experiment = experiments.experiment_with_runs(
         session, experiments.get_experiment(session, experiment_id))
+    scores = [(r.seed, r.val_bpb) for r in experiment.runs
+              if r.status == RunStatus.succeeded and r.val_bpb is not None]
     return templates.TemplateResponse(request, "experiment.html", {
         "experiment": experiment, "stats": seed_stats(experiment.runs),
+        "plot": seed_plot(scores, f"val_bpb per seed of {experiment.name}"),
         "cancellable": ExperimentStatus(experiment.status) not in ENDED_EXPERIMENT_STATUSES})
+
+
+@router.get("/compare")
+def read_compare_page(request: Request, session: SessionDep, a: comparison.ExperimentId,
+                      b: comparison.ExperimentId) -> HTMLResponse:
+    """Two experiments side by side with Welch's test between them."""
+    result = comparison.compare(session, a, b)
+    return templates.TemplateResponse(request, "compare.html", {
+        "result": result, "welch": result.welch,
+        "plots": [seed_plot(side.scores, f"val_bpb per seed of {side.experiment.name}")
+                  for side in (result.a, result.b)]})
 
 
 def seed_stats(runs: list[RunPublic]) -> dict[str, Any]:
@@ -167,16 +196,58 @@ def seed_stats(runs: list[RunPublic]) -> dict[str, Any]:
             "best": min(scores, default=None), "worst": max(scores, default=None)}
 
 
-@router.post("/experiments/{experiment_id}/cancel")
+@router.post("/experiments/{experiment_id}/cancel", dependencies=[Csrf])
 def cancel_experiment_page(session: SessionDep, experiment_id: IdPath) -> RedirectResponse:
     """Cancel the experiment's unfinished runs, then show it again."""
     experiments.cancel_experiment(session, experiment_id)
     return RedirectResponse(f"/experiments/{experiment_id}", status_code=303)
 
 
+@router.get("/submit")
+def read_submit_page(
+    request: Request,
+    preset: Annotated[str, Query(max_length=64, pattern=r"^[\w.-]*$")] = "baseline",
+) -> HTMLResponse:
+    """The form that submits an experiment: a preset, field overrides, seeds, provider."""
+    values = {"preset": preset, "seeds": submission.DEFAULT_SEEDS, "provider": "local"}
+    return submit_form(request, submission.Submission(values=values))
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """The posted form's text fields (no uploads on this form)."""
+    form = await request.form()
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+@router.post("/submit", dependencies=[Csrf])
+def submit_experiment_page(
+    request: Request, session: SessionDep,
+    form: Annotated[dict[str, str], Depends(form_fields)],
+) -> Response:
+    """Create the experiment and show it; or show the form again with each problem next to
+    its field (422)."""
+    spec, entered = submission.read_form(form)
+    if spec is None:
+        return submit_form(request, entered, status_code=422)
+    experiment = experiments.create_experiment(session, spec)
+    return RedirectResponse(f"/experiments/{experiment.id}", status_code=303)
+
+
+def submit_form(request: Request, entered: submission.Submission,
+                status_code: int = 200) -> HTMLResponse:
+    inputs = submission.config_inputs()
+    return templates.TemplateResponse(request, "submit.html", {
+        "entered": entered, "field_defaults": {i.name: i.default for i in inputs},
+        "presets": presets.preset_names(), "preset_values": presets.load_schema()["presets"],
+        "inputs": inputs, "providers": submission.PROVIDERS,
+        "open_overrides": submission.touches_config(entered),
+    }, status_code=status_code)
+
+
 @router.get("/runs/{run_id}")
 def read_run_page(request: Request, session: SessionDep, run_id: IdPath) -> HTMLResponse:
-    """A run: status, timeline, verification checklist and the tail of its log."""
+    """A run: status, timeline, verification checklist, loss curves, downloads and the tail
+    of its log, which the page's script then follows live from where the tail ends."""
     run = experiments.run_with_events(session, run_id)
     experiment = experiments.get_experiment(session, run.experiment_id)
     tail_from = max(0, run.log_offset - LOG_TAIL_BYTES)
@@ -184,11 +255,25 @@ def read_run_page(request: Request, session: SessionDep, run_id: IdPath) -> HTML
     return templates.TemplateResponse(request, "run.html", {
         "run": run, "experiment": experiment, "checks": run_checks(run),
         "timeline": timeline(run.events), "log_text": _whole_lines(tail.text, tail_from),
-        "log_cut": tail_from > 0,
+        "log_cut": tail_from > 0, "log_end": tail.next_offset,
+        "curves": loss_points(whole_log(session, run_id)),
+        "downloads": downloads.available(run_id, run.results),
+        "final": RunStatus(run.status) in FINAL_RUN_STATUSES,
         "cancellable": RunStatus(run.status) not in FINAL_RUN_STATUSES})
 
 
-@router.post("/runs/{run_id}/cancel")
+def whole_log(session: Session, run_id: int) -> str:
+    """The run's whole stored train.log."""
+    pieces, offset = [], 0
+    while True:
+        piece = logs.read_log(session, run_id, offset=offset, limit=logs.MAX_READ_BYTES)
+        if piece.next_offset == offset:
+            return "".join(pieces)
+        pieces.append(piece.text)
+        offset = piece.next_offset
+
+
+@router.post("/runs/{run_id}/cancel", dependencies=[Csrf])
 def cancel_run_page(session: SessionDep, run_id: IdPath) -> RedirectResponse:
     """Cancel the run, then show it again."""
     experiments.cancel_run(session, run_id)
@@ -198,15 +283,29 @@ def cancel_run_page(session: SessionDep, run_id: IdPath) -> RedirectResponse:
 @router.get("/runs/{run_id}/train.log")
 def read_run_log_file(session: SessionDep, run_id: IdPath) -> Response:
     """The run's whole stored train.log as plain text."""
-    pieces, offset = [], 0
-    while True:
-        piece = logs.read_log(session, run_id, offset=offset, limit=logs.MAX_READ_BYTES)
-        if piece.next_offset == offset:
-            break
-        pieces.append(piece.text)
-        offset = piece.next_offset
-    return Response("".join(pieces), media_type="text/plain; charset=utf-8", headers={
-        "Content-Disposition": f'inline; filename="run-{run_id}-train.log"'})
+    return Response(whole_log(session, run_id), media_type="text/plain; charset=utf-8",
+                    headers={"Content-Disposition": f'inline; filename="run-{run_id}-train.log"'})
+
+
+@router.get("/runs/{run_id}/results.json")
+def read_run_results_file(session: SessionDep, run_id: IdPath) -> FileResponse:
+    """results.json as the worker downloaded it from the pod."""
+    get_run(session, run_id)
+    return _run_download(run_id, downloads.RESULTS_FILE, "application/json")
+
+
+@router.get("/runs/{run_id}/artifact")
+def read_run_artifact(session: SessionDep, run_id: IdPath) -> FileResponse:
+    """The compressed model the worker downloaded and measured."""
+    run = get_run(session, run_id)
+    return _run_download(run_id, downloads.artifact_name(run.results), "application/octet-stream")
+
+
+def _run_download(run_id: int, name: str, media_type: str) -> FileResponse:
+    path = downloads.run_file(run_id, name)
+    if path is None:
+        raise NotFound(f"run {run_id} has no downloaded {name}")
+    return FileResponse(path, media_type=media_type, filename=f"run-{run_id}-{path.name}")
 
 
 @router.get("/static/{name}")

@@ -1,15 +1,21 @@
-"""Runs: read one with its events, read its log, cancel it."""
+"""Runs: read one with its events, read or follow its log, cancel it."""
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from server import experiments, logs
+from server import experiments, logs, logstream
 from server.api.deps import MAX_ID, IdPath, SessionDep
+from server.db import get_engine
 from server.experiments import RunPublic, RunPublicWithEvents
 from server.logs import LogSlice
 
 router = APIRouter(prefix="/runs", tags=["runs"])
+
+RECONNECT_MS = 1000  # how soon a browser reconnects a dropped log stream (SSE `retry`)
 
 
 @router.get("/{run_id}")
@@ -29,6 +35,47 @@ def read_run_log(
 ) -> LogSlice:
     """Read the run's train.log from a byte offset; continue from `next_offset`."""
     return logs.read_log(session, run_id, offset=offset, limit=limit)
+
+
+def stream_offset(
+    run_id: IdPath,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="byte offset to start from")] = 0,
+    last_event_id: Annotated[str | None, Header(
+        description="the `id` of the last event received; wins over `offset`")] = None,
+) -> int:
+    """Where the stream starts: `Last-Event-ID` (sent by a reconnecting EventSource), else
+    `offset`. Checked before the stream opens, so a bad one is a 404/422, not an event."""
+    where, start = ("query", "offset"), offset
+    if last_event_id is not None:
+        where = ("header", "last-event-id")
+        if not last_event_id.isascii() or not last_event_id.isdigit() or int(last_event_id) > MAX_ID:
+            raise _invalid(where, f"must be a byte offset (0 to {MAX_ID}), got {last_event_id!r}")
+        start = int(last_event_id)
+    try:
+        logstream.check_offset(get_engine(), run_id, start)
+    except ValueError as exc:
+        raise _invalid(where, str(exc)) from None
+    return start
+
+
+def _invalid(loc: tuple[str, str], message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": loc, "msg": message, "type": "value_error"}])
+
+
+@router.get("/{run_id}/logs/stream", response_class=EventSourceResponse)
+async def stream_run_log(
+    run_id: IdPath, start: Annotated[int, Depends(stream_offset)]
+) -> AsyncIterator[ServerSentEvent]:
+    """Follow the run's train.log as Server-Sent Events.
+
+    `log` events: data `{"offset", "next", "text"}` (bytes [offset, next) of train.log),
+    `id` = `next`. An `end` event (data `{"status", "offset"}`) follows once the run has
+    ended and all of its log was sent. Resume with `Last-Event-ID` or `?offset=`.
+    """
+    retry: int | None = RECONNECT_MS  # sent once per connection
+    async for event in logstream.log_events(get_engine(), run_id, start):
+        yield ServerSentEvent(event=event.kind, data=event.data, id=event.id, retry=retry)
+        retry = None
 
 
 @router.post("/{run_id}/cancel")

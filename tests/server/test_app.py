@@ -52,7 +52,8 @@ def test_openapi_lists_every_operation(client: TestClient) -> None:
     assert set(paths) == {
         "/api/experiments", "/api/experiments/{experiment_id}",
         "/api/experiments/{experiment_id}/cancel", "/api/runs/{run_id}",
-        "/api/runs/{run_id}/log", "/api/runs/{run_id}/cancel", "/api/leaderboard", "/healthz",
+        "/api/runs/{run_id}/log", "/api/runs/{run_id}/logs/stream", "/api/runs/{run_id}/cancel",
+        "/api/leaderboard", "/api/compare", "/healthz", "/readyz", "/metrics",
     }
     assert set(paths["/api/experiments"]) == {"get", "post"}
     assert client.get("/docs").status_code == 200

@@ -1,5 +1,5 @@
-"""Fixtures for the pages: the server's database fixtures (SQLite and PostgreSQL), and a
-TestClient on the server's app with the pages included."""
+"""Fixtures for the pages: the server's database fixtures (SQLite and PostgreSQL), a
+TestClient on the server's app with the pages included, and the app on a real uvicorn."""
 
 from collections.abc import Iterator
 
@@ -16,6 +16,7 @@ from tests.server.conftest import (  # noqa: F401  (fixtures, found by name)
     settings_env,
     sqlite_template,
 )
+from tests.web.live import LiveServer
 from web.pages import include_pages
 
 
@@ -25,3 +26,13 @@ def client(settings_env: None) -> Iterator[TestClient]:  # noqa: F811
     include_pages(app)
     with TestClient(app, headers={"accept": "text/html"}) as client:
         yield client
+
+
+@pytest.fixture
+def live_server(settings_env: None) -> Iterator[LiveServer]:  # noqa: F811
+    """The app on a real uvicorn (streams need a real server) over the test's database."""
+    server = LiveServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

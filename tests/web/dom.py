@@ -110,3 +110,8 @@ def fetch(client: TestClient, url: str, *, status: int = 200) -> Element:
 def cells(row: Element) -> list[str]:
     """The text of a row's cells (th and td), left to right."""
     return [cell.text() for cell in row.find_all(children_only=True) if cell.tag in ("th", "td")]
+
+
+def form_token(client: TestClient, url: str) -> str:
+    """The CSRF token of the page at `url` (fetching it also sets the browser's cookie)."""
+    return fetch(client, url).find("input", name="csrf_token").attrs["value"]

@@ -2,6 +2,7 @@
 
 import statistics
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
@@ -9,7 +10,7 @@ from server.experiments import finalize_experiment
 from server.models import Experiment
 from server.runs import get_run
 from tests.factories import make_experiment, make_run, make_scored_run
-from tests.web.dom import Element, cells, fetch
+from tests.web.dom import Element, cells, fetch, form_token, parse
 
 
 def facts(page: Element, section_id: str) -> dict[str, str]:
@@ -68,7 +69,7 @@ def test_finished_experiment_shows_its_verdict_and_no_cancel(client: TestClient,
         "1.25000", "—", "not eligible")
     assert [li.text() for li in page.find("ul", class_="reasons").find_all("li")] == [
         "3 seeds needed, 1 succeeded"]
-    assert page.find_all("form") == []
+    assert page.find_all("form", class_="cancel") == []
 
 
 def test_cancel_form_cancels_and_redirects(client: TestClient, session: Session) -> None:
@@ -76,7 +77,10 @@ def test_cancel_form_cancels_and_redirects(client: TestClient, session: Session)
     queued = make_run(session, experiment, seed=1)
     done = make_scored_run(session, experiment, seed=2, val_bpb=1.3)
 
-    response = client.post(f"/experiments/{experiment.id}/cancel", follow_redirects=False)
+    token = form_token(client, f"/experiments/{experiment.id}")
+
+    response = client.post(f"/experiments/{experiment.id}/cancel", data={"csrf_token": token},
+                           follow_redirects=False)
 
     assert response.status_code == 303
     assert response.headers["location"] == f"/experiments/{experiment.id}"
@@ -88,7 +92,7 @@ def test_cancel_form_cancels_and_redirects(client: TestClient, session: Session)
     assert page.find("h1").text() == "to stop finished"
     rows = page.find("table", class_="runs").find("tbody").find_all("tr")
     assert [cells(row)[2] for row in rows] == ["cancelled cancelled by user", "succeeded"]
-    assert page.find_all("form") == []
+    assert page.find_all("form", class_="cancel") == []
 
 
 def test_cancelling_an_ended_experiment_is_a_409_page(client: TestClient,
@@ -97,10 +101,29 @@ def test_cancelling_an_ended_experiment_is_a_409_page(client: TestClient,
     make_scored_run(session, experiment, seed=1, val_bpb=1.3)
     finalize_experiment(session, experiment.id)
 
-    response = client.post(f"/experiments/{experiment.id}/cancel")
+    token = form_token(client, "/submit")
+
+    response = client.post(f"/experiments/{experiment.id}/cancel", data={"csrf_token": token})
 
     assert response.status_code == 409
     assert f"experiment {experiment.id} is already finished" in response.text
+
+
+@pytest.mark.parametrize("token", ["", "forged.0000", None])
+def test_cancel_without_the_form_token_is_refused(client: TestClient, session: Session,
+                                                  token: str | None) -> None:
+    experiment = make_experiment(session, name="keep", seeds=[1])
+    run = make_run(session, experiment, seed=1)
+    real = form_token(client, f"/experiments/{experiment.id}")
+    data = {"csrf_token": token} if token is not None else {}
+    if token == "forged.0000":
+        client.cookies.set("caddie_csrf", "forged.0000")  # a cookie the server did not sign
+
+    response = client.post(f"/experiments/{experiment.id}/cancel", data=data)
+
+    assert response.status_code == 403
+    assert "security token" in parse(response.text).find("ul", class_="problems").text()
+    assert real and get_run(session, run.id).status == "queued"
 
 
 def test_unknown_experiment_is_a_404_page(client: TestClient) -> None:

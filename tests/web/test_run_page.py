@@ -1,4 +1,8 @@
-"""GET /runs/{id}: status, timeline, verification checklist, log; its log download; cancel."""
+"""GET /runs/{id}: status, timeline, verification checklist, loss points, log and its live
+stream URL; downloads (log, results.json, artifact); cancel."""
+
+import json
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -8,7 +12,7 @@ from server import logs
 from server.runs import transition
 from server.states import RunStatus
 from tests.factories import make_experiment, make_log, make_run, make_scored_run
-from tests.web.dom import Element, cells, fetch
+from tests.web.dom import Element, cells, fetch, form_token
 from web.pages import LOG_TAIL_BYTES
 
 LOG = ["step:1/20 train_loss:6.93 train_time:10ms step_avg:10.00ms\n",
@@ -123,7 +127,7 @@ def test_log_is_shown_and_downloadable(client: TestClient, session: Session) -> 
     page = fetch(client, f"/runs/{run.id}")
 
     assert page.find("pre", class_="log").raw_text() == "".join(LOG)
-    link = page.find("p", class_="downloads").find("a")
+    link = page.find("ul", class_="downloads").find_all("a")[0]
     assert link.attrs["href"] == f"/runs/{run.id}/train.log"
     response = client.get(link.attrs["href"])
     assert response.status_code == 200
@@ -157,15 +161,107 @@ def test_download_joins_reads_of_a_long_log(client: TestClient, session: Session
 def test_cancel_run_form(client: TestClient, session: Session) -> None:
     run = make_run(session, make_experiment(session), seed=1)
 
-    response = client.post(f"/runs/{run.id}/cancel", follow_redirects=False)
+    token = form_token(client, f"/runs/{run.id}")
+
+    response = client.post(f"/runs/{run.id}/cancel", data={"csrf_token": token},
+                           follow_redirects=False)
 
     assert (response.status_code, response.headers["location"]) == (303, f"/runs/{run.id}")
     page = fetch(client, f"/runs/{run.id}")
     assert page.find("h1").text() == "Seed 1 cancelled"
-    assert client.post(f"/runs/{run.id}/cancel").status_code == 409
+    assert client.post(f"/runs/{run.id}/cancel", data={"csrf_token": token}).status_code == 409
 
 
 def test_unknown_run_is_a_404_page(client: TestClient) -> None:
     assert fetch(client, "/runs/404", status=404).find("ul", class_="problems").text() == (
         "run 404 not found")
     assert fetch(client, "/runs/404/train.log", status=404).find("h1").text() == "404 Not Found"
+
+
+def test_live_log_starts_where_the_shown_tail_ends(client: TestClient, session: Session) -> None:
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+    make_log(session, run, LOG)
+
+    pre = fetch(client, f"/runs/{run.id}").find("pre", class_="log")
+
+    assert pre.attrs["data-stream"] == f"/api/runs/{run.id}/logs/stream?offset={run.log_offset}"
+    assert "data-final" not in pre.attrs
+
+
+def test_ended_run_is_not_followed(client: TestClient, session: Session) -> None:
+    run = make_run(session, make_experiment(session), seed=1, status="failed")
+    make_log(session, run, LOG)
+
+    page = fetch(client, f"/runs/{run.id}")
+
+    assert "data-final" in page.find("pre", class_="log").attrs
+    assert "has ended" in page.find("p", class_="live").text()
+
+
+def test_loss_points_come_from_the_whole_stored_log(client: TestClient, session: Session) -> None:
+    lines = [f"step:{i}/400 train_loss:{8 - i / 100:.4f} train_time:{i}ms step_avg:1.00ms\n"
+             for i in range(1, 401)]
+    lines.insert(200, "step:200/400 val_loss:5.5000 val_bpb:3.1000 train_time:200ms\n")
+    lines.append("step:400/400 val_loss:4.2500 val_bpb:2.5000 train_time:400ms\n")
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+    # More than the shown tail: the chart still gets the first points.
+    make_log(session, run, ["".join(lines)] + ["x" * 1000 + "\n"] * 70)
+
+    page = fetch(client, f"/runs/{run.id}")
+
+    points = json.loads(page.find("script", id="loss-points").raw_text())
+    assert points["train"][0] == [1, 7.99] and points["train"][-1] == [400, 4.0]
+    assert len(points["train"]) == 400
+    assert points["val"] == [[200, 5.5], [400, 4.25]]
+    assert page.find("span", class_="loss-summary").text() == (
+        "Last train_loss 4.0000 at step 400; last val_loss 4.2500 at step 400.")
+
+
+def test_results_and_artifact_downloads(client: TestClient, session: Session,
+                                        data_dir: Path) -> None:
+    results = {"val_bpb": 1.2, "artifact_file": "model.ptz"}
+    run = make_scored_run(session, make_experiment(session), seed=1, val_bpb=1.2,
+                          results=results)
+    folder = data_dir / "runs" / str(run.id)
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "model.ptz").write_bytes(b"\x00\x01artifact")
+
+    page = fetch(client, f"/runs/{run.id}")
+    links = {a.attrs["data-download"]: a.attrs["href"]
+             for a in page.find("ul", class_="downloads").find_all("a") if "data-download" in a.attrs}
+
+    assert links == {"results.json": f"/runs/{run.id}/results.json",
+                     "artifact": f"/runs/{run.id}/artifact"}
+    assert client.get(links["results.json"]).json() == results
+    artifact = client.get(links["artifact"])
+    assert artifact.content == b"\x00\x01artifact"
+    assert "model.ptz" in artifact.headers["content-disposition"]
+
+
+def test_downloads_missing_files_are_404_and_not_linked(client: TestClient,
+                                                       session: Session) -> None:
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+
+    page = fetch(client, f"/runs/{run.id}")
+
+    assert [a for a in page.find("ul", class_="downloads").find_all("a")
+            if "data-download" in a.attrs] == []
+    assert client.get(f"/runs/{run.id}/results.json").status_code == 404
+    assert client.get(f"/runs/{run.id}/artifact").status_code == 404
+    assert client.get("/runs/999/results.json").status_code == 404
+
+
+def test_artifact_name_cannot_leave_the_runs_folder(client: TestClient, session: Session,
+                                                    data_dir: Path) -> None:
+    secret = data_dir / "caddie.secret"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret.write_text("not for download")
+    run = make_scored_run(session, make_experiment(session), seed=1, val_bpb=1.2,
+                          results={"artifact_file": "../../caddie.secret"})
+    (data_dir / "runs" / str(run.id)).mkdir(parents=True)
+
+    response = client.get(f"/runs/{run.id}/artifact")
+
+    assert response.status_code == 404
+    assert "not for download" not in response.text

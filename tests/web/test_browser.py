@@ -1,0 +1,170 @@
+"""The pages in a real headless Chromium (Debian `chromium`, driven by Playwright) against
+the app on uvicorn over PostgreSQL. Screenshots go to test-artifacts/."""
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from server import logstream
+from server.experiments import finalize_experiment
+from server.models import Experiment
+from tests.factories import make_experiment, make_log, make_run, make_scored_run
+from tests.web.live import LiveServer
+from tests.web.test_log_stream import append, line
+
+pytestmark = [pytest.mark.browser, pytest.mark.postgres,
+              pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, live_server: LiveServer) -> Iterator[Page]:
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1280,
+                                                                       "height": 900})
+    tab = context.new_page()
+    tab.set_default_timeout(5000)
+    yield tab
+    context.close()
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def finished(session: Session, name: str, scores: list[float], **fields: object) -> Experiment:
+    experiment = make_experiment(session, name=name, seeds=list(range(1, len(scores) + 1)),
+                                 **fields)
+    for seed, score in enumerate(scores, start=1):
+        make_scored_run(session, experiment, seed=seed, val_bpb=score)
+    finalize_experiment(session, experiment.id)
+    return experiment
+
+
+def test_leaderboard_numbers_sort_and_pages(page: Page, session: Session) -> None:
+    for index in range(27):  # more than one page of 25
+        finished(session, f"exp-{index:02d}", [1.3 - index * 0.001, 1.31 - index * 0.001,
+                                               1.305 - index * 0.001], author=f"a{index % 3}")
+
+    page.goto("/")
+    rows = page.locator("table.board > tbody.entry")
+    assert rows.count() == 25
+    first = rows.nth(0)
+    assert first.locator("th.name a").inner_text() == "exp-26"
+    assert first.locator("td.rank").inner_text() == "1"
+    # mean of 1.274, 1.284, 1.279 and its sample std 0.005
+    assert first.locator("td.mean").inner_text().split() == ["1.27900", "±", "0.00500"]
+    assert first.locator("td.seeds").inner_text() == "3/3"
+    first.locator("summary").click()
+    assert first.locator("table.seeds tbody tr").count() == 3
+    screenshot(page, "leaderboard")
+
+    page.locator("a[data-sort=name]").click()
+    page.wait_for_url("**/?sort=name")
+    assert page.locator("table.board th.name a").first.inner_text() == "exp-00"
+    page.locator("a[rel=next]").click()
+    page.wait_for_url("**/?sort=name&page=2")
+    assert page.locator("table.board th.name a").all_inner_texts() == ["exp-25", "exp-26"]
+
+
+def test_run_page_shows_new_lines_within_a_second_and_plots_them(page: Page,
+                                                                 session: Session) -> None:
+    run = make_run(session, make_experiment(session), seed=1337, status="running")
+    make_log(session, run, [line(1) + line(2)])
+
+    page.goto(f"/runs/{run.id}")
+    page.wait_for_selector("text=Live:")
+    assert page.locator("polyline.series.train").get_attribute("data-count") == "2"
+
+    append(run.id, line(3))
+    page.wait_for_function("document.querySelector('pre.log').textContent.includes('step:3/40')",
+                           timeout=1000)
+    append(run.id, "step:3/40 val_loss:6.5000 val_bpb:3.9000 train_time:30ms\n")
+    page.wait_for_selector("circle.dot.val", timeout=1000)
+    assert page.locator("polyline.series.train").get_attribute("data-count") == "3"
+    assert page.locator("pre.log").inner_text().count("step:3/40 train_loss") == 1
+    assert page.locator(".loss-summary").inner_text() == (
+        "Last train_loss 6.7000 at step 3; last val_loss 6.5000 at step 3.")
+    screenshot(page, "run")
+
+
+def test_submit_form_creates_an_experiment_and_shows_field_errors(page: Page,
+                                                                   session: Session) -> None:
+    page.goto("/submit")
+    page.fill("#f-name", "browser baseline")
+    page.fill("#f-seeds", "7, 8, 9")
+    page.locator("details.overrides summary").click()
+    page.fill("[id='f-config.num_layers']", "99")
+    page.click("button[type=submit]")
+
+    error = page.locator("[data-field='config.num_layers'] .field-error")
+    assert error.inner_text() == "must be <= 64, got 99"
+    screenshot(page, "submit-invalid")
+
+    page.fill("[id='f-config.num_layers']", "6")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/experiments/*")
+    assert page.locator("h1").inner_text().startswith("browser baseline")
+    assert page.locator("table.runs tbody tr").count() == 3
+    screenshot(page, "experiment")
+
+
+def test_compare_page(page: Page, session: Session) -> None:
+    a = finished(session, "better", [1.2001, 1.2012, 1.1995])
+    b = finished(session, "older", [1.2301, 1.2322, 1.2289])
+
+    page.goto(f"/experiments/{a.id}")
+    page.fill("#compare-b", str(b.id))
+    page.click("form.compare button")
+    page.wait_for_url(f"**/compare?a={a.id}&b={b.id}")
+    assert "A is better" in page.locator("dd.verdict").inner_text()
+    screenshot(page, "compare")
+
+
+def test_run_page_resumes_the_log_after_a_dropped_connection(
+        page: Page, session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection is cut after one event; the browser reconnects with Last-Event-ID
+    and the page shows each line once."""
+    starts: list[int] = []
+    real = logstream.log_events
+
+    async def one_event_per_connection(engine: Engine, run_id: int,
+                                       offset: int) -> AsyncIterator[logstream.LogEvent]:
+        starts.append(offset)
+        async for event in real(engine, run_id, offset):
+            yield event
+            return
+
+    monkeypatch.setattr(logstream, "log_events", one_event_per_connection)
+    run = make_run(session, make_experiment(session), seed=5, status="running")
+    make_log(session, run, [line(1)])
+
+    page.goto(f"/runs/{run.id}")
+    page.wait_for_selector("text=Live:")
+    for n in (2, 3, 4):
+        append(run.id, line(n))
+        page.wait_for_function(
+            f"document.querySelector('pre.log').textContent.includes('step:{n}/40')",
+            timeout=4000)
+
+    text = page.locator("pre.log").inner_text()
+    assert [text.count(f"step:{n}/40 ") for n in (1, 2, 3, 4)] == [1, 1, 1, 1]
+    first_offset = len(line(1).encode())
+    assert starts[0] == first_offset and len(starts) >= 3
+    assert starts == sorted(starts)  # each reconnect resumed further on, never from 0

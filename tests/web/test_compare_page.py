@@ -1,0 +1,96 @@
+"""GET /compare?a=&b= and its JSON twin /api/compare: two experiments and Welch's test;
+the experiment page's per-seed plot and its link to compare."""
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from server.experiments import finalize_experiment
+from server.models import Experiment
+from server.statistics import welch_test
+from tests.factories import make_experiment, make_run, make_scored_run
+from tests.web.dom import fetch
+
+A_SCORES = [1.2001, 1.2012, 1.1995]
+B_SCORES = [1.2301, 1.2322, 1.2289, 1.2310]
+
+
+def finished(session: Session, name: str, scores: list[float]) -> Experiment:
+    experiment = make_experiment(session, name=name, seeds=list(range(1, len(scores) + 1)))
+    for seed, score in enumerate(scores, start=1):
+        make_scored_run(session, experiment, seed=seed, val_bpb=score)
+    finalize_experiment(session, experiment.id)
+    return experiment
+
+
+def test_api_compare_runs_welchs_test(client: TestClient, session: Session) -> None:
+    a, b = finished(session, "better", A_SCORES), finished(session, "older", B_SCORES)
+
+    body = client.get(f"/api/compare?a={a.id}&b={b.id}").json()
+
+    expected = welch_test(A_SCORES, B_SCORES)
+    assert body["a"]["experiment"]["name"] == "better"
+    assert body["a"]["scores"] == [[1, 1.2001], [2, 1.2012], [3, 1.1995]]
+    assert [s for _, s in body["b"]["scores"]] == B_SCORES
+    assert body["welch"]["t"] == pytest.approx(expected.t)
+    assert body["welch"]["p"] == pytest.approx(expected.p)
+    assert body["welch"]["df"] == pytest.approx(expected.df)
+    assert body["welch"]["significant"] is True and body["welch"]["test"] == expected.test
+
+
+def test_api_compare_errors(client: TestClient, session: Session) -> None:
+    a = finished(session, "one", A_SCORES)
+
+    assert client.get(f"/api/compare?a={a.id}&b=999").status_code == 404
+    response = client.get(f"/api/compare?a={a.id}", headers={"accept": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "b"]
+
+
+def test_compare_page_shows_both_sides_and_the_test(client: TestClient,
+                                                    session: Session) -> None:
+    a, b = finished(session, "better", A_SCORES), finished(session, "older", B_SCORES)
+
+    page = fetch(client, f"/compare?a={a.id}&b={b.id}")
+
+    expected = welch_test(A_SCORES, B_SCORES)
+    heads = [th.text() for th in page.find("table", class_="compare").find("thead").find_all("th")]
+    assert heads[1:] == [f"#{a.id} better", f"#{b.id} older"]
+    means = page.find("tr", class_="row-mean").find_all("td")
+    assert [td.text() for td in means] == [f"{expected.mean:.5f}", f"{expected.reference_mean:.5f}"]
+    assert page.find("h2", id="welch-heading").text() == "One-sided Welch's t-test"
+    assert page.find("dd", class_="p").text() == f"{expected.p:.4g}"
+    assert page.find("dd", class_="t").text() == f"{expected.t:.4f}"
+    assert "A is better" in page.find("dd", class_="verdict").text()
+    swapped = fetch(client, f"/compare?a={b.id}&b={a.id}")
+    assert "not shown" in swapped.find("dd", class_="verdict").text()
+
+
+def test_compare_with_too_few_seeds_says_why(client: TestClient, session: Session) -> None:
+    a, b = finished(session, "single", [1.2]), finished(session, "older", B_SCORES)
+
+    page = fetch(client, f"/compare?a={a.id}&b={b.id}")
+
+    assert page.find("dd", class_="p").text() == "—"
+    assert "at least 2 seeds" in page.find("p", class_="note").text()
+
+
+def test_experiment_page_plots_seeds_with_their_mean(client: TestClient,
+                                                     session: Session) -> None:
+    experiment = make_experiment(session, seeds=[11, 22, 33])
+    for seed, score in zip((11, 22), (1.21, 1.23), strict=True):
+        make_scored_run(session, experiment, seed=seed, val_bpb=score)
+    make_run(session, experiment, seed=33, status="running")
+
+    page = fetch(client, f"/experiments/{experiment.id}")
+
+    plot = page.find("svg", class_="seed-plot")
+    dots = plot.find_all("circle")
+    assert [(d.attrs["data-seed"], float(d.attrs["data-score"])) for d in dots] == [
+        ("11", 1.21), ("22", 1.23)]
+    assert float(plot.find("line", class_="mean").attrs["data-mean"]) == pytest.approx(1.22)
+    # SVG y grows downwards: the lower (better) score is drawn lower, at the larger y.
+    assert float(dots[0].attrs["cy"]) > float(dots[1].attrs["cy"])
+    form = page.find("form", class_="compare")
+    assert (form.attrs["action"], form.find("input", name="a").attrs["value"]) == (
+        "/compare", str(experiment.id))

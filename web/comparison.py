@@ -1,0 +1,53 @@
+"""Two experiments side by side, with Welch's test of whether the first beats the second
+by the record margin (0.005 nats), for the compare page and its JSON twin /api/compare."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from sqlmodel import Session
+
+from server import experiments, statistics
+from server.api.deps import MAX_ID, SessionDep
+from server.experiments import ExperimentPublic
+from server.states import RunStatus
+
+ExperimentId = Annotated[int, Query(ge=1, le=MAX_ID, description="experiment id")]
+
+
+class ComparedExperiment(BaseModel):
+    experiment: ExperimentPublic
+    scores: list[tuple[int, float]]  # (seed, val_bpb) of the seeds that succeeded
+
+
+class ComparisonPublic(BaseModel):
+    a: ComparedExperiment
+    b: ComparedExperiment
+    # Does a's mean val_bpb lie below b's minus 0.005 nats? (see server.statistics)
+    welch: dict[str, Any]
+
+
+def compare(session: Session, a_id: int, b_id: int) -> ComparisonPublic:
+    """404 if either experiment is unknown."""
+    a, b = _compared(session, a_id), _compared(session, b_id)
+    test = statistics.welch_test([s for _, s in a.scores], [s for _, s in b.scores])
+    return ComparisonPublic(a=a, b=b, welch=test.to_dict())
+
+
+def _compared(session: Session, experiment_id: int) -> ComparedExperiment:
+    experiment = experiments.experiment_with_runs(
+        session, experiments.get_experiment(session, experiment_id))
+    scores = [(run.seed, run.val_bpb) for run in experiment.runs
+              if run.status == RunStatus.succeeded and run.val_bpb is not None]
+    summary = ExperimentPublic.model_validate(dict(experiment))
+    return ComparedExperiment(experiment=summary, scores=scores)
+
+
+api_router = APIRouter(prefix="/api", tags=["compare"])
+
+
+@api_router.get("/compare")
+def read_comparison(session: SessionDep, a: ExperimentId, b: ExperimentId) -> ComparisonPublic:
+    """Experiment `a` against `b`: their seeds' val_bpb and a one-sided Welch's t-test of
+    mean(a) < mean(b) − 0.005 nats (in bits per byte)."""
+    return compare(session, a, b)
