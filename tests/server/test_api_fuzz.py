@@ -11,7 +11,6 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from server.main import create_app
 
-
 # The app reads its settings and opens its database at the first request, which happens
 # inside the test, after `settings_env` pointed them at that test's database.
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app())
