@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # start with an $80/hour spending limit: three 8xH100 pods).
     max_pods: int = Field(default=3, ge=1)
 
+    # Dollar caps on rented pods, over all experiments and per experiment; None: no cap. A run
+    # is held back when its estimate would pass a cap (see docs/orchestration.md).
+    budget_usd: float | None = Field(default=None, ge=0)
+    experiment_budget_usd: float | None = Field(default=None, ge=0)
+
     # runpod provider: REST API v2 for pods, GraphQL only for terminateAfter and the balance.
     runpod_api_url: str = "https://api.runpod.io/v2"
     runpod_graphql_url: str = "https://api.runpod.io/graphql"
@@ -56,6 +61,8 @@ class Settings(BaseSettings):
     runpod_gpu_type: str = "NVIDIA H100 80GB HBM3"  # the H100 SXM id (PCIe and NVL are other SKUs)
     runpod_gpu_count: int = Field(default=8, ge=1)
     runpod_cloud: str = Field(default="SECURE", pattern="^(SECURE|COMMUNITY)$")
+    # $/hour assumed before RunPod names the pod's price (8 x H100 SXM, secure cloud, 2026).
+    runpod_price_per_hour: float = Field(default=21.52, ge=0)
     runpod_disk_gb: int = Field(default=50, ge=10)
     runpod_data_centers: str = ""  # comma-separated ids; empty: any
     runpod_workdir: str = "/workspace/caddie-runs"
@@ -74,7 +81,11 @@ class Settings(BaseSettings):
     # How far the trainer's own train time may exceed what the worker observed.
     clock_tolerance_s: float = Field(default=30.0, ge=0)
 
-    @field_validator("database_url", "redis_url", mode="before")
+    # Slack-compatible incoming webhook: runs and experiments that end, pods stopped by a
+    # safety stop, budgets hit. None: no notifications.
+    webhook_url: SecretStr | None = None
+
+    @field_validator("database_url", "redis_url", "budget_usd", "experiment_budget_usd", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if value == "" else value

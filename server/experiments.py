@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints,
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from server import presets
+from server import notify, presets
 from server.errors import Conflict, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
@@ -304,6 +304,8 @@ def finalize_experiment(session: Session, experiment_id: int) -> bool:
         return False
     _fill_results(experiment, list(runs))
     session.commit()
+    notify.experiment_ended(experiment_id, experiment.name, experiment.status,
+                            experiment.mean_val_bpb, experiment.eligible)
     return True
 
 

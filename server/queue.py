@@ -8,6 +8,7 @@ from server.config import get_settings
 
 ADVANCE_RUN = "caddie.advance_run"  # args: run_id. One short step of a run's lifecycle.
 RECONCILE = "caddie.reconcile"  # periodic: wake runs whose next_check_at has passed.
+NOTIFY = "caddie.notify"  # args: a webhook payload. Posted by a worker, retried on failure.
 
 
 @lru_cache
@@ -22,3 +23,7 @@ def get_producer() -> Celery:
 def enqueue_advance(run_id: int) -> None:
     """Wake a run. Safe to call twice: the step takes the run's lease and re-reads its state."""
     get_producer().send_task(ADVANCE_RUN, args=[run_id])
+
+
+def enqueue_notification(payload: dict[str, object]) -> None:
+    get_producer().send_task(NOTIFY, args=[payload])

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import or_, update
 from sqlmodel import Session, select
 
+from server import notify
 from server.errors import InvalidTransition, LeaseLost, NotFound
 from server.models import Run, RunEvent, utcnow
 from server.states import FINAL_RUN_STATUSES, RunStatus, allowed_next
@@ -86,6 +87,7 @@ def transition(
     """
     run = get_run(session, run_id)
     from_status = RunStatus(run.status)
+    experiment_id, seed = run.experiment_id, run.seed  # read now: the commit below expires `run`
     if to_status not in allowed_next(from_status):
         raise InvalidTransition(f"run {run_id}: {from_status} -> {to_status} is not allowed")
     now = utcnow()
@@ -107,3 +109,5 @@ def transition(
                          reason=reason, created_at=now))
     session.commit()
     session.expire_all()
+    if to_status in FINAL_RUN_STATUSES:
+        notify.run_ended(run_id, experiment_id, seed, to_status.value, reason)

@@ -5,9 +5,11 @@ Named by `server.queue` (the server enqueues by name and never imports this modu
 
 from functools import lru_cache
 
+import httpx
+
 from server.config import get_settings
 from server.db import get_engine
-from server.queue import ADVANCE_RUN, RECONCILE
+from server.queue import ADVANCE_RUN, NOTIFY, RECONCILE
 from worker import reconciler
 from worker.app import app
 from worker.director import RunDirector
@@ -29,3 +31,13 @@ def advance_run(run_id: int) -> None:
 def reconcile() -> None:
     """Wake due runs, release pods of ended runs, finalize ended experiments."""
     reconciler.reconcile(get_director(), enqueue=advance_run.delay)
+
+
+@app.task(name=NOTIFY, autoretry_for=(httpx.HTTPError,), retry_backoff=True, max_retries=5)
+def send_notification(payload: dict[str, object]) -> None:
+    """POST one notification to the configured webhook; retried with backoff on failure."""
+    url = get_settings().webhook_url
+    if url is None:
+        return
+    response = httpx.post(url.get_secret_value(), json=payload, timeout=10)
+    response.raise_for_status()

@@ -1,0 +1,95 @@
+"""Webhook notifications: queued when a run or experiment ends, posted by the worker's task."""
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import Session
+
+from server.config import get_settings
+from server.experiments import finalize_experiment
+from server.queue import NOTIFY
+from server.runs import transition
+from server.states import RunStatus
+from tests.factories import make_experiment, make_run
+from tests.server.broker import queued_tasks
+
+
+class Webhook:
+    """A local HTTP server standing in for Slack's incoming webhook."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.bodies: list[dict[str, object]] = []
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                webhook.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def webhook_env(settings_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("CADDIE_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def notifications(data_dir: Path) -> list[dict[str, object]]:
+    return [args[0] for name, args in queued_tasks(data_dir) if name == NOTIFY]  # type: ignore[misc]
+
+
+def test_an_ended_run_and_experiment_are_announced(webhook_env: None, session: Session,
+                                                   data_dir: Path) -> None:
+    experiment = make_experiment(session, name="wd-sweep", seeds=[7])
+    run = make_run(session, experiment, seed=7, status="verifying")
+    assert run.id is not None and experiment.id is not None
+    transition(session, run.id, RunStatus.failed, fence=None, reason="trainer exited with code 1")
+    assert finalize_experiment(session, experiment.id)
+
+    run_note, experiment_note = notifications(data_dir)
+    assert run_note["event"] == "run.ended" and run_note["status"] == "failed"
+    assert f"run {run.id}" in str(run_note["text"]) and "exited with code 1" in str(run_note["text"])
+    assert experiment_note["event"] == "experiment.ended"
+    assert "'wd-sweep' finished" in str(experiment_note["text"]) and experiment_note["eligible"] is False
+
+
+def test_nothing_is_queued_without_a_webhook(settings_env: None, session: Session, data_dir: Path) -> None:
+    experiment = make_experiment(session, seeds=[7])
+    run = make_run(session, experiment, seed=7, status="queued")
+    assert run.id is not None
+    transition(session, run.id, RunStatus.cancelled, fence=None, reason="cancelled by user")
+    assert notifications(data_dir) == []
+
+
+def test_the_worker_posts_the_payload(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from worker.tasks import send_notification
+
+    hook = Webhook()
+    monkeypatch.setenv("CADDIE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CADDIE_WEBHOOK_URL", hook.url)
+    get_settings.cache_clear()
+    try:
+        send_notification.run({"text": "Caddie run 3 succeeded", "event": "run.ended"})
+        assert hook.bodies == [{"text": "Caddie run 3 succeeded", "event": "run.ended"}]
+
+        failing = Webhook(status=500)
+        monkeypatch.setenv("CADDIE_WEBHOOK_URL", failing.url)
+        get_settings.cache_clear()
+        with pytest.raises(httpx.HTTPStatusError):  # Celery retries it with backoff
+            send_notification.run({"text": "x"})
+    finally:
+        get_settings.cache_clear()
