@@ -1,4 +1,4 @@
-"""Command line: `python -m trainer {train, eval, data build}`.
+"""Command line: `python -m trainer {train, eval, data build, data fetch, bundle}`.
 
 User errors (a bad config value, a missing path, an unreadable artifact) print one line
 on stderr and exit with status 2; anything else is a bug and keeps its traceback.
@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--tokenizer-path", help="SentencePiece .model (default: as trained)")
     score.add_argument("--json", action="store_true", help="print one JSON object")
 
+    bundle = commands.add_parser("bundle", help="the trainer as one train_gpt.py")
+    bundle.add_argument("--single-file", action="store_true", required=True,
+                        help="one script holding the whole package (the only form)")
+    bundle.add_argument("--out", default="train_gpt.py", help="file or folder to write")
+
     data = commands.add_parser("data", help="datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     build = data_commands.add_parser("build", help="tokenizer + shards from your documents")
@@ -41,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--name", help="dataset/tokenizer name (default: custom_sp<vocab>)")
     build.add_argument("--tokenizer", help="use this .model instead of training one")
+    fetch = data_commands.add_parser("fetch", help="official shards + tokenizer (resumable)")
+    fetch.add_argument("--variant", default="sp1024", help="sp1024, sp8192, byte260, ...")
+    fetch.add_argument("--train-shards", type=int, default=1, help="training shards to fetch")
+    fetch.add_argument("--out", default="./data", help="local root (datasets/, tokenizers/)")
+    fetch.add_argument("--base-url", help="dataset URL (default: $DATA_BASE_URL or Hugging Face)")
+    fetch.add_argument("--root", default="datasets", help="folder of manifest.json under it")
     return parser
 
 
@@ -60,9 +71,31 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(
-            f"final_int8_zlib_roundtrip_exact val_loss:{result['val_loss']:.8f} "
+            f"{result['score_tag']} val_loss:{result['val_loss']:.8f} "
             f"val_bpb:{result['val_bpb']:.8f}"
         )
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from trainer.bundle import build_single_file
+    from trainer.train import code_files
+
+    files = {path.name: path.read_text(encoding="utf-8") for path in code_files()}
+    print(build_single_file(files, args.out))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    return _data_fetch(args) if args.data_command == "fetch" else _data_build(args)
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from trainer.hub import fetch
+
+    fetched = fetch(args.variant, args.train_shards, args.out, args.base_url, args.root)
+    print(fetched.data_path)
+    print(fetched.tokenizer_path or "")
     return 0
 
 
@@ -86,15 +119,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from trainer.corpus import CorpusError
     from trainer.data import ShardError
     from trainer.evaluate import TokenizerError
+    from trainer.hub import FetchError
     from trainer.quantize import ArtifactError
     from trainer.train import LaunchError
 
-    return (ConfigError, CorpusError, ShardError, TokenizerError, ArtifactError, LaunchError)
+    return (
+        ConfigError, CorpusError, ShardError, TokenizerError, ArtifactError, LaunchError, FetchError
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"train": _train, "eval": _eval, "data": _data_build}
+    handlers = {"train": _train, "eval": _eval, "data": _data, "bundle": _bundle}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

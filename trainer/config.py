@@ -194,3 +194,25 @@ def _check_shapes(c: Any) -> None:
         )
     if c.logit_softcap <= 0:
         raise ConfigError(f"LOGIT_SOFTCAP={c.logit_softcap} must be positive")
+    _check_switches(c)
+
+
+def _check_switches(c: Any) -> None:
+    head_dim = c.model_dim // c.num_heads
+    if c.rope_dims % 2 or c.rope_dims > head_dim:
+        raise ConfigError(
+            f"ROPE_DIMS={c.rope_dims} must be even and at most the head size {head_dim}"
+        )
+    if c.xsa_last_n > c.num_layers:
+        raise ConfigError(f"XSA_LAST_N={c.xsa_last_n} exceeds NUM_LAYERS={c.num_layers}")
+    if c.bigram_buckets == 1:
+        raise ConfigError("BIGRAM_BUCKETS=1 is too few: use 0 (off) or at least 2")
+    window = c.eval_seq_len or c.train_seq_len
+    if c.ttt_epochs and c.eval_mode != "sliding":
+        raise ConfigError(f"TTT_EPOCHS={c.ttt_epochs} needs EVAL_MODE='sliding'")
+    if c.ttt_epochs and c.ttt_chunk_tokens < window:
+        raise ConfigError(
+            f"TTT_CHUNK_TOKENS={c.ttt_chunk_tokens} is shorter than the window {window}"
+        )
+    if c.eval_mode == "sliding" and c.eval_stride > window:
+        raise ConfigError(f"EVAL_STRIDE={c.eval_stride} exceeds the window EVAL_SEQ_LEN={window}")

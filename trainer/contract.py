@@ -11,6 +11,14 @@ TRAIN_LOG = "train.log"  # human log with the community's standard lines
 METRICS = "metrics.jsonl"  # one JSON object per event, see EVENT_* below
 RESULTS = "results.json"  # the final record, see RESULT_KEYS
 ARTIFACT = "final_model.int8.ptz"  # compressed quantized model (baseline format)
+
+
+def artifact_name(bits: int) -> str:
+    """The artifact's file name for QUANT_BITS `bits`: final_model.int8.ptz, .int6.ptz, ..."""
+    return ARTIFACT if bits == 8 else f"final_model.int{bits}.ptz"
+
+
+RAW_MODEL = "final_model.pt"  # unquantized exported weights, only with SAVE_RAW_MODEL
 SCHEMA = "schema.json"  # config fields and presets, beside this module
 
 # --- how the trainer is launched ---------------------------------------------------
@@ -41,7 +49,7 @@ RESULT_KEYS = (
     "code_bytes",
     "model_bytes",
     "bytes_total",
-    "artifact_file",
+    "artifact_file",  # the artifact's name in the run directory (see artifact_name)
     "artifact_sha256",
     "code_sha256",
     "code_files",  # list of paths (relative to the bundle root) counted as code

@@ -1,9 +1,15 @@
-"""The naive baseline GPT of the challenge.
+"""The challenge's GPT: the naive baseline plus the records' techniques, each a switch.
 
 Module construction order, parameter names and init are the baseline's on purpose:
 they fix how the seeded RNG is consumed (so a seed gives the same initial weights),
 the state-dict keys of the artifact, and the order in which Muon shares matrices
-between ranks.
+between ranks. Every switch defaults to off, and a module a switch adds is built after
+the baseline's modules are initialized (so they draw the same RNG), so with all switches
+off the model is exactly the baseline.
+
+Switches (see docs/trainer.md): SmearGate, BigramHash, XSA on the last N layers,
+partial RoPE, LN scale, OrthoInit, LeakyReLU(0.5)^2, and straight-through fake
+quantization of the linear weights (late QAT, turned on by the training loop).
 """
 
 from __future__ import annotations
@@ -26,7 +32,11 @@ CONTROL_TENSOR_PATTERNS = (
     "q_gain",
     "skip_weight",
     "skip_weights",
+    "smear_gate",
 )
+BIGRAM_INIT_STD = 0.02
+# Multipliers of the (previous, current) token-pair hash; any odd constants would do.
+BIGRAM_HASH_PREV, BIGRAM_HASH_CUR = 27191, 36313
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,15 @@ class ModelShape:
     logit_softcap: float
     rope_base: float
     qk_gain_init: float
+    # Switches; defaults are the baseline, so artifacts written before they existed load.
+    mlp_activation: str = "relu2"
+    smear_gate: bool = False
+    bigram_buckets: int = 0
+    bigram_dim: int = 128
+    xsa_last_n: int = 0
+    rope_dims: int = 0
+    ln_scale: bool = False
+    ortho_init: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> ModelShape:
@@ -60,12 +79,25 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.size(-1),))
 
 
+def fake_quantize(w: Tensor, bits: int) -> Tensor:
+    """w rounded to `bits`-bit per-row levels (clip at the row's max |w|) in the forward
+    pass, the identity in the backward pass (straight-through estimator)."""
+    levels = 2 ** (bits - 1) - 1
+    w32 = w.float()
+    scale = (w32.abs().amax(dim=-1, keepdim=True) / levels).clamp_min(1e-12)  # [rows, 1]
+    q = torch.clamp(torch.round(w32 / scale), -levels, levels) * scale
+    return w + (q.to(w.dtype) - w).detach()
+
+
 class CastedLinear(nn.Linear):
     """fp32 master weights, cast to the activation dtype (bf16 under autocast) per matmul."""
 
+    qat_bits = 0  # > 0: fake-quantize the weight to this many bits (late QAT)
+
     def forward(self, x: Tensor) -> Tensor:
         bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        weight = fake_quantize(self.weight, self.qat_bits) if self.qat_bits else self.weight
+        return F.linear(x, weight.to(x.dtype), bias)
 
 
 class Rotary(nn.Module):
@@ -100,10 +132,22 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """GQA attention with QK RMSNorm, RoPE and a learned per-head query gain."""
+    """GQA attention with QK RMSNorm, RoPE and a learned per-head query gain.
+
+    rope_dims > 0 rotates only the first rope_dims of each head (partial RoPE); xsa
+    removes from each head's output its component along that head's own value vector
+    (exclusive self-attention), so the layer carries context rather than the token itself.
+    """
 
     def __init__(
-        self, dim: int, num_heads: int, num_kv_heads: int, rope_base: float, qk_gain_init: float
+        self,
+        dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        rope_base: float,
+        qk_gain_init: float,
+        rope_dims: int = 0,
+        xsa: bool = False,
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -116,7 +160,9 @@ class CausalSelfAttention(nn.Module):
         self.proj = CastedLinear(dim, dim, bias=False)
         self.proj._zero_init = True
         self.q_gain = nn.Parameter(torch.full((num_heads,), qk_gain_init, dtype=torch.float32))
-        self.rotary = Rotary(self.head_dim, rope_base)
+        self.rope_dims = rope_dims or self.head_dim
+        self.rotary = Rotary(self.rope_dims, rope_base)
+        self.xsa = xsa
 
     def forward(self, x: Tensor) -> Tensor:
         bsz, seq_len, dim = x.shape
@@ -127,27 +173,48 @@ class CausalSelfAttention(nn.Module):
         q = F.rms_norm(q, (q.size(-1),))
         k = F.rms_norm(k, (k.size(-1),))
         cos, sin = self.rotary(seq_len, x.device, q.dtype)
-        q = apply_rotary(q, cos, sin) * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
-        k = apply_rotary(k, cos, sin)
+        q = self._rotate(q, cos, sin) * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
+        k = self._rotate(k, cos, sin)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
         )
+        if self.xsa:
+            y = self._exclude_self(y, v)
         # [batch, heads, seq, head_dim] -> [batch, seq, dim]
         y = y.transpose(1, 2).contiguous().reshape(bsz, seq_len, dim)
         return self.proj(y)
 
+    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        if self.rope_dims == self.head_dim:
+            return apply_rotary(x, cos, sin)
+        r = self.rope_dims
+        return torch.cat((apply_rotary(x[..., :r], cos, sin), x[..., r:]), dim=-1)
+
+    def _exclude_self(self, y: Tensor, v: Tensor) -> Tensor:
+        """y [batch, heads, seq, head_dim] minus its projection on the unit value of its
+        kv head (each kv head serves heads/kv_heads query heads)."""
+        bsz, heads, seq_len, head_dim = y.shape
+        group = heads // self.num_kv_heads
+        y = y.reshape(bsz, self.num_kv_heads, group, seq_len, head_dim)
+        unit = F.normalize(v, dim=-1)[:, :, None]  # [batch, kv_heads, 1, seq, head_dim]
+        y = y - (y * unit).sum(dim=-1, keepdim=True) * unit
+        return y.reshape(bsz, heads, seq_len, head_dim)
+
 
 class MLP(nn.Module):
-    """relu(x W1)^2 W2, hidden width mlp_mult * dim."""
+    """act(x W1)^2 W2 with act relu (baseline) or leaky_relu(0.5); hidden mlp_mult * dim."""
 
-    def __init__(self, dim: int, mlp_mult: int):
+    def __init__(self, dim: int, mlp_mult: int, activation: str = "relu2"):
         super().__init__()
         self.fc = CastedLinear(dim, mlp_mult * dim, bias=False)
         self.proj = CastedLinear(mlp_mult * dim, dim, bias=False)
         self.proj._zero_init = True
+        self.leaky = activation == "leaky_relu2"
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(torch.relu(self.fc(x)).square())
+        h = self.fc(x)
+        h = F.leaky_relu(h, 0.5) if self.leaky else torch.relu(h)
+        return self.proj(h.square())
 
 
 class Block(nn.Module):
@@ -161,12 +228,20 @@ class Block(nn.Module):
         mlp_mult: int,
         rope_base: float,
         qk_gain_init: float,
+        *,
+        activation: str = "relu2",
+        rope_dims: int = 0,
+        xsa: bool = False,
+        norm_scale: float = 1.0,
     ):
         super().__init__()
         self.attn_norm = RMSNorm()
         self.mlp_norm = RMSNorm()
-        self.attn = CausalSelfAttention(dim, num_heads, num_kv_heads, rope_base, qk_gain_init)
-        self.mlp = MLP(dim, mlp_mult)
+        self.attn = CausalSelfAttention(
+            dim, num_heads, num_kv_heads, rope_base, qk_gain_init, rope_dims, xsa
+        )
+        self.mlp = MLP(dim, mlp_mult, activation)
+        self.norm_scale = norm_scale  # LN scale: 1/sqrt(layer + 1), else 1
         self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         # [2, dim]: row 0 weighs the stream x, row 1 the embedding x0.
@@ -175,8 +250,12 @@ class Block(nn.Module):
     def forward(self, x: Tensor, x0: Tensor) -> Tensor:
         mix = self.resid_mix.to(dtype=x.dtype)
         x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(self.attn_norm(x))
-        return x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(self.mlp_norm(x))
+        attn_in, mlp_norm = self.attn_norm(x), self.mlp_norm
+        if self.norm_scale != 1.0:
+            attn_in = attn_in * self.norm_scale
+        x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(attn_in)
+        mlp_in = mlp_norm(x) if self.norm_scale == 1.0 else mlp_norm(x) * self.norm_scale
+        return x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(mlp_in)
 
 
 class GPT(nn.Module):
@@ -191,6 +270,7 @@ class GPT(nn.Module):
         self.num_decoder_layers = shape.num_layers - self.num_encoder_layers
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, dim, dtype=torch.float32))
+        first_xsa = shape.num_layers - shape.xsa_last_n
         self.blocks = nn.ModuleList(
             Block(
                 dim,
@@ -199,8 +279,12 @@ class GPT(nn.Module):
                 shape.mlp_mult,
                 shape.rope_base,
                 shape.qk_gain_init,
+                activation=shape.mlp_activation,
+                rope_dims=shape.rope_dims,
+                xsa=i >= first_xsa,
+                norm_scale=(i + 1) ** -0.5 if shape.ln_scale else 1.0,
             )
-            for _ in range(shape.num_layers)
+            for i in range(shape.num_layers)
         )
         self.final_norm = RMSNorm()
         self.lm_head = (
@@ -209,6 +293,15 @@ class GPT(nn.Module):
         if self.lm_head is not None:
             self.lm_head._zero_init = True
         self._init_weights()
+        # Switch-added modules come after the baseline's init, so those draw the same RNG.
+        self.smear_gate = nn.Parameter(torch.zeros(dim)) if shape.smear_gate else None
+        self.bigram_emb: nn.Embedding | None = None
+        self.bigram_proj: CastedLinear | None = None
+        if shape.bigram_buckets:
+            self.bigram_emb = nn.Embedding(shape.bigram_buckets, shape.bigram_dim)
+            nn.init.normal_(self.bigram_emb.weight, std=BIGRAM_INIT_STD)
+            self.bigram_proj = CastedLinear(shape.bigram_dim, dim, bias=False)
+            nn.init.zeros_(self.bigram_proj.weight)  # starts as a no-op
 
     def _init_weights(self) -> None:
         if self.shape.tie_embeddings:
@@ -216,10 +309,54 @@ class GPT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
                 nn.init.zeros_(module.weight)
+        if self.shape.ortho_init:
+            self._orthogonal_blocks()
 
-    def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
-        """Mean cross-entropy (nats) of target_ids [batch, seq] given input_ids [batch, seq]."""
-        x = F.rms_norm(self.tok_emb(input_ids), (self.shape.model_dim,))
+    def _block_linears(self) -> list[CastedLinear]:
+        return [m for m in self.blocks.modules() if isinstance(m, CastedLinear)]
+
+    def _orthogonal_blocks(self) -> None:
+        # Output projections start small rather than zero: 1/sqrt(2 L) keeps the residual
+        # stream's variance independent of depth.
+        out_scale = (2 * self.shape.num_layers) ** -0.5
+        with torch.no_grad():
+            for module in self._block_linears():
+                nn.init.orthogonal_(module.weight)
+                if getattr(module, "_zero_init", False):
+                    module.weight.mul_(out_scale)
+
+    def bigram_buckets(self, input_ids: Tensor) -> Tensor:
+        """Hash bucket of each (previous, current) pair [batch, seq]; position 0 of a
+        sequence has no previous token and gets the last bucket."""
+        last = self.shape.bigram_buckets - 1
+        prev, cur = input_ids[:, :-1], input_ids[:, 1:]
+        pairs = torch.remainder((prev * BIGRAM_HASH_PREV) ^ (cur * BIGRAM_HASH_CUR), last)
+        return torch.cat((torch.full_like(input_ids[:, :1], last), pairs), dim=1)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Normalized input embedding [batch, seq, dim], with BigramHash and SmearGate."""
+        x = self.tok_emb(input_ids)
+        if self.bigram_emb is not None:
+            x = x + self.bigram_proj(self.bigram_emb(self.bigram_buckets(input_ids)).to(x.dtype))
+        x = F.rms_norm(x, (self.shape.model_dim,))
+        if self.smear_gate is not None:
+            gate = torch.sigmoid(self.smear_gate.to(dtype=x.dtype))[None, None, :]
+            prev = F.pad(x[:, :-1], (0, 0, 1, 0))  # the previous token's embedding, 0 at t=0
+            x = x + gate * (prev - x)
+        return x
+
+    def set_qat_bits(self, bits: int) -> None:
+        """Fake-quantize every block matrix to `bits` (0: off) from the next forward on."""
+        for module in self._block_linears():
+            module.qat_bits = bits
+
+    def forward(self, input_ids: Tensor, target_ids: Tensor, reduction: str = "mean") -> Tensor:
+        """Cross-entropy (nats) of target_ids [batch, seq] given input_ids [batch, seq]:
+        the mean, or with reduction="none" one loss per target [batch * seq]."""
+        if self.smear_gate is None and self.bigram_emb is None:
+            x = F.rms_norm(self.tok_emb(input_ids), (self.shape.model_dim,))
+        else:
+            x = self.embed(input_ids)
         x0 = x
         skips: list[Tensor] = []
         for i in range(self.num_encoder_layers):
@@ -233,7 +370,7 @@ class GPT(nn.Module):
         logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
         cap = self.shape.logit_softcap
         logits = cap * torch.tanh(logits / cap)
-        return F.cross_entropy(logits.float(), target_ids.reshape(-1), reduction="mean")
+        return F.cross_entropy(logits.float(), target_ids.reshape(-1), reduction=reduction)
 
 
 def is_control_tensor(name: str) -> bool:

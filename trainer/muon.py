@@ -43,9 +43,21 @@ class Muon(torch.optim.Optimizer):
     orthogonalize = staticmethod(newton_schulz5)
 
     def __init__(
-        self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True
+        self,
+        params,
+        lr: float,
+        momentum: float,
+        backend_steps: int,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
     ):
-        defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            backend_steps=backend_steps,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -72,8 +84,11 @@ class Muon(torch.optim.Optimizer):
             if distributed:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             offset = 0
+            decay = 1.0 - group["lr"] * group.get("weight_decay", 0.0)  # decoupled, per step
             for p in params:
                 update = flat[offset : offset + p.numel()].view_as(p).to(dtype=p.dtype)
+                if decay != 1.0:
+                    p.mul_(decay)
                 p.add_(update, alpha=-group["lr"])
                 offset += p.numel()
         return loss
@@ -123,25 +138,35 @@ class OptimizerSet:
 def build_optimizers(model: GPT, config, fused: bool) -> OptimizerSet:
     """Group parameters as the baseline does and build its optimizers.
 
-    2-D block matrices → Muon (matrix_lr); the token embedding → Adam (tied_embed_lr or
-    embed_lr); an untied head → Adam (head_lr); vectors, scalars and control tensors of
-    the blocks plus the skip weights → Adam (scalar_lr). No weight decay.
+    2-D block matrices → Muon (matrix_lr, decoupled MUON_WEIGHT_DECAY); the token
+    embedding → Adam (tied_embed_lr or embed_lr); an untied head → Adam (head_lr);
+    vectors, scalars and control tensors of the blocks plus the skip weights → Adam
+    (scalar_lr). Switch-added parameters join the same groups: the BigramHash table the
+    token group, its projection Muon, the SmearGate the scalars.
     """
     named = list(model.blocks.named_parameters())
     matrices = [p for name, p in named if p.ndim == 2 and not is_control_tensor(name)]
     scalars = [p for name, p in named if p.ndim < 2 or is_control_tensor(name)]
     if model.skip_weights.numel() > 0:
         scalars.append(model.skip_weights)
+    if model.smear_gate is not None:
+        scalars.append(model.smear_gate)
+    if model.bigram_proj is not None:
+        matrices.append(model.bigram_proj.weight)
     adam = dict(betas=(config.beta1, config.beta2), eps=config.adam_eps, fused=fused)
     token_lr = config.tied_embed_lr if config.tie_embeddings else config.embed_lr
-    token = torch.optim.Adam(
-        [{"params": [model.tok_emb.weight], "lr": token_lr, "base_lr": token_lr}], **adam
-    )
+    token_groups = [{"params": [model.tok_emb.weight], "lr": token_lr, "base_lr": token_lr}]
+    if model.bigram_emb is not None:
+        token_groups.append(
+            {"params": [model.bigram_emb.weight], "lr": token_lr, "base_lr": token_lr}
+        )
+    token = torch.optim.Adam(token_groups, **adam)
     muon = Muon(
         matrices,
         lr=config.matrix_lr,
         momentum=config.muon_momentum,
         backend_steps=config.muon_backend_steps,
+        weight_decay=config.muon_weight_decay,
     )
     for group in muon.param_groups:
         group["base_lr"] = config.matrix_lr

@@ -1,7 +1,19 @@
-"""The baseline's artifact: int8 weights, torch.save, zlib level 9.
+"""The artifact: per-row quantized weights, torch.save, compressed.
+
+Two formats, both read by `read_artifact`:
+- v1, the baseline's (`FORMAT`): int8, clip at a fixed quantile, zlib level 9, no header;
+  written whenever the spec is the baseline's (QUANT_BITS=8, no clip search, quantized
+  embedding, zlib, the 65,536-element float threshold), so the baseline artifact is
+  byte-for-byte the challenge's.
+- v2 (`FORMAT_V2`): `bits` 8, 6 or 5 (values in [-(2^(b-1)-1), 2^(b-1)-1], stored one per
+  int8), optional GPTQ-lite clip search per row, optional fp16 token embedding, and any
+  compressor; the file is HEADER_MAGIC, one version byte, one compressor byte, then the
+  compressed torch.save bytes.
 
 Quantized object (a dict, saved with torch.save):
-  "__quant_format__": FORMAT
+  "__quant_format__": FORMAT or FORMAT_V2
+  "bits": 8 | 6 | 5 (v2 only)
+  "compressor": "zlib" | "zstd" | "lzma" | "brotli" (v2 only)
   "quantized": {name: int8 tensor}          2-D float tensors > 65,536 elements: per row;
   "scales":    {name: fp16 [rows] | fp32 []}  other large float tensors: one fp32 scale
   "dtypes":    {name: original dtype name}
@@ -17,7 +29,9 @@ The scored model is exactly `dequantize(...)` of what was read back from the fil
 from __future__ import annotations
 
 import io
+import lzma
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +41,51 @@ from torch import Tensor
 from trainer.model import is_control_tensor
 
 FORMAT = "int8_clean_per_row_v1"
+FORMAT_V2 = "caddie_per_row_v2"
 KEEP_FLOAT_MAX_NUMEL = 65_536
 KEEP_FLOAT_DTYPE = torch.float16
 PER_ROW_SCALE_DTYPE = torch.float16
 CLIP_QUANTILE = 99.99984 / 100.0  # clip each row at this quantile of |w|
+# GPTQ-lite: the clip quantiles tried per row (the plain one first, so never worse).
+CLIP_CANDIDATES = (CLIP_QUANTILE, 0.999, 0.9995, 0.9999, 0.99999, 1.0)
+MIN_SCALE_V2 = 1e-8  # v1 floors scales at 1/127 (the baseline's); v2 only avoids zero
+EMBEDDING_NAME = "tok_emb.weight"
 ZLIB_LEVEL = 9
+ZSTD_LEVEL = 22
+BROTLI_QUALITY = 11
+HEADER_MAGIC = b"CADDIEQ"
+HEADER_VERSION = 2
+COMPRESSOR_IDS = {"zlib": 1, "zstd": 2, "lzma": 3, "brotli": 4}
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize and compress; the default is the baseline's int8 + zlib."""
+
+    bits: int = 8
+    clip_search: bool = False
+    fp16_embed: bool = False
+    compressor: str = "zlib"
+    keep_float_max: int = KEEP_FLOAT_MAX_NUMEL  # tensors this small are not quantized
+
+    @classmethod
+    def from_config(cls, config: Any) -> QuantSpec:
+        return cls(
+            config.quant_bits,
+            config.quant_clip_search,
+            config.fp16_embed,
+            config.compressor,
+            config.quant_keep_float_max,
+        )
+
+    @property
+    def baseline(self) -> bool:
+        return self == QuantSpec()
+
+    @property
+    def label(self) -> str:
+        """The community's name for the artifact kind, e.g. int8+zlib, int6+zstd."""
+        return f"int{self.bits}+{self.compressor}"
 
 
 class ArtifactError(ValueError):
@@ -44,6 +98,35 @@ def _nbytes(t: Tensor) -> int:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def quantize_rows(
+    t32: Tensor, bits: int, clip_search: bool
+) -> tuple[Tensor, Tensor]:
+    """v2 per-row quantization of a float32 matrix: (int8 values, fp16 scale [rows]).
+
+    Each row is clipped at a quantile of its |w| and rounded to 2^(bits-1)-1 levels.
+    With `clip_search` (GPTQ-lite) every quantile in CLIP_CANDIDATES is tried and each
+    row keeps the one whose dequantized row (with the fp16 scale actually stored) has
+    the lowest squared error; the plain clip is a candidate, so it never loses to it.
+    """
+    levels = 2 ** (bits - 1) - 1
+    candidates = CLIP_CANDIDATES if clip_search else CLIP_CANDIDATES[:1]
+    best_q = best_scale = best_err = None
+    for quantile in candidates:
+        clip = torch.quantile(t32.abs(), quantile, dim=1)  # [rows]
+        scale = (clip / levels).clamp_min(MIN_SCALE_V2).to(PER_ROW_SCALE_DTYPE)
+        s32 = scale.float()[:, None]
+        q = torch.clamp(torch.round(t32 / s32), -levels, levels)
+        err = (q * s32 - t32).square().sum(dim=1)  # [rows]
+        if best_err is None:
+            best_q, best_scale, best_err = q, scale, err
+            continue
+        better = err < best_err
+        best_q = torch.where(better[:, None], q, best_q)
+        best_scale = torch.where(better, scale, best_scale)
+        best_err = torch.where(better, err, best_err)
+    return best_q.to(torch.int8).contiguous(), best_scale.contiguous()
 
 
 def quantize_tensor(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,8 +150,14 @@ def quantize_tensor(t: Tensor) -> tuple[Tensor, Tensor]:
     return q.to(torch.int8).contiguous(), scale
 
 
-def quantize_state_dict(state_dict: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, int]]:
-    """(quantized object, stats); stats count parameters and payload bytes."""
+def quantize_state_dict(
+    state_dict: dict[str, Tensor], spec: QuantSpec | None = None
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """(quantized object, stats); stats count parameters and payload bytes.
+
+    The baseline spec (or None) gives the v1 object; any other spec the v2 object.
+    """
+    spec = spec or QuantSpec()
     quantized: dict[str, Tensor] = {}
     scales: dict[str, Tensor] = {}
     dtypes: dict[str, str] = {}
@@ -80,12 +169,16 @@ def quantize_state_dict(state_dict: dict[str, Tensor]) -> tuple[dict[str, Any], 
         t = tensor.detach().to("cpu").contiguous()
         stats["param_count"] += int(t.numel())
         stats["baseline_tensor_bytes"] += _nbytes(t)
+        keep_embedding = spec.fp16_embed and name == EMBEDDING_NAME
         if not t.is_floating_point():
             passthrough[name] = t
-        elif t.numel() <= KEEP_FLOAT_MAX_NUMEL:
+        elif t.numel() <= spec.keep_float_max or keep_embedding:
             passthrough[name] = _keep_float(name, t, orig_dtypes)
         else:
-            q, s = quantize_tensor(t)
+            if spec.baseline or t.ndim != 2:
+                q, s = quantize_tensor(t)
+            else:
+                q, s = quantize_rows(t.float(), spec.bits, spec.clip_search)
             if s.ndim > 0:
                 qmeta[name] = {"scheme": "per_row", "axis": 0}
             quantized[name], scales[name] = q, s
@@ -94,7 +187,7 @@ def quantize_state_dict(state_dict: dict[str, Tensor]) -> tuple[dict[str, Any], 
             continue
         stats["int8_payload_bytes"] += _nbytes(passthrough[name])
     obj: dict[str, Any] = {
-        "__quant_format__": FORMAT,
+        "__quant_format__": FORMAT if spec.baseline else FORMAT_V2,
         "quantized": quantized,
         "scales": scales,
         "dtypes": dtypes,
@@ -104,6 +197,9 @@ def quantize_state_dict(state_dict: dict[str, Tensor]) -> tuple[dict[str, Any], 
         obj["qmeta"] = qmeta
     if orig_dtypes:
         obj["passthrough_orig_dtypes"] = orig_dtypes
+    if not spec.baseline:
+        obj["bits"] = spec.bits
+        obj["compressor"] = spec.compressor  # also in the file header; kept for reporting
     return obj, stats
 
 
@@ -118,10 +214,11 @@ def _keep_float(name: str, t: Tensor, orig_dtypes: dict[str, str]) -> Tensor:
 
 
 def dequantize_state_dict(obj: dict[str, Any]) -> dict[str, Tensor]:
-    """The state dict the artifact stands for: int8 * scale in the original dtype."""
-    if obj.get("__quant_format__") != FORMAT:
+    """The state dict the artifact stands for: q * scale in the original dtype."""
+    if obj.get("__quant_format__") not in (FORMAT, FORMAT_V2):
         raise ArtifactError(
-            f"unknown quant format {obj.get('__quant_format__')!r}, expected {FORMAT!r}"
+            f"unknown quant format {obj.get('__quant_format__')!r}, "
+            f"expected {FORMAT!r} or {FORMAT_V2!r}"
         )
     out: dict[str, Tensor] = {}
     qmeta = obj.get("qmeta", {})
@@ -143,26 +240,92 @@ def dequantize_state_dict(obj: dict[str, Any]) -> dict[str, Tensor]:
     return out
 
 
-def pack(obj: dict[str, Any]) -> tuple[bytes, int]:
-    """(zlib-compressed torch.save bytes, uncompressed length)."""
+def available_compressors() -> list[str]:
+    """The compressors this machine can use (brotli only if its package is installed)."""
+    names = ["zlib", "zstd", "lzma"]
+    try:
+        import brotli  # noqa: F401
+    except ImportError:
+        return names
+    return [*names, "brotli"]
+
+
+def compress(raw: bytes, compressor: str) -> bytes:
+    if compressor == "zlib":
+        return zlib.compress(raw, level=ZLIB_LEVEL)
+    if compressor == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
+    if compressor == "lzma":
+        return lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
+    if compressor == "brotli":
+        try:
+            import brotli
+        except ImportError:
+            raise ArtifactError("COMPRESSOR='brotli' needs the brotli package") from None
+        return brotli.compress(raw, quality=BROTLI_QUALITY)
+    raise ArtifactError(f"COMPRESSOR={compressor!r} is not one of {sorted(COMPRESSOR_IDS)}")
+
+
+def decompress(payload: bytes, compressor: str) -> bytes:
+    if compressor == "zlib":
+        return zlib.decompress(payload)
+    if compressor == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompress(payload)
+    if compressor == "lzma":
+        return lzma.decompress(payload)
+    import brotli
+
+    return brotli.decompress(payload)
+
+
+def pack(obj: dict[str, Any], compressor: str = "zlib") -> tuple[bytes, int]:
+    """(artifact bytes, uncompressed torch.save length).
+
+    A v1 object with zlib is written bare (the baseline's file); anything else gets the
+    v2 header naming its compressor.
+    """
     buf = io.BytesIO()
     torch.save(obj, buf)
     raw = buf.getvalue()
-    return zlib.compress(raw, level=ZLIB_LEVEL), len(raw)
+    payload = compress(raw, compressor)
+    if compressor == "zlib" and obj.get("__quant_format__") == FORMAT:
+        return payload, len(raw)
+    header = HEADER_MAGIC + bytes((HEADER_VERSION, COMPRESSOR_IDS[compressor]))
+    return header + payload, len(raw)
+
+
+def _split_header(blob: bytes, source: str | Path) -> tuple[bytes, str]:
+    """(payload, compressor) of an artifact file's bytes."""
+    if not blob.startswith(HEADER_MAGIC):
+        return blob, "zlib"
+    version, code = blob[len(HEADER_MAGIC) : len(HEADER_MAGIC) + 2]
+    if version != HEADER_VERSION:
+        raise ArtifactError(f"{source} has artifact version {version}, expected {HEADER_VERSION}")
+    names = {v: k for k, v in COMPRESSOR_IDS.items()}
+    if code not in names:
+        raise ArtifactError(f"{source} names an unknown compressor id {code}")
+    return blob[len(HEADER_MAGIC) + 2 :], names[code]
 
 
 def unpack(blob: bytes, source: str | Path = "artifact") -> dict[str, Any]:
-    """The quantized object from compressed bytes; weights-only loading (no code runs)."""
+    """The quantized object from artifact bytes; weights-only loading (no code runs)."""
+    payload, compressor = _split_header(blob, source)
+    if compressor == "brotli" and "brotli" not in available_compressors():
+        raise ArtifactError(f"{source} is brotli-compressed; install the brotli package")
     try:
-        raw = zlib.decompress(blob)
-    except zlib.error as exc:
-        raise ArtifactError(f"{source} is not zlib-compressed: {exc}") from None
+        raw = decompress(payload, compressor)
+    except Exception as exc:  # each compressor raises its own error type
+        raise ArtifactError(f"{source} is not {compressor}-compressed: {exc}") from None
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a corrupt pickle
         raise ArtifactError(f"{source} does not hold a saved quantized model: {exc}") from None
-    if not isinstance(obj, dict) or obj.get("__quant_format__") != FORMAT:
-        raise ArtifactError(f"{source} is not a {FORMAT} artifact")
+    if not isinstance(obj, dict) or obj.get("__quant_format__") not in (FORMAT, FORMAT_V2):
+        raise ArtifactError(f"{source} is not a {FORMAT} or {FORMAT_V2} artifact")
     return obj
 
 

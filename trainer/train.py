@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import contract
+from trainer.bundle import BUNDLE_ENV
 from trainer.config import MICRO_BATCHES
 from trainer.data import (
     TRAIN_PATTERN,
@@ -38,19 +39,38 @@ from trainer.data import (
     find_shards,
     load_validation_tokens,
 )
-from trainer.evaluate import build_byte_tables, evaluate, load_tokenizer
+from trainer.evaluate import (
+    ByteTables,
+    TTTSettings,
+    ValResult,
+    build_byte_tables,
+    evaluate,
+    evaluate_sliding,
+    evaluate_ttt,
+    load_tokenizer,
+)
 from trainer.model import ModelShape, build_model
 from trainer.muon import build_optimizers, compile_newton_schulz
 from trainer.quantize import (
     ArtifactError,
+    QuantSpec,
     dequantize_state_dict,
     pack,
     quantize_state_dict,
     read_artifact,
 )
 
-SCORE_TAG = "final_int8_zlib_roundtrip"
+SCORE_TAG = "final_int8_zlib_roundtrip"  # the baseline's tag (int8 + zlib, standard eval)
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def score_tag(spec: QuantSpec, eval_mode: str, ttt: bool = False) -> str:
+    """The community's tag of the final line, e.g. final_int6_sliding_window, legal_ttt."""
+    if ttt:
+        return "legal_ttt"
+    if eval_mode == "sliding":
+        return f"final_int{spec.bits}_sliding_window"
+    return f"final_int{spec.bits}_{spec.compressor}_roundtrip"
 
 
 # ======================================================================================
@@ -174,6 +194,15 @@ def code_files() -> list[Path]:
     return sorted(files, key=lambda p: p.name)
 
 
+def counted_code() -> dict[str, bytes]:
+    """The code this run counts, by path: the single-file script when running from one
+    (TRAINER_BUNDLE, set by it), else the package's files as `trainer/<name>`."""
+    bundle = os.environ.get(BUNDLE_ENV)
+    if bundle:
+        return {Path(bundle).name: Path(bundle).read_bytes()}
+    return {f"{PACKAGE_DIR.name}/{path.name}": path.read_bytes() for path in code_files()}
+
+
 def hardware(launch: Launch) -> dict[str, Any]:
     cuda = launch.device.type == "cuda"
     return {
@@ -209,6 +238,20 @@ def versions() -> dict[str, str]:
 
 
 def lr_scale(config: Any, step: int, elapsed_ms: float, cap_ms: float | None) -> float:
+    """The LR multiplier: the warmdown, lifted onto the floor MIN_LR_SCALE when set."""
+    scale = _warmdown(config, step, elapsed_ms, cap_ms)
+    floor = config.min_lr_scale
+    return scale if floor <= 0 else floor + (1.0 - floor) * scale
+
+
+def _warmdown(config: Any, step: int, elapsed_ms: float, cap_ms: float | None) -> float:
+    if config.warmdown_frac > 0:
+        # The last WARMDOWN_FRAC of the wall-clock budget (of ITERATIONS without a cap).
+        if cap_ms is None:
+            span = config.warmdown_frac * config.iterations
+            return min(max(config.iterations - step, 0) / max(span, 1e-9), 1.0)
+        span_ms = config.warmdown_frac * cap_ms
+        return min(max(cap_ms - elapsed_ms, 0.0) / max(span_ms, 1e-9), 1.0)
     if config.warmdown_iters <= 0:
         return 1.0
     if cap_ms is None:
@@ -219,6 +262,24 @@ def lr_scale(config: Any, step: int, elapsed_ms: float, cap_ms: float | None) ->
     warmdown_ms = config.warmdown_iters * (elapsed_ms / max(step, 1))
     remaining_ms = max(cap_ms - elapsed_ms, 0.0)
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+
+class WeightAverage:
+    """Exponential moving average of the weights (fp32 copies), updated every step."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for name, value in model.state_dict().items():
+            self.shadow[name].lerp_(value.detach().float(), 1.0 - self.decay)
+
+    def apply_to(self, model: nn.Module) -> None:
+        """Load the averaged weights into `model`, each in the dtype of its parameter."""
+        current = model.state_dict()
+        model.load_state_dict({k: v.to(current[k].dtype) for k, v in self.shadow.items()})
 
 
 def muon_momentum(config: Any, step: int) -> float:
@@ -247,9 +308,12 @@ def run(
 
 
 def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
+    spec = QuantSpec.from_config(config)
+    artifact_name = contract.artifact_name(spec.bits)
     if launch.master:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in (contract.TRAIN_LOG, contract.METRICS, contract.RESULTS, contract.ARTIFACT):
+        for stale in (contract.TRAIN_LOG, contract.METRICS, contract.RESULTS, artifact_name,
+                      contract.RAW_MODEL):
             (out / stale).unlink(missing_ok=True)
     if launch.distributed:
         dist.barrier()
@@ -386,6 +450,8 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     # Training loop. train_time counts only training: the timer pauses for validation.
     # ==================================================================================
     log.phase("train", "start")
+    ema = WeightAverage(base_model, config.ema_decay) if config.ema_decay > 0 else None
+    qat_on = False
     cap_ms = 1000.0 * config.max_wallclock_seconds if config.max_wallclock_seconds > 0 else None
     train_ms = 0.0
     stop_after: int | None = None
@@ -422,6 +488,10 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
             break
 
         scale = lr_scale(config, step, train_ms + 1000.0 * (time.perf_counter() - t0), cap_ms)
+        if not qat_on and scale < config.late_qat_threshold:
+            qat_on = True
+            base_model.set_qat_bits(spec.bits)
+            log.line(f"late_qat:enabled step:{step} scale:{scale:.4f} bits:{spec.bits}")
         opts.zero_grad()
         train_loss = train_step(loader)
         opts.set_muon_momentum(muon_momentum(config, step))
@@ -430,6 +500,8 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
             torch.nn.utils.clip_grad_norm_(base_model.parameters(), config.grad_clip_norm)
         opts.step()
         opts.zero_grad()
+        if ema is not None:
+            ema.update(base_model)
         step += 1
 
         approx_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
@@ -455,6 +527,16 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
         if stop_after is None and reached_cap:
             stop_after = step
     log.phase("train", "end")
+    base_model.set_qat_bits(0)
+    if ema is not None:
+        # The average is what gets exported; its own pre-quantization score is the diagnostic.
+        log.line("ema:applying EMA weights")
+        ema.apply_to(base_model)
+        pre_quant = validate()
+        log.line(
+            f"DIAGNOSTIC post_ema val_loss:{pre_quant.val_loss:.4f} "
+            f"val_bpb:{pre_quant.val_bpb:.4f}"
+        )
     if cuda:
         log.line(
             f"peak memory allocated: {torch.cuda.max_memory_allocated() // 1024 // 1024} MiB "
@@ -462,30 +544,32 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
         )
 
     # ==================================================================================
-    # Artifact: int8 + zlib, written by rank 0. Its size plus the code is what counts.
+    # Artifact (int8 + zlib for the baseline), written by rank 0. Its size plus the code
+    # is what counts.
     # ==================================================================================
+    if config.save_raw_model and launch.master:
+        torch.save(base_model.state_dict(), out / contract.RAW_MODEL)
     log.phase("artifact", "start")
     sync(device)
     t_artifact = time.perf_counter()
-    artifact_path = out / contract.ARTIFACT
-    quant_obj, stats = quantize_state_dict(base_model.state_dict())
+    artifact_path = out / artifact_name
+    quant_obj, stats = quantize_state_dict(base_model.state_dict(), spec)
     quant_obj["model"] = shape.as_dict()
     quant_obj["eval"] = eval_settings(config)
-    blob, raw_bytes = pack(quant_obj)
+    blob, raw_bytes = pack(quant_obj, spec.compressor)
     if launch.master:
         artifact_path.write_bytes(blob)
     artifact_s = time.perf_counter() - t_artifact
-    files = code_files()
-    code_bytes, code_sha = contract.code_digest(
-        {f"{PACKAGE_DIR.name}/{path.name}": path.read_bytes() for path in files})
+    code = counted_code()
+    code_bytes, code_sha = contract.code_digest(code)
     model_bytes = len(blob)
     ratio = stats["baseline_tensor_bytes"] / max(stats["int8_payload_bytes"], 1)
     log.line(
-        f"Serialized model int8+zlib: {model_bytes} bytes "
+        f"Serialized model {spec.label}: {model_bytes} bytes "
         f"(payload:{stats['int8_payload_bytes']} raw_torch:{raw_bytes} payload_ratio:{ratio:.2f}x)"
     )
     log.line(f"Code size: {code_bytes} bytes")
-    log.line(f"Total submission size int8+zlib: {model_bytes + code_bytes} bytes")
+    log.line(f"Total submission size {spec.label}: {model_bytes + code_bytes} bytes")
     log.phase("artifact", "end")
 
     # ==================================================================================
@@ -496,21 +580,44 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     log.phase("eval", "start")
     sync(device)
     t_eval = time.perf_counter()
+    tag = score_tag(spec, config.eval_mode, config.ttt_epochs > 0)
     base_model.load_state_dict(dequantize_state_dict(read_artifact(artifact_path)), strict=True)
-    final = validate()
+    deadline = t_eval + config.eval_max_seconds if config.eval_max_seconds > 0 else None
+    if config.eval_mode == "standard":
+        final = evaluate(
+            model,
+            val_tokens,
+            tables,
+            seq_len=config.train_seq_len,
+            local_batch_tokens=config.val_batch_size // MICRO_BATCHES,
+            rank=launch.rank,
+            world_size=launch.world_size,
+            device=device,
+            deadline=deadline,
+        )
+    else:
+        final = score_model(compiled, val_tokens, tables, eval_settings(config), launch, deadline)
     sync(device)
     eval_s = time.perf_counter() - t_eval
+    detail = f" stride:{config.eval_stride}" if config.eval_mode == "sliding" else ""
     log.line(
-        f"{SCORE_TAG} val_loss:{final.val_loss:.4f} val_bpb:{final.val_bpb:.4f} "
+        f"{tag} val_loss:{final.val_loss:.4f} val_bpb:{final.val_bpb:.4f}{detail} "
         f"eval_time:{1000.0 * eval_s:.0f}ms"
     )
-    log.line(f"{SCORE_TAG}_exact val_loss:{final.val_loss:.8f} val_bpb:{final.val_bpb:.8f}")
+    if not final.complete:
+        log.line(
+            f"eval_budget_exceeded: eval_max_seconds:{config.eval_max_seconds:.0f} "
+            f"scored_tokens:{final.tokens} of:{val_tokens.numel() - 1}"
+        )
+    log.line(f"{tag}_exact val_loss:{final.val_loss:.8f} val_bpb:{final.val_bpb:.8f}")
     log.event(
         contract.EVENT_FINAL,
-        tag=f"{SCORE_TAG}_exact",
+        tag=f"{tag}_exact",
         val_loss=final.val_loss,
         val_bpb=final.val_bpb,
         eval_time_ms=1000.0 * eval_s,
+        eval_mode=config.eval_mode,
+        complete=final.complete,
     )
     log.phase("eval", "end")
     if not launch.master:
@@ -522,7 +629,7 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     results = {
         "val_loss": final.val_loss,
         "val_bpb": final.val_bpb,
-        "score_tag": f"{SCORE_TAG}_exact",
+        "score_tag": f"{tag}_exact",
         "pre_quant_val_loss": pre_quant.val_loss,
         "pre_quant_val_bpb": pre_quant.val_bpb,
         "steps": step,
@@ -532,10 +639,13 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
         "code_bytes": code_bytes,
         "model_bytes": model_bytes,
         "bytes_total": code_bytes + model_bytes,
-        "artifact_file": contract.ARTIFACT,
+        "artifact_file": artifact_name,
+        "artifact_kind": spec.label,
+        "eval_mode": config.eval_mode,
+        "eval_complete": final.complete,
         "artifact_sha256": hashlib.sha256(blob).hexdigest(),
         "code_sha256": code_sha,
-        "code_files": [f"{PACKAGE_DIR.name}/{p.name}" for p in files],
+        "code_files": list(code),
         "val_tokens": final.tokens,
         "val_bytes": final.bytes,
         "seed": config.seed,
@@ -554,10 +664,73 @@ def eval_settings(config: Any) -> dict[str, Any]:
         "train_seq_len": config.train_seq_len,
         "val_batch_size": config.val_batch_size,
         "val_max_tokens": config.val_max_tokens,
+        "eval_mode": config.eval_mode,
+        "eval_seq_len": config.eval_seq_len or config.train_seq_len,
+        "eval_stride": config.eval_stride,
+        "eval_batch_seqs": config.eval_batch_seqs,
+        "eval_max_seconds": config.eval_max_seconds,
+        "ttt_epochs": config.ttt_epochs,
+        "ttt_chunk_tokens": config.ttt_chunk_tokens,
+        "ttt_lr": config.ttt_lr,
+        "ttt_momentum": config.ttt_momentum,
         "data_path": str(Path(config.data_path).resolve()),
         "tokenizer_path": str(Path(config.tokenizer_path).resolve()),
         "torch_compile": config.torch_compile,
     }
+
+
+def score_model(
+    model: nn.Module,
+    val_tokens: torch.Tensor,
+    tables: ByteTables,
+    settings: dict[str, Any],
+    launch: Launch,
+    deadline: float | None,
+) -> ValResult:
+    """Score with the evaluation the settings (an artifact's "eval" section) name.
+
+    Artifacts written before sliding evaluation existed have no eval_mode: standard.
+    """
+    common = dict(rank=launch.rank, world_size=launch.world_size, device=launch.device)
+    if settings.get("ttt_epochs", 0) > 0:
+        ttt = TTTSettings(
+            chunk_tokens=settings["ttt_chunk_tokens"],
+            epochs=settings["ttt_epochs"],
+            lr=settings["ttt_lr"],
+            momentum=settings["ttt_momentum"],
+            seq_len=settings["eval_seq_len"],
+        )
+        return evaluate_ttt(
+            model,
+            val_tokens,
+            tables,
+            ttt,
+            window=settings["eval_seq_len"],
+            stride=settings["eval_stride"],
+            batch_seqs=settings["eval_batch_seqs"],
+            deadline=deadline,
+            **common,
+        )
+    if settings.get("eval_mode", "standard") == "sliding":
+        return evaluate_sliding(
+            model,
+            val_tokens,
+            tables,
+            window=settings["eval_seq_len"],
+            stride=settings["eval_stride"],
+            batch_seqs=settings["eval_batch_seqs"],
+            deadline=deadline,
+            **common,
+        )
+    return evaluate(
+        model,
+        val_tokens,
+        tables,
+        seq_len=settings["train_seq_len"],
+        local_batch_tokens=settings["val_batch_size"] // MICRO_BATCHES,
+        deadline=deadline,
+        **common,
+    )
 
 
 def _cpu_fused_adam() -> bool:
@@ -595,22 +768,21 @@ def score_artifact(
     scored: nn.Module = model
     if device.type == "cuda" and settings.get("torch_compile", True):
         scored = torch.compile(model, dynamic=False, fullgraph=True)
-    result = evaluate(
-        scored,
-        val_tokens,
-        tables,
-        seq_len=seq_len,
-        local_batch_tokens=settings["val_batch_size"] // MICRO_BATCHES,
-        rank=0,
-        world_size=1,
-        device=device,
-    )
+    alone = Launch(0, 1, 0, device, False)
+    budget = settings.get("eval_max_seconds", 0.0)
+    deadline = time.perf_counter() + budget if budget > 0 else None
+    result = score_model(scored, val_tokens, tables, settings, alone, deadline)
     sync(device)
+    spec = QuantSpec(bits=obj.get("bits", 8), compressor=obj.get("compressor", "zlib"))
+    tag = score_tag(spec, settings.get("eval_mode", "standard"), settings.get("ttt_epochs", 0) > 0)
     return {
+        "score_tag": f"{tag}_exact",
         "val_loss": result.val_loss,
         "val_bpb": result.val_bpb,
         "val_tokens": result.tokens,
         "val_bytes": result.bytes,
+        "eval_mode": settings.get("eval_mode", "standard"),
+        "eval_complete": result.complete,
         "eval_time_s": time.perf_counter() - t_start,
         "artifact_sha256": hashlib.sha256(Path(artifact).read_bytes()).hexdigest(),
         "device": device.type,

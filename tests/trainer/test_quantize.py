@@ -96,3 +96,103 @@ def test_unreadable_artifacts_name_the_file(tmp_path):
     other.write_bytes(pack({"__quant_format__": "int4_v9"})[0])
     with pytest.raises(ArtifactError, match="other.ptz is not a int8_clean_per_row_v1"):
         read_artifact(other)
+
+
+# --- v2: int8/int6/int5 per row, GPTQ-lite, fp16 embedding, any compressor -----------------
+
+from trainer.quantize import (  # noqa: E402
+    FORMAT_V2,
+    HEADER_MAGIC,
+    QuantSpec,
+    available_compressors,
+    quantize_rows,
+)
+
+
+def trained_like_matrix(rows: int = 96, cols: int = 768, seed: int = 1) -> torch.Tensor:
+    # Heavy-tailed rows (Student-t), as trained weights are: clipping outliers pays off.
+    g = torch.Generator().manual_seed(seed)
+    normal = torch.randn(rows, cols, generator=g)
+    chi = torch.randn(rows, cols, 3, generator=g).square().sum(-1) / 3
+    return 0.02 * normal / chi.sqrt()
+
+
+@pytest.mark.parametrize("compressor", available_compressors())
+@pytest.mark.parametrize("bits", [8, 6, 5])
+def test_v2_round_trip_is_exact_to_the_stored_values(bits, compressor):
+    state = sample_state()
+    spec = QuantSpec(bits=bits, clip_search=True, fp16_embed=True, compressor=compressor)
+    obj, _ = quantize_state_dict(state, spec)
+    blob, _ = pack(obj, compressor)
+    assert blob.startswith(HEADER_MAGIC) and blob[len(HEADER_MAGIC)] == 2
+    back = unpack(blob)
+    assert back["__quant_format__"] == FORMAT_V2 and back["bits"] == bits
+    restored = dequantize_state_dict(back)
+    levels = 2 ** (bits - 1) - 1
+    q = back["quantized"]["blocks.0.mlp.fc.weight"]
+    scale = back["scales"]["blocks.0.mlp.fc.weight"]
+    assert q.dtype == torch.int8 and int(q.abs().max()) <= levels
+    assert int(q.abs().max()) == levels  # the range is used
+    assert torch.equal(restored["blocks.0.mlp.fc.weight"], q.float() * scale.float()[:, None])
+    # fp16 embedding: passed through, not quantized, back in its original dtype.
+    assert "tok_emb.weight" not in back["quantized"]
+    assert torch.equal(restored["tok_emb.weight"], state["tok_emb.weight"].half().bfloat16())
+    assert torch.equal(restored["blocks.0.resid_mix"], state["blocks.0.resid_mix"])
+    assert torch.equal(restored["step_count"], state["step_count"])
+
+
+def test_the_baseline_spec_still_writes_the_bare_v1_zlib_file():
+    obj, _ = quantize_state_dict(sample_state(), QuantSpec())
+    blob, _ = pack(obj, "zlib")
+    assert obj["__quant_format__"] == FORMAT and "bits" not in obj
+    assert blob == pack(quantize_state_dict(sample_state())[0])[0]
+    assert zlib.decompress(blob)  # no header: the challenge's own format
+
+
+@pytest.mark.parametrize("bits", [8, 6, 5])
+def test_gptq_lite_never_reconstructs_worse_than_plain_per_row(bits):
+    for seed in range(3):
+        w = trained_like_matrix(seed=seed)
+        plain_q, plain_s = quantize_rows(w, bits, clip_search=False)
+        lite_q, lite_s = quantize_rows(w, bits, clip_search=True)
+        plain_err = (plain_q.float() * plain_s.float()[:, None] - w).square().sum(1)
+        lite_err = (lite_q.float() * lite_s.float()[:, None] - w).square().sum(1)
+        assert (lite_err <= plain_err).all()
+        # And on heavy-tailed rows it is strictly better in total.
+        assert lite_err.sum() < plain_err.sum()
+
+
+def test_fewer_bits_give_smaller_compressed_artifacts():
+    state = {"blocks.0.mlp.fc.weight": trained_like_matrix(256, 512)}
+    sizes = {}
+    for bits in (8, 6, 5):
+        obj, _ = quantize_state_dict(state, QuantSpec(bits=bits, compressor="zstd"))
+        sizes[bits] = len(pack(obj, "zstd")[0])
+    assert sizes[5] < sizes[6] < sizes[8]
+
+
+def test_corrupt_v2_artifacts_name_the_problem(tmp_path):
+    obj, _ = quantize_state_dict(sample_state(), QuantSpec(bits=6, compressor="zstd"))
+    blob, _ = pack(obj, "zstd")
+    bad_version = tmp_path / "v9.ptz"
+    bad_version.write_bytes(HEADER_MAGIC + bytes((9, 2)) + blob[len(HEADER_MAGIC) + 2 :])
+    with pytest.raises(ArtifactError, match="v9.ptz has artifact version 9"):
+        read_artifact(bad_version)
+    truncated = tmp_path / "cut.ptz"
+    truncated.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ArtifactError, match="cut.ptz is not zstd-compressed"):
+        read_artifact(truncated)
+    unknown = tmp_path / "c7.ptz"
+    unknown.write_bytes(HEADER_MAGIC + bytes((2, 7)) + b"x")
+    with pytest.raises(ArtifactError, match="unknown compressor id 7"):
+        read_artifact(unknown)
+
+
+def test_the_float_threshold_decides_what_is_quantized():
+    state = sample_state()
+    default, _ = quantize_state_dict(state, QuantSpec(bits=6))
+    lowered, _ = quantize_state_dict(state, QuantSpec(bits=6, keep_float_max=1000))
+    assert "blocks.0.attn.c_q.weight" in default["passthrough"]  # 4,096 elements: kept
+    assert "blocks.0.attn.c_q.weight" in lowered["quantized"]
+    assert "blocks.0.resid_mix" in lowered["passthrough"]  # 128 elements: still kept
+    assert not QuantSpec(keep_float_max=1000).baseline
