@@ -46,7 +46,7 @@ class ExperimentCreate(BaseModel):
     # Field overrides on top of the preset (see trainer/schema.json).
     config: dict[str, Any] = Field(default_factory=dict)
     seeds: list[Seed] = Field(min_length=1, max_length=MAX_SEEDS)
-    provider: Literal["local", "ssh"] = "local"
+    provider: Literal["local", "ssh", "runpod"] = "local"
 
     @field_validator("preset")
     @classmethod

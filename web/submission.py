@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from server import presets
 from server.experiments import ExperimentCreate
 
-PROVIDERS = ("local", "ssh")
+PROVIDERS = ("local", "ssh", "runpod")
 DEFAULT_SEEDS = "1337, 42, 2025"
 CONFIG_PREFIX = "config."
 _PROBLEM = re.compile(r"^config\.(\w+): (.*)$")

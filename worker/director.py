@@ -29,19 +29,21 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 import trainer.contract as contract
+from server import costs
 from server.config import Settings
 from server.eligibility import Measurements, run_reasons
 from server.errors import Conflict, LeaseLost
+from server.logstream import publish_log
 from server.models import Experiment, LogChunk, Pod, Run, utcnow
 from server.runs import acquire_lease, get_run, release_lease, transition, update_run
 from server.states import FINAL_RUN_STATUSES, PodStatus, RunStatus
 from worker import launcher
 from worker.bundle import TrainerBundle, default_bundle, run_config, run_deadline_s
 from worker.errors import ConnectError, StepFailed
-from worker.providers import ACTIVE_POD_STATUSES, Provider, get_provider
+from worker.providers import ACTIVE_POD_STATUSES, Provider, RetryLater, get_provider
 from worker.remote import Remote
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 LOG_CHUNK_BYTES = 1024 * 1024  # read from train.log per request
 LOG_CHUNKS_PER_STEP = 8  # then let other runs have the worker; the next step goes on at once
 LAST_LINES = 40
+MAX_PROVIDER_BACKOFF_S = 300.0  # between tries of a provider that has no capacity or fails
 MANIFEST = "code_manifest.json"  # {path under code/: {"bytes", "sha256"}} of the uploaded bundle
 _CODE_PATH = re.compile(r"^[A-Za-z0-9_]+/[A-Za-z0-9_.-]+$")
 
@@ -127,14 +130,28 @@ class RunDirector:
     def provisioning(self, run: Run, fence: int) -> Delay:
         experiment = self._load(Experiment, run.experiment_id)
         provider = get_provider(experiment.provider, self.settings)
-        deadline_at = utcnow() + timedelta(seconds=self._deadline_s(run) + 900)
+        life_s = self._deadline_s(run) + self.settings.pod_margin_s  # the most a pod of this run lives
+        deadline_at = utcnow() + timedelta(seconds=life_s)
         # One session at a time: on SQLite every transaction takes the write lock (BEGIN IMMEDIATE).
         with Session(self.engine) as session:
             pod = self._pod_row(session, run, provider, deadline_at)
+            update_run(session, run.id, fence=fence, pod_id=pod.id)
+            if pod.host is None and pod.external_id is None and provider.rents:
+                ahead = _pods_ahead(session, pod)
+                if ahead >= self.settings.max_pods:
+                    waiting = (f"waiting for a pod: {ahead} {provider.name} pods are up or ahead in line, "
+                               f"the cap is {self.settings.max_pods} (CADDIE_MAX_PODS)")
+                    update_run(session, run.id, fence=fence, reason=waiting)
+                    return self.settings.poll_interval_s
+                if self._hold_for_budget(session, run, fence, provider, life_s):
+                    return self.settings.poll_interval_s
+                # Its life (deadline, billing) starts when it is asked for, not when it got in line.
+                pod.created_at, pod.deadline_at = utcnow(), deadline_at
             if pod.host is None and not provider.assign_host(session, pod):
                 log.info("run %s: no %s host free yet", run.id, provider.name)
                 return self.settings.poll_interval_s
-            update_run(session, run.id, fence=fence, pod_id=pod.id, attempts=0)
+            update_run(session, run.id, fence=fence, attempts=0, reason=None,
+                       results=_with_worker(run.results, pod=self._pod_facts(provider, pod)))
         self._move(run, fence, RunStatus.connecting)
         return 0
 
@@ -149,7 +166,8 @@ class RunDirector:
         names = [line.strip() for line in gpus.stdout.splitlines() if line.strip()] if gpus.ok else []
         preflight = {"python": python.stdout.strip(), "gpus": names}
         self._move(run, fence, RunStatus.uploading, gpu_name=names[0] if names else None,
-                   gpu_count=len(names), attempts=0, results={"worker": {"preflight": preflight}})
+                   gpu_count=len(names), attempts=0,
+                   results=_with_worker(self._load(Run, run.id).results, preflight=preflight))
         return 0
 
     def uploading(self, run: Run, fence: int) -> Delay:
@@ -162,7 +180,7 @@ class RunDirector:
             folders = sorted({f"{run_dir}/code/{rel.rsplit('/', 1)[0]}" for rel in files})
             self._must(remote, "mkdir -p " + " ".join(shlex.quote(f) for f in folders))
             if not remote.exists(f"{run_dir}/launched"):
-                self._upload(remote, run_dir, files, config, provider)
+                self._upload(remote, run, run_dir, files, config, provider)
             with Session(self.engine) as session:
                 update_run(session, run.id, fence=fence, remote_dir=run_dir, code_bytes=code_bytes,
                            code_sha256=code_sha256, started_at=run.started_at or utcnow())
@@ -244,7 +262,7 @@ class RunDirector:
             try:
                 with self._remote(run, fence) as (remote, _):
                     launcher.stop(remote, run.remote_dir)
-            except ConnectError as exc:  # finish() tries again before the pod is given back
+            except StepFailed as exc:  # unreachable or already ended; finish() tries again if it is there
                 log.warning("run %s: cancel could not reach the pod: %s", run.id, exc.reason)
         self._move(run, fence, RunStatus.cancelled, reason="cancelled on request")
         return None
@@ -283,7 +301,7 @@ class RunDirector:
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _upload(self, remote: Remote, run_dir: str, files: dict[str, bytes], config: dict[str, Any],
+    def _upload(self, remote: Remote, run: Run, run_dir: str, files: dict[str, bytes], config: dict[str, Any],
                 provider: Provider) -> None:
         manifest = {rel: {"bytes": len(data), "sha256": _sha256(data)} for rel, data in files.items()}
         for rel, data in files.items():
@@ -292,9 +310,14 @@ class RunDirector:
         deadline_s = run_deadline_s(config, self.bundle.schema(), grace_s=self.settings.run_grace_s)
         remote.put_bytes(json.dumps(config, indent=1).encode(), config_path)
         remote.put_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode(), f"{run_dir}/{MANIFEST}")
+        pod = self._load(Pod, run.pod_id)
+        until_deadline = (_utc(pod.deadline_at) - utcnow()).total_seconds() if pod.deadline_at else None
+        watchdog = provider.watchdog_script(pod, until_deadline) if until_deadline is not None else None
+        if watchdog is not None:
+            remote.put_bytes(watchdog.encode(), f"{run_dir}/{launcher.WATCHDOG_SCRIPT}")
         script = launcher.launch_script(run_dir=run_dir, python=provider.python,
                                         config_path=config_path, deadline_s=deadline_s,
-                                        cpu_threads=provider.cpu_threads)
+                                        cpu_threads=provider.cpu_threads, watchdog=watchdog is not None)
         remote.put_bytes(script.encode(), f"{run_dir}/{launcher.LAUNCH_SCRIPT}")
 
     def _pull_log(self, remote: Remote, run: Run, fence: int, *, final: bool) -> bool:
@@ -330,6 +353,7 @@ class RunDirector:
                 session.rollback()
                 raise LeaseLost(f"run {run_id}: log offset {offset} was stored by another worker") from None
             update_run(session, run_id, fence=fence, log_offset=offset + len(data))
+        publish_log(run_id, offset + len(data))  # wakes log streams; after the commit
 
     def _measure_code(self, local: Path) -> tuple[int, str]:
         files: dict[str, bytes] = {}
@@ -342,14 +366,43 @@ class RunDirector:
             raise StepFailed(f"{MANIFEST} is missing: the uploaded code cannot be counted")
         return contract.code_digest(files)
 
+    def _hold_for_budget(self, session: Session, run: Run, fence: int, provider: Provider, life_s: float) -> bool:
+        """True when the run must wait for room under a budget cap; fails it when it never can."""
+        price = provider.price_per_hour()
+        if not price:
+            return False
+        cost = costs.estimate(price, life_s)
+        for cap, experiment_id, what in ((self.settings.experiment_budget_usd, run.experiment_id,
+                                          "the experiment's budget (CADDIE_EXPERIMENT_BUDGET_USD)"),
+                                         (self.settings.budget_usd, None, "the budget (CADDIE_BUDGET_USD)")):
+            over = costs.over_budget(session, cap=cap, cost=cost, experiment_id=experiment_id, what=what)
+            if over is None:
+                continue
+            reason, final = over
+            if final:
+                raise StepFailed(reason)
+            update_run(session, run.id, fence=fence, reason=f"waiting: {reason}")
+            return True
+        return False
+
+    def _pod_facts(self, provider: Provider, pod: Pod) -> dict[str, Any]:
+        facts: dict[str, Any] = {"provider": provider.name, "name": pod.name}
+        price = provider.price_per_hour(pod) if provider.rents else None
+        if price is not None:
+            facts["cost_per_hour"] = price
+        return facts
+
     def _retry_connect(self, run: Run, fence: int, exc: ConnectError) -> Delay:
         attempts = run.attempts + 1
-        if not exc.retryable or attempts >= self.settings.ssh_connect_attempts:
+        limit, first, most = self.settings.ssh_connect_attempts, 2.0, 30.0
+        if isinstance(exc, RetryLater):  # the provider says how often and how long to wait
+            limit, first, most = exc.attempts, exc.backoff_s, MAX_PROVIDER_BACKOFF_S
+        if not exc.retryable or attempts >= limit:
             tries = f" (after {attempts} attempts)" if exc.retryable else ""
             return self._fail(run, fence, f"{exc.reason}{tries}")
-        log.info("run %s: %s; try %d of %d", run.id, exc.reason, attempts, self.settings.ssh_connect_attempts)
+        log.info("run %s: %s; try %d of %d", run.id, exc.reason, attempts, limit)
         self._update(run, fence, attempts=attempts)
-        return min(30.0, 2.0 * 2 ** (attempts - 1))
+        return min(most, first * 2 ** (attempts - 1))
 
     def _fail(self, run: Run, fence: int, reason: str, **fields: Any) -> Delay:
         log.info("run %s failed: %s", run.id, reason)
@@ -362,6 +415,9 @@ class RunDirector:
         pod = self._load(Pod, run.pod_id) if run.pod_id is not None else None
         if pod is None:
             raise StepFailed("the run has no pod")
+        if pod.status in (PodStatus.released.value, PodStatus.terminated.value):
+            raise StepFailed(f"its pod {pod.name} was ended (past its deadline at {pod.deadline_at:%H:%M:%S} UTC, "
+                             "or gone at the provider)" if pod.deadline_at else f"its pod {pod.name} was ended")
         provider = get_provider(pod.provider, self.settings)
         remote = provider.connect(pod, pinned_host_key=run.host_key)
         try:
@@ -373,7 +429,7 @@ class RunDirector:
             remote.close()
 
     def _pod_row(self, session: Session, run: Run, provider: Provider, deadline_at: datetime) -> Pod:
-        name = f"caddie-run-{run.id}"
+        name = f"{self.settings.pod_prefix}{run.id}"
         pod = session.exec(select(Pod).where(Pod.name == name).order_by(Pod.id)).first()  # type: ignore[arg-type]
         if pod is None:
             pod = Pod(run_id=run.id, provider=provider.name, name=name,
@@ -433,6 +489,20 @@ class RunDirector:
                 raise StepFailed(f"{table.__name__.lower()} {row_id} does not exist")
             session.expunge(row)
             return row
+
+
+def _with_worker(results: dict[str, Any] | None, **facts: Any) -> dict[str, Any]:
+    """results with facts merged into its "worker" part (what the worker itself observed)."""
+    results = dict(results or {})
+    results["worker"] = {**(results.get("worker") or {}), **facts}
+    return results
+
+
+def _pods_ahead(session: Session, pod: Pod) -> int:
+    """Live pods of the pod's provider made before it: the line for settings.max_pods."""
+    query = select(Pod.id).where(Pod.provider == pod.provider, Pod.id < pod.id,  # type: ignore[operator]
+                                 col(Pod.status).in_([s.value for s in ACTIVE_POD_STATUSES]))
+    return len(session.exec(query).all())
 
 
 def _finalize_experiment(session: Session, experiment_id: int) -> Any:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from worker.remote import Remote
 
 LAUNCH_SCRIPT = "launch.sh"
+# A provider's pod-side stop (ends the pod at its deadline); started detached by launch.sh.
+WATCHDOG_SCRIPT = "watchdog.sh"
 # Exit codes of `timeout`: the trainer hit the wall-clock deadline (TERM, then KILL).
 TIMEOUT_EXIT_CODES = (124, 137)
 
@@ -22,7 +24,7 @@ _SCRIPT = """\
 set -u
 cd {run_dir} || exit 1
 echo $$ > pid.tmp && mv pid.tmp pid
-( while true; do date +%s > heartbeat.tmp && mv heartbeat.tmp heartbeat; sleep 5; done ) &
+{watchdog}( while true; do date +%s > heartbeat.tmp && mv heartbeat.tmp heartbeat; sleep 5; done ) &
 heartbeat=$!
 {threads}PYTHONPATH={code_dir} PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \\
   timeout --kill-after=30 {deadline_s} {python} -m trainer train --config {config} --out {run_dir} \\
@@ -48,11 +50,14 @@ _ANY_ALIVE = (
 
 
 def launch_script(*, run_dir: str, python: str, config_path: str, deadline_s: float,
-                  cpu_threads: int | None = None) -> str:
+                  cpu_threads: int | None = None, watchdog: bool = False) -> str:
     q = shlex.quote
     threads = f"OMP_NUM_THREADS={int(cpu_threads)} " if cpu_threads else ""
+    # Its own session: stopping the trainer's groups must not stop the pod's last stop.
+    guard = f"setsid bash {WATCHDOG_SCRIPT} </dev/null >watchdog.out 2>&1 &\n" if watchdog else ""
     return _SCRIPT.format(run_dir=q(run_dir), code_dir=q(f"{run_dir}/code"), python=q(python),
-                          config=q(config_path), deadline_s=f"{int(deadline_s)}s", threads=threads)
+                          config=q(config_path), deadline_s=f"{int(deadline_s)}s", threads=threads,
+                          watchdog=guard)
 
 
 def launch(remote: Remote, run_dir: str) -> bool:

@@ -1,31 +1,39 @@
 """The periodic look over all runs (Celery beat → `caddie.reconcile`).
 
 Wakes runs whose next check is due and whose lease is free, gives back pods of runs that
-ended without releasing them (a worker died in between), and finalizes experiments whose
-runs have all ended. Safe to run twice at once: every action is conditional on the row.
+ended without releasing them (a worker died in between), ends rented pods the database does
+not expect or that are past their deadline, and finalizes experiments whose runs have all
+ended. Safe to run twice at once: every action is conditional on the row, and ending a pod
+twice is harmless.
 """
 
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
 from server.models import Experiment, Pod, Run, utcnow
-from server.states import FINAL_RUN_STATUSES, ExperimentStatus
+from server.states import FINAL_RUN_STATUSES, ExperimentStatus, PodStatus
 from worker.director import RunDirector
-from worker.providers import ACTIVE_POD_STATUSES
+from worker.providers import ACTIVE_POD_STATUSES, ListedPod, Provider, get_provider
 
 log = logging.getLogger(__name__)
 
 _FINAL = [s.value for s in FINAL_RUN_STATUSES]
+_ACTIVE = [s.value for s in ACTIVE_POD_STATUSES]
+# Providers whose pods are rented and can be listed; each is asked once per pass.
+RENTING_PROVIDERS = ("runpod",)
+# Listed statuses of pods that no longer exist (nothing to end, nothing billed).
+_GONE = ("TERMINATED",)
 
 
 def reconcile(director: RunDirector, *, enqueue: Callable[[int], object]) -> list[int]:
     """One pass; returns the ids of the runs it woke."""
     woken = wake_due_runs(director, enqueue=enqueue)
     release_stray_pods(director)
+    end_unexpected_pods(director)
     finalize_ended_experiments(director)
     return woken
 
@@ -69,6 +77,73 @@ def release_stray_pods(director: RunDirector) -> None:
             director.finish(run_id)
         except Exception:
             log.exception("run %s: releasing its pod failed", run_id)
+
+
+def end_unexpected_pods(director: RunDirector) -> list[str]:
+    """Terminate every rented pod with our name prefix that no live run expects, or that is
+    past its deadline; returns the provider ids it asked to end."""
+    ended: list[str] = []
+    for name in RENTING_PROVIDERS:
+        provider = get_provider(name, director.settings)
+        try:
+            listed = provider.list_pods()
+        except Exception as exc:
+            log.warning("cannot list %s pods: %s", name, getattr(exc, "reason", type(exc).__name__))
+            continue
+        if listed is not None:
+            ended += _end_pods(director, provider, listed)
+    return ended
+
+
+def _end_pods(director: RunDirector, provider: Provider, listed: list[ListedPod]) -> list[str]:
+    prefix = director.settings.pod_prefix
+    ours = [p for p in listed if p.name.startswith(prefix) and p.status not in _GONE]
+    with Session(director.engine) as session:
+        rows = list(session.exec(select(Pod).where(Pod.provider == provider.name,
+                                                   col(Pod.status).in_(_ACTIVE))).all())
+        live_runs = set(session.exec(select(Run.id).where(col(Run.status).notin_(_FINAL))).all())
+    now = utcnow()
+    expected = {}
+    for row in rows:
+        if row.run_id in live_runs and (row.deadline_at is None or _utc(row.deadline_at) > now):
+            expected[row.name] = row.external_id
+    doomed = [p for p in ours if p.name not in expected
+              or expected[p.name] not in (None, p.external_id)]
+    listed_ids = {p.external_id for p in ours}
+    # Rows the provider no longer lists: confirm they are gone so the run stops waiting on them.
+    vanished = [r.external_id for r in rows if r.external_id and r.external_id not in listed_ids]
+    ended = []
+    for external_id, why in [(p.external_id, f"{p.name} ({p.status})") for p in doomed] + \
+                            [(e, "no longer listed") for e in vanished]:
+        ended.append(external_id)
+        log.warning("ending %s pod %s %s: no live run expects it or it is past its deadline",
+                    provider.name, external_id, why)
+        _terminate(director, provider, external_id)
+    return ended
+
+
+def _terminate(director: RunDirector, provider: Provider, external_id: str) -> None:
+    """Ask the provider to end the pod; mark its row terminated only once the provider confirms."""
+    try:
+        confirmed = provider.terminate(external_id)
+    except Exception as exc:
+        log.warning("ending pod %s failed (tried again next pass): %s", external_id,
+                    getattr(exc, "reason", type(exc).__name__))
+        return
+    if not confirmed:
+        return
+    with Session(director.engine) as session:
+        for pod in session.exec(select(Pod).where(Pod.external_id == external_id,
+                                                  col(Pod.status).in_(_ACTIVE))).all():
+            pod.status, pod.updated_at = PodStatus.terminated.value, utcnow()
+            pod.terminated_at = pod.updated_at
+            session.add(pod)
+            provider.forget(pod)
+        session.commit()
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def finalize_ended_experiments(director: RunDirector) -> None:

@@ -122,7 +122,7 @@ BAD_SPECS = [
     ({"seeds": [True]}, "seeds"),
     ({"seeds": [-1]}, "seeds"),
     ({"seeds": [2**31]}, "seeds"),
-    ({"provider": "runpod"}, "provider"),
+    ({"provider": "aws"}, "provider"),
     ({"colour": "red"}, "colour"),
 ]
 

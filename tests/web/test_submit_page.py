@@ -82,13 +82,13 @@ def test_invalid_field_shows_the_servers_message_next_to_it(client: TestClient,
 
 
 def test_bad_seeds_name_and_provider(client: TestClient, session: Session) -> None:
-    form = valid_form(client, name="  ", seeds="1, 1", provider="runpod")
+    form = valid_form(client, name="  ", seeds="1, 1", provider="aws")
 
     page = parse(client.post("/submit", data=form).text)
 
     assert field_error(page, "seeds") == "seeds must be unique; repeated: [1]"
     assert "at least 1 character" in field_error(page, "name")
-    assert "'local' or 'ssh'" in field_error(page, "provider")
+    assert "'local', 'ssh' or 'runpod'" in field_error(page, "provider")
     form = valid_form(client, seeds="12, twelve")
     assert field_error(parse(client.post("/submit", data=form).text),
                        "seeds") == "seeds: 'twelve' is not a whole number"

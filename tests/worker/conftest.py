@@ -1,11 +1,15 @@
 """Worker fixtures: a fresh database (SQLite, or PostgreSQL with param "postgres"), settings
-in a tmp data dir, and a director whose trainer bundle is the stand-in in fake_trainer/."""
+in a tmp data dir, a director whose trainer bundle is the stand-in in fake_trainer/, and a
+local RunPod API stand-in whose pods are the test's sshd."""
 
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
@@ -14,6 +18,7 @@ from server.db import make_engine
 from tests.databases import postgres_database
 from tests.sshd import Sshd
 from tests.worker.harness import FAKE_TRAINER
+from tests.worker.runpod_standin import RunPodStandIn
 from worker.bundle import TrainerBundle
 from worker.director import RunDirector
 
@@ -67,3 +72,51 @@ def finalized() -> Finalized:
 @pytest.fixture
 def director(settings: Settings, engine: Engine, finalized: Finalized) -> RunDirector:
     return RunDirector(settings, engine, bundle=TrainerBundle(FAKE_TRAINER), finalize=finalized)
+
+
+ACCOUNT_KEY = "rpa_ACCOUNTKEY0123456789abcdef"  # the stand-in's account API key
+
+
+@pytest.fixture
+def runpod(sshd: Sshd) -> Iterator[RunPodStandIn]:
+    """A local RunPod API whose pods are the test's sshd."""
+    standin = RunPodStandIn(sshd, ACCOUNT_KEY)
+    standin.start()
+    try:
+        yield standin
+    finally:
+        standin.stop()
+
+
+@pytest.fixture
+def runpod_settings(settings: Settings, runpod: RunPodStandIn, tmp_path: Path) -> Iterator[Settings]:
+    workdir = tmp_path / "runpod-pod"
+    yield settings.model_copy(update={
+        "runpod_api_url": f"{runpod.url}/v2", "runpod_graphql_url": f"{runpod.url}/graphql",
+        "runpod_api_key": SecretStr(ACCOUNT_KEY), "runpod_workdir": str(workdir),
+        "runpod_python": sys.executable, "runpod_request_timeout_s": 0.5, "runpod_backoff_s": 0.0,
+        "runpod_create_attempts": 3, "runpod_ssh_attempts": 3,
+    })
+    end_processes_in(workdir)
+
+
+def end_processes_in(folder: Path) -> None:
+    """Kill processes this test started on the "pod" (a watchdog sleeping towards its
+    deadline), found by their working directory under `folder`, one pid at a time."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = Path(os.readlink(proc / "cwd"))
+        except OSError:
+            continue
+        if cwd == folder or folder in cwd.parents:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def runpod_director(runpod_settings: Settings, engine: Engine, finalized: Finalized) -> RunDirector:
+    return RunDirector(runpod_settings, engine, bundle=TrainerBundle(FAKE_TRAINER), finalize=finalized)

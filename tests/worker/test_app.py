@@ -79,7 +79,7 @@ def test_a_real_worker_takes_runs_to_their_end(tmp_path, broker):
         worker.terminate()
         worker.wait(timeout=30)
     assert [(r.status, r.reason) for r in runs] == [
-        ("failed", "unknown provider 'moon' (known: local, ssh)"), ("cancelled", "cancelled on request")], (
+        ("failed", "unknown provider 'moon' (known: local, runpod, ssh)"), ("cancelled", "cancelled on request")], (
         (tmp_path / "worker.log").read_text())
     with Session(engine) as session:
         events = session.exec(select(RunEvent.to_status).where(RunEvent.run_id == ids[0]).order_by(RunEvent.id)).all()

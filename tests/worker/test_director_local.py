@@ -199,7 +199,7 @@ def test_rules_use_the_workers_measurements(director, engine):
 
 def test_an_unknown_provider_fails_the_run_clearly(director, engine):
     run = drive(director, new_run(engine, provider="moon"), until=FINAL)
-    assert run.status == "failed" and run.reason == "unknown provider 'moon' (known: local, ssh)"
+    assert run.status == "failed" and run.reason == "unknown provider 'moon' (known: local, runpod, ssh)"
 
 
 def test_run_json_holds_preset_overrides_seed_and_run_id(director, engine):

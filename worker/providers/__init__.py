@@ -3,24 +3,50 @@ so the director never knows which one lent the pod.
 
 - `local`: the pod is this machine; commands are subprocesses.
 - `ssh`: a pool of hosts the operator owns (settings.ssh_hosts); one run per host at a time.
+- `runpod`: pods rented from RunPod's API (worker.providers.runpod).
 """
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from sqlmodel import Session
 
 from server.config import Settings
 from server.models import Pod
 from server.states import PodStatus
-from worker.errors import StepFailed
+from worker.errors import ConnectError, StepFailed
 from worker.remote import Remote
 
 # Pod states in which a pod (and its host) belongs to a run.
 ACTIVE_POD_STATUSES = (PodStatus.requested, PodStatus.starting, PodStatus.ready, PodStatus.busy)
 
 
+class RetryLater(ConnectError):
+    """The provider cannot do it now (no capacity, 5xx, timeout, sshd still booting).
+
+    The director tries the step again after `backoff_s`, doubling, and fails the run with
+    this reason after `attempts` tries.
+    """
+
+    def __init__(self, reason: str, *, attempts: int, backoff_s: float) -> None:
+        super().__init__(reason)
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+
+
+@dataclass(frozen=True)
+class ListedPod:
+    """A pod as the provider lists it."""
+
+    external_id: str
+    name: str
+    status: str
+
+
 class Provider(ABC):
     name: str
+    # True where pods are rented and billed: their number is capped (settings.max_pods).
+    rents: bool = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -50,14 +76,41 @@ class Provider(ABC):
 
     @abstractmethod
     def release(self, pod: Pod) -> PodStatus:
-        """Give the pod back; returns the pod's new status (released or terminated)."""
+        """Give the pod back; returns the pod's new status (released or terminated).
+
+        Raises when the provider has not confirmed that a rented pod is gone: the pod row
+        stays active and the reconciler tries again.
+        """
+
+    def watchdog_script(self, pod: Pod, seconds: float) -> str | None:
+        """A shell script the pod runs detached: it ends the pod after `seconds`. None: no such stop."""
+        return None
+
+    def price_per_hour(self, pod: Pod | None = None) -> float | None:
+        """Dollars per hour: of the pod, as the provider names it once the pod is up, or
+        (pod None) the estimate for a new one. None: pods of this provider cost nothing."""
+        return None
+
+    def forget(self, pod: Pod) -> None:
+        """Drop what this worker kept for a pod that is gone (its SSH key, say)."""
+        return None
+
+    def list_pods(self) -> list[ListedPod] | None:
+        """Every pod the account holds, ours or not; None where the provider cannot list."""
+        return None
+
+    def terminate(self, external_id: str) -> bool:
+        """End a pod by the provider's id; True once the provider confirms it is gone."""
+        raise NotImplementedError(f"the {self.name} provider rents no pods")
 
 
 def get_provider(name: str, settings: Settings) -> Provider:
     from worker.providers.local import LocalProvider
+    from worker.providers.runpod import RunPodProvider
     from worker.providers.ssh import SSHProvider
 
-    providers: dict[str, type[Provider]] = {"local": LocalProvider, "ssh": SSHProvider}
+    providers: dict[str, type[Provider]] = {"local": LocalProvider, "ssh": SSHProvider,
+                                            "runpod": RunPodProvider}
     if name not in providers:
         raise StepFailed(f"unknown provider {name!r} (known: {', '.join(sorted(providers))})")
     return providers[name](settings)

@@ -1,0 +1,291 @@
+"""The runpod provider against a local stand-in of RunPod's API whose pod is a real sshd."""
+
+import json
+import stat
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from server import costs
+from server.experiments import cancel_run
+from server.models import LogChunk, Pod, Run, RunEvent, utcnow
+from server.states import FINAL_RUN_STATUSES, RunStatus
+from tests.worker.conftest import ACCOUNT_KEY
+from tests.worker.harness import drive, new_run, read_run
+from worker import reconciler
+from worker.providers.runpod import RunPodProvider
+
+pytestmark = pytest.mark.sshd
+FINAL = set(FINAL_RUN_STATUSES)
+
+
+def pod_rows(engine) -> list[Pod]:
+    with Session(engine) as session:
+        return list(session.exec(select(Pod).order_by(Pod.id)).all())
+
+
+def creates(runpod) -> list[dict]:
+    return [json.loads(r.body) for r in runpod.requests if r.method == "POST" and r.path == "/v2/pods"]
+
+
+def everything_written(engine, folder: Path) -> str:
+    """Every row of the run tables and every file under folder, as one text to search."""
+    parts = []
+    with Session(engine) as session:
+        for table in (Run, Pod, LogChunk, RunEvent):
+            parts += [json.dumps(row.model_dump(), default=str) for row in session.exec(select(table)).all()]
+    parts += [p.read_bytes().decode(errors="replace") for p in folder.rglob("*") if p.is_file()]
+    return "\n".join(parts)
+
+
+@pytest.mark.faults
+def test_a_run_on_runpod_succeeds_and_its_pod_is_terminated(runpod_director, runpod, engine, runpod_settings,
+                                                            caplog):
+    caplog.set_level("DEBUG")
+    run_id = new_run(engine, provider="runpod")
+    drive(runpod_director, run_id, until={RunStatus.running})
+    key_file = runpod_settings.data_dir.resolve() / "keys" / f"caddie-run-{run_id}"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "succeeded", run.reason
+
+    (body,) = creates(runpod)
+    assert body["name"] == f"caddie-run-{run_id}"
+    assert body["gpu"] == {"id": "NVIDIA H100 80GB HBM3", "count": 8}
+    assert (body["cloud"], body["ports"]) == ("SECURE", ["22/tcp"])
+    assert list(body["env"]) == ["PUBLIC_KEY"] and body["env"]["PUBLIC_KEY"].startswith("ssh-ed25519 ")
+    (pod,) = pod_rows(engine)
+    assert (pod.status, pod.host, pod.port) == ("terminated", "127.0.0.1", runpod.sshd.port)
+    assert runpod.live() == [] and pod.external_id in runpod.ended
+    deadline = runpod.ended[pod.external_id]["terminateAfter"]
+    assert deadline == pod.deadline_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert not key_file.exists()  # the pod is gone; so is its key
+
+    watchdog = Path(run.remote_dir, "watchdog.sh").read_text()
+    assert f"{runpod.url}/v2/pods/" in watchdog and "RUNPOD_API_KEY" in watchdog
+    sent_to_pod = everything_written(engine, Path(runpod_settings.runpod_workdir))
+    assert "train_loss" in sent_to_pod  # the search covers the log and files
+    assert ACCOUNT_KEY not in sent_to_pod + json.dumps(body) + caplog.text
+
+
+def test_a_redelivered_create_adopts_the_pod_made_before(runpod_director, runpod, engine, runpod_settings):
+    run_id = new_run(engine, provider="runpod")
+    drive(runpod_director, run_id, until={RunStatus.provisioning})
+    # The earlier try made the key and the pod, then died before it wrote the pod's id down.
+    name = f"caddie-run-{run_id}"
+    public = RunPodProvider(runpod_settings).public_key(Pod(provider="runpod", name=name))
+    made = runpod.add_pod(name, status="STARTING", public_key=public)
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "succeeded", run.reason
+    assert creates(runpod) == []
+    assert pod_rows(engine)[0].external_id == made and runpod.live() == []
+
+
+@pytest.mark.faults
+def test_a_create_whose_answer_is_lost_makes_one_pod(runpod_director, runpod, engine):
+    runpod.faults["create"] = ["made-then-timeout"]
+    run_id = new_run(engine, provider="runpod")
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "succeeded", run.reason
+    assert len(creates(runpod)) == 1 and len(runpod.ended) == 1 and runpod.live() == []
+
+
+@pytest.mark.faults
+def test_5xx_and_timeouts_are_retried(runpod_director, runpod, engine):
+    runpod.faults["create"] = ["500", "timeout"]
+    run_id = new_run(engine, provider="runpod")
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "succeeded", run.reason
+    assert len(creates(runpod)) == 3 and len(runpod.ended) == 1 and runpod.live() == []
+
+
+@pytest.mark.faults
+def test_no_capacity_fails_clearly_after_the_tries_with_no_pod_left(runpod_director, runpod, engine):
+    runpod.faults["create"] = ["capacity"] * 3
+    run_id = new_run(engine, provider="runpod")
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "failed"
+    assert run.reason.startswith("RunPod has no capacity for 8 x NVIDIA H100 80GB HBM3 on SECURE cloud")
+    assert run.reason.endswith("(after 3 attempts)")
+    assert len(creates(runpod)) == 3 and runpod.live() == []
+    assert pod_rows(engine)[0].status == "terminated"
+
+
+def test_a_refused_key_fails_at_once_without_the_key_in_the_reason(runpod_settings, engine, finalized, runpod):
+    from pydantic import SecretStr
+
+    from tests.worker.harness import FAKE_TRAINER
+    from worker.bundle import TrainerBundle
+    from worker.director import RunDirector
+
+    wrong = "rpa_WRONGKEY_do_not_echo"
+    settings = runpod_settings.model_copy(update={"runpod_api_key": SecretStr(wrong)})
+    director = RunDirector(settings, engine, bundle=TrainerBundle(FAKE_TRAINER), finalize=finalized)
+    run = drive(director, new_run(engine, provider="runpod"), until=FINAL)
+    assert run.status == "failed"
+    assert run.reason == "RunPod refused the API key for GET /pods (HTTP 401)"
+    assert runpod.live() == []
+
+
+def test_a_pod_that_never_publishes_ssh_fails_and_is_terminated(runpod_director, runpod, engine, runpod_settings):
+    runpod.boot_gets = 10**6
+    runpod_director.settings = runpod_settings.model_copy(update={"runpod_start_timeout_s": 0.3})
+    run_id = new_run(engine, provider="runpod")
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "failed"
+    assert "was not reachable over SSH within 0.3 s (last status STARTING)" in run.reason
+    assert runpod.live() == []
+
+
+@pytest.mark.faults
+def test_termination_is_retried_until_runpod_confirms(runpod_director, runpod, engine):
+    runpod.faults["delete"] = ["linger", "500"]
+    run_id = new_run(engine, provider="runpod")
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "succeeded", run.reason
+    assert len(runpod.live()) == 1 and pod_rows(engine)[0].status == "busy"  # not confirmed: not terminated
+    reconciler.release_stray_pods(runpod_director)  # DELETE answers 500: still not terminated
+    assert len(runpod.live()) == 1 and pod_rows(engine)[0].status == "busy"
+    reconciler.release_stray_pods(runpod_director)
+    assert runpod.live() == [] and pod_rows(engine)[0].status == "terminated"
+
+
+@pytest.mark.faults
+def test_the_reconciler_ends_a_pod_made_behind_the_databases_back(runpod_director, runpod, engine):
+    stray = runpod.add_pod("caddie-run-999")
+    foreign = runpod.add_pod("someone-elses-notebook")
+    run_id = new_run(engine, provider="runpod")
+    drive(runpod_director, run_id, until={RunStatus.running})
+    ours = pod_rows(engine)[0].external_id
+
+    assert reconciler.end_unexpected_pods(runpod_director) == [stray]
+    assert {p["id"] for p in runpod.live()} == {foreign, ours}
+    assert drive(runpod_director, run_id, until=FINAL).status == "succeeded"
+
+
+@pytest.mark.faults
+def test_the_reconciler_ends_a_pod_past_its_deadline_and_the_run_fails(runpod_director, runpod, engine):
+    run_id = new_run(engine, provider="runpod", fake_mode="sleep")
+    drive(runpod_director, run_id, until={RunStatus.running})
+    with Session(engine) as session:
+        pod = session.exec(select(Pod)).one()
+        pod.deadline_at = utcnow() - timedelta(seconds=1)
+        session.add(pod)
+        session.commit()
+        external_id = pod.external_id
+
+    assert reconciler.end_unexpected_pods(runpod_director) == [external_id]
+    assert runpod.live() == [] and pod_rows(engine)[0].status == "terminated"
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "failed" and run.reason.startswith(f"its pod caddie-run-{run_id} was ended (past its deadline")
+
+
+def test_the_concurrent_pod_cap_makes_runs_wait_with_a_reason(runpod_director, runpod, engine, runpod_settings):
+    runpod_director.settings = runpod_settings.model_copy(update={"max_pods": 1})
+    first = new_run(engine, provider="runpod", fake_mode="sleep")
+    second = new_run(engine, provider="runpod", seed=8)
+    drive(runpod_director, first, until={RunStatus.running})
+    for _ in range(3):
+        runpod_director.advance(second)
+    waiting = read_run(engine, second)
+    assert waiting.status == "provisioning" and len(runpod.live()) == 1
+    assert waiting.reason == ("waiting for a pod: 1 runpod pods are up or ahead in line, "
+                              "the cap is 1 (CADDIE_MAX_PODS)")
+    with Session(engine) as session:
+        cancel_run(session, first)
+    drive(runpod_director, first, until=FINAL)
+    run = drive(runpod_director, second, until=FINAL)
+    assert run.status == "succeeded" and run.reason is None and runpod.live() == []
+
+
+@pytest.mark.parametrize("state", ["queued", "provisioning", "connecting", "uploading", "running",
+                                   "collecting", "verifying"])
+def test_cancel_in_any_state_leaves_no_pod_running(runpod_director, runpod, engine, state):
+    run_id = new_run(engine, provider="runpod", fake_mode="sleep" if state == "running" else "ok")
+    if state != "queued":
+        drive(runpod_director, run_id, until={RunStatus(state)})
+    if state == "provisioning":
+        runpod_director.advance(run_id)  # the pod is asked for and is starting
+        assert read_run(engine, run_id).status == "provisioning" and len(runpod.live()) == 1
+    with Session(engine) as session:
+        cancel_run(session, run_id)
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "cancelled"
+    assert runpod.live() == []
+    assert all(p.status == "terminated" for p in pod_rows(engine))
+    if state == "running":
+        alive = subprocess.run(["pgrep", "-f", f"{run.remote_dir}/run.json"], capture_output=True)
+        assert alive.returncode == 1, alive.stdout  # no trainer left on the pod
+
+
+def test_cancel_after_the_reconciler_ended_the_pod_still_cancels(runpod_director, runpod, engine):
+    run_id = new_run(engine, provider="runpod", fake_mode="sleep")
+    drive(runpod_director, run_id, until={RunStatus.running})
+    with Session(engine) as session:
+        pod = session.exec(select(Pod)).one()
+        pod.deadline_at = utcnow() - timedelta(seconds=1)
+        session.add(pod)
+        session.commit()
+        cancel_run(session, run_id)
+    reconciler.end_unexpected_pods(runpod_director)
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert (run.status, run.reason) == ("cancelled", "cancelled on request") and runpod.live() == []
+
+
+def test_the_watchdog_ends_its_pod_with_the_pod_key_at_the_deadline(runpod_settings, runpod, tmp_path):
+    pod_id = runpod.add_pod("caddie-run-5")
+    pod = Pod(provider="runpod", name="caddie-run-5", external_id=pod_id)
+    script = tmp_path / "watchdog.sh"
+    script.write_text(RunPodProvider(runpod_settings).watchdog_script(pod, 1))
+    env = {"PATH": "/usr/bin:/bin", "RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": runpod.pod_keys[pod_id]}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert runpod.live() == []
+    assert runpod.pod_delete_by_pod_key(pod_id, runpod.pod_keys[pod_id])
+    assert ACCOUNT_KEY not in script.read_text()
+
+
+def test_the_pods_price_is_kept_and_costs_add_up(runpod_director, runpod, engine):
+    run_id = new_run(engine, provider="runpod")
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "succeeded", run.reason
+    assert run.results["worker"]["pod"] == {"provider": "runpod", "name": f"caddie-run-{run_id}",
+                                            "cost_per_hour": 21.52}
+    assert run.results["worker"]["preflight"]["python"]  # both kept: neither step overwrote the other
+    with Session(engine) as session:
+        pod = session.get(Pod, run.pod_id)
+        seconds = (pod.terminated_at - pod.created_at).total_seconds()
+        cost = costs.run_cost(session, run)
+        total = costs.spend(session, experiment_id=run.experiment_id)
+    assert cost == pytest.approx(21.52 * seconds / 3600, abs=1e-6) and cost > 0
+    assert total.spent == total.committed == pytest.approx(cost)
+
+
+def test_a_run_past_the_experiment_budget_fails_before_renting(runpod_director, runpod, engine, runpod_settings):
+    runpod_director.settings = runpod_settings.model_copy(update={"experiment_budget_usd": 1.0})
+    run = drive(runpod_director, new_run(engine, provider="runpod"), until=FINAL)
+    assert run.status == "failed"
+    assert run.reason == ("a pod estimated at $12.73 would pass the experiment's budget "
+                          "(CADDIE_EXPERIMENT_BUDGET_USD) of $1.00 ($0.00 spent, $0.00 committed)")
+    assert creates(runpod) == [] and runpod.live() == []
+
+
+def test_a_run_waits_while_live_pods_hold_the_overall_budget(runpod_director, runpod, engine, runpod_settings):
+    runpod_director.settings = runpod_settings.model_copy(update={"budget_usd": 20.0})
+    first = new_run(engine, provider="runpod", fake_mode="sleep")
+    second = new_run(engine, provider="runpod", seed=8)
+    drive(runpod_director, first, until={RunStatus.running})
+    for _ in range(3):
+        runpod_director.advance(second)
+    waiting = read_run(engine, second)
+    assert waiting.status == "provisioning" and len(runpod.live()) == 1
+    assert waiting.reason.startswith("waiting: a pod estimated at $12.73 would pass the budget "
+                                     "(CADDIE_BUDGET_USD) of $20.00 ($0.")
+    with Session(engine) as session:
+        cancel_run(session, first)
+    drive(runpod_director, first, until=FINAL)
+    run = drive(runpod_director, second, until=FINAL)
+    assert run.status == "succeeded" and runpod.live() == []

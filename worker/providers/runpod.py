@@ -1,0 +1,372 @@
+"""The `runpod` provider: pods rented from RunPod, reached over SSH.
+
+REST API v2 (settings.runpod_api_url) creates, reads, lists and deletes pods; a new pod goes
+PROVISIONING → STARTING → RUNNING and publishes `ssh.direct {host, port, username}` once
+`22/tcp` is mapped. GraphQL (settings.runpod_graphql_url) is used only for what v2 lacks:
+the server-side `terminateAfter` deadline and the account balance.
+
+Each pod gets a fresh ed25519 key, sent as the `PUBLIC_KEY` env var (RunPod images write it to
+`authorized_keys`); the private half stays on this worker's disk (data_dir/keys, mode 0600)
+and is deleted when the pod is confirmed gone. The account API key is only ever sent to
+RunPod's API, in the Authorization header; never into a pod, a log or a reason.
+
+The pod's name is settings.pod_prefix + run id: a redelivered create lists the account's pods
+first and adopts the one it made before instead of renting a second.
+"""
+
+import logging
+import os
+import re
+import shlex
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlmodel import Session
+
+from server.models import Pod, utcnow
+from server.states import PodStatus
+from worker.errors import ConnectError, HostKeyMismatch, StepFailed
+from worker.providers import ListedPod, Provider, RetryLater
+from worker.remote import Remote
+from worker.ssh import SSHRemote, SSHTarget
+
+log = logging.getLogger(__name__)
+
+# Pod statuses of REST v2 after which the pod will never run.
+ENDED = ("EXITED", "ERROR", "TERMINATED")
+# How RunPod words "no machine free for this request" (GraphQL and REST alike).
+_NO_CAPACITY = re.compile(r"no longer any instances|no (gpu )?capacity|not enough free|"
+                          r"no instances? available|out of stock", re.IGNORECASE)
+# GraphQL: v2 has no server-side deadline, so it is set here after the create.
+TERMINATE_AFTER = ("mutation($input: PodTerminateAfterInput!) "
+                   "{ podTerminateAfter(input: $input) { id terminateAfter } }")
+BALANCE = "query { myself { clientBalance currentSpendPerHr } }"
+MAX_BACKOFF_S = 300.0
+
+
+class RunPodAPI:
+    """Thin client of the REST v2 pod endpoints and the two GraphQL calls."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.base = settings.runpod_api_url.rstrip("/")
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/pods", body=body) or {}
+
+    def get(self, pod_id: str) -> dict[str, Any] | None:
+        """The pod, or None when RunPod no longer knows it."""
+        return self._request("GET", f"/pods/{_safe_id(pod_id)}", missing_ok=True)
+
+    def list(self) -> list[dict[str, Any]]:
+        data = self._request("GET", "/pods")
+        pods = data.get("pods", data) if isinstance(data, dict) else data
+        return [p for p in pods or [] if isinstance(p, dict)]
+
+    def delete(self, pod_id: str) -> None:
+        self._request("DELETE", f"/pods/{_safe_id(pod_id)}", missing_ok=True)
+
+    def graphql(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        data = self._send("POST", self.settings.runpod_graphql_url, "graphql",
+                          body={"query": query, "variables": variables})
+        # GraphQL reports errors with HTTP 200 and an `errors` array.
+        errors = data.get("errors") if isinstance(data, dict) else None
+        if errors:
+            message = str((errors[0] or {}).get("message", errors[0]))[:200]
+            raise StepFailed(f"RunPod GraphQL refused the request: {self._scrub(message)}")
+        return (data or {}).get("data") or {}
+
+    def _request(self, method: str, path: str, *, body: dict[str, Any] | None = None,
+                 missing_ok: bool = False) -> Any:
+        return self._send(method, self.base + path, f"{method} {path}", body=body, missing_ok=missing_ok)
+
+    def _send(self, method: str, url: str, what: str, *, body: dict[str, Any] | None = None,
+              missing_ok: bool = False) -> Any:
+        headers = {"Authorization": f"Bearer {self.key()}", "Accept": "application/json"}
+        try:
+            with httpx.Client(timeout=self.settings.runpod_request_timeout_s) as client:
+                response = client.request(method, url, json=body, headers=headers)
+        except httpx.TimeoutException:
+            raise self._later(f"RunPod API did not answer {what} within "
+                              f"{self.settings.runpod_request_timeout_s:g} s") from None
+        except httpx.TransportError as exc:
+            raise self._later(f"RunPod API unreachable for {what} ({type(exc).__name__})") from None
+        if response.status_code == 404 and missing_ok:
+            return None
+        if response.status_code >= 400:
+            self._refused(response, what)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise self._later(f"RunPod API answered {what} with something that is not JSON") from None
+
+    def _refused(self, response: httpx.Response, what: str) -> None:
+        message = self._scrub(_message(response))
+        code = response.status_code
+        if _NO_CAPACITY.search(message):
+            gpus = f"{self.settings.runpod_gpu_count} x {self.settings.runpod_gpu_type}"
+            raise self._later(f"RunPod has no capacity for {gpus} on {self.settings.runpod_cloud} cloud: {message}")
+        if code >= 500 or code == 429:
+            raise self._later(f"RunPod API failed {what}: HTTP {code}: {message}")
+        if code in (401, 403):
+            raise StepFailed(f"RunPod refused the API key for {what} (HTTP {code})")
+        raise StepFailed(f"RunPod API refused {what}: HTTP {code}: {message}")
+
+    def _later(self, reason: str) -> RetryLater:
+        return RetryLater(reason, attempts=self.settings.runpod_create_attempts,
+                          backoff_s=self.settings.runpod_backoff_s)
+
+    def key(self) -> str:
+        secret = self.settings.runpod_api_key
+        if secret is not None and secret.get_secret_value().strip():
+            return secret.get_secret_value().strip()
+        path = self.settings.runpod_api_key_file
+        if path is not None:
+            try:
+                text = Path(path).read_text().strip()
+            except OSError as exc:
+                raise StepFailed(f"RunPod API key file {path} cannot be read ({type(exc).__name__})") from None
+            if text:
+                return text
+        raise StepFailed("the runpod provider has no API key: set CADDIE_RUNPOD_API_KEY "
+                         "or CADDIE_RUNPOD_API_KEY_FILE")
+
+    def _scrub(self, text: str) -> str:
+        # An API that echoes the request back must not carry the key into a reason.
+        try:
+            return text.replace(self.key(), "[key]")
+        except StepFailed:
+            return text
+
+
+class RunPodProvider(Provider):
+    name = "runpod"
+    rents = True
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.api = RunPodAPI(settings)
+
+    @property
+    def workdir(self) -> str:
+        return self.settings.runpod_workdir
+
+    @property
+    def python(self) -> str:
+        return self.settings.runpod_python
+
+    @property
+    def configured(self) -> bool:
+        return self.settings.runpod_api_key is not None or self.settings.runpod_api_key_file is not None
+
+    # --- renting ------------------------------------------------------------------------
+
+    def assign_host(self, session: Session, pod: Pod) -> bool:
+        if pod.external_id is None:
+            self._rent(session, pod)
+        assert pod.external_id is not None
+        data = self.api.get(pod.external_id)
+        if data is None:
+            raise StepFailed(f"RunPod lost pod {pod.external_id} while it was starting")
+        status = str(data.get("status", "")).upper()
+        if status in ENDED:
+            raise StepFailed(f"RunPod pod {pod.external_id} ended while starting (status {status})")
+        direct = (data.get("ssh") or {}).get("direct") or {}
+        if status == "RUNNING" and direct.get("host") and direct.get("port"):
+            pod.host, pod.port = str(direct["host"]), int(direct["port"])
+            pod.username = str(direct.get("username") or "root")
+            pod.status, pod.updated_at = PodStatus.ready.value, utcnow()
+            session.add(pod)
+            session.commit()
+            log.info("pod %s (%s) is up at %s:%s, $%s/hour", pod.name, pod.external_id, pod.host,
+                     pod.port, data.get("cost"))
+            return True
+        waited = (utcnow() - _utc(pod.updated_at)).total_seconds()
+        if waited > self.settings.runpod_start_timeout_s:
+            raise StepFailed(f"RunPod pod {pod.external_id} was not reachable over SSH within "
+                             f"{self.settings.runpod_start_timeout_s:g} s (last status {status or 'unknown'})")
+        return False
+
+    def _rent(self, session: Session, pod: Pod) -> None:
+        """Create the pod, or adopt the one an earlier try of this step created."""
+        found = self._find(pod.name)
+        if found is None:
+            found = self.api.create(self.create_body(pod))
+            if not found.get("id"):
+                raise StepFailed("RunPod created a pod but did not say its id")
+        pod.external_id = str(found["id"])
+        pod.status, pod.updated_at = PodStatus.starting.value, utcnow()
+        session.add(pod)
+        session.commit()
+        self._set_deadline(pod)
+
+    def create_body(self, pod: Pod) -> dict[str, Any]:
+        """What POST /v2/pods gets: everything a record run needs, said explicitly."""
+        body: dict[str, Any] = {
+            "name": pod.name,
+            "image": self.settings.runpod_image,
+            "gpu": {"id": self.settings.runpod_gpu_type, "count": self.settings.runpod_gpu_count},
+            "cloud": self.settings.runpod_cloud,  # v2 docs and practice disagree on the default
+            "disk": self.settings.runpod_disk_gb,
+            "ports": ["22/tcp"],
+            "startSsh": True,
+            "env": {"PUBLIC_KEY": self.public_key(pod)},
+        }
+        centers = [c.strip() for c in self.settings.runpod_data_centers.split(",") if c.strip()]
+        if centers:
+            body["dataCenterIds"] = centers
+        return body
+
+    def _find(self, name: str) -> dict[str, Any] | None:
+        live = [p for p in self.api.list()
+                if p.get("name") == name and str(p.get("status", "")).upper() not in ENDED]
+        return live[0] if live else None
+
+    def _set_deadline(self, pod: Pod) -> None:
+        """The provider-side stop; one of three, so a failure here is logged, not fatal."""
+        if pod.deadline_at is None or pod.external_id is None:
+            return
+        when = _utc(pod.deadline_at).astimezone(UTC).isoformat().replace("+00:00", "Z")
+        try:
+            self.api.graphql(TERMINATE_AFTER, {"input": {"podId": pod.external_id, "terminateAfter": when}})
+        except (StepFailed, RetryLater) as exc:
+            log.warning("pod %s: RunPod did not take the deadline %s: %s", pod.name, when, exc.reason)
+
+    def price_per_hour(self, pod: Pod | None = None) -> float | None:
+        if pod is None or pod.external_id is None:
+            return self.settings.runpod_price_per_hour
+        data = self.api.get(pod.external_id) or {}
+        cost = data.get("cost")
+        return float(cost) if isinstance(cost, (int, float)) and cost > 0 else self.settings.runpod_price_per_hour
+
+    def balance(self) -> dict[str, float] | None:
+        """The account's balance and spend per hour in dollars, from GraphQL."""
+        me = self.api.graphql(BALANCE, {}).get("myself") or {}
+        if "clientBalance" not in me:
+            return None
+        return {"balance": float(me["clientBalance"]), "spend_per_hour": float(me.get("currentSpendPerHr") or 0)}
+
+    # --- using --------------------------------------------------------------------------
+
+    def connect(self, pod: Pod, *, pinned_host_key: str | None) -> Remote:
+        target = SSHTarget(user=pod.username or "root", host=pod.host or "", port=pod.port or 22)
+        try:
+            return SSHRemote.connect(target, self.key_path(pod), pinned_host_key=pinned_host_key)
+        except HostKeyMismatch:
+            raise
+        except ConnectError as exc:  # a new pod's sshd may still be booting
+            raise RetryLater(exc.reason, attempts=self.settings.runpod_ssh_attempts, backoff_s=2.0) from None
+
+    def watchdog_script(self, pod: Pod, seconds: float) -> str | None:
+        return WATCHDOG.format(seconds=max(1, int(seconds)),
+                               url=shlex.quote(self.settings.runpod_api_url.rstrip("/") + "/pods/"))
+
+    # --- ending -------------------------------------------------------------------------
+
+    def release(self, pod: Pod) -> PodStatus:
+        external_id = pod.external_id
+        if external_id is None:  # a create that timed out may still have made it
+            found = self._find(pod.name)
+            external_id = str(found["id"]) if found else None
+        if external_id is not None and not self.terminate(external_id):
+            raise StepFailed(f"RunPod has not yet confirmed that pod {external_id} is gone")
+        self.forget(pod)
+        return PodStatus.terminated
+
+    def terminate(self, external_id: str) -> bool:
+        self.api.delete(external_id)
+        data = self.api.get(external_id)
+        return data is None or str(data.get("status", "")).upper() == "TERMINATED"
+
+    def list_pods(self) -> list[ListedPod] | None:
+        if not self.configured:
+            return None
+        return [ListedPod(str(p.get("id")), str(p.get("name", "")), str(p.get("status", "")).upper())
+                for p in self.api.list() if p.get("id")]
+
+    # --- the pod's own SSH key ----------------------------------------------------------
+
+    def key_path(self, pod: Pod) -> Path:
+        return self.settings.data_dir.resolve() / "keys" / pod.name
+
+    def public_key(self, pod: Pod) -> str:
+        """The pod's public key in OpenSSH form; makes the key pair on first use."""
+        path = self.key_path(pod)
+        public = path.with_name(path.name + ".pub")
+        if not path.exists():
+            key = Ed25519PrivateKey.generate()
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                        serialization.NoEncryption())
+            _write_private(path, private)
+            public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                             serialization.PublicFormat.OpenSSH)
+                               + f" {pod.name}\n".encode())
+        return public.read_text().strip()
+
+    def forget(self, pod: Pod) -> None:
+        path = self.key_path(pod)
+        for file in (path, path.with_name(path.name + ".pub")):
+            file.unlink(missing_ok=True)
+
+
+# Runs detached on the pod (its own session, so stopping the trainer leaves it be). RunPod puts
+# a pod-scoped RUNPOD_API_KEY and RUNPOD_POD_ID into the container's environment; the launcher
+# scrubs its own environment, so they are read from PID 1's. The key goes to curl on stdin,
+# never on its command line.
+WATCHDOG = """\
+#!/usr/bin/env bash
+# Ends this pod at its deadline with the pod's own RunPod key (never the account's).
+set -u
+sleep {seconds}
+from_init() {{ tr '\\0' '\\n' < /proc/1/environ 2>/dev/null | sed -n "s/^$1=//p" | head -n 1; }}
+pod=${{RUNPOD_POD_ID:-$(from_init RUNPOD_POD_ID)}}
+key=${{RUNPOD_API_KEY:-$(from_init RUNPOD_API_KEY)}}
+if [ -z "$pod" ] || [ -z "$key" ]; then echo "no RUNPOD_POD_ID or RUNPOD_API_KEY: cannot end the pod"; exit 1; fi
+for try in 1 2 3 4 5 6; do
+  code=$(printf 'Authorization: Bearer %s\\n' "$key" | curl -s -o /dev/null -w '%{{http_code}}' \\
+    --max-time 30 -X DELETE -H @- {url}"$pod")
+  case $code in 2??|404) echo "deadline reached: pod $pod ended"; exit 0;; esac
+  echo "ending pod $pod: HTTP $code, try $try"
+  sleep 10
+done
+exit 1
+"""
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text.strip()[:200] or response.reason_phrase
+    if isinstance(data, dict):
+        for field in ("error", "message", "detail"):
+            if isinstance(data.get(field), str):
+                return data[field][:200]
+        errors = data.get("errors")
+        if isinstance(errors, list) and errors:
+            return str((errors[0] or {}).get("message", errors[0]))[:200]
+    return str(data)[:200]
+
+
+def _safe_id(pod_id: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", pod_id):
+        raise StepFailed(f"RunPod pod id {pod_id[:40]!r} is not a plain id")
+    return pod_id
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
