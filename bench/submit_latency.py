@@ -24,18 +24,25 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sqlmodel import Session  # noqa: E402
+
 from cli.demo import prepare_data  # noqa: E402
 from cli.stack import Stack  # noqa: E402
+from server.auth import Role, create_token  # noqa: E402
 from server.config import Settings  # noqa: E402
+from server.db import make_engine  # noqa: E402
 from server.migrate import upgrade_head  # noqa: E402
 from tests.databases import postgres_database  # noqa: E402
 from tests.sshd import Sshd, free_port  # noqa: E402
 
+TOKEN: dict[str, str] = {}  # per database URL: an admin token made for this benchmark
+
 
 def api(url: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN['current']}"}
     request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
                                      method=method or ("POST" if body is not None else "GET"),
-                                     headers={"Content-Type": "application/json"})
+                                     headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -68,6 +75,10 @@ def measure(env: dict[str, str], provider: str, runs: int, config: dict[str, str
                        "CADDIE_POLL_INTERVAL_S": "0.5", "CADDIE_RECONCILE_INTERVAL_S": "1", **env})
     settings = Settings()
     upgrade_head(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url())
+    with Session(engine) as session:
+        TOKEN["current"] = create_token(session, name="bench", role=Role.admin)[1]
+    engine.dispose()
     stack = Stack(settings, port=free_port(), log_dir=tmp / f"logs-{provider}")
     stack.start()
     try:

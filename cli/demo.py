@@ -14,9 +14,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from sqlmodel import Session
+
 from cli.corpus import write_corpus
 from cli.stack import Stack
+from server.auth import create_token
 from server.config import Settings
+from server.db import get_engine
 
 FINAL = {"succeeded", "failed", "cancelled"}
 
@@ -40,10 +44,13 @@ def prepare_data(work: Path, vocab_size: int) -> tuple[Path, Path]:
     return data_path, tokenizer
 
 
-def api(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> Any:
+def api(url: str, method: str = "GET", body: dict[str, Any] | None = None,
+        token: str | None = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
@@ -94,6 +101,12 @@ def _num(value: float | int | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def demo_token() -> str:
+    """A fresh member token for the demo's submission (its sha256 alone is stored)."""
+    with Session(get_engine()) as session:
+        return create_token(session, name="caddie-demo")[1]
+
+
 def run_demo(settings: Settings, *, seeds: list[int], port: int, timeout_s: float) -> int:
     work = settings.data_dir.resolve() / "demo"
     data_path, tokenizer = prepare_data(work, vocab_size=512)
@@ -105,7 +118,7 @@ def run_demo(settings: Settings, *, seeds: list[int], port: int, timeout_s: floa
         spec = {"name": "demo", "author": "caddie-demo", "preset": "tiny",
                 "config": {"data_path": str(data_path), "tokenizer_path": str(tokenizer)},
                 "seeds": seeds, "provider": "local"}
-        experiment = api(f"{stack.url}/api/experiments", "POST", spec)
+        experiment = api(f"{stack.url}/api/experiments", "POST", spec, token=demo_token())
         print(f"submitted experiment {experiment['id']} with seeds {seeds}", flush=True)
         follow(stack.url, experiment["id"], stack, timeout_s)
         print_leaderboard(api(f"{stack.url}/api/leaderboard?author=caddie-demo&limit=200"), experiment["id"])

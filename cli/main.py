@@ -7,6 +7,7 @@ import time
 
 from cli.doctor import register as register_doctor
 from cli.logs import register as register_logs
+from cli.tokens import register as register_tokens
 from server.config import get_settings
 
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_migrate)
     register_logs(sub)
     register_doctor(sub)
+    register_tokens(sub)
     return parser
 
 

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # How far the trainer's own train time may exceed what the worker observed.
     clock_tolerance_s: float = Field(default=30.0, ge=0)
 
+    # Reading (leaderboard, experiments, runs, logs) without a token; changes always need one.
+    public_read: bool = True
+
     # Slack-compatible incoming webhook: runs and experiments that end, pods stopped by a
     # safety stop, budgets hit. None: no notifications.
     webhook_url: SecretStr | None = None

@@ -9,6 +9,14 @@ class CaddieError(Exception):
         self.message = message
 
 
+class Unauthorized(CaddieError):
+    status_code = 401
+
+
+class Forbidden(CaddieError):
+    status_code = 403
+
+
 class NotFound(CaddieError):
     status_code = 404
 

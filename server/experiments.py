@@ -78,6 +78,7 @@ class ExperimentPublic(BaseModel):
     config: dict[str, Any]
     seeds: list[int]
     provider: str
+    owner: str  # the token user who submitted it
     status: str
     created_at: datetime
     finished_at: datetime | None
@@ -146,9 +147,9 @@ class RunPublicWithEvents(RunPublic):
     events: list[RunEventPublic]
 
 
-def create_experiment(session: Session, spec: ExperimentCreate) -> Experiment:
+def create_experiment(session: Session, spec: ExperimentCreate, *, owner: str = "") -> Experiment:
     """Store the experiment with one queued run per seed, then wake each run."""
-    experiment = Experiment(**spec.model_dump())
+    experiment = Experiment(**spec.model_dump(), owner=owner)
     session.add(experiment)
     session.flush()
     runs = [Run(experiment_id=experiment.id, seed=seed) for seed in spec.seeds]

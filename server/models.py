@@ -21,6 +21,8 @@ class Experiment(SQLModel, table=True):
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     seeds: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     provider: str = Field(default="local", max_length=32, index=True)
+    # Name of the API token's user who submitted it: may cancel it (as may any admin).
+    owner: str = Field(default="", max_length=100, index=True)
     status: str = Field(default="queued", max_length=16, index=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     finished_at: datetime | None = None
@@ -113,3 +115,14 @@ class LogChunk(SQLModel, table=True):
     nbytes: int  # bytes of train.log this chunk covers (text may carry U+FFFD for bad bytes)
     text: str = Field(sa_column=Column(Text, nullable=False))  # whole lines
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiToken(SQLModel, table=True):
+    """An API token. Only its sha256 is stored; the token itself is shown once, at creation."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, index=True)  # the user it stands for
+    role: str = Field(default="member", max_length=16)  # "admin" | "member"
+    token_sha256: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None

@@ -15,7 +15,7 @@ from http import HTTPStatus
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -23,13 +23,13 @@ from fastapi.routing import APIRoute
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import experiments, logs, presets
-from server.api.deps import MAX_ID, FilterText, IdPath, SessionDep
-from server.errors import CaddieError, NotFound
+from server import auth, experiments, logs, presets
+from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
+from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
-from web import comparison, csrf, downloads, submission
+from web import comparison, csrf, downloads, signin, submission
 from web.board import (
     DEFAULT_PER_PAGE,
     DEFAULT_SORT,
@@ -80,8 +80,11 @@ class PageRoute(APIRoute):
         return render_errors
 
 
+# Pages that read are open unless CADDIE_PUBLIC_READ is off; signing in and assets always are.
 router = APIRouter(route_class=PageRoute, include_in_schema=False,
-                   default_response_class=HTMLResponse)
+                   default_response_class=HTMLResponse, dependencies=[Depends(read_access)])
+open_router = APIRouter(route_class=PageRoute, include_in_schema=False,
+                        default_response_class=HTMLResponse)
 Csrf = Depends(csrf.verify)  # on every POST of a page form
 templates.env.globals.update(csrf_field=csrf.hidden_field)
 
@@ -89,6 +92,7 @@ templates.env.globals.update(csrf_field=csrf.hidden_field)
 def include_pages(app: FastAPI) -> None:
     """Add the pages to `app`, and HTML 404 pages for unknown URLs outside /api."""
     app.include_router(router)
+    app.include_router(open_router)
     app.include_router(comparison.api_router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
 
@@ -197,15 +201,17 @@ def seed_stats(runs: list[RunPublic]) -> dict[str, Any]:
 
 
 @router.post("/experiments/{experiment_id}/cancel", dependencies=[Csrf])
-def cancel_experiment_page(session: SessionDep, experiment_id: IdPath) -> RedirectResponse:
+def cancel_experiment_page(session: SessionDep, principal: PrincipalDep,
+                           experiment_id: IdPath) -> RedirectResponse:
     """Cancel the experiment's unfinished runs, then show it again."""
+    auth.authorize_experiment(session, principal, experiment_id)
     experiments.cancel_experiment(session, experiment_id)
     return RedirectResponse(f"/experiments/{experiment_id}", status_code=303)
 
 
 @router.get("/submit")
 def read_submit_page(
-    request: Request,
+    request: Request, _principal: PrincipalDep,
     preset: Annotated[str, Query(max_length=64, pattern=r"^[\w.-]*$")] = "baseline",
 ) -> HTMLResponse:
     """The form that submits an experiment: a preset, field overrides, seeds, provider."""
@@ -221,7 +227,7 @@ async def form_fields(request: Request) -> dict[str, str]:
 
 @router.post("/submit", dependencies=[Csrf])
 def submit_experiment_page(
-    request: Request, session: SessionDep,
+    request: Request, session: SessionDep, principal: PrincipalDep,
     form: Annotated[dict[str, str], Depends(form_fields)],
 ) -> Response:
     """Create the experiment and show it; or show the form again with each problem next to
@@ -229,7 +235,7 @@ def submit_experiment_page(
     spec, entered = submission.read_form(form)
     if spec is None:
         return submit_form(request, entered, status_code=422)
-    experiment = experiments.create_experiment(session, spec)
+    experiment = experiments.create_experiment(session, spec, owner=principal.name)
     return RedirectResponse(f"/experiments/{experiment.id}", status_code=303)
 
 
@@ -274,8 +280,9 @@ def whole_log(session: Session, run_id: int) -> str:
 
 
 @router.post("/runs/{run_id}/cancel", dependencies=[Csrf])
-def cancel_run_page(session: SessionDep, run_id: IdPath) -> RedirectResponse:
+def cancel_run_page(session: SessionDep, principal: PrincipalDep, run_id: IdPath) -> RedirectResponse:
     """Cancel the run, then show it again."""
+    auth.authorize_run(session, principal, run_id)
     experiments.cancel_run(session, run_id)
     return RedirectResponse(f"/runs/{run_id}", status_code=303)
 
@@ -308,7 +315,7 @@ def _run_download(run_id: int, name: str, media_type: str) -> FileResponse:
     return FileResponse(path, media_type=media_type, filename=f"run-{run_id}-{path.name}")
 
 
-@router.get("/static/{name}")
+@open_router.get("/static/{name}")
 def read_static_file(name: str) -> FileResponse:
     """CSS and JS of the pages, served from web/static."""
     if name not in STATIC_FILES:
@@ -334,3 +341,26 @@ def _whole_lines(text: str, offset: int) -> str:
         return text
     _, newline, rest = text.partition("\n")
     return rest if newline else text
+
+
+@open_router.get("/signin")
+def read_signin_page(request: Request,
+                     next_path: Annotated[str | None, Query(alias="next", max_length=500)] = None,
+                     ) -> HTMLResponse:
+    """Sign in with an API token; the forms then act as its user."""
+    return signin.form(request, next_path)
+
+
+@open_router.post("/signin", dependencies=[Csrf])
+def sign_in(request: Request, session: SessionDep, token: Annotated[str, Form(max_length=200)],
+            next_path: Annotated[str, Form(alias="next", max_length=500)] = "/") -> Response:
+    try:
+        auth.authenticate(session, token.strip())
+    except Unauthorized as exc:
+        return signin.form(request, next_path, exc.message, status_code=401)
+    return signin.signed_in(request, token.strip(), next_path)
+
+
+@open_router.post("/signout", dependencies=[Csrf])
+def sign_out() -> Response:
+    return signin.signed_out()

@@ -2,12 +2,41 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Path, Query
+from fastapi import Cookie, Depends, Path, Query
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
+from server import auth
+from server.config import get_settings
 from server.db import get_session
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+TOKEN_COOKIE = "caddie_token"  # set by the web UI's sign-in page (HttpOnly, SameSite=Strict)
+_bearer = HTTPBearer(auto_error=False, description="An API token from `caddie token create`.")
+
+
+def current_principal(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    caddie_token: Annotated[str | None, Cookie()] = None,
+) -> auth.Principal:
+    """Who the request acts for: the bearer token, else the web UI's sign-in cookie."""
+    token = credentials.credentials if credentials else caddie_token
+    return auth.authenticate(session, token)
+
+
+PrincipalDep = Annotated[auth.Principal, Depends(current_principal)]
+
+
+def read_access(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    caddie_token: Annotated[str | None, Cookie()] = None,
+) -> None:
+    """Reading is open unless CADDIE_PUBLIC_READ is off; then it needs a token too."""
+    if not get_settings().public_read:
+        current_principal(session, credentials, caddie_token)
 
 # Ids are 32-bit INTEGER columns; larger numbers are refused here rather than by the database.
 MAX_ID = 2**31 - 1

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from server import experiments
-from server.api.deps import FilterText, IdPath, Limit, Offset, SessionDep
+from server import auth, experiments
+from server.api.deps import FilterText, IdPath, Limit, Offset, PrincipalDep, SessionDep
 from server.experiments import (
     ExperimentCreate,
     ExperimentPublic,
@@ -17,10 +17,10 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 @router.post("", status_code=201)
 def create_experiment(
-    session: SessionDep, experiment_in: ExperimentCreate
+    session: SessionDep, principal: PrincipalDep, experiment_in: ExperimentCreate
 ) -> ExperimentPublicWithRuns:
     """Submit an experiment: one run per seed, queued at once."""
-    experiment = experiments.create_experiment(session, experiment_in)
+    experiment = experiments.create_experiment(session, experiment_in, owner=principal.name)
     return experiments.experiment_with_runs(session, experiment)
 
 
@@ -46,8 +46,10 @@ def read_experiment(session: SessionDep, experiment_id: IdPath) -> ExperimentPub
 
 
 @router.post("/{experiment_id}/cancel")
-def cancel_experiment(session: SessionDep, experiment_id: IdPath) -> ExperimentPublicWithRuns:
-    """Cancel every run of the experiment that has not ended."""
+def cancel_experiment(session: SessionDep, principal: PrincipalDep,
+                      experiment_id: IdPath) -> ExperimentPublicWithRuns:
+    """Cancel every run of the experiment that has not ended (its owner or an admin)."""
+    auth.authorize_experiment(session, principal, experiment_id)
     experiment = experiments.cancel_experiment(session, experiment_id)
     return experiments.experiment_with_runs(session, experiment)
 

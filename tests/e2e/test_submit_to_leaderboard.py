@@ -20,7 +20,9 @@ import redis
 from sqlmodel import Session, create_engine, select
 
 from cli.stack import Stack
+from server.auth import create_token
 from server.config import Settings
+from server.db import make_engine
 from server.migrate import upgrade_head
 from server.models import LogChunk
 from tests.databases import postgres_database
@@ -48,10 +50,12 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"tokenizer_path": tokenizer, "data_path": data_path}
 
 
-def api(url: str, body: dict[str, Any] | None = None) -> Any:
+def api(url: str, body: dict[str, Any] | None = None, token: str | None = None) -> Any:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=json.dumps(body).encode() if body else None,
-                                     method="POST" if body else "GET",
-                                     headers={"Content-Type": "application/json"})
+                                     method="POST" if body else "GET", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
@@ -75,10 +79,20 @@ def start_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, 
     return stack
 
 
+def member_token(database_url: str) -> str:
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        token = create_token(session, name="e2e-user")[1]
+    engine.dispose()
+    return token
+
+
 def submit_and_wait(stack: Stack, dataset: dict[str, str], provider: str) -> dict[str, Any]:
     spec = {"name": f"e2e-{provider}", "author": "e2e", "preset": "tiny", "provider": provider,
             "seeds": [11], "config": {**dataset, "iterations": 12, "train_log_every": 1}}
-    experiment = api(f"{stack.url}/api/experiments", spec)
+    token = member_token(stack.settings.resolved_database_url())
+    experiment = api(f"{stack.url}/api/experiments", spec, token)
+    assert experiment["owner"] == "e2e-user"
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         stack.check_alive()

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from server.auth import Role, create_token
 from server.config import get_settings
 from server.db import get_engine
 from server.main import create_app
@@ -18,7 +19,7 @@ from server.migrate import upgrade_head
 from server.queue import get_producer
 from tests.databases import postgres_database
 
-TABLES = ("runevent", "logchunk", "pod", "run", "experiment")
+TABLES = ("runevent", "logchunk", "pod", "run", "experiment", "apitoken")
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +90,20 @@ def session(engine: Engine) -> Iterator[Session]:
 
 
 @pytest.fixture
-def client(settings_env: None) -> Iterator[TestClient]:
+def admin_token(engine: Engine) -> str:
+    with Session(engine) as session:
+        return create_token(session, name="admin", role=Role.admin)[1]
+
+
+@pytest.fixture
+def client(settings_env: None, admin_token: str) -> Iterator[TestClient]:
+    """A client signed in as an admin (every change needs a token)."""
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {admin_token}"}) as client:
+        yield client
+
+
+@pytest.fixture
+def anonymous(settings_env: None) -> Iterator[TestClient]:
+    """A client with no token."""
     with TestClient(create_app()) as client:
         yield client

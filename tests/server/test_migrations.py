@@ -17,7 +17,7 @@ from server.config import get_settings
 from server.migrate import alembic_config, upgrade_head
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"alembic_version", "experiment", "pod", "run", "runevent", "logchunk"}
+TABLES = {"alembic_version", "experiment", "pod", "run", "runevent", "logchunk", "apitoken"}
 
 
 def differences(url: str) -> list[object]:

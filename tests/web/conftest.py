@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from server.main import create_app
 from tests.server.conftest import (  # noqa: F401  (fixtures, found by name)
+    admin_token,
     data_dir,
     database_url,
     engine,
@@ -17,14 +18,13 @@ from tests.server.conftest import (  # noqa: F401  (fixtures, found by name)
     sqlite_template,
 )
 from tests.web.live import LiveServer
-from web.pages import include_pages
 
 
 @pytest.fixture
-def client(settings_env: None) -> Iterator[TestClient]:  # noqa: F811
-    app = create_app()
-    include_pages(app)
-    with TestClient(app, headers={"accept": "text/html"}) as client:
+def client(settings_env: None, admin_token: str) -> Iterator[TestClient]:  # noqa: F811
+    """A browser-like client signed in as an admin."""
+    with TestClient(create_app(), headers={"accept": "text/html"},
+                    cookies={"caddie_token": admin_token}) as client:
         yield client
 
 

@@ -104,9 +104,18 @@ def test_run_page_shows_new_lines_within_a_second_and_plots_them(page: Page,
     screenshot(page, "run")
 
 
-def test_submit_form_creates_an_experiment_and_shows_field_errors(page: Page,
-                                                                   session: Session) -> None:
+def test_submit_form_creates_an_experiment_and_shows_field_errors(page: Page, session: Session,
+                                                                   admin_token: str) -> None:
     page.goto("/submit")
+    assert page.locator("h1").inner_text().startswith("401")  # submitting needs a token
+    page.click("text=Sign in with an API token")
+    page.fill("#token", "cad_not-a-token")
+    page.click("form.signin button[type=submit]")
+    assert page.locator("#token-error").inner_text() == "the API token is unknown or revoked"
+    page.fill("#token", admin_token)
+    page.click("form.signin button[type=submit]")
+    page.wait_for_url("**/submit")
+
     page.fill("#f-name", "browser baseline")
     page.fill("#f-seeds", "7, 8, 9")
     page.locator("details.overrides summary").click()
