@@ -301,7 +301,12 @@ def run(
     out = Path(out_dir)
     launch = start_launch(env)
     try:
-        return _run(config, out, launch)
+        results = _run(config, out, launch)
+        if launch.distributed:
+            # Every rank reaches here before any tears its group down: gloo aborts a rank
+            # whose peer destroyed the group while its last collective was still closing.
+            dist.barrier()
+        return results
     finally:
         if launch.distributed and dist.is_initialized():
             dist.destroy_process_group()
