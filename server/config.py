@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # How far the trainer's own train time may exceed what the worker observed.
     clock_tolerance_s: float = Field(default=30.0, ge=0)
 
+    # val_bpb of the standing record: the reference when no record-eligible experiment exists.
+    record_bpb: float = Field(default=1.0611, gt=0)
+
     # Reading (leaderboard, experiments, runs, logs) without a token; changes always need one.
     public_read: bool = True
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints,
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from server import notify, presets
+from server import notify, presets, reference
 from server.errors import Conflict, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
@@ -47,6 +47,9 @@ class ExperimentCreate(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     seeds: list[Seed] = Field(min_length=1, max_length=MAX_SEEDS)
     provider: Literal["local", "ssh", "runpod"] = "local"
+    # What it must beat (server/reference.py): an experiment's seeds, or a val_bpb.
+    reference_experiment_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    reference_bpb: float | None = Field(default=None, gt=0, lt=10)
 
     @field_validator("preset")
     @classmethod
@@ -79,6 +82,9 @@ class ExperimentPublic(BaseModel):
     seeds: list[int]
     provider: str
     owner: str  # the token user who submitted it
+    reference_experiment_id: int | None
+    reference_bpb: float | None
+    stats: dict[str, Any] | None  # the significance test against the reference, when finished
     status: str
     created_at: datetime
     finished_at: datetime | None
@@ -303,20 +309,27 @@ def finalize_experiment(session: Session, experiment_id: int) -> bool:
             experiment.status = ExperimentStatus.running.value
         session.commit()
         return False
-    _fill_results(experiment, list(runs))
+    _fill_results(session, experiment, list(runs))
     session.commit()
     notify.experiment_ended(experiment_id, experiment.name, experiment.status,
                             experiment.mean_val_bpb, experiment.eligible)
     return True
 
 
-def _fill_results(experiment: Experiment, runs: list[Run]) -> None:
+def _fill_results(session: Session, experiment: Experiment, runs: list[Run]) -> None:
     succeeded = [run for run in runs if run.status == RunStatus.succeeded]
     scores = [run.val_bpb for run in succeeded if run.val_bpb is not None]
     experiment.n_succeeded = len(succeeded)
     experiment.mean_val_bpb = statistics.fmean(scores) if scores else None
     experiment.std_val_bpb = statistics.stdev(scores) if len(scores) >= 2 else None
     experiment.reasons = experiment_reasons(runs)
+    if scores:
+        significance, against = reference.test_against_reference(session, experiment, scores)
+        experiment.stats = {**significance.to_dict(), "reference": against}
+        why = significance.reason()
+        # Below the seed minimum an undefined test adds nothing the seed count does not say.
+        if why and (significance.p is not None or len(scores) >= MIN_RECORD_SEEDS):
+            experiment.reasons = [*experiment.reasons, why]
     experiment.eligible = not experiment.reasons
     all_cancelled = all(run.status == RunStatus.cancelled for run in runs)
     experiment.status = (ExperimentStatus.cancelled if all_cancelled

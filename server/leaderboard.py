@@ -4,6 +4,7 @@ Two queries per page whatever its size: the page of experiments (plus its count)
 then the runs of all of them at once.
 """
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
@@ -46,6 +47,8 @@ class LeaderboardEntry(BaseModel):
     max_bytes_total: int | None  # over succeeded seeds
     max_train_time_s: float | None
     max_eval_time_s: float | None
+    delta_nats: float | None  # mean − reference, nats per byte; the record rule wants <= −0.005
+    p: float | None  # one-sided p of the improvement over the reference (server/reference.py)
     eligible: bool
     reasons: list[str]
     seeds: list[LeaderboardSeed]
@@ -115,10 +118,23 @@ def _entry(experiment: Experiment, runs: list[Run], position: int) -> Leaderboar
         max_bytes_total=_max(run.bytes_total for run in succeeded),
         max_train_time_s=_max(run.train_time_s for run in succeeded),
         max_eval_time_s=_max(run.eval_time_s for run in succeeded),
+        delta_nats=_delta_nats(experiment),
+        p=(experiment.stats or {}).get("p"),
         eligible=experiment.eligible,
         reasons=experiment.reasons,
         seeds=[_seed(run) for run in runs],
     )
+
+
+def _delta_nats(experiment: Experiment) -> float | None:
+    """Mean minus the reference, in nats per byte (negative: better than the reference)."""
+    stats = experiment.stats or {}
+    reference = stats.get("reference_mean")
+    if reference is None:
+        reference = (stats.get("reference") or {}).get("val_bpb")
+    if reference is None or experiment.mean_val_bpb is None:
+        return None
+    return (experiment.mean_val_bpb - reference) * math.log(2)
 
 
 def _seed(run: Run) -> LeaderboardSeed:

@@ -32,6 +32,11 @@ class Experiment(SQLModel, table=True):
     std_val_bpb: float | None = None
     eligible: bool = False
     reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # What it must beat: another experiment, or a val_bpb; neither: see server/reference.py.
+    reference_experiment_id: int | None = None
+    reference_bpb: float | None = None
+    # The significance test against the reference, once finalized (server/statistics.py).
+    stats: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class Pod(SQLModel, table=True):

@@ -89,9 +89,9 @@ def test_entry_numbers_and_seed_rows(client: TestClient, session: Session) -> No
 
 
 def test_filters(client: TestClient, session: Session) -> None:
-    finished(session, "eligible", [1.2, 1.2, 1.2], author="ada", provider="ssh")
+    finished(session, "eligible", [1.2, 1.21, 1.19], author="ada", provider="ssh")
     finished(session, "two seeds", [1.1, 1.1], author="bob")
-    finished(session, "tiny", [1.5, 1.5, 1.5], author="ada", preset="tiny")
+    finished(session, "tiny", [1.5, 1.51, 1.49], author="ada", preset="tiny")
 
     def names(**params: Any) -> list[str]:
         return [e["name"] for e in board(client, **params)["data"]]

@@ -1,5 +1,6 @@
 """GET /: rows, numbers, seeds, sorting, filters and pages of the leaderboard."""
 
+import math
 import statistics
 from typing import Any
 
@@ -51,13 +52,16 @@ def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session
     assert names(page) == ["best", "middle", "unscored"]
     assert [e.attrs["data-experiment"] for e in entries(page)] == [
         str(best.id), str(middle.id), str(unscored.id)]
-    rank, name, author, _date, mean, seeds, max_bytes, train, evaluation, record = cells(
+    rank, name, author, _date, mean, delta, p, seeds, max_bytes, train, evaluation, record = cells(
         main_row(entries(page)[0]))
     scores = [1.101, 1.12, 1.11]
     assert rank == "1"
     assert name == "best baseline"
     assert author == "grace"
     assert mean == f"{statistics.fmean(scores):.5f} ± {statistics.stdev(scores):.5f}"
+    # The factory's reference is 2.0 bpb: Δ = (mean − 2.0) · ln 2 nats per byte.
+    assert delta == f"{(statistics.fmean(scores) - 2.0) * math.log(2):+.4f}"
+    assert float(p) < 0.01
     assert seeds == "3/3"
     assert max_bytes == "15,800,000 200,000 to spare"
     assert (train, evaluation, record) == ("599.0 s", "120.0 s", "record-eligible")
@@ -133,9 +137,9 @@ def test_sort_links_and_sorted_rows(client: TestClient, session: Session) -> Non
 
 
 def test_filters_by_link_and_keep_the_sort(client: TestClient, session: Session) -> None:
-    finished(session, "eligible", [1.2, 1.2, 1.2])
+    finished(session, "eligible", [1.2, 1.21, 1.19])
     finished(session, "two seeds", [1.1, 1.1], author="bob")
-    finished(session, "tiny one", [1.5, 1.5, 1.5], preset="tiny")
+    finished(session, "tiny one", [1.5, 1.51, 1.49], preset="tiny")
 
     page = fetch(client, "/?sort=name")
     filters = page.find("nav", class_="filters")
