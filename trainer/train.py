@@ -413,7 +413,8 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
             (loss * (1.0 / grad_accum)).backward()
         return total / grad_accum
 
-    def validate() -> Any:
+    def validate(deadline: float | None = None) -> Any:
+        """Non-overlapping evaluation of `model` on the validation split (stops at deadline)."""
         return evaluate(
             model,
             val_tokens,
@@ -423,6 +424,7 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
             rank=launch.rank,
             world_size=launch.world_size,
             device=device,
+            deadline=deadline,
         )
 
     # ==================================================================================
@@ -589,17 +591,7 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     base_model.load_state_dict(dequantize_state_dict(read_artifact(artifact_path)), strict=True)
     deadline = t_eval + config.eval_max_seconds if config.eval_max_seconds > 0 else None
     if config.eval_mode == "standard":
-        final = evaluate(
-            model,
-            val_tokens,
-            tables,
-            seq_len=config.train_seq_len,
-            local_batch_tokens=config.val_batch_size // MICRO_BATCHES,
-            rank=launch.rank,
-            world_size=launch.world_size,
-            device=device,
-            deadline=deadline,
-        )
+        final = validate(deadline)
     else:
         final = score_model(compiled, val_tokens, tables, eval_settings(config), launch, deadline)
     sync(device)
