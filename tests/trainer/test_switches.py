@@ -12,22 +12,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests.trainer.test_model import TINY_ENV, tiny_model
 from trainer.config import FIELDS, PRESETS, ConfigError, load_config
 from trainer.model import ModelShape, build_model
 from trainer.muon import Muon, build_optimizers
 from trainer.train import WeightAverage, lr_scale
 
 CPU = torch.device("cpu")
-TINY = {
-    "NUM_LAYERS": "3",
-    "MODEL_DIM": "32",
-    "NUM_HEADS": "4",
-    "NUM_KV_HEADS": "2",
-    "VOCAB_SIZE": "64",
-    "TRAIN_SEQ_LEN": "16",
-    "TRAIN_BATCH_TOKENS": "1024",
-    "VAL_BATCH_SIZE": "1024",
-}
 # The model switches and a value that turns each on.
 MODEL_SWITCHES = {
     "MLP_ACTIVATION": "leaky_relu2",
@@ -39,12 +30,6 @@ MODEL_SWITCHES = {
     "ORTHO_INIT": "1",
     "MLP_MULT": "3",
 }
-
-
-def build(seed: int = 0, **env: str):
-    config = load_config(None, {**TINY, **env})
-    torch.manual_seed(seed)
-    return config, build_model(ModelShape.from_config(config), CPU)
 
 
 def batch():
@@ -63,8 +48,8 @@ def perturbed_state(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(("var", "value"), list(MODEL_SWITCHES.items()))
 def test_each_model_switch_trains_and_changes_the_model(var, value):
-    _, base = build()
-    config, model = build(**{var: value})
+    _, base = tiny_model()
+    config, model = tiny_model(**{var: value})
     x, y = batch()
     loss = model(x, y)
     loss.backward()
@@ -92,7 +77,7 @@ def test_each_model_switch_trains_and_changes_the_model(var, value):
 
 
 def test_per_token_losses_average_to_the_mean_loss():
-    _, model = build(SMEAR_GATE="1", BIGRAM_BUCKETS="31", XSA_LAST_N="3")
+    _, model = tiny_model(SMEAR_GATE="1", BIGRAM_BUCKETS="31", XSA_LAST_N="3")
     x, y = batch()
     per_token = model(x, y, reduction="none")
     assert per_token.shape == (32,)
@@ -100,7 +85,7 @@ def test_per_token_losses_average_to_the_mean_loss():
 
 
 def test_the_model_is_causal_with_every_switch_on():
-    _, model = build(**{k: v for k, v in MODEL_SWITCHES.items() if k != "MLP_MULT"})
+    _, model = tiny_model(**{k: v for k, v in MODEL_SWITCHES.items() if k != "MLP_MULT"})
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -114,7 +99,7 @@ def test_the_model_is_causal_with_every_switch_on():
 
 
 def test_late_qat_fake_quantizes_forward_and_passes_gradients_straight_through():
-    _, model = build(ORTHO_INIT="1")
+    _, model = tiny_model(ORTHO_INIT="1")
     x, y = batch()
     plain = model(x, y)
     model.set_qat_bits(6)
@@ -128,8 +113,8 @@ def test_late_qat_fake_quantizes_forward_and_passes_gradients_straight_through()
 
 
 def test_switch_modules_leave_the_baseline_weights_as_they_were():
-    _, base = build(seed=5)
-    _, switched = build(seed=5, SMEAR_GATE="1", BIGRAM_BUCKETS="97", XSA_LAST_N="1",
+    _, base = tiny_model(seed=5)
+    _, switched = tiny_model(seed=5, SMEAR_GATE="1", BIGRAM_BUCKETS="97", XSA_LAST_N="1",
                         ROPE_DIMS="4", LN_SCALE="1")
     for name, value in base.state_dict().items():
         assert torch.equal(switched.state_dict()[name], value), name
@@ -223,5 +208,5 @@ def test_presets_resolve_and_the_record_preset_builds(tmp_path):
 )
 def test_bad_switch_values_fail_naming_the_variable(env, message):
     with pytest.raises(ConfigError) as exc:
-        load_config(None, {**TINY, **env})
+        load_config(None, {**TINY_ENV, **env})
     assert message in str(exc.value)
