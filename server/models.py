@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -38,6 +38,41 @@ class Experiment(SQLModel, table=True):
     # The significance test against the reference, once finalized (server/statistics.py).
     stats: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
+    # "trainer": the bundled trainer at `preset` + `config`; "script": the participant's own
+    # train_gpt.py (ExperimentFile rows) run under torchrun with `env`.
+    kind: str = Field(default="trainer", max_length=16)
+    env: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # A failed seed: "none" leaves it, "retry" runs the same seed again, "replace" runs a new
+    # seed in its place; at most `max_retries` extra runs in all.
+    failure_policy: str = Field(default="none", max_length=16)
+    max_retries: int = 2
+    # Adaptive seeding: while p >= alpha, add seeds up to `max_seeds` (None: never add).
+    alpha: float = 0.01
+    max_seeds: int | None = None
+    priority: int = Field(default=0, index=True)  # higher starts first in the queue
+    budget_usd: float | None = None  # this experiment's cap on pod dollars
+    # Hardware asked of a renting provider; None: the provider's default (8 x H100 SXM).
+    gpu_type: str | None = Field(default=None, max_length=100)
+    gpu_count: int | None = None
+    share_pods: bool = False  # seeds run one after another on one pod, set-up paid once
+    # Ablation study: [{"name", "config"}], each run on every seed beside the control.
+    variants: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Where an imported experiment came from (`caddie import records`); None if run here.
+    source: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class ExperimentFile(SQLModel, table=True):
+    """A file of a bring-your-own-script experiment (train_gpt.py, requirements.txt, ...)."""
+
+    __table_args__ = (UniqueConstraint("experiment_id", "name", name="uq_experimentfile_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    name: str = Field(max_length=100)  # a plain file name, never a path
+    nbytes: int
+    sha256: str = Field(max_length=64)
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
 
 class Pod(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
@@ -53,6 +88,10 @@ class Pod(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     deadline_at: datetime | None = None
     terminated_at: datetime | None = None
+    # Seeds of an experiment with share_pods take turns on its pods.
+    experiment_id: int | None = Field(default=None, index=True)
+    cost_per_hour: float | None = None  # $/hour named by the provider
+    prepared_at: datetime | None = None  # data fetched and checked on the pod
 
 
 class Run(SQLModel, table=True):
@@ -100,6 +139,11 @@ class Run(SQLModel, table=True):
     eligible: bool | None = None
     reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     results: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+    variant: str = Field(default="", max_length=64)  # ablation variant; "" is the control
+    retry_of: int | None = Field(default=None, foreign_key="run.id")  # the failed run it stands in for
+    superseded: bool = False  # failed, and a retry or replacement stands in for it
+    flags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # e.g. slow node
 
 
 class RunEvent(SQLModel, table=True):

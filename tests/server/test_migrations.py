@@ -17,7 +17,8 @@ from server.config import get_settings
 from server.migrate import alembic_config, upgrade_head
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"alembic_version", "experiment", "pod", "run", "runevent", "logchunk", "apitoken"}
+TABLES = {"alembic_version", "experiment", "experimentfile", "pod", "run", "runevent", "logchunk",
+          "apitoken"}
 
 
 def differences(url: str) -> list[object]:
