@@ -10,11 +10,19 @@ import statistics
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from server import notify, presets, reference
+from server import notify, presets, reference, scripts
 from server.errors import Conflict, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
@@ -34,6 +42,25 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 Author = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100,
                                           pattern=r"^[^\x00]*$")]
 Seed = Annotated[StrictInt, Field(ge=0, lt=SEED_LIMIT)]
+MAX_VARIANTS = 16
+MAX_RETRIES = 16
+VariantName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+GpuType = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100,
+                                           pattern=r"^[A-Za-z0-9 ._()/-]+$")]
+
+
+class VariantSpec(BaseModel):
+    """One arm of an ablation study: config fields changed from the control."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: VariantName
+    config: dict[str, Any] = Field(min_length=1)
+
+    @field_validator("config")
+    @classmethod
+    def _valid_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return presets.check_config(value)
 
 
 # Properties to receive on creation.
@@ -50,6 +77,55 @@ class ExperimentCreate(BaseModel):
     # What it must beat (server/reference.py): an experiment's seeds, or a val_bpb.
     reference_experiment_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
     reference_bpb: float | None = Field(default=None, gt=0, lt=10)
+
+    # "script": the participant's own train_gpt.py (server/scripts.py), run with `env`.
+    kind: Literal["trainer", "script"] = "trainer"
+    files: dict[str, str] = Field(default_factory=dict)  # file name -> text
+    env: dict[str, str] = Field(default_factory=dict)
+    # A failed seed: left as is, run again, or replaced by a new seed; `max_retries` extra runs.
+    failure_policy: Literal["none", "retry", "replace"] = "none"
+    max_retries: int = Field(default=2, ge=0, le=MAX_RETRIES)
+    # While the test's p >= alpha once every seed ended, add seeds up to `max_seeds`.
+    alpha: float = Field(default=0.01, gt=0, le=0.5)
+    max_seeds: int | None = Field(default=None, ge=1, le=MAX_SEEDS)
+    priority: int = Field(default=0, ge=-100, le=100)
+    budget_usd: float | None = Field(default=None, ge=0, le=1_000_000)
+    gpu_type: GpuType | None = None
+    gpu_count: int | None = Field(default=None, ge=1, le=8)
+    share_pods: bool = False
+    variants: list[VariantSpec] = Field(default_factory=list, max_length=MAX_VARIANTS)
+
+    @field_validator("files")
+    @classmethod
+    def _valid_files(cls, value: dict[str, str]) -> dict[str, str]:
+        return scripts.check_files(value)
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return scripts.check_env(value)
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_variants(cls, value: list[VariantSpec]) -> list[VariantSpec]:
+        names = [v.name for v in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variant names must be unique; repeated: {repeated}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentCreate":
+        if self.kind == "script":
+            if scripts.ENTRYPOINT not in self.files:
+                raise ValueError(f"files: a script experiment needs {scripts.ENTRYPOINT}")
+            if self.config or self.variants:
+                raise ValueError("config: a script experiment takes env, not config or variants")
+        elif self.files or self.env:
+            raise ValueError("files: only a script experiment (kind 'script') takes files and env")
+        if self.max_seeds is not None and self.max_seeds < len(self.seeds):
+            raise ValueError(f"max_seeds: must be at least the {len(self.seeds)} seeds given")
+        return self
 
     @field_validator("preset")
     @classmethod
@@ -68,6 +144,14 @@ class ExperimentCreate(BaseModel):
         if repeated:
             raise ValueError(f"seeds must be unique; repeated: {repeated}")
         return value
+
+
+class FilePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    nbytes: int
+    sha256: str
 
 
 # Properties to return via API.
@@ -93,6 +177,21 @@ class ExperimentPublic(BaseModel):
     std_val_bpb: float | None
     eligible: bool
     reasons: list[str]
+    kind: str
+    env: dict[str, str]
+    files: list[FilePublic] = Field(default_factory=list)  # a script experiment's files
+    failure_policy: str
+    max_retries: int
+    alpha: float
+    max_seeds: int | None
+    priority: int
+    budget_usd: float | None
+    gpu_type: str | None
+    gpu_count: int | None
+    share_pods: bool
+    variants: list[dict[str, Any]]
+    source: dict[str, Any] | None  # where an imported experiment came from
+    cost_usd: float | None = None  # dollars its pods have cost so far
 
 
 class ExperimentsPublic(BaseModel):
@@ -131,6 +230,11 @@ class RunPublic(BaseModel):
     gpu_count: int | None
     eligible: bool | None
     reasons: list[str]
+    variant: str  # ablation variant; "" is the control
+    retry_of: int | None  # the failed run this one stands in for
+    superseded: bool  # failed, and a retry or replacement stands in for it
+    flags: list[str]  # informational, e.g. a slow node
+    cost_usd: float | None = None  # dollars its pod has cost so far
 
 
 class RunEventPublic(BaseModel):
@@ -154,11 +258,17 @@ class RunPublicWithEvents(RunPublic):
 
 
 def create_experiment(session: Session, spec: ExperimentCreate, *, owner: str = "") -> Experiment:
-    """Store the experiment with one queued run per seed, then wake each run."""
-    experiment = Experiment(**spec.model_dump(), owner=owner)
+    """Store the experiment with one queued run per seed (and per ablation variant), then
+    wake each run."""
+    fields = spec.model_dump(exclude={"files"})
+    experiment = Experiment(**fields, owner=owner)
     session.add(experiment)
     session.flush()
-    runs = [Run(experiment_id=experiment.id, seed=seed) for seed in spec.seeds]
+    assert experiment.id is not None
+    scripts.store_files(session, experiment.id, spec.files)
+    arms = ["", *(variant.name for variant in spec.variants)]
+    runs = [Run(experiment_id=experiment.id, seed=seed, variant=arm)
+            for seed in spec.seeds for arm in arms]
     session.add_all(runs)
     session.flush()
     session.add_all(RunEvent(run_id=run.id, from_status=None, to_status=RunStatus.queued.value)
@@ -217,6 +327,7 @@ def experiment_with_runs(session: Session, experiment: Experiment) -> Experiment
     """The experiment as the API shows it, with its runs."""
     assert experiment.id is not None
     public = ExperimentPublic.model_validate(experiment)
+    public.files = [FilePublic.model_validate(f) for f in scripts.list_files(session, experiment.id)]
     runs = [RunPublic.model_validate(run) for run in list_runs(session, experiment.id)]
     return ExperimentPublicWithRuns(**dict(public), runs=runs)
 

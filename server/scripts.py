@@ -1,0 +1,86 @@
+"""Bring-your-own-script experiments: the participant's files and environment, checked and stored.
+
+A script experiment carries `train_gpt.py` (required), optionally `requirements.txt` and a
+few small extra files, as text. Names are plain file names (never paths), so a file can only
+land in its run's own directory on the pod. Environment variables go to the script under
+`torchrun`; their names and values are checked here and quoted again where the launcher
+writes them, so neither can become shell syntax.
+"""
+
+import hashlib
+import re
+
+from sqlmodel import Session, col, select
+
+from server.models import ExperimentFile
+
+ENTRYPOINT = "train_gpt.py"
+REQUIREMENTS = "requirements.txt"
+MAX_FILES = 16
+MAX_FILE_BYTES = 2_000_000  # the biggest record scripts are ~150 KB; the cap counts code bytes anyway
+MAX_TOTAL_BYTES = 4_000_000
+MAX_ENV = 64
+MAX_ENV_VALUE = 4096  # characters
+# Not one of these: they change how the interpreter, loader or shell find their code, or are
+# set by Caddie for every run (seeds come from the experiment's `seeds`).
+RESERVED_ENV = frozenset({
+    "PATH", "HOME", "SHELL", "USER", "IFS", "ENV", "BASH_ENV", "PS4", "PYTHONPATH",
+    "PYTHONHOME", "PYTHONSTARTUP", "PYTHONINSPECT", "LD_PRELOAD", "LD_LIBRARY_PATH",
+    "LD_AUDIT", "SEED", "RUN_ID", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK",
+    "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+})
+RESERVED_ENV_PREFIXES = ("CADDIE_", "RUNPOD_", "TORCHELASTIC_", "BASH_FUNC_")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
+
+
+def check_files(files: dict[str, str]) -> dict[str, str]:
+    """Return `files` if every name and size is allowed; ValueError naming `files.<name>`."""
+    if len(files) > MAX_FILES:
+        raise ValueError(f"files: at most {MAX_FILES} files, got {len(files)}")
+    total = 0
+    for name, text in files.items():
+        if not _FILE_NAME.fullmatch(name) or ".." in name:
+            raise ValueError(f"files.{name[:120]!r}: a plain file name of letters, digits, '.', '_' "
+                             "and '-' is needed (no paths, no leading dot)")
+        if "\x00" in text:
+            raise ValueError(f"files.{name}: text files only (found a NUL byte)")
+        size = len(text.encode())
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"files.{name}: {size:,} bytes, the limit is {MAX_FILE_BYTES:,}")
+        total += size
+    if total > MAX_TOTAL_BYTES:
+        raise ValueError(f"files: {total:,} bytes in all, the limit is {MAX_TOTAL_BYTES:,}")
+    return files
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    """Return `env` if every name and value is allowed; ValueError naming `env.<NAME>`."""
+    if len(env) > MAX_ENV:
+        raise ValueError(f"env: at most {MAX_ENV} variables, got {len(env)}")
+    for name, value in env.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"env.{name[:80]!r}: names are upper-case letters, digits and '_', "
+                             "not starting with a digit, at most 64 characters")
+        if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+            raise ValueError(f"env.{name}: reserved (set by Caddie or unsafe to change)")
+        if len(value) > MAX_ENV_VALUE:
+            raise ValueError(f"env.{name}: {len(value)} characters, the limit is {MAX_ENV_VALUE}")
+        if any(ch in value for ch in "\x00\n\r"):
+            raise ValueError(f"env.{name}: NUL and line breaks are not allowed in values")
+    return env
+
+
+def store_files(session: Session, experiment_id: int, files: dict[str, str]) -> None:
+    """Add the files as rows of the experiment (the caller commits)."""
+    for name, text in sorted(files.items()):
+        content = text.encode()
+        session.add(ExperimentFile(experiment_id=experiment_id, name=name, nbytes=len(content),
+                                   sha256=hashlib.sha256(content).hexdigest(), content=content))
+
+
+def list_files(session: Session, experiment_id: int) -> list[ExperimentFile]:
+    return list(session.exec(
+        select(ExperimentFile).where(ExperimentFile.experiment_id == experiment_id)
+        .order_by(col(ExperimentFile.name))
+    ).all())
