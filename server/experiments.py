@@ -16,18 +16,20 @@ from pydantic import (
     Field,
     StrictInt,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from server import notify, presets, reference, scripts
+from server import ablation, costs, notify, policies, presets, reference, scripts
 from server.errors import Conflict, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
 from server.runs import get_run, transition, update_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
+from server.statistics import Significance
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,19 @@ class ExperimentCreate(BaseModel):
         if repeated:
             raise ValueError(f"seeds must be unique; repeated: {repeated}")
         return value
+
+
+class SeedsAdd(BaseModel):
+    """Seeds to add to an experiment: each runs in every arm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: list[Seed] = Field(min_length=1, max_length=MAX_SEEDS)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        return ExperimentCreate._unique_seeds(value)
 
 
 class FilePublic(BaseModel):
@@ -266,13 +281,9 @@ def create_experiment(session: Session, spec: ExperimentCreate, *, owner: str = 
     session.flush()
     assert experiment.id is not None
     scripts.store_files(session, experiment.id, spec.files)
-    arms = ["", *(variant.name for variant in spec.variants)]
     runs = [Run(experiment_id=experiment.id, seed=seed, variant=arm)
-            for seed in spec.seeds for arm in arms]
-    session.add_all(runs)
-    session.flush()
-    session.add_all(RunEvent(run_id=run.id, from_status=None, to_status=RunStatus.queued.value)
-                    for run in runs)
+            for seed in spec.seeds for arm in policies.arms(experiment)]
+    policies.queue_runs(session, runs)
     session.commit()
     for run in runs:
         _wake(run.id)
@@ -328,7 +339,11 @@ def experiment_with_runs(session: Session, experiment: Experiment) -> Experiment
     assert experiment.id is not None
     public = ExperimentPublic.model_validate(experiment)
     public.files = [FilePublic.model_validate(f) for f in scripts.list_files(session, experiment.id)]
-    runs = [RunPublic.model_validate(run) for run in list_runs(session, experiment.id)]
+    rows = list_runs(session, experiment.id)
+    run_costs = costs.run_costs(session, rows)
+    public.cost_usd = costs.experiment_cost(session, experiment.id)
+    runs = [RunPublic.model_validate(run).model_copy(update={"cost_usd": run_costs[run.id]})
+            for run in rows]
     return ExperimentPublicWithRuns(**dict(public), runs=runs)
 
 
@@ -338,7 +353,60 @@ def run_with_events(session: Session, run_id: int) -> RunPublicWithEvents:
     events = [RunEventPublic.model_validate(e) for e in list_run_events(session, run_id)]
     return RunPublicWithEvents(**dict(RunPublic.model_validate(run)),
                                last_log_lines=run.last_log_lines, results=run.results,
-                               events=events)
+                               events=events).model_copy(
+        update={"cost_usd": costs.run_cost(session, run)})
+
+
+def add_seeds(session: Session, experiment_id: int, seeds: list[int]) -> Experiment:
+    """Queue one run per new seed in every arm, and wake them. A finished experiment opens
+    again (running, its results cleared until the new seeds end); 409 if it was cancelled.
+
+    Raises ValueError naming `seeds` when a seed is not a new int32 seed (checked under the
+    experiment's row lock, so two callers cannot add the same seed)."""
+    seeds = _checked_seeds(seeds)
+    experiment = _locked_experiment(session, experiment_id)
+    if experiment.status == ExperimentStatus.cancelled:
+        session.rollback()
+        raise Conflict(f"experiment {experiment_id} was cancelled")
+    runs = list_runs(session, experiment_id)
+    used = sorted({run.seed for run in runs} & set(seeds))
+    too_many = len(experiment.seeds) + len(seeds) > MAX_SEEDS
+    if used or too_many:
+        session.rollback()
+        raise ValueError(f"seeds: already used by this experiment: {used}" if used else
+                         f"seeds: an experiment runs at most {MAX_SEEDS} seeds")
+    if experiment.status == ExperimentStatus.finished:
+        _clear_results(experiment)
+    added = [Run(experiment_id=experiment_id, seed=seed, variant=arm)
+             for seed in seeds for arm in policies.arms(experiment)]
+    policies.queue_runs(session, added)
+    experiment.seeds = policies.seeds_in_play(experiment, [*runs, *added])
+    session.add(experiment)
+    session.commit()
+    for run in added:
+        _wake(run.id)
+    session.refresh(experiment)
+    return experiment
+
+
+def _checked_seeds(seeds: list[int]) -> list[int]:
+    try:
+        return SeedsAdd(seeds=seeds).seeds
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ValueError(f"{where}: {str(error['msg']).removeprefix('Value error, ')}") from None
+
+
+def _clear_results(experiment: Experiment) -> None:
+    """A finished experiment that gets new seeds is running again, without a result."""
+    experiment.status = ExperimentStatus.running.value
+    experiment.finished_at = None
+    experiment.n_succeeded = 0
+    experiment.mean_val_bpb = experiment.std_val_bpb = None
+    experiment.eligible = False
+    experiment.reasons = []
+    experiment.stats = None
 
 
 def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
@@ -399,8 +467,38 @@ def finalize_experiment(session: Session, experiment_id: int) -> bool:
     """Fill in the experiment's results once every run has ended. True only for the call
     that finalized it, however many callers race (the experiment row is locked meanwhile).
 
-    While runs are still going it only moves a queued experiment to running.
+    While runs are still going it only moves a queued experiment to running. Under the same
+    lock it adds the runs the experiment's policies ask for (`server/policies.py`): a stand-in
+    for each failed run, and more seeds while p >= alpha; it then waits for those.
     """
+    experiment = _locked_experiment(session, experiment_id)
+    if experiment.status in FINISHED_EXPERIMENT_STATUSES:
+        session.commit()  # ends the transaction, releasing the row lock
+        return False
+    runs = list(session.exec(
+        select(Run).where(Run.experiment_id == experiment_id).order_by(col(Run.id))
+        .execution_options(populate_existing=True)
+    ).all())
+    added = policies.stand_ins(session, experiment, runs)
+    ended = all(RunStatus(run.status) in FINAL_RUN_STATUSES for run in runs)
+    if ended and not added:
+        added = policies.more_seeds(session, experiment, runs, _significance(session, experiment, runs))
+    if added or not ended:
+        if added or any(run.status != RunStatus.queued for run in runs):
+            experiment.status = ExperimentStatus.running.value
+        session.commit()
+        for run in added:
+            _wake(run.id)
+        return False
+    _fill_results(session, experiment, runs)
+    session.commit()
+    notify.experiment_ended(experiment_id, experiment.name, experiment.status,
+                            experiment.mean_val_bpb, experiment.eligible)
+    return True
+
+
+def _locked_experiment(session: Session, experiment_id: int) -> Experiment:
+    """The experiment row, locked until the caller's transaction ends; 404 if unknown."""
     experiment = session.exec(
         select(Experiment).where(Experiment.id == experiment_id)
         .with_for_update().execution_options(populate_existing=True)
@@ -408,28 +506,29 @@ def finalize_experiment(session: Session, experiment_id: int) -> bool:
     if experiment is None:
         session.rollback()
         raise NotFound(f"experiment {experiment_id} not found")
-    if experiment.status in FINISHED_EXPERIMENT_STATUSES:
-        session.commit()  # ends the transaction, releasing the row lock
-        return False
-    runs = session.exec(
-        select(Run).where(Run.experiment_id == experiment_id).order_by(col(Run.id))
-        .execution_options(populate_existing=True)
-    ).all()
-    if not all(RunStatus(run.status) in FINAL_RUN_STATUSES for run in runs):
-        if any(run.status != RunStatus.queued for run in runs):
-            experiment.status = ExperimentStatus.running.value
-        session.commit()
-        return False
-    _fill_results(session, experiment, list(runs))
-    session.commit()
-    notify.experiment_ended(experiment_id, experiment.name, experiment.status,
-                            experiment.mean_val_bpb, experiment.eligible)
-    return True
+    return experiment
 
 
-def _fill_results(session: Session, experiment: Experiment, runs: list[Run]) -> None:
+def _control_scores(runs: list[Run]) -> list[float]:
+    """val_bpb of the counted runs (control arm, not superseded) that succeeded."""
+    return [run.val_bpb for run in policies.counted_runs(runs)
+            if run.status == RunStatus.succeeded and run.val_bpb is not None]
+
+
+def _significance(session: Session, experiment: Experiment,
+                  runs: list[Run]) -> Significance | None:
+    scores = _control_scores(runs)
+    if not scores:
+        return None
+    # Adaptive seeding aims at the experiment's own alpha; the stored result keeps the record's.
+    return reference.test_against_reference(session, experiment, scores, alpha=experiment.alpha)[0]
+
+
+def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run]) -> None:
+    # The experiment's own numbers: its control arm, without runs that a stand-in replaced.
+    runs = policies.counted_runs(all_runs)
     succeeded = [run for run in runs if run.status == RunStatus.succeeded]
-    scores = [run.val_bpb for run in succeeded if run.val_bpb is not None]
+    scores = _control_scores(runs)
     experiment.n_succeeded = len(succeeded)
     experiment.mean_val_bpb = statistics.fmean(scores) if scores else None
     experiment.std_val_bpb = statistics.stdev(scores) if len(scores) >= 2 else None
@@ -441,8 +540,11 @@ def _fill_results(session: Session, experiment: Experiment, runs: list[Run]) -> 
         # Below the seed minimum an undefined test adds nothing the seed count does not say.
         if why and (significance.p is not None or len(scores) >= MIN_RECORD_SEEDS):
             experiment.reasons = [*experiment.reasons, why]
+    if experiment.variants:
+        summary = ablation.summarize(experiment, all_runs)
+        experiment.stats = {**(experiment.stats or {}), "ablation": summary}
     experiment.eligible = not experiment.reasons
-    all_cancelled = all(run.status == RunStatus.cancelled for run in runs)
+    all_cancelled = all(run.status == RunStatus.cancelled for run in all_runs)
     experiment.status = (ExperimentStatus.cancelled if all_cancelled
                          else ExperimentStatus.finished).value
     experiment.finished_at = utcnow()

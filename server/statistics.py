@@ -3,7 +3,8 @@
 The challenge's rule: a new record beats the current one by at least 0.005 nats at p < 0.01
 over several seeds. Scores are lower-is-better. By default they are val_bpb (bits per byte)
 and the margin is 0.005 / ln 2 bits per byte ("compared per byte"); on request they are
-val_loss in nats per token, which only compares runs that share a tokenizer.
+val_bpb × ln 2 in nats per byte (margin 0.005; the same t and p), or val_loss in nats per
+token, which only compares runs that share a tokenizer. Callers convert the scores.
 
 Both tests are one-sided and report t with the sign of an improvement: t > 0 means the
 experiment's mean lies below the threshold (reference − margin).
@@ -30,6 +31,7 @@ WELCH_TEST = "one-sided Welch's t-test"
 
 class Units(StrEnum):
     BITS_PER_BYTE = "bits_per_byte"  # val_bpb
+    NATS_PER_BYTE = "nats_per_byte"  # val_bpb × ln 2
     NATS_PER_TOKEN = "nats_per_token"  # val_loss
 
 
@@ -74,7 +76,8 @@ class Significance:
 
 
 def record_margin(units: Units | str) -> float:
-    """0.005 nats in the given units: 0.005 / ln 2 bits per byte, or 0.005 nats per token."""
+    """0.005 nats in the given units: 0.005 / ln 2 bits per byte, else 0.005 nats (per byte
+    or per token)."""
     if Units(units) is Units.BITS_PER_BYTE:
         return RECORD_MARGIN_NATS / math.log(2)
     return RECORD_MARGIN_NATS

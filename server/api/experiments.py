@@ -1,16 +1,21 @@
-"""Experiments: submit, list, read, cancel."""
+"""Experiments: submit, list, read, cancel, add seeds, the significance test in chosen units."""
+
+from typing import Any
 
 from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
 
-from server import auth, experiments
+from server import auth, experiments, reference
 from server.api.deps import FilterText, IdPath, Limit, Offset, PrincipalDep, SessionDep
 from server.experiments import (
     ExperimentCreate,
     ExperimentPublic,
     ExperimentPublicWithRuns,
     ExperimentsPublic,
+    SeedsAdd,
 )
 from server.states import ExperimentStatus
+from server.statistics import Units
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -53,3 +58,31 @@ def cancel_experiment(session: SessionDep, principal: PrincipalDep,
     experiment = experiments.cancel_experiment(session, experiment_id)
     return experiments.experiment_with_runs(session, experiment)
 
+
+
+@router.post("/{experiment_id}/seeds")
+def add_seeds(session: SessionDep, principal: PrincipalDep, experiment_id: IdPath,
+              seeds_in: SeedsAdd) -> ExperimentPublicWithRuns:
+    """Run more seeds, each in every arm (its owner or an admin). A finished experiment runs
+    again until they end; 409 if it was cancelled; 422 for a seed it already used."""
+    auth.authorize_experiment(session, principal, experiment_id)
+    try:
+        experiment = experiments.add_seeds(session, experiment_id, seeds_in.seeds)
+    except ValueError as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", "seeds"), "msg": str(exc), "type": "value_error"}]) from None
+    return experiments.experiment_with_runs(session, experiment)
+
+
+@router.get("/{experiment_id}/significance")
+def read_significance(session: SessionDep, experiment_id: IdPath,
+                      units: Units = Units.NATS_PER_BYTE) -> dict[str, Any]:
+    """The experiment's one-sided test in `units` (nats_per_byte by default; nats_per_token
+    needs a reference experiment of the same tokenizer), against its reference."""
+    experiment = experiments.get_experiment(session, experiment_id)
+    try:
+        significance, against = reference.test_in_units(session, experiment, units)
+    except ValueError as exc:
+        raise RequestValidationError(
+            [{"loc": ("query", "units"), "msg": str(exc), "type": "value_error"}]) from None
+    return {**significance.to_dict(), "reference": against}

@@ -3,9 +3,14 @@
 
 import json
 import math
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
 
+from server.experiments import finalize_experiment
+from server.models import Experiment
 from server.statistics import (
     ONE_SAMPLE_TEST,
     WELCH_TEST,
@@ -13,6 +18,7 @@ from server.statistics import (
     one_sample_test,
     welch_test,
 )
+from tests.factories import make_experiment, make_scored_run
 
 BPB_MARGIN = 0.005 / math.log(2)  # design.md: 0.005 nats = 0.005 / ln 2 bits, per byte
 
@@ -215,3 +221,71 @@ def test_reason_explains_a_failed_test() -> None:
     assert close.reason().startswith(f"not significant: p={close.p:.3g} >= 0.01")
     assert f"about {close.more_seeds} more seed(s)" in close.reason()
     assert one_sample_test([1.2], 1.3).reason().startswith("significance unknown: scores: 1 value")
+
+
+def test_nats_per_byte_scales_scores_and_margin_but_not_t_or_p() -> None:
+    scores = [1.20576485, 1.20617460, 1.20715923]
+    bits = one_sample_test(scores, 1.2266)
+    nats = one_sample_test([s * math.log(2) for s in scores], 1.2266 * math.log(2),
+                           units=Units.NATS_PER_BYTE)
+    assert nats.units == "nats_per_byte" and nats.margin == pytest.approx(0.005)
+    assert nats.threshold == pytest.approx(bits.threshold * math.log(2))  # type: ignore[operator]
+    assert (nats.t, nats.p) == (pytest.approx(bits.t, rel=1e-9), pytest.approx(bits.p, rel=1e-6))
+
+
+SEEDS = [1.20576485, 1.20617460, 1.20715923]
+RECORD = 1.2193657 + BPB_MARGIN  # reference whose threshold is the published 1.2193657 bpb
+
+
+def _finished(session: Session, scores: list[float], **fields: Any) -> Experiment:
+    experiment = make_experiment(session, seeds=list(range(len(scores))), **fields)
+    for seed, score in enumerate(scores):
+        make_scored_run(session, experiment, seed=seed, val_bpb=score, val_loss=score * 1.7)
+    assert finalize_experiment(session, experiment.id)
+    return experiment
+
+
+def test_the_api_gives_the_test_in_nats_per_byte_by_default(session: Session,
+                                                            client: TestClient) -> None:
+    experiment = _finished(session, SEEDS, reference_bpb=RECORD)
+    url = f"/api/experiments/{experiment.id}/significance"
+
+    nats = client.get(url).json()
+    bits = client.get(url, params={"units": "bits_per_byte"}).json()
+
+    assert (nats["units"], bits["units"]) == ("nats_per_byte", "bits_per_byte")
+    assert nats["threshold"] == pytest.approx(1.2193657 * math.log(2))
+    assert nats["mean"] == pytest.approx(_mean(SEEDS) * math.log(2))
+    assert nats["margin"] == pytest.approx(0.005)
+    assert (round(nats["t"], 1), nats["df"]) == (31.4, 2)
+    assert nats["p"] == pytest.approx(bits["p"]) and bits["p"] == pytest.approx(experiment.stats["p"])
+    assert bits["threshold"] == pytest.approx(experiment.stats["threshold"])
+    assert nats["reference"] == experiment.stats["reference"]
+
+
+def test_per_token_needs_a_reference_experiment_of_the_same_tokenizer(
+        session: Session, client: TestClient) -> None:
+    value_ref = _finished(session, SEEDS, reference_bpb=RECORD)
+    weak = _finished(session, [1.30, 1.31, 1.29], reference_bpb=9.0)
+    paired = _finished(session, SEEDS, reference_bpb=None, reference_experiment_id=weak.id)
+    other = _finished(session, [1.30, 1.31, 1.29], reference_bpb=9.0,
+                      config={"tokenizer_path": "./data/tokenizers/fineweb_8192_bpe.model"})
+    mismatched = _finished(session, SEEDS, reference_bpb=None, reference_experiment_id=other.id)
+
+    def per_token(experiment: Experiment) -> Any:
+        return client.get(f"/api/experiments/{experiment.id}/significance",
+                          params={"units": "nats_per_token"})
+
+    ok = per_token(paired).json()
+    assert ok["units"] == "nats_per_token" and ok["margin"] == pytest.approx(0.005)
+    assert ok["mean"] == pytest.approx(_mean(SEEDS) * 1.7)
+    assert ok["reference_mean"] == pytest.approx(1.30 * 1.7)
+    for refused, message in ((value_ref, "a val_bpb value"),
+                             (mismatched, "'fineweb_1024_bpe.model' differs")):
+        response = per_token(refused)
+        assert response.status_code == 422
+        (problem,) = response.json()["detail"]
+        assert problem["loc"] == ["query", "units"] and message in problem["msg"]
+    assert client.get(f"/api/experiments/{paired.id}/significance",
+                      params={"units": "furlongs"}).status_code == 422
+    assert client.get("/api/experiments/4242/significance").status_code == 404
