@@ -7,6 +7,7 @@ import time
 
 from cli.doctor import register as register_doctor
 from cli.logs import register as register_logs
+from cli.records import register as register_records
 from cli.tokens import register as register_tokens
 from server.config import get_settings
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_logs(sub)
     register_doctor(sub)
     register_tokens(sub)
+    register_records(sub)
     return parser
 
 

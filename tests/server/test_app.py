@@ -51,7 +51,9 @@ def test_openapi_lists_every_operation(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert set(paths) == {
         "/api/experiments", "/api/experiments/{experiment_id}",
-        "/api/experiments/{experiment_id}/cancel", "/api/runs/{run_id}",
+        "/api/experiments/{experiment_id}/cancel", "/api/experiments/{experiment_id}/seeds",
+        "/api/experiments/{experiment_id}/significance", "/api/queue", "/api/estimate",
+        "/api/runs/{run_id}",
         "/api/runs/{run_id}/log", "/api/runs/{run_id}/logs/stream", "/api/runs/{run_id}/cancel",
         "/api/leaderboard", "/api/compare", "/healthz", "/readyz", "/metrics",
     }
