@@ -8,8 +8,11 @@ the community scripts read them.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import operator
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,18 +30,41 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
-    """The parsed schema.json: {"version", "fields": {...}, "presets": {...}}."""
+    """The parsed schema.json: {"version", "fields", "derived", "rules", "presets"}."""
     with open(path, encoding="utf-8") as f:
         schema = json.load(f)
     for name, spec in schema["fields"].items():
         if spec.get("type") not in _TYPES:
             raise ConfigError(f"schema field {name!r} has unknown type {spec.get('type')!r}")
+    _check_expressions(schema)
     return schema
+
+
+def _check_expressions(schema: dict[str, Any]) -> None:
+    """Every derived name and rule uses only fields and earlier derived names."""
+    known = set(schema["fields"])
+    for name, expression in schema["derived"].items():
+        _check_names(expression, known, f"derived {name!r}")
+        known.add(name)
+    for rule in schema["rules"]:
+        where = f"rule {rule['id']!r}"
+        _check_names(rule["check"], known, where)
+        used = set(rule["fields"]) | set(re.findall(r"\{(\w+)\}", rule["message"]))
+        if used - known:
+            raise ConfigError(f"schema {where} names unknown {sorted(used - known)}")
+
+
+def _check_names(expression: str, known: set[str], where: str) -> None:
+    names = {n.id for n in ast.walk(ast.parse(expression, mode="eval")) if isinstance(n, ast.Name)}
+    if names - known:
+        raise ConfigError(f"schema {where} uses unknown names {sorted(names - known)}")
 
 
 _SCHEMA = load_schema()
 FIELDS: dict[str, dict[str, Any]] = _SCHEMA["fields"]
 PRESETS: dict[str, dict[str, Any]] = _SCHEMA["presets"]
+DERIVED: dict[str, str] = _SCHEMA["derived"]
+RULES: list[dict[str, Any]] = _SCHEMA["rules"]
 
 
 def _as_dict(self: Any) -> dict[str, Any]:
@@ -167,52 +193,105 @@ def _check_range(name: str, label: str, value: Any) -> None:
         raise ConfigError(f"{label}={value!r} is above the maximum {spec['max']}")
 
 
-# Every launch splits a batch over world_size * grad_accum_steps = 8 micro-batches.
+# Every launch splits a batch over world_size * grad_accum_steps = 8 micro-batches (the
+# schema's derived `micro_batches` says the same to the rules).
 MICRO_BATCHES = 8
 
 
 def _check_shapes(c: Any) -> None:
-    """Cross-field rules the model and loaders rely on, named by their variables."""
-    if c.model_dim % c.num_heads:
-        raise ConfigError(f"MODEL_DIM={c.model_dim} is not divisible by NUM_HEADS={c.num_heads}")
-    if c.num_heads % c.num_kv_heads:
-        raise ConfigError(
-            f"NUM_HEADS={c.num_heads} is not divisible by NUM_KV_HEADS={c.num_kv_heads}"
-        )
-    if (c.model_dim // c.num_heads) % 2:
-        raise ConfigError(f"MODEL_DIM/NUM_HEADS={c.model_dim // c.num_heads} must be even for RoPE")
-    local = c.train_batch_tokens // MICRO_BATCHES
-    if local < c.train_seq_len or local % c.train_seq_len:
-        raise ConfigError(
-            f"TRAIN_BATCH_TOKENS={c.train_batch_tokens} must split into {MICRO_BATCHES} "
-            f"micro-batches of whole TRAIN_SEQ_LEN={c.train_seq_len} sequences"
-        )
-    if c.val_batch_size // MICRO_BATCHES < c.train_seq_len:
-        raise ConfigError(
-            f"VAL_BATCH_SIZE={c.val_batch_size} must give each of {MICRO_BATCHES} "
-            f"micro-batches at least TRAIN_SEQ_LEN={c.train_seq_len} tokens"
-        )
-    if c.logit_softcap <= 0:
-        raise ConfigError(f"LOGIT_SOFTCAP={c.logit_softcap} must be positive")
-    _check_switches(c)
+    """The schema's cross-field rules (the server checks the same list at submit time)."""
+    problems = [rule_message(failure, env_name) for failure in failed_rules(c.as_dict())]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
-def _check_switches(c: Any) -> None:
-    head_dim = c.model_dim // c.num_heads
-    if c.rope_dims % 2 or c.rope_dims > head_dim:
-        raise ConfigError(
-            f"ROPE_DIMS={c.rope_dims} must be even and at most the head size {head_dim}"
-        )
-    if c.xsa_last_n > c.num_layers:
-        raise ConfigError(f"XSA_LAST_N={c.xsa_last_n} exceeds NUM_LAYERS={c.num_layers}")
-    if c.bigram_buckets == 1:
-        raise ConfigError("BIGRAM_BUCKETS=1 is too few: use 0 (off) or at least 2")
-    window = c.eval_seq_len or c.train_seq_len
-    if c.ttt_epochs and c.eval_mode != "sliding":
-        raise ConfigError(f"TTT_EPOCHS={c.ttt_epochs} needs EVAL_MODE='sliding'")
-    if c.ttt_epochs and c.ttt_chunk_tokens < window:
-        raise ConfigError(
-            f"TTT_CHUNK_TOKENS={c.ttt_chunk_tokens} is shorter than the window {window}"
-        )
-    if c.eval_mode == "sliding" and c.eval_stride > window:
-        raise ConfigError(f"EVAL_STRIDE={c.eval_stride} exceeds the window EVAL_SEQ_LEN={window}")
+# ======================================================================================
+# Rules: `schema.json` "rules" are Python-like boolean expressions over the fields and
+# the "derived" names; server/presets.py evaluates the same list with its own copy of
+# this small evaluator (the server does not import the trainer), and a test checks that
+# both refuse the same configs.
+# ======================================================================================
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
+_COMPARE = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def expression_value(expression: str, names: Mapping[str, Any]) -> Any:
+    """The value of a schema expression: constants, names, + - * // %, comparisons,
+    and / or / not (with Python's semantics); anything else is refused."""
+    return _value(ast.parse(expression, mode="eval").body, names)
+
+
+def _value(node: ast.AST, names: Mapping[str, Any]) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return names[node.id]
+    if isinstance(node, ast.BoolOp):
+        stop_when = isinstance(node.op, ast.Or)  # `or` stops at a true value, `and` at a false
+        for item in node.values:
+            result = _value(item, names)
+            if bool(result) == stop_when:
+                return result
+        return result
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return not _value(node.operand, names)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        return _BINARY[type(node.op)](_value(node.left, names), _value(node.right, names))
+    if isinstance(node, ast.Compare):
+        left = _value(node.left, names)
+        for op, right_node in zip(node.ops, node.comparators, strict=True):
+            right = _value(right_node, names)
+            if type(op) not in _COMPARE or not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
+    raise ConfigError(f"schema expression uses unsupported syntax: {ast.unparse(node)}")
+
+
+def rule_names(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The field values plus every derived name, computed in the schema's order."""
+    names = dict(values)
+    for name, expression in DERIVED.items():
+        names[name] = expression_value(expression, names)
+    return names
+
+
+def failed_rules(values: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(rule, names) for every rule the field values break, in the schema's order."""
+    names = rule_names(values)
+    failed = []
+    for rule in RULES:
+        try:
+            ok = bool(expression_value(rule["check"], names))
+        except ZeroDivisionError:
+            ok = False
+        if not ok:
+            failed.append((rule, names))
+    return failed
+
+
+def rule_message(failure: tuple[dict[str, Any], dict[str, Any]], label) -> str:
+    """The rule's message with `{field}` as `LABEL=value` and `{derived}` as its value."""
+    rule, names = failure
+
+    def render(match: re.Match[str]) -> str:
+        name = match.group(1)
+        value = repr(names[name])
+        return f"{label(name)}={value}" if name in FIELDS else value
+
+    return _PLACEHOLDER.sub(render, rule["message"])

@@ -43,7 +43,8 @@ RESULT_KEYS = (
     "pre_quant_val_loss",
     "pre_quant_val_bpb",
     "steps",
-    "train_time_s",  # training loop only, validation excluded
+    "train_time_s",  # everything that reads training data: the loop (validation excluded)
+    # plus GPTQ calibration; results.json also reports gptq_calibration_s on its own
     "artifact_time_s",  # quantize + compress + write
     "eval_time_s",  # scoring the round-tripped artifact
     "code_bytes",

@@ -8,8 +8,10 @@ the baseline's modules are initialized (so they draw the same RNG), so with all 
 off the model is exactly the baseline.
 
 Switches (see docs/trainer.md): SmearGate, BigramHash, XSA on the last N layers,
-partial RoPE, LN scale, OrthoInit, LeakyReLU(0.5)^2, and straight-through fake
-quantization of the linear weights (late QAT, turned on by the training loop).
+partial RoPE, LN scale, OrthoInit, LeakyReLU(0.5)^2, parallel residuals on the last N
+layers, depth recurrence (a range of layers run again with the same weights), and
+straight-through fake quantization of the linear weights (late QAT, turned on by the
+training loop).
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class ModelShape:
     rope_dims: int = 0
     ln_scale: bool = False
     ortho_init: bool = False
+    parallel_last_n: int = 0
+    recur_start: int = 0
+    recur_layers: int = 0
+    recur_repeats: int = 1
 
     @classmethod
     def from_config(cls, config: Any) -> ModelShape:
@@ -115,6 +121,8 @@ class Rotary(nn.Module):
         self, seq_len: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor]:
         stale = self._cos is None or self._cached_len != seq_len or self._cos.device != device
+        # Tables built under inference_mode (validation) cannot be saved for backward.
+        stale = stale or (self._cos.is_inference() and not torch.is_inference_mode_enabled())
         if stale:
             positions = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
             freqs = torch.outer(positions, self.inv_freq.to(device))  # [seq_len, head_dim/2]
@@ -233,6 +241,7 @@ class Block(nn.Module):
         rope_dims: int = 0,
         xsa: bool = False,
         norm_scale: float = 1.0,
+        parallel: bool = False,
     ):
         super().__init__()
         self.attn_norm = RMSNorm()
@@ -242,6 +251,7 @@ class Block(nn.Module):
         )
         self.mlp = MLP(dim, mlp_mult, activation)
         self.norm_scale = norm_scale  # LN scale: 1/sqrt(layer + 1), else 1
+        self.parallel = parallel  # attention and MLP both read the block's mixed input
         self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         # [2, dim]: row 0 weighs the stream x, row 1 the embedding x0.
@@ -253,24 +263,44 @@ class Block(nn.Module):
         attn_in, mlp_norm = self.attn_norm(x), self.mlp_norm
         if self.norm_scale != 1.0:
             attn_in = attn_in * self.norm_scale
+        if self.parallel:
+            attn_out = self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(attn_in)
+            return x + attn_out + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(attn_in)
         x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(attn_in)
         mlp_in = mlp_norm(x) if self.norm_scale == 1.0 else mlp_norm(x) * self.norm_scale
         return x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(mlp_in)
 
 
+def layer_order(shape: ModelShape, looping: bool) -> list[int]:
+    """The blocks in the order they run: with depth recurrence (and `looping`), the range
+    recur_start .. recur_start + recur_layers - 1 runs 1 + recur_repeats times in a row,
+    e.g. 11 layers, range 3-5, 2 repeats: 0 1 2 3 4 5 3 4 5 3 4 5 6 7 8 9 10."""
+    order = list(range(shape.num_layers))
+    if not (looping and shape.recur_layers):
+        return order
+    start, end = shape.recur_start, shape.recur_start + shape.recur_layers
+    return order[:end] + order[start:end] * shape.recur_repeats + order[end:]
+
+
 class GPT(nn.Module):
-    """Embedding, U-Net of blocks (first half feeds skips to the second), softcapped tied head."""
+    """Embedding, U-Net of blocks (first half feeds skips to the second), softcapped tied head.
+
+    With depth recurrence the U-Net is over the layers as they run (`layer_order`): its
+    first half feeds skips to its second half, so the skip weights are sized for the
+    looped order and the unlooped order uses the first of them.
+    """
 
     def __init__(self, shape: ModelShape):
         super().__init__()
         self.shape = shape
         dim = shape.model_dim
         self.tok_emb = nn.Embedding(shape.vocab_size, dim)
-        self.num_encoder_layers = shape.num_layers // 2
-        self.num_decoder_layers = shape.num_layers - self.num_encoder_layers
-        num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
+        self.looping = True  # the training loop turns the loop off until RECUR_START_FRAC
+        ran = len(layer_order(shape, looping=True))
+        num_skips = min(ran // 2, ran - ran // 2)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, dim, dtype=torch.float32))
         first_xsa = shape.num_layers - shape.xsa_last_n
+        first_parallel = shape.num_layers - shape.parallel_last_n
         self.blocks = nn.ModuleList(
             Block(
                 dim,
@@ -283,6 +313,7 @@ class GPT(nn.Module):
                 rope_dims=shape.rope_dims,
                 xsa=i >= first_xsa,
                 norm_scale=(i + 1) ** -0.5 if shape.ln_scale else 1.0,
+                parallel=i >= first_parallel,
             )
             for i in range(shape.num_layers)
         )
@@ -358,14 +389,16 @@ class GPT(nn.Module):
         else:
             x = self.embed(input_ids)
         x0 = x
+        order = layer_order(self.shape, self.looping)
+        encoder, decoder = order[: len(order) // 2], order[len(order) // 2 :]
         skips: list[Tensor] = []
-        for i in range(self.num_encoder_layers):
-            x = self.blocks[i](x, x0)
+        for layer in encoder:
+            x = self.blocks[layer](x, x0)
             skips.append(x)
-        for i in range(self.num_decoder_layers):
+        for i, layer in enumerate(decoder):
             if skips:
                 x = x + self.skip_weights[i].to(dtype=x.dtype)[None, None, :] * skips.pop()
-            x = self.blocks[self.num_encoder_layers + i](x, x0)
+            x = self.blocks[layer](x, x0)
         x = self.final_norm(x).reshape(-1, x.size(-1))  # [batch * seq, dim]
         logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
         cap = self.shape.logit_softcap

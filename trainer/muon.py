@@ -1,7 +1,9 @@
 """Muon for the block matrices, Adam for embeddings and scalars: the baseline's split.
 
 Muon orthogonalizes each matrix's Nesterov momentum with five Newton-Schulz steps in
-bf16. Under data parallelism each rank orthogonalizes every world_size-th matrix only;
+bf16: Keller Jordan's fixed quintic (`standard`) or the Polar Express per-step minimax
+quintics (`polar_express`); MuonEq-R (`muoneq_r`) first scales every row of the momentum
+to unit norm. MUON_VARIANT picks one, or `polar_express_muoneq_r` for both. Under data parallelism each rank orthogonalizes every world_size-th matrix only;
 one all-reduce of the flat bf16 update buffer then hands every rank all updates (the
 other ranks contribute zeros, so the sum is exact).
 """
@@ -19,21 +21,43 @@ from trainer.model import GPT, is_control_tensor
 # Quintic Newton-Schulz coefficients (Keller Jordan's Muon): push singular values near 1.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
+# Polar Express (Amsel, Persson, Musco, Gower 2025), 5 steps with a 2% safety factor on
+# the spectral-norm bound; steps past the fifth reuse the last polynomial.
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_EXPRESS_SAFETY = 1.02
+MUON_VARIANTS = ("standard", "polar_express", "muoneq_r", "polar_express_muoneq_r")
 
 
-def newton_schulz5(grad: Tensor, steps: int) -> Tensor:
+def newton_schulz5(grad: Tensor, steps: int, polar_express: bool = False) -> Tensor:
     """An approximately orthogonal matrix with the row/column space of `grad`, in bf16."""
-    a, b, c = NS_COEFFICIENTS
     x = grad.bfloat16()
-    x /= x.norm() + NS_EPS
+    if polar_express:
+        x /= x.norm() * POLAR_EXPRESS_SAFETY + NS_EPS
+    else:
+        x /= x.norm() + NS_EPS
     tall = grad.size(0) > grad.size(1)
     if tall:
         x = x.T  # iterate on the wide side: A = X X^T is the smaller square
-    for _ in range(steps):
+    for step in range(steps):
+        if polar_express:
+            a, b, c = POLAR_EXPRESS_COEFFICIENTS[min(step, len(POLAR_EXPRESS_COEFFICIENTS) - 1)]
+        else:
+            a, b, c = NS_COEFFICIENTS
         gram = x @ x.T
         poly = b * gram + c * gram @ gram
         x = a * x + poly @ x
     return x.T if tall else x
+
+
+def row_normalized(grad: Tensor) -> Tensor:
+    """MuonEq-R: every row scaled to unit L2 norm (zero rows stay zero)."""
+    return grad / grad.norm(dim=1, keepdim=True).clamp_min(NS_EPS)
 
 
 class Muon(torch.optim.Optimizer):
@@ -50,13 +74,17 @@ class Muon(torch.optim.Optimizer):
         backend_steps: int,
         nesterov: bool = True,
         weight_decay: float = 0.0,
+        variant: str = "standard",
     ):
+        if variant not in MUON_VARIANTS:
+            raise ValueError(f"MUON_VARIANT={variant!r} is not one of {list(MUON_VARIANTS)}")
         defaults = dict(
             lr=lr,
             momentum=momentum,
             backend_steps=backend_steps,
             nesterov=nesterov,
             weight_decay=weight_decay,
+            variant=variant,
         )
         super().__init__(params, defaults)
 
@@ -100,7 +128,10 @@ class Muon(torch.optim.Optimizer):
         buf = state["momentum_buffer"]
         buf.mul_(group["momentum"]).add_(p.grad)
         g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else p.grad
-        g = Muon.orthogonalize(g, group["backend_steps"])
+        variant = group.get("variant", "standard")
+        if variant.endswith("muoneq_r"):
+            g = row_normalized(g)
+        g = Muon.orthogonalize(g, group["backend_steps"], variant.startswith("polar_express"))
         # Tall matrices get a larger step so the update's RMS matches square ones.
         return g * max(1, g.size(0) / g.size(1)) ** 0.5
 
@@ -167,6 +198,7 @@ def build_optimizers(model: GPT, config, fused: bool) -> OptimizerSet:
         momentum=config.muon_momentum,
         backend_steps=config.muon_backend_steps,
         weight_decay=config.muon_weight_decay,
+        variant=config.muon_variant,
     )
     for group in muon.param_groups:
         group["base_lr"] = config.matrix_lr

@@ -6,7 +6,8 @@ Two formats, both read by `read_artifact`:
   embedding, zlib, the 65,536-element float threshold), so the baseline artifact is
   byte-for-byte the challenge's.
 - v2 (`FORMAT_V2`): `bits` 8, 6 or 5 (values in [-(2^(b-1)-1), 2^(b-1)-1], stored one per
-  int8), optional GPTQ-lite clip search per row, optional fp16 token embedding, and any
+  int8), optional GPTQ-lite clip search per row, optional full-Hessian GPTQ (same format:
+  only the rounding differs, see trainer/gptq.py), optional fp16 token embedding, and any
   compressor; the file is HEADER_MAGIC, one version byte, one compressor byte, then the
   compressed torch.save bytes.
 
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trainer.gptq import gptq_quantize
 from trainer.model import is_control_tensor
 
 FORMAT = "int8_clean_per_row_v1"
@@ -67,6 +69,8 @@ class QuantSpec:
     fp16_embed: bool = False
     compressor: str = "zlib"
     keep_float_max: int = KEEP_FLOAT_MAX_NUMEL  # tensors this small are not quantized
+    gptq: bool = False  # round matrices that have a Hessian with GPTQ
+    gptq_damp: float = 0.01  # fraction of mean(diag H) added to H's diagonal
 
     @classmethod
     def from_config(cls, config: Any) -> QuantSpec:
@@ -76,6 +80,8 @@ class QuantSpec:
             config.fp16_embed,
             config.compressor,
             config.quant_keep_float_max,
+            config.gptq,
+            config.gptq_damp,
         )
 
     @property
@@ -151,11 +157,15 @@ def quantize_tensor(t: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def quantize_state_dict(
-    state_dict: dict[str, Tensor], spec: QuantSpec | None = None
+    state_dict: dict[str, Tensor],
+    spec: QuantSpec | None = None,
+    hessians: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """(quantized object, stats); stats count parameters and payload bytes.
 
-    The baseline spec (or None) gives the v1 object; any other spec the v2 object.
+    The baseline spec (or None) gives the v1 object; any other spec the v2 object. With
+    `spec.gptq`, a matrix named in `hessians` keeps its per-row scales but is rounded by
+    GPTQ against its Hessian.
     """
     spec = spec or QuantSpec()
     quantized: dict[str, Tensor] = {}
@@ -179,6 +189,8 @@ def quantize_state_dict(
                 q, s = quantize_tensor(t)
             else:
                 q, s = quantize_rows(t.float(), spec.bits, spec.clip_search)
+                if spec.gptq and hessians and name in hessians:
+                    q = gptq_quantize(tensor, hessians[name], s, spec.bits, spec.gptq_damp)
             if s.ndim > 0:
                 qmeta[name] = {"scheme": "per_row", "axis": 0}
             quantized[name], scales[name] = q, s

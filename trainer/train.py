@@ -49,7 +49,8 @@ from trainer.evaluate import (
     evaluate_ttt,
     load_tokenizer,
 )
-from trainer.model import ModelShape, build_model
+from trainer.gptq import collect_hessians
+from trainer.model import ModelShape, build_model, layer_order
 from trainer.muon import build_optimizers, compile_newton_schulz
 from trainer.quantize import (
     ArtifactError,
@@ -459,7 +460,15 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     log.phase("train", "start")
     ema = WeightAverage(base_model, config.ema_decay) if config.ema_decay > 0 else None
     qat_on = False
-    cap_ms = 1000.0 * config.max_wallclock_seconds if config.max_wallclock_seconds > 0 else None
+    cap_ms = training_cap_ms(config)
+    if config.gptq and cap_ms is not None:
+        log.line(
+            f"gptq:reserving {1000.0 * config.gptq_reserve_s:.0f}ms from training budget, "
+            f"effective={cap_ms:.0f}ms"
+        )
+    looping_from = config.recur_start_frac if shape.recur_layers else None
+    if looping_from:
+        base_model.looping = False  # turned on once training has used that fraction
     train_ms = 0.0
     stop_after: int | None = None
     pre_quant = None
@@ -494,7 +503,16 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
                 )
             break
 
-        scale = lr_scale(config, step, train_ms + 1000.0 * (time.perf_counter() - t0), cap_ms)
+        elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        scale = lr_scale(config, step, elapsed_ms, cap_ms)
+        if looping_from and not base_model.looping:
+            done = elapsed_ms / cap_ms if cap_ms is not None else step / config.iterations
+            if done >= looping_from:
+                base_model.looping = True
+                log.line(
+                    f"layer_loop:enabled step:{step} frac:{done:.3f} "
+                    f"order:{layer_order(shape, looping=True)}"
+                )
         if not qat_on and scale < config.late_qat_threshold:
             qat_on = True
             base_model.set_qat_bits(spec.bits)
@@ -535,6 +553,7 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
             stop_after = step
     log.phase("train", "end")
     base_model.set_qat_bits(0)
+    base_model.looping = True  # the exported model always runs the loop
     if ema is not None:
         # The average is what gets exported; its own pre-quantization score is the diagnostic.
         log.line("ema:applying EMA weights")
@@ -551,6 +570,37 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
         )
 
     # ==================================================================================
+    # GPTQ calibration: the Hessian of every linear layer's inputs over training batches
+    # that follow the last step. It reads training data, so it is training time: the
+    # GPTQ_RESERVE_S kept from the cap is for it.
+    # ==================================================================================
+    hessians, calibration_s = None, 0.0
+    if config.gptq:
+        log.phase("gptq_calibration", "start")
+        sync(device)
+        t_calibration = time.perf_counter()
+
+        def calibration_batches():
+            for _ in range(config.gptq_calibration_batches):
+                yield loader.next_batch(config.train_batch_tokens, config.train_seq_len, grad_accum)
+
+        def calibration_forward(x: torch.Tensor, y: torch.Tensor) -> None:
+            with autocast_for(device):
+                base_model(x, y)
+
+        hessians = collect_hessians(base_model, calibration_batches(), calibration_forward)
+        sync(device)
+        calibration_s = time.perf_counter() - t_calibration
+        log.line(f"gptq:calibrated {len(hessians)} layers in {calibration_s:.1f}s")
+        used_ms = train_ms + 1000.0 * calibration_s
+        if cap_ms is not None and used_ms > 1000.0 * config.max_wallclock_seconds:
+            log.line(
+                f"gptq:over_budget train_time+calibration:{used_ms:.0f}ms > "
+                f"max_wallclock_seconds:{config.max_wallclock_seconds:.0f}s"
+            )
+        log.phase("gptq_calibration", "end")
+
+    # ==================================================================================
     # Artifact (int8 + zlib for the baseline), written by rank 0. Its size plus the code
     # is what counts.
     # ==================================================================================
@@ -560,7 +610,7 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     sync(device)
     t_artifact = time.perf_counter()
     artifact_path = out / artifact_name
-    quant_obj, stats = quantize_state_dict(base_model.state_dict(), spec)
+    quant_obj, stats = quantize_state_dict(base_model.state_dict(), spec, hessians)
     quant_obj["model"] = shape.as_dict()
     quant_obj["eval"] = eval_settings(config)
     blob, raw_bytes = pack(quant_obj, spec.compressor)
@@ -596,6 +646,11 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
         final = score_model(compiled, val_tokens, tables, eval_settings(config), launch, deadline)
     sync(device)
     eval_s = time.perf_counter() - t_eval
+    # Before the score lines: the exact score stays the log's last line.
+    log.line(
+        f"time_budget train:{train_ms:.0f}ms gptq_calibration:{1000.0 * calibration_s:.0f}ms "
+        f"artifact:{1000.0 * artifact_s:.0f}ms eval:{1000.0 * eval_s:.0f}ms"
+    )
     detail = f" stride:{config.eval_stride}" if config.eval_mode == "sliding" else ""
     log.line(
         f"{tag} val_loss:{final.val_loss:.4f} val_bpb:{final.val_bpb:.4f}{detail} "
@@ -630,7 +685,8 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
         "pre_quant_val_loss": pre_quant.val_loss,
         "pre_quant_val_bpb": pre_quant.val_bpb,
         "steps": step,
-        "train_time_s": train_ms / 1000.0,
+        "train_time_s": train_ms / 1000.0 + calibration_s,
+        "gptq_calibration_s": calibration_s,
         "artifact_time_s": artifact_s,
         "eval_time_s": eval_s,
         "code_bytes": code_bytes,
@@ -653,6 +709,14 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     (out / contract.RESULTS).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     log.event(contract.EVENT_RESULTS, **results)
     return results
+
+
+def training_cap_ms(config: Any) -> float | None:
+    """The training loop's wall-clock cap: MAX_WALLCLOCK_SECONDS less the GPTQ reserve."""
+    if config.max_wallclock_seconds <= 0:
+        return None
+    reserve = config.gptq_reserve_s if config.gptq else 0.0
+    return 1000.0 * (config.max_wallclock_seconds - reserve)
 
 
 def eval_settings(config: Any) -> dict[str, Any]:

@@ -76,3 +76,33 @@ def test_a_flood_of_problems_is_summarised() -> None:
     message = str(caught.value)
     assert message.count("unknown field") == presets.MAX_REPORTED_PROBLEMS
     assert message.endswith(f"and {50 - presets.MAX_REPORTED_PROBLEMS} more")
+
+
+def test_a_combination_the_trainer_would_refuse_names_the_overridden_field() -> None:
+    # tiny has 4 heads: the rule names both fields and blames the one the user set.
+    with pytest.raises(ValueError) as caught:
+        presets.check_combination("tiny", {"num_kv_heads": 3})
+    assert str(caught.value) == (
+        "config.num_kv_heads: num_heads=4 is not divisible by num_kv_heads=3")
+    with pytest.raises(ValueError, match=r"^config\.xsa_last_n: xsa_last_n=3 exceeds num_layers=2; "
+                                         r"config\.ttt_epochs: ttt_epochs=1 needs sliding"):
+        presets.check_combination("tiny", {"xsa_last_n": 3, "ttt_epochs": 1})
+
+
+def test_a_rule_broken_by_the_preset_alone_blames_its_first_field() -> None:
+    # The override is fine on its own; with tiny's 2 layers the range does not fit.
+    with pytest.raises(ValueError, match=r"^config\.recur_start: the looped range"):
+        presets.check_combination("tiny", {"recur_start": 1, "recur_layers": 2})
+
+
+def test_combination_checks_fields_and_preset_first() -> None:
+    with pytest.raises(ValueError, match=r"^config\.num_heads: must be an integer"):
+        presets.check_combination("tiny", {"num_heads": "4"})
+    with pytest.raises(ValueError, match=r"^preset: unknown preset"):
+        presets.check_combination("huge", {})
+
+
+def test_every_preset_and_good_overrides_pass() -> None:
+    for name in presets.preset_names():
+        assert presets.check_combination(name, {}) is None
+    assert presets.check_combination("record", {"num_layers": 12, "xsa_last_n": 12}) is None

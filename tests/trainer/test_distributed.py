@@ -96,3 +96,49 @@ def test_torchrun_two_ranks_trains_and_its_artifact_scores_alone(tiny_run: TinyR
     assert scored.returncode == 0, scored.stderr
     # One process batches the same sequences; only the order of the float sums differs.
     assert json.loads(scored.stdout)["val_bpb"] == pytest.approx(results["val_bpb"], rel=1e-6)
+
+
+def val_losses(run_dir) -> list[float]:
+    events = [json.loads(line) for line in (run_dir / contract.METRICS).read_text().splitlines()]
+    return [e["val_loss"] for e in events if e["event"] == contract.EVENT_VAL]
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_rank_with_gradient_accumulation(tiny_run: TinyRun, tmp_path):
+    """Same global batch and seed: 2 gloo ranks x 4 micro-batches and 1 process x 8
+    micro-batches see the same sequences, so they take the same steps."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "ITERATIONS": "4",
+        "WARMUP_STEPS": "0",
+        "VAL_LOSS_EVERY": "1",
+        "VAL_MAX_TOKENS": "4096",
+        "SAVE_RAW_MODEL": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    single, double = tmp_path / "one", tmp_path / "two"
+    launches = {
+        single: [sys.executable, "-m", "trainer"],
+        double: [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 "--nproc_per_node=2", "-m", "trainer"],
+    }
+    for out, launch in launches.items():
+        cmd = [*launch, "train", "--config", str(tiny_run.config_path), "--out", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "world_size:1 grad_accum_steps:8" in (single / contract.TRAIN_LOG).read_text()
+    assert "world_size:2 grad_accum_steps:4" in (double / contract.TRAIN_LOG).read_text()
+    one, two = val_losses(single), val_losses(double)
+    assert len(one) == len(two) == 5  # steps 0..4
+    assert one[0] != one[-1]  # training moved the model
+    assert two == pytest.approx(one, rel=2e-6, abs=0)
+    weights_one = torch.load(single / contract.RAW_MODEL)
+    weights_two = torch.load(double / contract.RAW_MODEL)
+    # Summation order differs (DDP averages two partial sums), so a Muon update's bf16
+    # Newton-Schulz may round an element one bf16 step differently: at most about
+    # matrix_lr * 2^-7 per step. Adam-updated tensors agree far tighter.
+    muon_bound = 4 * 0.04 * 2**-7
+    for name, value in weights_one.items():
+        bound = muon_bound if value.ndim == 2 and name.startswith("blocks.") else 1e-4
+        assert (weights_two[name] - value).abs().max().item() <= bound, name

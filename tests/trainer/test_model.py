@@ -155,3 +155,14 @@ def test_mixed_precision_layout_is_the_baselines_cuda_layout():
         assert torch.equal(p, q.to(p.dtype).to(torch.bfloat16).to(p.dtype)), name
     x, y = batch()
     assert abs(mixed(x, y).item() - plain(x, y).item()) < 0.01
+
+
+def test_training_after_an_inference_mode_forward_keeps_gradients():
+    # Validation runs under inference_mode first when VAL_LOSS_EVERY hits step 0 without
+    # warmup; the RoPE tables it caches must not leak into the next training forward.
+    _, model = tiny_model()
+    x, y = batch()
+    with torch.inference_mode():
+        model(x, y)
+    model(x, y).backward()
+    assert model.blocks[0].attn.c_q.weight.grad is not None

@@ -14,8 +14,8 @@ import torch
 
 from tests.trainer.test_model import TINY_ENV, tiny_model
 from trainer.config import FIELDS, PRESETS, ConfigError, load_config
-from trainer.model import ModelShape, build_model
-from trainer.muon import Muon, build_optimizers
+from trainer.model import ModelShape, build_model, layer_order
+from trainer.muon import Muon, build_optimizers, newton_schulz5
 from trainer.train import WeightAverage, lr_scale
 
 CPU = torch.device("cpu")
@@ -29,6 +29,8 @@ MODEL_SWITCHES = {
     "LN_SCALE": "1",
     "ORTHO_INIT": "1",
     "MLP_MULT": "3",
+    "PARALLEL_LAST_N": "2",
+    "RECUR_LAYERS": "2",
 }
 
 
@@ -210,3 +212,70 @@ def test_bad_switch_values_fail_naming_the_variable(env, message):
     with pytest.raises(ConfigError) as exc:
         load_config(None, {**TINY_ENV, **env})
     assert message in str(exc.value)
+
+
+def test_parallel_residual_blocks_read_one_input_and_add_both_branches():
+    _, model = tiny_model(PARALLEL_LAST_N="1")
+    last, first = model.blocks[2], model.blocks[0]
+    assert last.parallel and not first.parallel
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, x0 = torch.randn(2, 16, 32), torch.randn(2, 16, 32)
+    mixed = last.resid_mix[0] * x + last.resid_mix[1] * x0
+    h = torch.nn.functional.rms_norm(mixed, (32,))
+    expected = mixed + last.attn_scale * last.attn(h) + last.mlp_scale * last.mlp(h)
+    assert torch.allclose(last(x, x0), expected, atol=1e-6)
+
+
+def test_depth_recurrence_reruns_a_range_of_layers_with_the_same_weights():
+    config, model = tiny_model(NUM_LAYERS="4", RECUR_START="1", RECUR_LAYERS="2",
+                               RECUR_REPEATS="2")
+    shape = ModelShape.from_config(config)
+    assert layer_order(shape, looping=True) == [0, 1, 2, 1, 2, 1, 2, 3]
+    assert layer_order(shape, looping=False) == [0, 1, 2, 3]
+    _, plain = tiny_model(NUM_LAYERS="4")
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 2 * 32  # shared weights: only the U-Net over 8 runs has 2 more skip rows
+    calls = [0] * 4
+    for i, block in enumerate(model.blocks):
+        block.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    x, y = batch()
+    model(x, y)
+    assert calls == [1, 3, 3, 1]
+    model.looping = False
+    model(x, y)
+    assert calls == [2, 4, 4, 2]
+
+
+def orthogonality_error(update: torch.Tensor) -> float:
+    """Mean distance of the singular values from 1."""
+    return (torch.linalg.svdvals(update.float()) - 1).abs().mean().item()
+
+
+def test_polar_express_gets_closer_to_orthogonal_in_five_steps():
+    g = torch.randn(64, 128, generator=torch.Generator().manual_seed(2))
+    g = g * torch.logspace(0, -2, 128)  # a spread of singular values, as gradients have
+    standard = orthogonality_error(newton_schulz5(g, 5))
+    polar = orthogonality_error(newton_schulz5(g, 5, polar_express=True))
+    assert polar < 0.5 * standard
+
+
+def muon_update(variant: str, grad: torch.Tensor) -> torch.Tensor:
+    p = torch.nn.Parameter(torch.zeros_like(grad))
+    p.grad = grad.clone()
+    Muon([p], lr=1.0, momentum=0.0, backend_steps=5, variant=variant).step()
+    return -p.detach()
+
+
+def test_muoneq_r_normalizes_rows_before_orthogonalizing():
+    g = torch.randn(16, 32, generator=torch.Generator().manual_seed(4))
+    rows = torch.logspace(-2, 2, 16)[:, None]  # rescale each row of the gradient
+    for variant in ("muoneq_r", "polar_express_muoneq_r"):
+        assert torch.allclose(muon_update(variant, g * rows), muon_update(variant, g), atol=1e-2)
+    # Plain Muon is not row-scale invariant: the large rows dominate its update.
+    assert not torch.allclose(muon_update("standard", g * rows), muon_update("standard", g),
+                              atol=1e-1)
+    with pytest.raises(ValueError, match="MUON_VARIANT='fast' is not one of"):
+        Muon([torch.nn.Parameter(torch.zeros(2, 2))], lr=1.0, momentum=0.0, backend_steps=5,
+             variant="fast")

@@ -58,7 +58,7 @@ def test_changing_a_later_token_never_changes_an_earlier_score(model, changed):
 
 
 def test_ttt_settings_are_checked_by_name():
-    with pytest.raises(ConfigError, match="TTT_EPOCHS=2 needs EVAL_MODE='sliding'"):
+    with pytest.raises(ConfigError, match="TTT_EPOCHS=2 needs sliding evaluation, not EVAL_MODE='standard'"):
         load_config(None, {**ENV, "TTT_EPOCHS": "2"})
     with pytest.raises(ConfigError, match="TTT_CHUNK_TOKENS=8 is shorter than the window 16"):
         load_config(None, {**ENV, "TTT_EPOCHS": "2", "EVAL_MODE": "sliding", "EVAL_STRIDE": "4",
