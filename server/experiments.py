@@ -127,7 +127,19 @@ class ExperimentCreate(BaseModel):
             raise ValueError("files: only a script experiment (kind 'script') takes files and env")
         if self.max_seeds is not None and self.max_seeds < len(self.seeds):
             raise ValueError(f"max_seeds: must be at least the {len(self.seeds)} seeds given")
+        if self.kind == "trainer":
+            self._check_rules()
         return self
+
+    def _check_rules(self) -> None:
+        """The trainer's cross-field rules, for the control and each variant on top of it,
+        so a combination the trainer would refuse is a 422 now, not a failed run later."""
+        presets.check_combination(self.preset, self.config)
+        for variant in self.variants:
+            try:
+                presets.check_combination(self.preset, {**self.config, **variant.config})
+            except ValueError as exc:
+                raise ValueError(f"variants.{variant.name}.{exc}") from None
 
     @field_validator("preset")
     @classmethod

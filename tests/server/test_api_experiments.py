@@ -201,3 +201,20 @@ def test_cancelling_an_all_queued_experiment_finishes_it_as_cancelled(
     again = client.post(f"/api/experiments/{created['id']}/cancel")
     assert again.status_code == 409
     assert "already cancelled" in again.json()["detail"]
+
+
+def test_a_combination_the_trainer_refuses_is_a_422_naming_the_field(client: TestClient) -> None:
+    response = client.post("/api/experiments", json={
+        "name": "bad heads", "preset": "baseline", "seeds": [1],
+        "config": {"model_dim": 100, "num_heads": 8}})
+    assert response.status_code == 422
+    assert "config.num_heads" in response.text or "config.model_dim" in response.text
+    assert client.get("/api/experiments").json()["count"] == 0
+
+
+def test_a_variant_breaking_a_rule_is_named(client: TestClient) -> None:
+    response = client.post("/api/experiments", json={
+        "name": "bad variant", "preset": "baseline", "seeds": [1],
+        "variants": [{"name": "wide", "config": {"model_dim": 100}}]})
+    assert response.status_code == 422
+    assert "variants.wide.config." in response.text
