@@ -32,13 +32,15 @@ class Stack:
     def commands(self) -> dict[str, list[str]]:
         py = sys.executable
         beat_schedule = self.settings.data_dir.resolve() / "celerybeat-schedule"
+        # Beat prints its banner before any hook can stop it: with json logs only records may be written.
+        quiet = ["--quiet"] if self.settings.log_format == "json" else []
         return {
             "server": [py, "-m", "uvicorn", "server.main:app", "--host", self.host,
                        "--port", str(self.port), "--log-level", "warning"],
             "worker": [py, "-m", "celery", "-A", "worker.app", "worker", "--pool", "prefork",
                        "--concurrency", str(self.worker_concurrency), "--loglevel", "INFO",
                        "--hostname", f"caddie-worker-{os.getpid()}@%h"],
-            "beat": [py, "-m", "celery", "-A", "worker.app", "beat", "--loglevel", "INFO",
+            "beat": [py, "-m", "celery", "-A", "worker.app", *quiet, "beat", "--loglevel", "INFO",
                      "--schedule", str(beat_schedule)],
         }
 

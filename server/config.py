@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,9 @@ class Settings(BaseSettings):
     # Pods of one provider alive at once; further runs wait in `provisioning` (RunPod accounts
     # start with an $80/hour spending limit: three 8xH100 pods).
     max_pods: int = Field(default=3, ge=1)
+    # Experiments whose runs may hold pods at once; the rest wait in the queue (GET /api/queue)
+    # in order of priority, then submission. None: no cap.
+    max_running_experiments: int | None = Field(default=None, ge=1)
 
     # Dollar caps on rented pods, over all experiments and per experiment; None: no cap. A run
     # is held back when its estimate would pass a cap (see docs/orchestration.md).
@@ -76,6 +80,22 @@ class Settings(BaseSettings):
     runpod_start_timeout_s: float = Field(default=1200.0, gt=0)
     runpod_ssh_attempts: int = Field(default=10, ge=1)
 
+    # Preflight on every pod: less free disk than this (GB of 10^9 bytes) in the pod's work
+    # folder fails the run (80 training shards of sp1024 take about 16 GB).
+    min_free_disk_gb: float = Field(default=20.0, ge=0)
+    # Data on pods: a run whose data_path is the community's relative `./data/datasets/fineweb10B_<v>`
+    # gets variant <v> fetched once per pod (`python -m trainer data fetch`) with this many training
+    # shards, from data_base_url (empty: the trainer's default, Hugging Face), into the provider's
+    # data folder (empty: <workdir>/data); an absolute data_path is only checked.
+    pod_train_shards: int = Field(default=80, ge=0)
+    data_base_url: str = ""
+    local_data_dir: str = ""
+    ssh_data_dir: str = ""
+    runpod_data_dir: str = ""
+    # A succeeded seed whose ms/step passes this times the median of the experiment's other
+    # seeds is flagged "slow node" (informational; eligibility is unchanged).
+    slow_node_ratio: float = Field(default=1.15, gt=1)
+
     # Extra seconds a run may take beyond its training and eval caps before it is killed.
     run_grace_s: float = Field(default=300.0, ge=0)
     # How far the trainer's own train time may exceed what the worker observed.
@@ -91,7 +111,12 @@ class Settings(BaseSettings):
     # safety stop, budgets hit. None: no notifications.
     webhook_url: SecretStr | None = None
 
-    @field_validator("database_url", "redis_url", "budget_usd", "experiment_budget_usd", mode="before")
+    # Log lines of the API server, worker and beat: "text" for people, "json" for a log
+    # collector (one object per line, with the run, pod and experiment ids; server/logconfig.py).
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("database_url", "redis_url", "budget_usd", "experiment_budget_usd",
+                     "max_running_experiments", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if value == "" else value

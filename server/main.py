@@ -6,11 +6,11 @@ server's services). The schema is migrations' job.
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from server import redaction
+from server import logconfig, redaction
 from server.api import health
 from server.api.main import api_router
 from server.config import get_settings
@@ -25,6 +25,8 @@ def create_app() -> FastAPI:
         title="Caddie",
         summary="Runs OpenAI's Parameter Golf challenge: seeds, pods, verification, leaderboard.",
         version="0.1.0",
+        lifespan=logconfig.api_lifespan,
+        dependencies=[Depends(logconfig.bind_path_ids)],
     )
     app.include_router(api_router)
     app.include_router(health.router)

@@ -7,12 +7,14 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
+from server import costs
 from server.models import LogChunk, Pod, Run, utcnow
 from server.states import PodStatus, RunStatus
 
 LIVE_POD_STATUSES = (PodStatus.requested, PodStatus.starting, PodStatus.ready, PodStatus.busy)
+LIVE_POD_STATUS_VALUES = tuple(s.value for s in LIVE_POD_STATUSES)
 RUNNING = RunStatus.running.value
 
 
@@ -28,6 +30,25 @@ def pods_alive(session: Session) -> dict[str, int]:
         .group_by(Pod.provider)
     ).all()
     return {provider: int(n) for provider, n in rows}
+
+
+def spend(session: Session) -> tuple[float, float]:
+    """($/hour of the pods alive now, dollars spent on every pod so far).
+
+    A pod's price is the one its provider named (Pod.cost_per_hour), else the one kept on its
+    run (server/costs.py); pods of no known price (local, ssh) cost nothing.
+    """
+    rows = session.exec(select(Pod, Run).join(Run, col(Pod.run_id) == Run.id, isouter=True)).all()
+    now = utcnow()
+    per_hour = spent = 0.0
+    for pod, run in rows:
+        price = pod.cost_per_hour if pod.cost_per_hour is not None else (costs.price_of(run) if run else None)
+        if not price:
+            continue
+        if pod.status in LIVE_POD_STATUS_VALUES:
+            per_hour += price
+        spent += costs.pod_cost(pod, price, now)[0]
+    return round(per_hour, 6), round(spent, 6)
 
 
 def log_lag_seconds(session: Session) -> float:
@@ -62,6 +83,11 @@ def render(session: Session) -> str:
     alive = pods_alive(session)
     _gauge(lines, "caddie_pods_alive", "Pods not yet released or terminated, by provider.",
            ((f'provider="{p}"', n) for p, n in sorted(alive.items())) if alive else [("", 0)])
+    per_hour, spent = spend(session)
+    _gauge(lines, "caddie_spend_dollars_per_hour", "Dollars per hour of the pods alive now.",
+           [("", per_hour)])
+    _gauge(lines, "caddie_spent_dollars", "Dollars spent on pods so far (live pods up to now).",
+           [("", spent)])
     _gauge(lines, "caddie_log_lag_seconds",
            "Seconds since the newest stored log line of any running run.",
            [("", round(log_lag_seconds(session), 3))])

@@ -7,8 +7,12 @@ them with retries, so a slow or failing webhook never holds up a run.
 import logging
 from typing import Any
 
+from sqlmodel import Session, col, select
+
 from server.config import get_settings
+from server.models import Run
 from server.queue import enqueue_notification
+from server.states import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -35,3 +39,36 @@ def experiment_ended(experiment_id: int, name: str, status: str, mean_val_bpb: f
     verdict = "record-eligible" if eligible else "not record-eligible"
     notify("experiment.ended", f"Caddie experiment {experiment_id} '{name}' {status}: {score}, {verdict}",
            experiment_id=experiment_id, status=status, mean_val_bpb=mean_val_bpb, eligible=eligible)
+
+
+def pod_terminated(provider: str, external_id: str, pod: str, why: str) -> None:
+    """A safety stop ended a pod (the reconciler); sent once, when the provider confirms.
+    `pod` says which (its name and listed status), `why` which stop."""
+    notify("pod.terminated", f"Caddie ended {provider} pod {external_id}, {pod}: {why}",
+           provider=provider, external_id=external_id, pod=pod, why=why)
+
+
+def budget_hit(session: Session, run: Run, reason: str, *, final: bool, cap: str) -> None:
+    """A run of an experiment waits for (final=False) or fails on (final=True) a budget cap.
+
+    Once per hit and experiment, not once per poll: nothing is sent while another run of the
+    experiment already waits on the same cap (or, for a failure, already failed on it), nor
+    while this run itself already waits on it. `cap` is the text naming the cap in reasons.
+    """
+    if _already_told(session, run, final=final, cap=cap):
+        return
+    what = "fails" if final else "waits"
+    notify("budget.hit", f"Caddie run {run.id} (experiment {run.experiment_id}) {what}: {reason}",
+           run_id=run.id, experiment_id=run.experiment_id, final=final, reason=reason)
+
+
+def _already_told(session: Session, run: Run, *, final: bool, cap: str) -> bool:
+    pattern = f"%{cap}%"
+    if final:
+        query = select(Run.id).where(Run.experiment_id == run.experiment_id, Run.id != run.id,
+                                     Run.status == RunStatus.failed.value, col(Run.reason).like(pattern))
+    else:
+        query = select(Run.id).where(Run.experiment_id == run.experiment_id,
+                                     Run.status == RunStatus.provisioning.value,
+                                     col(Run.reason).like(f"waiting: {pattern}"))
+    return session.exec(query.limit(1)).first() is not None

@@ -54,8 +54,11 @@ class SecretRedactor(logging.Filter):
         if clean != message:
             record.msg, record.args = clean, None
         if record.exc_info:
-            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
+        # Also when another handler's filter or formatter already turned the traceback into text.
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
         return True
 
 

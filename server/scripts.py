@@ -16,6 +16,8 @@ from server.models import ExperimentFile
 
 ENTRYPOINT = "train_gpt.py"
 REQUIREMENTS = "requirements.txt"
+# The script's artifact is the final_model* file it writes; no uploaded file may look like one.
+ARTIFACT_PREFIX = "final_model"
 MAX_FILES = 16
 MAX_FILE_BYTES = 2_000_000  # the biggest record scripts are ~150 KB; the cap counts code bytes anyway
 MAX_TOTAL_BYTES = 4_000_000
@@ -43,8 +45,13 @@ def check_files(files: dict[str, str]) -> dict[str, str]:
         if not _FILE_NAME.fullmatch(name) or ".." in name:
             raise ValueError(f"files.{name[:120]!r}: a plain file name of letters, digits, '.', '_' "
                              "and '-' is needed (no paths, no leading dot)")
+        if name.startswith(ARTIFACT_PREFIX):
+            raise ValueError(f"files.{name}: names starting with {ARTIFACT_PREFIX!r} are kept for "
+                             "the artifact the script writes")
         if "\x00" in text:
             raise ValueError(f"files.{name}: text files only (found a NUL byte)")
+        if not _encodable(text):
+            raise ValueError(f"files.{name}: not valid Unicode text (a lone surrogate)")
         size = len(text.encode())
         if size > MAX_FILE_BYTES:
             raise ValueError(f"files.{name}: {size:,} bytes, the limit is {MAX_FILE_BYTES:,}")
@@ -68,7 +75,18 @@ def check_env(env: dict[str, str]) -> dict[str, str]:
             raise ValueError(f"env.{name}: {len(value)} characters, the limit is {MAX_ENV_VALUE}")
         if any(ch in value for ch in "\x00\n\r"):
             raise ValueError(f"env.{name}: NUL and line breaks are not allowed in values")
+        if not _encodable(value):
+            raise ValueError(f"env.{name}: not valid Unicode text (a lone surrogate)")
     return env
+
+
+def _encodable(text: str) -> bool:
+    """False for text holding lone surrogates (JSON can carry them; UTF-8 cannot)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def store_files(session: Session, experiment_id: int, files: dict[str, str]) -> None:

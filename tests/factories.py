@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from server.models import Experiment, LogChunk, Run, RunEvent
+from server.models import Experiment, LogChunk, Pod, Run, RunEvent
 
 RECORD_GPU = "NVIDIA H100 80GB HBM3"
 SP1024_VAL_TOKENS = 62_021_632
@@ -83,3 +83,18 @@ def make_log(session: Session, run: Run, chunks: Sequence[str]) -> list[LogChunk
     session.add(run)
     session.commit()
     return rows
+
+
+def make_pod(session: Session, run: Run | None, *, cost_per_hour: float | None = None,
+             status: str = "terminated", **fields: Any) -> Pod:
+    """A pod of `run` (None: of no run, e.g. one an experiment shares); the run points at it."""
+    pod = Pod(run_id=run.id if run else None, provider="runpod",
+              name=f"caddie-run-{run.id if run else 'shared'}", status=status,
+              cost_per_hour=cost_per_hour, **fields)
+    session.add(pod)
+    session.flush()
+    if run is not None:
+        run.pod_id = pod.id
+        session.add(run)
+    session.commit()
+    return pod

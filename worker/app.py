@@ -9,11 +9,12 @@ Redis when CADDIE_REDIS_URL is set, else Celery's filesystem transport in the da
 """
 
 import logging
+from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import celeryd_init, setup_logging
 
-from server import redaction
+from server import logconfig
 from server.config import Settings, get_settings
 from server.queue import RECONCILE
 
@@ -54,7 +55,27 @@ def make_app(settings: Settings) -> Celery:
 app = make_app(get_settings())
 
 
-@after_setup_logger.connect
-@after_setup_task_logger.connect
-def _redact_secrets(logger: logging.Logger, **_kwargs: object) -> None:
-    redaction.install(get_settings(), logger)
+@setup_logging.connect
+def _configure_logging(loglevel: int | str | None = None, logfile: str | None = None,
+                       **_kwargs: object) -> None:
+    """Our handlers instead of Celery's (worker and beat): the chosen format, the ids of the
+    work in hand and the secret redactor on every record (server/logconfig.py)."""
+    settings = get_settings()
+    logconfig.configure(settings, level=loglevel or logging.INFO, filename=logfile or None)
+    if settings.log_format == "json":
+        # Anything a library prints becomes a record rather than a stray non-JSON line.
+        app.log.redirect_stdouts_to_logger(logging.getLogger("celery.redirected"), loglevel=logging.WARNING)
+
+
+@celeryd_init.connect
+def _json_from_the_start(instance: Any = None, **_kwargs: object) -> None:
+    """In json mode, before the worker says anything: no printed banner, and warnings it
+    raises while starting (e.g. running as root) as records. Beat prints its banner before
+    any signal, so run it as `celery --quiet beat`."""
+    settings = get_settings()
+    if settings.log_format != "json":
+        return
+    if instance is not None:
+        instance.quiet = True
+    logconfig.configure(settings)
+    logging.captureWarnings(True)

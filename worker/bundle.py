@@ -1,10 +1,19 @@
 """The trainer bundle the worker uploads to a pod, and the run.json it runs with.
 
-The bundle is the `trainer` package's `*.py` files and its `schema.json`, uploaded under
-`<run dir>/code/trainer/`. Those bytes, exactly as uploaded, are the run's code bytes.
+The default bundle is the trainer as one file: the output of `python -m trainer bundle
+--single-file`, uploaded as `<run dir>/code/train_gpt.py` and run as `python train_gpt.py
+train ...`; its bytes, exactly as uploaded, are the run's code bytes, as the challenge counts
+a record's train_gpt.py. The worker builds it with a subprocess (it imports nothing of the
+trainer but `trainer.contract`), once per worker process. `TrainerBundle` (the package's
+`*.py` files and `schema.json` under `code/trainer/`, run with `-m trainer`) serves tests
+that stand a small fake in for the trainer.
 """
 
+import functools
 import json
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +41,51 @@ class TrainerBundle:
         return {f"{self.package_dir.name}/{p.name}": p.read_bytes() for p in paths}
 
     def schema(self) -> dict[str, Any]:
-        path = self.package_dir / contract.SCHEMA
-        return json.loads(path.read_text()) if path.is_file() else {"fields": {}, "presets": {}}
+        return _schema(self.package_dir)
+
+    def argv(self, python: str, *, config_path: str, run_dir: str) -> list[str]:
+        """The command that trains; the launcher puts `<run dir>/code` on PYTHONPATH."""
+        return [python, "-m", self.package_dir.name, "train", "--config", config_path, "--out", run_dir]
 
 
-def default_bundle() -> TrainerBundle:
-    return TrainerBundle(Path(contract.__file__).resolve().parent)
+@dataclass(frozen=True)
+class SingleFileBundle:
+    package_dir: Path  # the trainer package the script is built from
+
+    def files(self) -> dict[str, bytes]:
+        """{"train_gpt.py": its bytes}: the one file uploaded and counted."""
+        return {SINGLE_FILE: _single_file(self.package_dir)}
+
+    def schema(self) -> dict[str, Any]:
+        return _schema(self.package_dir)
+
+    def argv(self, python: str, *, config_path: str, run_dir: str) -> list[str]:
+        return [python, f"{run_dir}/code/{SINGLE_FILE}", "train", "--config", config_path, "--out", run_dir]
+
+
+Bundle = TrainerBundle | SingleFileBundle
+SINGLE_FILE = "train_gpt.py"
+
+
+def default_bundle() -> SingleFileBundle:
+    return SingleFileBundle(Path(contract.__file__).resolve().parent)
+
+
+@functools.cache
+def _single_file(package_dir: Path) -> bytes:
+    """`python -m trainer bundle --single-file`, run once per worker process."""
+    with tempfile.TemporaryDirectory(prefix="caddie-bundle-") as folder:
+        done = subprocess.run(
+            [sys.executable, "-m", package_dir.name, "bundle", "--single-file", "--out", folder],
+            cwd=package_dir.parent, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"building the single-file trainer failed: {done.stderr.strip()[-500:]}")
+        return (Path(folder) / SINGLE_FILE).read_bytes()
+
+
+def _schema(package_dir: Path) -> dict[str, Any]:
+    path = package_dir / contract.SCHEMA
+    return json.loads(path.read_text()) if path.is_file() else {"fields": {}, "presets": {}}
 
 
 def run_config(experiment: Experiment, run: Run) -> dict[str, Any]:

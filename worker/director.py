@@ -27,21 +27,24 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 import trainer.contract as contract
-from server import costs
+from server import costs, logconfig, nodes, notify, queueing
 from server.config import Settings
 from server.eligibility import Measurements, run_reasons
 from server.errors import Conflict, LeaseLost
+from server.logparse import parse_log
 from server.logstream import publish_log
 from server.models import Experiment, LogChunk, Pod, Run, utcnow
 from server.runs import acquire_lease, get_run, release_lease, transition, update_run
+from server.scripts import list_files
 from server.states import FINAL_RUN_STATUSES, PodStatus, RunStatus
-from worker import launcher
-from worker.bundle import TrainerBundle, default_bundle, run_config, run_deadline_s
+from worker import datasets, launcher, script
+from worker.bundle import Bundle, default_bundle, run_config, run_deadline_s
 from worker.errors import ConnectError, StepFailed
 from worker.providers import ACTIVE_POD_STATUSES, Provider, RetryLater, get_provider
 from worker.remote import Remote
@@ -53,7 +56,20 @@ LOG_CHUNKS_PER_STEP = 8  # then let other runs have the worker; the next step go
 LAST_LINES = 40
 MAX_PROVIDER_BACKOFF_S = 300.0  # between tries of a provider that has no capacity or fails
 MANIFEST = "code_manifest.json"  # {path under code/: {"bytes", "sha256"}} of the uploaded bundle
-_CODE_PATH = re.compile(r"^[A-Za-z0-9_]+/[A-Za-z0-9_.-]+$")
+_CODE_PATH = re.compile(r"^(?:[A-Za-z0-9_]+/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# Run on the pod by the trainer's Python with the work folder as argv[1]; prints one JSON
+# object. Importing torch for real also proves its native libraries load.
+PREFLIGHT = """\
+import json, os, shutil, sys
+os.makedirs(sys.argv[1], exist_ok=True)
+facts = {"python": sys.version.split()[0], "free_disk_bytes": shutil.disk_usage(sys.argv[1]).free}
+try:
+    import torch
+    facts.update(torch=torch.__version__, cuda=torch.version.cuda)
+except Exception as exc:
+    facts.update(torch=None, cuda=None, torch_error=f"{type(exc).__name__}: {exc}"[:200])
+print(json.dumps(facts))
+"""
 
 # A step returns the seconds until the run's next look (0: go on at once), or None when
 # the run has ended.
@@ -61,7 +77,7 @@ Delay = float | None
 
 
 class RunDirector:
-    def __init__(self, settings: Settings, engine: Engine, *, bundle: TrainerBundle | None = None,
+    def __init__(self, settings: Settings, engine: Engine, *, bundle: Bundle | None = None,
                  finalize: Callable[[Session, int], Any] | None = None) -> None:
         self.settings = settings
         self.engine = engine
@@ -102,6 +118,7 @@ class RunDirector:
     def step(self, run_id: int, fence: int) -> Delay:
         """Do what the run's current state asks; failures end the run with a reason."""
         run = self._load(Run, run_id)
+        logconfig.bind(experiment_id=run.experiment_id, pod_id=run.pod_id)  # for this task's log lines
         status = RunStatus(run.status)
         if status in FINAL_RUN_STATUSES:
             return None
@@ -132,9 +149,14 @@ class RunDirector:
         provider = get_provider(experiment.provider, self.settings)
         life_s = self._deadline_s(run) + self.settings.pod_margin_s  # the most a pod of this run lives
         deadline_at = utcnow() + timedelta(seconds=life_s)
+        if experiment.share_pods:
+            shared = self._shared_pod(run, fence, experiment, provider, life_s)
+            if shared is not None:
+                return shared
         # One session at a time: on SQLite every transaction takes the write lock (BEGIN IMMEDIATE).
         with Session(self.engine) as session:
-            pod = self._pod_row(session, run, provider, deadline_at)
+            pod = self._pod_row(session, run, provider, deadline_at,
+                                shared_by=experiment.id if experiment.share_pods else None)
             update_run(session, run.id, fence=fence, pod_id=pod.id)
             if pod.host is None and pod.external_id is None and provider.rents:
                 ahead = _pods_ahead(session, pod)
@@ -157,30 +179,34 @@ class RunDirector:
 
     def connecting(self, run: Run, fence: int) -> Delay:
         with self._remote(run, fence) as (remote, provider):
-            gpus = remote.run("nvidia-smi --query-gpu=name --format=csv,noheader", timeout_s=60)
-            python = remote.run(f"{shlex.quote(provider.python)} -c 'import sys; print(sys.version.split()[0])'",
-                                timeout_s=60)
-        if not python.ok:
-            raise StepFailed(f"python {provider.python!r} does not run on the pod: "
-                             f"{python.stderr.strip()[-200:] or f'exit code {python.exit_code}'}")
-        names = [line.strip() for line in gpus.stdout.splitlines() if line.strip()] if gpus.ok else []
-        preflight = {"python": python.stdout.strip(), "gpus": names}
+            stored = self._load(Run, run.id).results
+            preflight = ((stored or {}).get("worker") or {}).get("preflight") or self._preflight(remote, provider)
+            results = _with_worker(stored, preflight=preflight)
+            unfit = _unfit(preflight, provider, self.settings.min_free_disk_gb)
+            if unfit is not None:
+                return self._fail(run, fence, unfit, results=results)
+            data = self._prepare(remote, run, provider)
+            if data is None:  # the pod is still fetching its data
+                self._update(run, fence, results=results, reason="preparing the pod: fetching its data")
+                return self.settings.poll_interval_s
+            results = _with_worker(results, data=data)
+        if run.reason is not None:  # "preparing the pod: …" is over
+            self._update(run, fence, reason=None)
+        names = preflight["gpus"]
         self._move(run, fence, RunStatus.uploading, gpu_name=names[0] if names else None,
-                   gpu_count=len(names), attempts=0,
-                   results=_with_worker(self._load(Run, run.id).results, preflight=preflight))
+                   gpu_count=len(names), attempts=0, results=results)
         return 0
 
     def uploading(self, run: Run, fence: int) -> Delay:
         experiment = self._load(Experiment, run.experiment_id)
-        files = self.bundle.files()
-        code_bytes, code_sha256 = contract.code_digest(files)
-        config = run_config(experiment, run)
+        files, counted = self._code(experiment)
+        code_bytes, code_sha256 = contract.code_digest(counted)
         with self._remote(run, fence) as (remote, provider):
             run_dir = f"{provider.workdir}/run-{run.id}"
-            folders = sorted({f"{run_dir}/code/{rel.rsplit('/', 1)[0]}" for rel in files})
+            folders = sorted({f"{run_dir}/code/{rel}".rsplit("/", 1)[0] for rel in files})
             self._must(remote, "mkdir -p " + " ".join(shlex.quote(f) for f in folders))
             if not remote.exists(f"{run_dir}/launched"):
-                self._upload(remote, run, run_dir, files, config, provider)
+                self._upload(remote, run, experiment, run_dir, files, counted, provider)
             with Session(self.engine) as session:
                 update_run(session, run.id, fence=fence, remote_dir=run_dir, code_bytes=code_bytes,
                            code_sha256=code_sha256, started_at=run.started_at or utcnow())
@@ -198,7 +224,10 @@ class RunDirector:
             if trainer.state == "exited" and trainer.exit_code != 0:
                 lines = launcher.last_lines(remote, run.remote_dir,
                                             (contract.TRAIN_LOG, "trainer.out"), lines=LAST_LINES)
-                return self._fail(run, fence, _exit_reason(trainer.exit_code), exit_code=trainer.exit_code,
+                reason = _exit_reason(trainer.exit_code)
+                if remote.exists(f"{run.remote_dir}/{launcher.SETUP_FAILED}"):
+                    reason = f"pip install -r {script.REQUIREMENTS} failed with exit code {trainer.exit_code}"
+                return self._fail(run, fence, reason, exit_code=trainer.exit_code,
                                   exited_at=utcnow(), last_log_lines=lines)
             if trainer.state == "gone":
                 raise StepFailed("the trainer process vanished without an exit code")
@@ -215,12 +244,16 @@ class RunDirector:
     def collecting(self, run: Run, fence: int) -> Delay:
         assert run.remote_dir is not None
         local = self._local_dir(run)
+        kind = self._load(Experiment, run.experiment_id).kind
         with self._remote(run, fence) as (remote, _):
             self._pull_log(remote, run, fence, final=True)
             for name in (contract.TRAIN_LOG, contract.RESULTS, contract.METRICS, MANIFEST):
                 _get_if_there(remote, f"{run.remote_dir}/{name}", local / name)
-            artifact = _artifact_name(_read_json(local / contract.RESULTS))
-            _get_if_there(remote, f"{run.remote_dir}/{artifact}", local / artifact)
+            if kind == "script":
+                self._collect_script_artifact(remote, run, fence, local)
+            else:
+                artifact = _artifact_name(_read_json(local / contract.RESULTS))
+                _get_if_there(remote, f"{run.remote_dir}/{artifact}", local / artifact)
             for rel in _manifest(local).keys():
                 (local / "code" / rel).parent.mkdir(parents=True, exist_ok=True)
                 _get_if_there(remote, f"{run.remote_dir}/code/{rel}", local / "code" / rel)
@@ -229,6 +262,8 @@ class RunDirector:
 
     def verifying(self, run: Run, fence: int) -> Delay:
         local = self._local_dir(run)
+        if self._load(Experiment, run.experiment_id).kind == "script":
+            return self._verify_script(run, fence, local)
         results = _read_json(local / contract.RESULTS)
         if not isinstance(results, dict):
             raise StepFailed(f"{contract.RESULTS} is missing or not a JSON object")
@@ -257,6 +292,49 @@ class RunDirector:
                    bytes_total=measured.bytes_total, artifact_sha256=artifact_sha256, **numbers)
         return None
 
+    def _collect_script_artifact(self, remote: Remote, run: Run, fence: int, local: Path) -> None:
+        """Download the script's artifact (see script.pick_artifact); its name goes into results."""
+        assert run.remote_dir is not None
+        listing = remote.run(f"find {shlex.quote(run.remote_dir + '/code')} -maxdepth 1 -type f "
+                             f"-name '{script.ARTIFACT_PREFIX}*' -printf '%T@ %s %f\\n'", timeout_s=60)
+        name = script.pick_artifact(listing.stdout, set(_manifest(local)))
+        if name is not None:
+            _get_if_there(remote, f"{run.remote_dir}/code/{name}", local / name)
+        self._update(run, fence, results=_with_worker(self._load(Run, run.id).results, artifact_file=name))
+
+    def _verify_script(self, run: Run, fence: int, local: Path) -> Delay:
+        """Score a participant's script from its log; bytes measured by the worker."""
+        log_bytes = (local / contract.TRAIN_LOG).read_bytes() if (local / contract.TRAIN_LOG).is_file() else b""
+        tail = "\n".join(log_bytes.decode("utf-8", errors="replace").splitlines()[-LAST_LINES:])
+        parsed = parse_log(log_bytes)
+        if parsed["score"] is None:
+            return self._fail(run, fence, "the script exited 0 but printed no final metric "
+                              "(e.g. final_int8_zlib_roundtrip val_loss:X val_bpb:Y)", last_log_lines=tail)
+        worker = dict((run.results or {}).get("worker") or {})
+        name = worker.get("artifact_file")
+        if not name or not (local / name).is_file():
+            return self._fail(run, fence, f"the script wrote no {script.ARTIFACT_PREFIX}*.pt* artifact "
+                              "in its folder", last_log_lines=tail)
+        artifact = (local / name).read_bytes()
+        code_bytes, code_sha256 = self._measure_code(local)
+        numbers, log_reasons = script.score(parsed, code_bytes=code_bytes, artifact_bytes=len(artifact))
+        measured = Measurements(
+            bytes_total=code_bytes + len(artifact), train_time_s=numbers["train_time_s"],
+            eval_time_s=numbers["eval_time_s"], observed_wall_s=_wall_s(run), val_tokens=numbers["val_tokens"],
+            gpu_name=run.gpu_name, gpu_count=run.gpu_count, val_bpb=numbers["val_bpb"])
+        reasons = run_reasons(measured, clock_tolerance_s=self.settings.clock_tolerance_s) + log_reasons
+        if code_bytes != run.code_bytes:
+            reasons.append(f"code on the pod is {code_bytes:,} bytes, {run.code_bytes:,} were uploaded")
+        worker["observed_wall_s"] = measured.observed_wall_s
+        results = {"log": parsed, "artifact_file": name, "code_files": sorted(_manifest(local)),
+                   "code_bytes": code_bytes, "model_bytes": len(artifact), "bytes_total": measured.bytes_total,
+                   **numbers, "worker": worker}
+        (local / contract.RESULTS).write_text(json.dumps(results, indent=1))
+        self._move(run, fence, RunStatus.succeeded, eligible=not reasons, reasons=reasons, results=results,
+                   code_bytes=code_bytes, code_sha256=code_sha256, model_bytes=len(artifact),
+                   bytes_total=measured.bytes_total, artifact_sha256=_sha256(artifact), **numbers)
+        return None
+
     def cancel(self, run: Run, fence: int) -> Delay:
         if run.remote_dir and run.pod_id is not None:
             try:
@@ -273,12 +351,17 @@ class RunDirector:
         """Give the run's pod back (stopping anything left on it) and finalize its experiment."""
         run = self._load(Run, run_id)
         pod = self._load(Pod, run.pod_id) if run.pod_id is not None else None
-        if pod is not None and pod.status in {s.value for s in ACTIVE_POD_STATUSES}:
+        if pod is not None and pod.status in {s.value for s in ACTIVE_POD_STATUSES} and pod.run_id in (None, run.id):
             provider = get_provider(pod.provider, self.settings)
             if run.remote_dir and run.exit_code is None:
                 self._stop_leftovers(run, pod, provider)
-            self._set_pod_status(run, provider.release(pod))
+            if self._hand_over(run, pod):
+                self._set_pod_status(run, PodStatus.ready)  # free for the experiment's next seed
+            else:
+                self._set_pod_status(run, provider.release(pod))
         with Session(self.engine) as session:
+            if run.status == RunStatus.succeeded.value:
+                nodes.flag_slow_nodes(session, run.experiment_id, ratio=self.settings.slow_node_ratio)
             self.finalize(session, run.experiment_id)
 
     def _finish_quietly(self, run_id: int) -> None:
@@ -299,26 +382,212 @@ class RunDirector:
         except Exception as exc:
             log.warning("run %s: could not stop leftovers on pod %s: %s", run.id, pod.id, exc)
 
+    # --- pods ---------------------------------------------------------------------------
+
+    def _preflight(self, remote: Remote, provider: Provider) -> dict[str, Any]:
+        """What the pod offers: GPUs (nvidia-smi), free disk of the work folder, Python, torch, CUDA."""
+        gpus = remote.run("nvidia-smi --query-gpu=name --format=csv,noheader", timeout_s=60)
+        facts = remote.run(f"{shlex.quote(provider.python)} -c {shlex.quote(PREFLIGHT)} "
+                           f"{shlex.quote(provider.workdir)}", timeout_s=180)
+        if not facts.ok:
+            raise StepFailed(f"python {provider.python!r} does not run on the pod: "
+                             f"{facts.stderr.strip()[-200:] or f'exit code {facts.exit_code}'}")
+        try:
+            found = json.loads(facts.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise StepFailed(f"the preflight check on the pod printed no facts: {facts.stdout.strip()[-200:]!r}") from None
+        names = [line.strip() for line in gpus.stdout.splitlines() if line.strip()] if gpus.ok else []
+        return {"gpus": names, "gpu_count": len(names), **found}
+
+    def _shared_pod(self, run: Run, fence: int, experiment: Experiment, provider: Provider,
+                    life_s: float) -> Delay | None:
+        """A seed of a share_pods experiment takes the experiment's one pod when the seed before
+        it is done with it, and waits while it is busy; None: this run rents it (usual steps)."""
+        with Session(self.engine) as session:
+            live = [s.value for s in ACTIVE_POD_STATUSES]
+            pods = list(session.exec(select(Pod).where(Pod.experiment_id == experiment.id,
+                                                       col(Pod.status).in_(live)).order_by(Pod.id)).all())
+            pod = next((p for p in pods if p.run_id == run.id), None)
+            if pod is not None and pod.host is None:
+                return None  # it is renting the pod
+            for free in pods if pod is None else []:
+                if free.status == PodStatus.ready.value and _ended(session, free.run_id):
+                    pod = self._claim(session, run, free, provider, life_s)
+                    if pod is not None:
+                        break
+            if pod is None:
+                if not pods and _first_waiting(session, experiment.id) == run.id:
+                    return None
+                reason = (f"waiting for the experiment's pod {pods[0].name}: its seeds take turns on one pod"
+                          if pods else "waiting for the experiment's first seed to rent its pod")
+                update_run(session, run.id, fence=fence, reason=reason)
+                return self.settings.poll_interval_s
+            update_run(session, run.id, fence=fence, pod_id=pod.id, attempts=0, reason=None,
+                       results=_with_worker(run.results, pod=self._pod_facts(provider, pod)))
+        self._move(run, fence, RunStatus.connecting)
+        return 0
+
+    def _claim(self, session: Session, run: Run, pod: Pod, provider: Provider, life_s: float) -> Pod | None:
+        """Make the run the holder of a free shared pod and move its deadline on; None when
+        another seed took it first (the update is conditional on the holder it saw)."""
+        table = Pod.__table__  # type: ignore[attr-defined]
+        deadline_at = max(_utc(pod.deadline_at), utcnow() + timedelta(seconds=life_s)) if pod.deadline_at else None
+        claimed = session.execute(update(table).where(table.c.id == pod.id, table.c.run_id == pod.run_id,
+                                                      table.c.status == PodStatus.ready.value)
+                                  .values(run_id=run.id, deadline_at=deadline_at, updated_at=utcnow()))
+        session.commit()
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        session.refresh(pod)
+        log.info("run %s takes the experiment's pod %s from run %s", run.id, pod.name, pod.run_id)
+        provider.extend(pod)
+        return pod
+
+    def _hand_over(self, run: Run, pod: Pod) -> bool:
+        """Whether an ended run's shared pod stays up for the experiment's next seed: one is
+        waiting, and the pod got as far as this run's files (a pod that failed its preflight
+        or could not be reached is given back)."""
+        if pod.experiment_id is None or run.remote_dir is None or pod.status == PodStatus.requested.value:
+            return False
+        if pod.deadline_at is not None and _utc(pod.deadline_at) <= utcnow():
+            return False
+        with Session(self.engine) as session:
+            waiting = select(Run.id).where(Run.experiment_id == pod.experiment_id, Run.id != run.id,
+                                           col(Run.status).notin_([s.value for s in FINAL_RUN_STATUSES]),
+                                           col(Run.cancel_requested).is_(False))
+            return session.exec(waiting).first() is not None
+
+    def _prepare(self, remote: Remote, run: Run, provider: Provider) -> dict[str, Any] | None:
+        """Link the run's folder to the pod's data and, on the pod's first run, check that data
+        (fetching it where it is missing) and set Pod.prepared_at; None while a fetch runs."""
+        experiment = self._load(Experiment, run.experiment_id)
+        pod = self._load(Pod, run.pod_id)
+        self._write_deadline(remote, provider, pod)
+        run_dir = f"{provider.workdir}/run-{run.id}"
+        folder = f"{run_dir}/code" if experiment.kind == "script" else run_dir  # where it runs
+        try:
+            need = datasets.need(self._data_path(experiment, run), provider.data_dir)
+        except ValueError as exc:
+            raise StepFailed(str(exc)) from None
+        if need.variant is not None:
+            q = shlex.quote
+            self._must(remote, f"mkdir -p {q(folder)} {q(provider.data_dir)} && "
+                               f"ln -sfn {q(provider.data_dir)} {q(folder + '/data')}")
+        if pod.prepared_at is not None:
+            return {"path": need.path, "prepared": "by an earlier run on this pod"}
+        wanted = self.settings.pod_train_shards if need.variant else 0
+        fetch = f"{provider.data_dir}/.fetch-{pod.name}"  # this pod's one fetch: its log and exit code
+        fetched = False
+        if need.variant is not None:
+            state = datasets.fetch_state(remote, fetch)
+            if state.started and state.exit_code is None:
+                return None  # still downloading
+            if state.exit_code not in (None, 0):
+                raise StepFailed(f"fetching the {need.variant} data on the pod failed (exit code "
+                                 f"{state.exit_code}): {state.tail[-300:]}")
+            fetched = state.started
+        facts = datasets.check(remote, provider.python, need.path, wanted)
+        if facts["problems"] and need.variant is not None and not fetched:
+            self._start_fetch(remote, provider, fetch, need.variant)
+            return None
+        if facts["problems"]:
+            raise StepFailed(f"the data at {need.path} does not check out: {'; '.join(facts['problems'])}")
+        life_s = self._deadline_s(run) + self.settings.pod_margin_s
+        with Session(self.engine) as session:
+            row = session.get(Pod, pod.id)
+            assert row is not None
+            row.prepared_at = utcnow()
+            if fetched and row.deadline_at is not None:  # the fetch took some of the pod's life
+                row.deadline_at = max(_utc(row.deadline_at), utcnow() + timedelta(seconds=life_s))
+            session.add(row)
+            session.commit()
+            session.refresh(row)
+            session.expunge(row)
+        if fetched:
+            provider.extend(row)
+            self._write_deadline(remote, provider, row)
+        return {**facts, "fetched": fetched}
+
+    def _start_fetch(self, remote: Remote, provider: Provider, folder: str, variant: str) -> None:
+        """Start the trainer's `data fetch` detached in `folder`, with its own copy of the trainer."""
+        for rel, data in self.bundle.files().items():
+            self._must(remote, f"mkdir -p {shlex.quote(f'{folder}/code/{rel}'.rsplit('/', 1)[0])}")
+            remote.put_bytes(data, f"{folder}/code/{rel}")
+        argv = self.bundle.argv(provider.python, config_path="", run_dir=folder)
+        argv = argv[:argv.index("train")] + ["data", "fetch", "--variant", variant, "--train-shards",
+                                             str(self.settings.pod_train_shards), "--out", provider.data_dir]
+        if self.settings.data_base_url:
+            argv += ["--base-url", self.settings.data_base_url]
+        datasets.start_fetch(remote, folder, argv, pythonpath=f"{folder}/code")
+
+    def _data_path(self, experiment: Experiment, run: Run) -> str:
+        if experiment.kind == "script":
+            return str((experiment.env or {}).get("DATA_PATH") or datasets.DEFAULT_DATA_PATH)
+        config, schema = run_config(experiment, run), self.bundle.schema()
+        preset = schema.get("presets", {}).get(experiment.preset, {})
+        field = schema.get("fields", {}).get("data_path", {})
+        return str(config.get("data_path") or preset.get("data_path") or field.get("default")
+                   or datasets.DEFAULT_DATA_PATH)
+
+    def _write_deadline(self, remote: Remote, provider: Provider, pod: Pod) -> None:
+        """Tell the pod's watchdogs its deadline (moved on when a shared pod takes another seed)."""
+        if provider.deadline_file is not None and pod.deadline_at is not None:
+            remote.put_bytes(f"{int(_utc(pod.deadline_at).timestamp())}\n".encode(), provider.deadline_file)
+
     # --- helpers ------------------------------------------------------------------------
 
-    def _upload(self, remote: Remote, run: Run, run_dir: str, files: dict[str, bytes], config: dict[str, Any],
-                provider: Provider) -> None:
-        manifest = {rel: {"bytes": len(data), "sha256": _sha256(data)} for rel, data in files.items()}
+    def _code(self, experiment: Experiment) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """(files uploaded under code/, the files counted as the run's code)."""
+        if experiment.kind != "script":
+            files = self.bundle.files()
+            return files, files
+        with Session(self.engine) as session:
+            rows = list_files(session, experiment.id)
+        try:
+            found = script.script_files(rows)
+        except ValueError as exc:
+            raise StepFailed(str(exc)) from None
+        return found.uploaded, found.counted
+
+    def _upload(self, remote: Remote, run: Run, experiment: Experiment, run_dir: str, files: dict[str, bytes],
+                counted: dict[str, bytes], provider: Provider) -> None:
+        manifest = {rel: {"bytes": len(data), "sha256": _sha256(data)} for rel, data in counted.items()}
         for rel, data in files.items():
             remote.put_bytes(data, f"{run_dir}/code/{rel}")
-        config_path = f"{run_dir}/{contract.CONFIG_FILE}"
-        deadline_s = run_deadline_s(config, self.bundle.schema(), grace_s=self.settings.run_grace_s)
-        remote.put_bytes(json.dumps(config, indent=1).encode(), config_path)
         remote.put_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode(), f"{run_dir}/{MANIFEST}")
         pod = self._load(Pod, run.pod_id)
         until_deadline = (_utc(pod.deadline_at) - utcnow()).total_seconds() if pod.deadline_at else None
         watchdog = provider.watchdog_script(pod, until_deadline) if until_deadline is not None else None
         if watchdog is not None:
             remote.put_bytes(watchdog.encode(), f"{run_dir}/{launcher.WATCHDOG_SCRIPT}")
-        script = launcher.launch_script(run_dir=run_dir, python=provider.python,
-                                        config_path=config_path, deadline_s=deadline_s,
-                                        cpu_threads=provider.cpu_threads, watchdog=watchdog is not None)
-        remote.put_bytes(script.encode(), f"{run_dir}/{launcher.LAUNCH_SCRIPT}")
+        common = {"run_dir": run_dir, "deadline_s": self._deadline_s(run), "cpu_threads": provider.cpu_threads,
+                  "watchdog": watchdog is not None}
+        if experiment.kind == "script":
+            launch = self._script_launch(run, experiment, run_dir, provider, files, common)
+        else:
+            config_path = f"{run_dir}/{contract.CONFIG_FILE}"
+            remote.put_bytes(json.dumps(run_config(experiment, run), indent=1).encode(), config_path)
+            launch = launcher.launch_script(
+                argv=self.bundle.argv(provider.python, config_path=config_path, run_dir=run_dir),
+                pythonpath=f"{run_dir}/code", **common)
+        remote.put_bytes(launch.encode(), f"{run_dir}/{launcher.LAUNCH_SCRIPT}")
+
+    def _script_launch(self, run: Run, experiment: Experiment, run_dir: str, provider: Provider,
+                       files: dict[str, bytes], common: dict[str, Any]) -> str:
+        """launch.sh of a participant's script: torchrun in code/, stdout+stderr as train.log."""
+        setup = ([provider.python, "-m", "pip", "install", "-r", script.REQUIREMENTS]
+                 if script.REQUIREMENTS in files else None)
+        env = script.script_env(experiment, self._load(Run, run.id), self._pod_data_env(run))
+        try:
+            return launcher.launch_script(
+                argv=script.torchrun_argv(provider.python, run.gpu_count), cwd=f"{run_dir}/code", env=env,
+                output=contract.TRAIN_LOG, setup=setup, setup_deadline_s=script.SETUP_DEADLINE_S, **common)
+        except ValueError as exc:
+            raise StepFailed(str(exc)) from None
+
+    def _pod_data_env(self, run: Run) -> dict[str, str]:
+        """DATA_PATH, TOKENIZER_PATH, VOCAB_SIZE where the pod's data is known; none yet."""
+        return {}
 
     def _pull_log(self, remote: Remote, run: Run, fence: int, *, final: bool) -> bool:
         """Store new whole lines of train.log (and a last partial line when final).
@@ -379,6 +648,7 @@ class RunDirector:
             if over is None:
                 continue
             reason, final = over
+            notify.budget_hit(session, run, reason, final=final, cap=what)
             if final:
                 raise StepFailed(reason)
             update_run(session, run.id, fence=fence, reason=f"waiting: {reason}")
@@ -401,7 +671,10 @@ class RunDirector:
             tries = f" (after {attempts} attempts)" if exc.retryable else ""
             return self._fail(run, fence, f"{exc.reason}{tries}")
         log.info("run %s: %s; try %d of %d", run.id, exc.reason, attempts, limit)
-        self._update(run, fence, attempts=attempts)
+        # Before a pod is up the run's reason says what it waits for; provisioning clears it.
+        waiting = {"reason": f"waiting: {exc.reason} (try {attempts} of {limit})"} \
+            if run.status == RunStatus.provisioning.value else {}
+        self._update(run, fence, attempts=attempts, **waiting)
         return min(most, first * 2 ** (attempts - 1))
 
     def _fail(self, run: Run, fence: int, reason: str, **fields: Any) -> Delay:
@@ -428,12 +701,13 @@ class RunDirector:
         finally:
             remote.close()
 
-    def _pod_row(self, session: Session, run: Run, provider: Provider, deadline_at: datetime) -> Pod:
+    def _pod_row(self, session: Session, run: Run, provider: Provider, deadline_at: datetime, *,
+                 shared_by: int | None = None) -> Pod:
         name = f"{self.settings.pod_prefix}{run.id}"
         pod = session.exec(select(Pod).where(Pod.name == name).order_by(Pod.id)).first()  # type: ignore[arg-type]
         if pod is None:
             pod = Pod(run_id=run.id, provider=provider.name, name=name,
-                      deadline_at=deadline_at)
+                      deadline_at=deadline_at, experiment_id=shared_by)
             session.add(pod)
             session.commit()
             session.refresh(pod)
@@ -442,10 +716,15 @@ class RunDirector:
     def _deadline_s(self, run: Run) -> float:
         experiment = self._load(Experiment, run.experiment_id)
         try:
+            if experiment.kind == "script":
+                with Session(self.engine) as session:
+                    names = {f.name for f in list_files(session, experiment.id)}
+                return script.deadline_s(experiment, grace_s=self.settings.run_grace_s,
+                                         requirements=script.REQUIREMENTS in names)
             return run_deadline_s(run_config(experiment, run), self.bundle.schema(),
                                   grace_s=self.settings.run_grace_s)
         except ValueError as exc:
-            raise StepFailed(f"config: {exc}") from None
+            raise StepFailed(exc.args[0] if experiment.kind == "script" else f"config: {exc}") from None
 
     def _overdue(self, run: Run) -> bool:
         # The pod's own `timeout` should have fired long before; this is the worker's backstop.
@@ -491,6 +770,31 @@ class RunDirector:
             return row
 
 
+def _ended(session: Session, run_id: int | None) -> bool:
+    run = session.get(Run, run_id) if run_id is not None else None
+    return run is None or run.status in {s.value for s in FINAL_RUN_STATUSES}
+
+
+def _first_waiting(session: Session, experiment_id: int) -> int | None:
+    """The experiment's earliest seed that has no pod yet: the one that rents the shared pod."""
+    waiting = [RunStatus.queued.value, RunStatus.provisioning.value]
+    query = select(Run.id).where(Run.experiment_id == experiment_id, col(Run.status).in_(waiting),
+                                 col(Run.cancel_requested).is_(False)).order_by(Run.id)
+    return session.exec(query).first()
+
+
+def _unfit(preflight: dict[str, Any], provider: Provider, min_free_disk_gb: float) -> str | None:
+    """Why the pod cannot run the trainer, or None."""
+    if not preflight.get("torch"):
+        return (f"the pod cannot run the trainer: {provider.python} has no torch "
+                f"({preflight.get('torch_error') or 'not installed'})")
+    free = preflight.get("free_disk_bytes")
+    if isinstance(free, int) and free < min_free_disk_gb * 1e9:
+        return (f"the pod cannot run the trainer: {free / 1e9:,.1f} GB free in {provider.workdir}, "
+                f"below CADDIE_MIN_FREE_DISK_GB ({min_free_disk_gb:g} GB)")
+    return None
+
+
 def _with_worker(results: dict[str, Any] | None, **facts: Any) -> dict[str, Any]:
     """results with facts merged into its "worker" part (what the worker itself observed)."""
     results = dict(results or {})
@@ -499,10 +803,9 @@ def _with_worker(results: dict[str, Any] | None, **facts: Any) -> dict[str, Any]
 
 
 def _pods_ahead(session: Session, pod: Pod) -> int:
-    """Live pods of the pod's provider made before it: the line for settings.max_pods."""
-    query = select(Pod.id).where(Pod.provider == pod.provider, Pod.id < pod.id,  # type: ignore[operator]
-                                 col(Pod.status).in_([s.value for s in ACTIVE_POD_STATUSES]))
-    return len(session.exec(query).all())
+    """Live pods of the pod's provider that are up or ahead in the queue (priority, then
+    submission; server/queueing.py): the line for settings.max_pods."""
+    return queueing.pods_ahead(session, pod)
 
 
 def _finalize_experiment(session: Session, experiment_id: int) -> Any:

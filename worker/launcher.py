@@ -3,10 +3,12 @@
 Files in the run directory (all written as tmp + mv, so a reader never sees half a file):
 `pid` (launcher pid = its session and process group), `trainer_pid` (the `timeout`
 process, leader of the trainer's own process group), `heartbeat` (unix seconds, every
-5 s), `trainer.out` (trainer stdout+stderr), `exit_code`. The directory `launched` is
+5 s), `trainer.out` (trainer stdout+stderr; for a participant's script, pip's output, the
+script's own going to `train.log`), `setup_failed` (pip failed), `exit_code`. The directory `launched` is
 made with mkdir, which is atomic: only the first launch attempt of a run gets past it.
 """
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -20,22 +22,34 @@ TIMEOUT_EXIT_CODES = (124, 137)
 
 _SCRIPT = """\
 #!/usr/bin/env bash
-# Starts one Caddie run's trainer; the worker writes it and launches it detached (setsid).
+# Starts one Caddie run; the worker writes it and launches it detached (setsid).
 set -u
-cd {run_dir} || exit 1
+run={run_dir}
+cd "$run" || exit 1
 echo $$ > pid.tmp && mv pid.tmp pid
 {watchdog}( while true; do date +%s > heartbeat.tmp && mv heartbeat.tmp heartbeat; sleep 5; done ) &
 heartbeat=$!
-{threads}PYTHONPATH={code_dir} PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \\
-  timeout --kill-after=30 {deadline_s} {python} -m trainer train --config {config} --out {run_dir} \\
-  > trainer.out 2>&1 < /dev/null &
+finish() {{
+  kill $heartbeat 2>/dev/null
+  cd "$run" && echo $1 > exit_code.tmp && mv exit_code.tmp exit_code
+  exit 0
+}}
+cd {cwd} || finish 1
+{setup}{command} > {output} 2>&1 < /dev/null &
 trainer=$!
-echo $trainer > trainer_pid.tmp && mv trainer_pid.tmp trainer_pid
+echo $trainer > "$run/trainer_pid.tmp" && mv "$run/trainer_pid.tmp" "$run/trainer_pid"
 wait $trainer
-code=$?
-kill $heartbeat 2>/dev/null
-echo $code > exit_code.tmp && mv exit_code.tmp exit_code
+finish $?
 """
+# Installs requirements.txt before the script; stays in the launcher's process group
+# (--foreground), so stopping the run stops pip too. Its output goes to trainer.out.
+_SETUP = """\
+{command} >> "$run/trainer.out" 2>&1 < /dev/null
+code=$?
+if [ $code != 0 ]; then touch "$run/{marker}"; finish $code; fi
+"""
+SETUP_FAILED = "setup_failed"  # written by launch.sh when pip install fails
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Signal both process groups (launcher's and trainer's); $1 is the signal.
 _SIGNAL_GROUPS = 'for f in pid trainer_pid; do [ -f $f ] && kill -{sig} -- -$(cat $f) 2>/dev/null; done'
@@ -49,15 +63,46 @@ _ANY_ALIVE = (
 )
 
 
-def launch_script(*, run_dir: str, python: str, config_path: str, deadline_s: float,
-                  cpu_threads: int | None = None, watchdog: bool = False) -> str:
+def launch_script(*, run_dir: str, argv: list[str], deadline_s: float, cwd: str | None = None,
+                  env: dict[str, str] | None = None, output: str = "trainer.out",
+                  setup: list[str] | None = None, setup_deadline_s: float = 0.0,
+                  pythonpath: str | None = None, cpu_threads: int | None = None,
+                  watchdog: bool = False) -> str:
+    """launch.sh: in `cwd` (default: the run dir), run `argv` under `timeout` at `deadline_s`
+    with its stdout+stderr in `output` (relative to the run dir), after `setup` (pip) if given.
+
+    `env` reaches the command (and `setup`) through `env NAME=VALUE ...`, every word quoted
+    with shlex.quote: a name is checked to be one, a value can never become shell syntax.
+    """
     q = shlex.quote
-    threads = f"OMP_NUM_THREADS={int(cpu_threads)} " if cpu_threads else ""
+    prefix = [f"OMP_NUM_THREADS={int(cpu_threads)}"] if cpu_threads else []
+    if pythonpath is not None:
+        prefix.append(f"PYTHONPATH={q(pythonpath)}")
+    prefix += ["PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"]
+    if env:
+        prefix += ["env", *env_words(env)]
+    command = " ".join([*prefix, "timeout", "--kill-after=30", f"{int(deadline_s)}s", *map(q, argv)])
+    setup_block = ""
+    if setup:
+        pip = [*prefix, "timeout", "--foreground", "--kill-after=30", f"{int(setup_deadline_s)}s", *map(q, setup)]
+        setup_block = _SETUP.format(command=" ".join(pip), marker=SETUP_FAILED)
     # Its own session: stopping the trainer's groups must not stop the pod's last stop.
     guard = f"setsid bash {WATCHDOG_SCRIPT} </dev/null >watchdog.out 2>&1 &\n" if watchdog else ""
-    return _SCRIPT.format(run_dir=q(run_dir), code_dir=q(f"{run_dir}/code"), python=q(python),
-                          config=q(config_path), deadline_s=f"{int(deadline_s)}s", threads=threads,
-                          watchdog=guard)
+    return _SCRIPT.format(run_dir=q(run_dir), cwd=q(cwd or run_dir), setup=setup_block,
+                          command=command, output=f'"$run"/{q(output)}', watchdog=guard)
+
+
+def env_words(env: dict[str, str]) -> list[str]:
+    """NAME=VALUE words for `env`, each quoted; ValueError for a name that is not a plain name
+    or a value holding NUL (which no environment can carry)."""
+    words = []
+    for name, value in env.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"env.{name[:80]!r}: not a variable name")
+        if "\x00" in value:
+            raise ValueError(f"env.{name}: NUL in the value")
+        words.append(shlex.quote(f"{name}={value}"))
+    return words
 
 
 def launch(remote: Remote, run_dir: str) -> bool:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
+from server import notify
 from server.models import Experiment, Pod, Run, utcnow
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, PodStatus
 from worker.director import RunDirector
@@ -68,9 +69,11 @@ def wake_due_runs(director: RunDirector, *, enqueue: Callable[[int], object]) ->
 
 def release_stray_pods(director: RunDirector) -> None:
     with Session(director.engine) as session:
-        query = select(Pod.run_id).join(Run, col(Pod.run_id) == Run.id).where(
+        query = select(Pod).join(Run, col(Pod.run_id) == Run.id).where(
             col(Pod.status).in_([s.value for s in ACTIVE_POD_STATUSES]), col(Run.status).in_(_FINAL))
-        run_ids = sorted({r for r in session.exec(query).all() if r is not None})
+        waiting = _waiting_experiments(session)
+        run_ids = sorted({p.run_id for p in session.exec(query).all()
+                          if p.run_id is not None and not _handed_over(p, waiting)})
     for run_id in run_ids:
         log.info("run %s ended but its pod was not given back; releasing it", run_id)
         try:
@@ -102,10 +105,12 @@ def _end_pods(director: RunDirector, provider: Provider, listed: list[ListedPod]
         rows = list(session.exec(select(Pod).where(Pod.provider == provider.name,
                                                    col(Pod.status).in_(_ACTIVE))).all())
         live_runs = set(session.exec(select(Run.id).where(col(Run.status).notin_(_FINAL))).all())
+        waiting = _waiting_experiments(session)
     now = utcnow()
     expected = {}
     for row in rows:
-        if row.run_id in live_runs and (row.deadline_at is None or _utc(row.deadline_at) > now):
+        wanted = row.run_id in live_runs or _handed_over(row, waiting)
+        if wanted and (row.deadline_at is None or _utc(row.deadline_at) > now):
             expected[row.name] = row.external_id
     doomed = [p for p in ours if p.name not in expected
               or expected[p.name] not in (None, p.external_id)]
@@ -118,20 +123,44 @@ def _end_pods(director: RunDirector, provider: Provider, listed: list[ListedPod]
         ended.append(external_id)
         log.warning("ending %s pod %s %s: no live run expects it or it is past its deadline",
                     provider.name, external_id, why)
-        _terminate(director, provider, external_id)
+        if _terminate(director, provider, external_id):  # confirmed once: one message per pod
+            notify.pod_terminated(provider.name, external_id, why, _stop_reason(why, rows, live_runs, now))
     return ended
 
 
-def _terminate(director: RunDirector, provider: Provider, external_id: str) -> None:
-    """Ask the provider to end the pod; mark its row terminated only once the provider confirms."""
+def _stop_reason(why: str, rows: list[Pod], live_runs: set[int | None], now: datetime) -> str:
+    """Which safety stop ended the pod, in words for the operator's notification."""
+    if why == "no longer listed":
+        return "the provider no longer lists it (its provider deadline or its watchdog ended it)"
+    name = why.rsplit(" (", 1)[0]
+    if any(r.name == name and r.run_id in live_runs and r.deadline_at is not None and _utc(r.deadline_at) <= now
+           for r in rows):
+        return "it is past its deadline"
+    return "no live run expects it"
+
+
+def _waiting_experiments(session: Session) -> set[int]:
+    """Experiments with a live seed that has not asked to be cancelled."""
+    query = select(Run.experiment_id).where(col(Run.status).notin_(_FINAL), col(Run.cancel_requested).is_(False))
+    return set(session.exec(query).all())
+
+
+def _handed_over(pod: Pod, waiting: set[int]) -> bool:
+    """A shared pod between two seeds: free (ready), its experiment's next seed about to take it."""
+    return pod.experiment_id is not None and pod.status == PodStatus.ready.value and pod.experiment_id in waiting
+
+
+def _terminate(director: RunDirector, provider: Provider, external_id: str) -> bool:
+    """Ask the provider to end the pod; mark its row terminated only once the provider confirms.
+    True when it confirmed."""
     try:
         confirmed = provider.terminate(external_id)
     except Exception as exc:
         log.warning("ending pod %s failed (tried again next pass): %s", external_id,
                     getattr(exc, "reason", type(exc).__name__))
-        return
+        return False
     if not confirmed:
-        return
+        return False
     with Session(director.engine) as session:
         for pod in session.exec(select(Pod).where(Pod.external_id == external_id,
                                                   col(Pod.status).in_(_ACTIVE))).all():
@@ -140,6 +169,7 @@ def _terminate(director: RunDirector, provider: Provider, external_id: str) -> N
             session.add(pod)
             provider.forget(pod)
         session.commit()
+    return True
 
 
 def _utc(moment: datetime) -> datetime:

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 import httpx
 
+from server import logconfig
 from server.config import get_settings
 from server.db import get_engine
 from server.queue import ADVANCE_RUN, NOTIFY, RECONCILE
@@ -23,8 +24,9 @@ def get_director() -> RunDirector:
 @app.task(name=ADVANCE_RUN)
 def advance_run(run_id: int) -> None:
     """One step of a run; enqueues the next at once when the run can go straight on."""
-    if get_director().advance(run_id):
-        advance_run.delay(run_id)
+    with logconfig.work(run_id=run_id):
+        if get_director().advance(run_id):
+            advance_run.delay(run_id)
 
 
 @app.task(name=RECONCILE)
@@ -33,11 +35,21 @@ def reconcile() -> None:
     reconciler.reconcile(get_director(), enqueue=advance_run.delay)
 
 
-@app.task(name=NOTIFY, autoretry_for=(httpx.HTTPError,), retry_backoff=True, max_retries=5)
+class WebhookFailed(Exception):
+    """The webhook refused or could not be reached; says so without its URL (a secret)."""
+
+
+@app.task(name=NOTIFY, autoretry_for=(WebhookFailed,), retry_backoff=True, max_retries=5)
 def send_notification(payload: dict[str, object]) -> None:
     """POST one notification to the configured webhook; retried with backoff on failure."""
     url = get_settings().webhook_url
     if url is None:
         return
-    response = httpx.post(url.get_secret_value(), json=payload, timeout=10)
-    response.raise_for_status()
+    ids = {k: v for k, v in payload.items() if k in logconfig.IDS and isinstance(v, int)}
+    with logconfig.work(**ids):
+        try:
+            httpx.post(url.get_secret_value(), json=payload, timeout=10).raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            raise WebhookFailed(f"the webhook answered {exc.response.status_code}") from None
+        except httpx.HTTPError as exc:
+            raise WebhookFailed(f"the webhook could not be reached ({type(exc).__name__})") from None

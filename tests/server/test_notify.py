@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlmodel import Session
 
@@ -76,7 +75,7 @@ def test_nothing_is_queued_without_a_webhook(settings_env: None, session: Sessio
 
 
 def test_the_worker_posts_the_payload(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from worker.tasks import send_notification
+    from worker.tasks import WebhookFailed, send_notification
 
     hook = Webhook()
     monkeypatch.setenv("CADDIE_DATA_DIR", str(tmp_path))
@@ -87,9 +86,12 @@ def test_the_worker_posts_the_payload(monkeypatch: pytest.MonkeyPatch, tmp_path:
         assert hook.bodies == [{"text": "Caddie run 3 succeeded", "event": "run.ended"}]
 
         failing = Webhook(status=500)
-        monkeypatch.setenv("CADDIE_WEBHOOK_URL", failing.url)
+        monkeypatch.setenv("CADDIE_WEBHOOK_URL", failing.url + "?token=hooksecret123")
         get_settings.cache_clear()
-        with pytest.raises(httpx.HTTPStatusError):  # Celery retries it with backoff
+        with pytest.raises(WebhookFailed) as raised:  # Celery retries it with backoff
             send_notification.run({"text": "x"})
+        # The URL carries the webhook's credential: the error Celery logs must not name it.
+        assert str(raised.value) == "the webhook answered 500"
+        assert raised.value.__cause__ is None and raised.value.__suppress_context__
     finally:
         get_settings.cache_clear()

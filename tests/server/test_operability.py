@@ -62,3 +62,38 @@ def test_metrics_on_an_empty_database(client: TestClient) -> None:
     assert sample(body, "caddie_queue_depth") == 0
     assert sample(body, "caddie_pods_alive") == 0
     assert sample(body, "caddie_log_lag_seconds") == 0
+
+
+def test_metrics_spend_per_hour_and_dollars_spent(client: TestClient, session: Session) -> None:
+    """Live pods count at their price per hour; every priced pod counts toward dollars spent.
+    A pod's own price wins; without one, the price kept on its run (server/costs.py)."""
+    experiment = make_experiment(session, provider="runpod")
+    now = utcnow()
+    priced_run = make_run(session, experiment, seed=1, status="running",
+                          results={"worker": {"pod": {"cost_per_hour": 99.0}}})
+    run_priced_only = make_run(session, experiment, seed=2, status="running",
+                               results={"worker": {"pod": {"cost_per_hour": 10.0}}})
+    ended = make_run(session, experiment, seed=3, status="succeeded")
+    local = make_run(session, experiment, seed=4, status="running")
+    session.add(Pod(run_id=priced_run.id, provider="runpod", name="caddie-run-1", status="busy",
+                    cost_per_hour=20.0, created_at=now - timedelta(hours=1)))
+    session.add(Pod(run_id=run_priced_only.id, provider="runpod", name="caddie-run-2", status="ready",
+                    created_at=now - timedelta(minutes=30)))
+    session.add(Pod(run_id=ended.id, provider="runpod", name="caddie-run-3", status="terminated",
+                    cost_per_hour=12.0, created_at=now - timedelta(hours=3),
+                    terminated_at=now - timedelta(hours=1)))
+    session.add(Pod(run_id=local.id, provider="local", name="caddie-run-4", status="busy",
+                    created_at=now - timedelta(hours=5)))
+    session.commit()
+
+    body = client.get("/metrics").text
+    assert sample(body, "caddie_spend_dollars_per_hour") == 30.0  # 20 (its own price) + 10 (its run's)
+    # 20 $/h x 1 h + 10 $/h x 0.5 h + 12 $/h x 2 h, give or take the seconds of the test
+    assert 49.0 <= sample(body, "caddie_spent_dollars") < 49.2
+    assert "# TYPE caddie_spend_dollars_per_hour gauge" in body
+
+
+def test_metrics_spend_is_zero_without_priced_pods(client: TestClient) -> None:
+    body = client.get("/metrics").text
+    assert sample(body, "caddie_spend_dollars_per_hour") == 0
+    assert sample(body, "caddie_spent_dollars") == 0

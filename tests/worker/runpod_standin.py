@@ -10,6 +10,10 @@ images do. Faults are queued per operation and used once each:
 - "made-then-timeout" (create only): makes the pod, then answers too late;
 - "linger" (delete only): says yes but leaves the pod running.
 
+`full_centers` lists data centres with no capacity (a create naming only those is refused as
+RunPod refuses it); `balance` is the account's clientBalance; `adjusted_price`, when set, is
+the pod's adjustedCostPerHr beside its listed costPerHr / cost of 21.52.
+
 Every request is recorded (method, path, headers, body) for the tests to search.
 """
 
@@ -45,6 +49,9 @@ class RunPodStandIn:
         self.faults: dict[str, list[str]] = {"create": [], "get": [], "list": [], "delete": []}
         self.requests: list[Recorded] = []
         self.pod_keys: dict[str, str] = {}  # pod id → the pod-scoped key RunPod would inject
+        self.full_centers: set[str] = set()
+        self.balance = 256.19
+        self.adjusted_price: float | None = None
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -78,14 +85,17 @@ class RunPodStandIn:
 
     def _new_pod(self, body: dict[str, Any], *, status: str = "PROVISIONING") -> dict[str, Any]:
         pod_id = secrets.token_hex(7)
+        centers = body.get("dataCenterIds") or ["EU-RO-1"]
         pod = {"id": pod_id, "name": body.get("name"), "status": status, "cost": 21.52,
+               "costPerHr": 21.52, "adjustedCostPerHr": self.adjusted_price, "dataCenterId": centers[0],
                "env": body.get("env") or {}, "gets": 0, "body": body, "terminateAfter": None}
         self.pods[pod_id] = pod
         self.pod_keys[pod_id] = "pod-scoped-" + secrets.token_hex(8)
         return pod
 
     def _public(self, pod: dict[str, Any]) -> dict[str, Any]:
-        view = {k: pod[k] for k in ("id", "name", "status", "cost")}
+        view = {k: pod[k] for k in ("id", "name", "status", "cost", "costPerHr", "adjustedCostPerHr",
+                                    "dataCenterId")}
         view["ssh"] = None
         if pod["status"] == "RUNNING":
             view["ssh"] = {"direct": {"host": self.sshd.host, "port": self.sshd.port,
@@ -151,6 +161,8 @@ class RunPodStandIn:
         if fault is not None:
             self.faults["create"].insert(0, fault)
             return self._faulty("create")  # type: ignore[return-value]
+        if body.get("dataCenterIds") and set(body["dataCenterIds"]) <= self.full_centers:
+            return 500, {"error": NO_CAPACITY}
         with self.lock:
             pod = self._new_pod(body)
             return 201, self._public(pod)
@@ -192,7 +204,7 @@ class RunPodStandIn:
             return 200, {"data": {"podTerminateAfter": {"id": pod["id"], "terminateAfter": pod["terminateAfter"]}}}
         if "myself" in query:
             spend = sum(p["cost"] for p in self.live())
-            return 200, {"data": {"myself": {"clientBalance": 256.19, "currentSpendPerHr": spend}}}
+            return 200, {"data": {"myself": {"clientBalance": self.balance, "currentSpendPerHr": spend}}}
         return 200, {"errors": [{"message": "unknown query"}]}
 
     def pod_delete_by_pod_key(self, pod_id: str, key: str) -> bool:

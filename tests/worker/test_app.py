@@ -1,6 +1,8 @@
 """The Celery app and its tasks: configuration, names, and one run through a real worker."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -94,3 +96,47 @@ def wait_for_end(engine, ids, *, timeout_s: float) -> list[Run]:
             if all(r.status in ("succeeded", "failed", "cancelled") for r in runs) or time.monotonic() > deadline:
                 return runs
         time.sleep(0.2)
+
+
+CELERY_NOTICE = re.compile(r"^worker: (Warm|Cold) shutdown \(MainProcess\)$")  # printed, not logged
+
+
+@pytest.mark.e2e
+def test_a_real_worker_logs_one_json_object_per_line(tmp_path):
+    """CADDIE_LOG_FORMAT=json in a prefork worker: every line parses, a step's lines carry the
+    run and experiment ids, and a secret in a record comes out redacted."""
+    secret = "rpa_WORKERLOGSECRET42"
+    data_dir, database = tmp_path / "data", f"sqlite:///{tmp_path / 'caddie.db'}"
+    engine = make_engine(database)
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as session:
+        experiment = make_experiment(session, provider=secret)  # named in the failure it logs
+        run = make_run(session, experiment, seed=1)
+        run_id, experiment_id = run.id, experiment.id
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CADDIE_DATA_DIR": str(data_dir),
+           "CADDIE_DATABASE_URL": database, "CADDIE_REDIS_URL": "", "CADDIE_LOG_FORMAT": "json",
+           "CADDIE_RUNPOD_API_KEY": secret}
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool",
+                                   "prefork", "--concurrency", "1", "--loglevel", "INFO",
+                                   "--without-gossip", "--without-mingle"],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        producer = Celery("test-producer", broker="filesystem://")
+        producer.conf.broker_transport_options = Settings(data_dir=data_dir).broker_transport_options()
+        producer.send_task(ADVANCE_RUN, args=[run_id])
+        (ended,) = wait_for_end(engine, [run_id], timeout_s=60)
+        time.sleep(0.5)  # the step's last lines
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    text = log_path.read_text()
+    assert ended.status == "failed", text
+    assert secret not in text
+    lines = [line for line in text.splitlines() if line and not CELERY_NOTICE.match(line)]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert any(r["message"].endswith("ready.") for r in records)  # Celery's own records too
+    failed = [r for r in records if r["logger"] == "worker.director" and "failed" in r["message"]]
+    assert failed and failed[0]["run_id"] == run_id and failed[0]["experiment_id"] == experiment_id
+    assert "unknown provider '[redacted]'" in failed[0]["message"]

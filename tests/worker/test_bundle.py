@@ -1,19 +1,22 @@
 """The trainer bundle, run.json and the launcher's deadline."""
 
+from pathlib import Path
+
 import pytest
 
 from server.eligibility import MAX_EVAL_SECONDS
 from server.models import Experiment, Run
+from trainer import contract
 from trainer.contract import code_digest
-from worker.bundle import TrainerBundle, default_bundle, run_config, run_deadline_s
+from worker.bundle import TrainerBundle, _single_file, default_bundle, run_config, run_deadline_s
 from worker.launcher import launch_script
 
 SCHEMA = {"fields": {"max_wallclock_seconds": {"default": 600.0}},
           "presets": {"quick": {"max_wallclock_seconds": 60.0}, "nocap": {"max_wallclock_seconds": 0.0}}}
 
 
-def test_the_default_bundle_is_the_trainer_package_with_its_schema():
-    files = default_bundle().files()
+def test_the_trainer_package_bundle_holds_its_files_and_schema():
+    files = TrainerBundle(Path(contract.__file__).resolve().parent).files()
     assert "trainer/contract.py" in files and "trainer/schema.json" in files
     assert all(rel.startswith("trainer/") and rel.endswith((".py", ".json")) for rel in files)
 
@@ -54,8 +57,21 @@ def test_a_non_numeric_cap_names_the_field():
 
 
 def test_the_launch_script_quotes_paths_and_carries_the_deadline():
-    script = launch_script(run_dir="/tmp/runs/run 1", python="/opt/py/bin/python3",
-                           config_path="/tmp/runs/run 1/run.json", deadline_s=1230.7)
-    assert "timeout --kill-after=30 1230s /opt/py/bin/python3 -m trainer train" in script
-    assert "cd '/tmp/runs/run 1'" in script and "PYTHONPATH='/tmp/runs/run 1/code'" in script
+    argv = TrainerBundle(Path("/x/trainer")).argv("/opt/py/bin/python3", config_path="/tmp/runs/run 1/run.json",
+                                                  run_dir="/tmp/runs/run 1")
+    script = launch_script(run_dir="/tmp/runs/run 1", argv=argv, deadline_s=1230.7,
+                           pythonpath="/tmp/runs/run 1/code")
+    assert "timeout --kill-after=30 1230s /opt/py/bin/python3 -m trainer train --config '/tmp/runs/run 1/run.json'" \
+        in script
+    assert "run='/tmp/runs/run 1'" in script and "PYTHONPATH='/tmp/runs/run 1/code'" in script
     assert "CADDIE_" not in script  # nothing of the worker's environment
+
+
+def test_the_default_bundle_is_the_single_file_trainer_and_runs_it_as_a_script():
+    bundle = default_bundle()
+    files = bundle.files()
+    assert list(files) == ["train_gpt.py"] and 30_000 < len(files["train_gpt.py"]) < 80_000
+    assert bundle.files() is not None and _single_file.cache_info().hits >= 1  # built once per process
+    assert bundle.argv("python3", config_path="/r/run.json", run_dir="/r") == [
+        "python3", "/r/code/train_gpt.py", "train", "--config", "/r/run.json", "--out", "/r"]
+    assert "max_wallclock_seconds" in bundle.schema()["fields"]

@@ -45,6 +45,7 @@ def test_the_real_trainer_runs_on_the_ssh_pod(ssh_settings, engine, small_datase
     # The worker's own count of the uploaded bundle agrees with the trainer's.
     assert run.code_bytes == code_digest(default_bundle().files())[0] == results["code_bytes"]
     assert run.code_sha256 == results["code_sha256"]  # the trainer counted what was uploaded
+    assert results["code_files"] == ["train_gpt.py"] == list(default_bundle().files())  # the single file
     assert run.model_bytes == results["model_bytes"] and run.artifact_sha256 == results["artifact_sha256"]
     assert run.bytes_total == run.code_bytes + run.model_bytes < 16_000_000
     assert run.val_bpb == results["val_bpb"] > 0 and run.steps == 2

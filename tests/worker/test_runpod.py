@@ -49,6 +49,9 @@ def test_a_run_on_runpod_succeeds_and_its_pod_is_terminated(runpod_director, run
     drive(runpod_director, run_id, until={RunStatus.running})
     key_file = runpod_settings.data_dir.resolve() / "keys" / f"caddie-run-{run_id}"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    # The pod's private key, whole and a line at a time (its public half is all a pod gets).
+    private = [key_file.read_text().strip()] + [
+        line for line in key_file.read_text().splitlines() if line and "-----" not in line]
     run = drive(runpod_director, run_id, until=FINAL)
     assert run.status == "succeeded", run.reason
 
@@ -69,6 +72,7 @@ def test_a_run_on_runpod_succeeds_and_its_pod_is_terminated(runpod_director, run
     sent_to_pod = everything_written(engine, Path(runpod_settings.runpod_workdir))
     assert "train_loss" in sent_to_pod  # the search covers the log and files
     assert ACCOUNT_KEY not in sent_to_pod + json.dumps(body) + caplog.text
+    assert len(private) > 2 and not [p for p in private if p in sent_to_pod + json.dumps(body) + caplog.text]
 
 
 def test_a_redelivered_create_adopts_the_pod_made_before(runpod_director, runpod, engine, runpod_settings):

@@ -62,6 +62,12 @@ class Provider(ABC):
         """The Python command on the pod that runs the trainer."""
 
     @property
+    def data_dir(self) -> str:
+        """Folder on the pod that holds the official data (datasets/, tokenizers/) for every run."""
+        configured = getattr(self.settings, f"{self.name}_data_dir", "")
+        return configured or f"{self.workdir}/data"
+
+    @property
     def cpu_threads(self) -> int | None:
         """Threads per trainer process (OMP_NUM_THREADS) where runs share CPU cores; None: leave it."""
         return None
@@ -82,6 +88,11 @@ class Provider(ABC):
         stays active and the reconciler tries again.
         """
 
+    @property
+    def deadline_file(self) -> str | None:
+        """File on the pod holding its deadline (unix seconds) for the watchdog; None: no watchdog."""
+        return None
+
     def watchdog_script(self, pod: Pod, seconds: float) -> str | None:
         """A shell script the pod runs detached: it ends the pod after `seconds`. None: no such stop."""
         return None
@@ -89,6 +100,10 @@ class Provider(ABC):
     def price_per_hour(self, pod: Pod | None = None) -> float | None:
         """Dollars per hour: of the pod, as the provider names it once the pod is up, or
         (pod None) the estimate for a new one. None: pods of this provider cost nothing."""
+        return None
+
+    def extend(self, pod: Pod) -> None:
+        """Move the provider-side stop to the pod's (later) deadline_at; a pod shared by seeds."""
         return None
 
     def forget(self, pod: Pod) -> None:

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session
 
-from server.models import Pod, utcnow
+from server import costs
+from server.models import Experiment, Pod, Run, utcnow
 from server.states import PodStatus
 from worker.errors import ConnectError, HostKeyMismatch, StepFailed
 from worker.providers import ListedPod, Provider, RetryLater
@@ -46,6 +47,16 @@ TERMINATE_AFTER = ("mutation($input: PodTerminateAfterInput!) "
                    "{ podTerminateAfter(input: $input) { id terminateAfter } }")
 BALANCE = "query { myself { clientBalance currentSpendPerHr } }"
 MAX_BACKOFF_S = 300.0
+# Price fields of a pod, most exact first: after discounts, the listed price, v2's `cost`.
+PRICE_FIELDS = ("adjustedCostPerHr", "costPerHr", "cost")
+
+
+class NoCapacity(RetryLater):
+    """RunPod has no machine for the request; `message` is RunPod's own words."""
+
+    def __init__(self, reason: str, message: str, *, attempts: int, backoff_s: float) -> None:
+        super().__init__(reason, attempts=attempts, backoff_s=backoff_s)
+        self.message = message
 
 
 class RunPodAPI:
@@ -91,10 +102,10 @@ class RunPodAPI:
             with httpx.Client(timeout=self.settings.runpod_request_timeout_s) as client:
                 response = client.request(method, url, json=body, headers=headers)
         except httpx.TimeoutException:
-            raise self._later(f"RunPod API did not answer {what} within "
+            raise self.later(f"RunPod API did not answer {what} within "
                               f"{self.settings.runpod_request_timeout_s:g} s") from None
         except httpx.TransportError as exc:
-            raise self._later(f"RunPod API unreachable for {what} ({type(exc).__name__})") from None
+            raise self.later(f"RunPod API unreachable for {what} ({type(exc).__name__})") from None
         if response.status_code == 404 and missing_ok:
             return None
         if response.status_code >= 400:
@@ -104,21 +115,21 @@ class RunPodAPI:
         try:
             return response.json()
         except ValueError:
-            raise self._later(f"RunPod API answered {what} with something that is not JSON") from None
+            raise self.later(f"RunPod API answered {what} with something that is not JSON") from None
 
     def _refused(self, response: httpx.Response, what: str) -> None:
         message = self._scrub(_message(response))
         code = response.status_code
         if _NO_CAPACITY.search(message):
-            gpus = f"{self.settings.runpod_gpu_count} x {self.settings.runpod_gpu_type}"
-            raise self._later(f"RunPod has no capacity for {gpus} on {self.settings.runpod_cloud} cloud: {message}")
+            raise NoCapacity(f"RunPod has no capacity for {what}: {message}", message,
+                             attempts=self.settings.runpod_create_attempts, backoff_s=self.settings.runpod_backoff_s)
         if code >= 500 or code == 429:
-            raise self._later(f"RunPod API failed {what}: HTTP {code}: {message}")
+            raise self.later(f"RunPod API failed {what}: HTTP {code}: {message}")
         if code in (401, 403):
             raise StepFailed(f"RunPod refused the API key for {what} (HTTP {code})")
         raise StepFailed(f"RunPod API refused {what}: HTTP {code}: {message}")
 
-    def _later(self, reason: str) -> RetryLater:
+    def later(self, reason: str) -> RetryLater:
         return RetryLater(reason, attempts=self.settings.runpod_create_attempts,
                           backoff_s=self.settings.runpod_backoff_s)
 
@@ -181,11 +192,12 @@ class RunPodProvider(Provider):
         if status == "RUNNING" and direct.get("host") and direct.get("port"):
             pod.host, pod.port = str(direct["host"]), int(direct["port"])
             pod.username = str(direct.get("username") or "root")
+            pod.cost_per_hour = _price(data)
             pod.status, pod.updated_at = PodStatus.ready.value, utcnow()
             session.add(pod)
             session.commit()
-            log.info("pod %s (%s) is up at %s:%s, $%s/hour", pod.name, pod.external_id, pod.host,
-                     pod.port, data.get("cost"))
+            log.info("pod %s (%s) is up at %s:%s in %s, $%s/hour", pod.name, pod.external_id, pod.host,
+                     pod.port, data.get("dataCenterId") or "?", pod.cost_per_hour)
             return True
         waited = (utcnow() - _utc(pod.updated_at)).total_seconds()
         if waited > self.settings.runpod_start_timeout_s:
@@ -197,7 +209,8 @@ class RunPodProvider(Provider):
         """Create the pod, or adopt the one an earlier try of this step created."""
         found = self._find(pod.name)
         if found is None:
-            found = self.api.create(self.create_body(pod))
+            self.afford(pod)
+            found = self._create(pod, *self.hardware(session, pod))
             if not found.get("id"):
                 raise StepFailed("RunPod created a pod but did not say its id")
         pod.external_id = str(found["id"])
@@ -206,21 +219,51 @@ class RunPodProvider(Provider):
         session.commit()
         self._set_deadline(pod)
 
-    def create_body(self, pod: Pod) -> dict[str, Any]:
+    def _create(self, pod: Pod, gpu_type: str, gpu_count: int) -> dict[str, Any]:
+        """POST the pod to each data centre in turn while RunPod answers "no capacity"."""
+        centers: list[str | None] = list(self.data_centers()) or [None]
+        last: NoCapacity | None = None
+        for center in centers:
+            try:
+                return self.api.create(self.create_body(pod, gpu_type=gpu_type, gpu_count=gpu_count,
+                                                        data_center=center))
+            except NoCapacity as exc:
+                log.info("pod %s: no capacity%s", pod.name, f" in {center}" if center else "")
+                last = exc
+        assert last is not None
+        where = f" in {', '.join(c for c in centers if c)}" if centers != [None] else ""
+        raise NoCapacity(f"RunPod has no capacity for {gpu_count} x {gpu_type} on {self.settings.runpod_cloud} "
+                         f"cloud{where}: {last.message}", last.message, attempts=last.attempts,
+                         backoff_s=last.backoff_s)
+
+    def data_centers(self) -> list[str]:
+        return [c.strip() for c in self.settings.runpod_data_centers.split(",") if c.strip()]
+
+    def hardware(self, session: Session, pod: Pod) -> tuple[str, int]:
+        """(GPU type, count) the pod's experiment asks for, else the settings' record hardware."""
+        run = session.get(Run, pod.run_id) if pod.run_id is not None else None
+        experiment_id = pod.experiment_id or (run.experiment_id if run else None)
+        experiment = session.get(Experiment, experiment_id) if experiment_id is not None else None
+        gpu_type = (experiment.gpu_type if experiment else None) or self.settings.runpod_gpu_type
+        gpu_count = (experiment.gpu_count if experiment else None) or self.settings.runpod_gpu_count
+        return gpu_type, gpu_count
+
+    def create_body(self, pod: Pod, *, gpu_type: str | None = None, gpu_count: int | None = None,
+                    data_center: str | None = None) -> dict[str, Any]:
         """What POST /v2/pods gets: everything a record run needs, said explicitly."""
         body: dict[str, Any] = {
             "name": pod.name,
             "image": self.settings.runpod_image,
-            "gpu": {"id": self.settings.runpod_gpu_type, "count": self.settings.runpod_gpu_count},
+            "gpu": {"id": gpu_type or self.settings.runpod_gpu_type,
+                    "count": gpu_count or self.settings.runpod_gpu_count},
             "cloud": self.settings.runpod_cloud,  # v2 docs and practice disagree on the default
             "disk": self.settings.runpod_disk_gb,
             "ports": ["22/tcp"],
             "startSsh": True,
             "env": {"PUBLIC_KEY": self.public_key(pod)},
         }
-        centers = [c.strip() for c in self.settings.runpod_data_centers.split(",") if c.strip()]
-        if centers:
-            body["dataCenterIds"] = centers
+        if data_center:
+            body["dataCenterIds"] = [data_center]  # one at a time: "no capacity" moves on to the next
         return body
 
     def _find(self, name: str) -> dict[str, Any] | None:
@@ -238,12 +281,15 @@ class RunPodProvider(Provider):
         except (StepFailed, RetryLater) as exc:
             log.warning("pod %s: RunPod did not take the deadline %s: %s", pod.name, when, exc.reason)
 
+    def extend(self, pod: Pod) -> None:
+        self._set_deadline(pod)
+
     def price_per_hour(self, pod: Pod | None = None) -> float | None:
         if pod is None or pod.external_id is None:
             return self.settings.runpod_price_per_hour
-        data = self.api.get(pod.external_id) or {}
-        cost = data.get("cost")
-        return float(cost) if isinstance(cost, (int, float)) and cost > 0 else self.settings.runpod_price_per_hour
+        if pod.cost_per_hour is not None:
+            return pod.cost_per_hour
+        return _price(self.api.get(pod.external_id) or {}) or self.settings.runpod_price_per_hour
 
     def balance(self) -> dict[str, float] | None:
         """The account's balance and spend per hour in dollars, from GraphQL."""
@@ -251,6 +297,18 @@ class RunPodProvider(Provider):
         if "clientBalance" not in me:
             return None
         return {"balance": float(me["clientBalance"]), "spend_per_hour": float(me.get("currentSpendPerHr") or 0)}
+
+    def afford(self, pod: Pod) -> None:
+        """Raise RetryLater (the run waits, then fails) while the account's balance is below
+        what the pod would cost over its whole life at the estimated price."""
+        life_s = (_utc(pod.deadline_at) - _utc(pod.created_at)).total_seconds() if pod.deadline_at else 0.0
+        cost = costs.estimate(self.settings.runpod_price_per_hour, life_s)
+        account = self.balance()
+        if account is None:
+            raise self.api.later("RunPod did not say the account's balance")
+        if account["balance"] < cost:
+            raise self.api.later(f"the RunPod balance of ${account['balance']:,.2f} is below the pod's "
+                                  f"estimated cost of ${cost:,.2f}")
 
     # --- using --------------------------------------------------------------------------
 
@@ -264,8 +322,14 @@ class RunPodProvider(Provider):
             raise RetryLater(exc.reason, attempts=self.settings.runpod_ssh_attempts, backoff_s=2.0) from None
 
     def watchdog_script(self, pod: Pod, seconds: float) -> str | None:
-        return WATCHDOG.format(seconds=max(1, int(seconds)),
+        return WATCHDOG.format(seconds=max(1, int(seconds)), deadline_file=shlex.quote(self.deadline_file),
                                url=shlex.quote(self.settings.runpod_api_url.rstrip("/") + "/pods/"))
+
+    @property
+    def deadline_file(self) -> str:
+        """Unix seconds of the pod's deadline; the director moves it on when a shared pod takes
+        another seed, and every watchdog on the pod waits for the later of it and its own."""
+        return f"{self.workdir}/pod-deadline"
 
     # --- ending -------------------------------------------------------------------------
 
@@ -324,7 +388,15 @@ WATCHDOG = """\
 #!/usr/bin/env bash
 # Ends this pod at its deadline with the pod's own RunPod key (never the account's).
 set -u
-sleep {seconds}
+deadline=$(( $(date +%s) + {seconds} ))
+while :; do
+  later=$(cat {deadline_file} 2>/dev/null || true)
+  case $later in ''|*[!0-9]*) later=0;; esac
+  [ "$later" -gt "$deadline" ] && deadline=$later
+  left=$(( deadline - $(date +%s) ))
+  [ "$left" -le 0 ] && break
+  sleep $(( left < 60 ? left : 60 ))
+done
 from_init() {{ tr '\\0' '\\n' < /proc/1/environ 2>/dev/null | sed -n "s/^$1=//p" | head -n 1; }}
 pod=${{RUNPOD_POD_ID:-$(from_init RUNPOD_POD_ID)}}
 key=${{RUNPOD_API_KEY:-$(from_init RUNPOD_API_KEY)}}
@@ -359,6 +431,15 @@ def _message(response: httpx.Response) -> str:
         if isinstance(errors, list) and errors:
             return str((errors[0] or {}).get("message", errors[0]))[:200]
     return str(data)[:200]
+
+
+def _price(data: dict[str, Any]) -> float | None:
+    """$/hour RunPod names for a pod; None when it names none (0 once a pod has stopped)."""
+    for field in PRICE_FIELDS:
+        value = data.get(field)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return None
 
 
 def _safe_id(pod_id: str) -> str:

@@ -4,6 +4,10 @@ The run.json key `fake_mode` picks the behaviour: "ok" (default) writes every fi
 run writes; "crash" logs a little and exits with `fake_exit_code`; "sleep" logs one line
 and sleeps until killed. `fake_log_lines` sets how many log lines an "ok" run writes, `fake_results` overrides
 keys of results.json and `fake_no_artifact` leaves the artifact out.
+
+`python -m trainer data fetch --variant V --train-shards N --out DIR` writes tiny valid shards
+of variant V and a tokenizer file where the real fetch puts them, and appends a line to
+DIR/fetches, so tests can count how often a pod fetched its data.
 """
 
 import argparse
@@ -15,7 +19,36 @@ import time
 from pathlib import Path
 
 
+def shard(path: Path, tokens: int) -> None:
+    header = [20240520, 1, tokens] + [0] * 253  # magic, version, token count; 256 int32 in all
+    data = b"".join(v.to_bytes(4, "little") for v in header) + bytes(2 * tokens)
+    path.write_bytes(data)
+
+
+def fetch(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="trainer data fetch")
+    parser.add_argument("--variant", default="sp1024")
+    parser.add_argument("--train-shards", type=int, default=1)
+    parser.add_argument("--out", default="./data")
+    parser.add_argument("--base-url")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    folder = out / "datasets" / f"fineweb10B_{args.variant}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizers").mkdir(exist_ok=True)
+    shard(folder / "fineweb_val_000000.bin", 64)
+    for i in range(args.train_shards):
+        shard(folder / f"fineweb_train_{i:06d}.bin", 128)
+    (out / "tokenizers" / f"fineweb_{args.variant}.model").write_bytes(b"fake tokenizer")
+    with open(out / "fetches", "a") as fetches:
+        fetches.write(f"{args.variant} {args.train_shards} {args.base_url or ''}\n")
+    print(folder)
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:3] == ["data", "fetch"]:
+        return fetch(sys.argv[3:])
     parser = argparse.ArgumentParser(prog="trainer")
     parser.add_argument("command", choices=["train"])
     parser.add_argument("--config", required=True)
