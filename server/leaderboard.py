@@ -1,23 +1,47 @@
 """The leaderboard: finished experiments ranked by mean val_bpb, each with every seed.
 
-Two queries per page whatever its size: the page of experiments (plus its count),
-then the runs of all of them at once.
+Four queries per page whatever its size and order: the count, the page of experiments, then
+the runs and the pod costs of all of them at once. Every order is sorted and paged in SQL: the
+page query ranks every matching experiment (a window over mean val_bpb, so an entry keeps its
+rank in any order), computes the sorted value (a column, a number of the `stats` JSON, or, for
+maxima over seeds and cost, one GROUP BY over runs or pods joined only for that order), sorts
+and cuts the page.
 """
 
 import math
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TypeVar
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import func
+from sqlalchemy.sql.expression import ColumnElement, Subquery
 from sqlmodel import Session, col, select
 
+from server.costs import costs_by_experiment, experiment_costs
 from server.models import Experiment, Run
 from server.states import ExperimentStatus, RunStatus
 
 Number = TypeVar("Number", int, float)
+
+
+class LeaderboardOrder(StrEnum):
+    """What the board is sorted by. Entries without the value go last in either direction;
+    ties keep the rank order."""
+
+    rank = "rank"  # mean val_bpb
+    delta = "delta"  # Δ nats vs the reference
+    p = "p"
+    seeds = "seeds"  # seeds that succeeded
+    bytes = "bytes"  # max bytes_total
+    train = "train"  # max train time
+    eval = "eval"  # max eval time
+    cost = "cost"  # dollars spent on its pods
+    date = "date"  # finished_at
+    name = "name"  # case-insensitive
+    author = "author"  # case-insensitive
 
 
 class LeaderboardSeed(BaseModel):
@@ -49,6 +73,7 @@ class LeaderboardEntry(BaseModel):
     max_eval_time_s: float | None
     delta_nats: float | None  # mean − reference, nats per byte; the record rule wants <= −0.005
     p: float | None  # one-sided p of the improvement over the reference (server/reference.py)
+    cost_usd: float | None  # spent on its pods so far; None when no pod had a price
     eligible: bool
     reasons: list[str]
     seeds: list[LeaderboardSeed]
@@ -68,30 +93,87 @@ def read_leaderboard(
     provider: str | None = None,
     preset: str | None = None,
     author: str | None = None,
+    order: LeaderboardOrder = LeaderboardOrder.rank,
+    desc: bool = False,
 ) -> LeaderboardPublic:
-    conditions = [Experiment.status == ExperimentStatus.finished.value]
+    conditions: list[ColumnElement[bool]] = [
+        col(Experiment.status) == ExperimentStatus.finished.value]
     if eligible_only:
         conditions.append(col(Experiment.eligible).is_(True))
     for column, value in ((Experiment.provider, provider), (Experiment.preset, preset),
                           (Experiment.author, author)):
         if value is not None:
-            conditions.append(column == value)
+            conditions.append(col(column) == value)
     count = session.exec(select(func.count()).select_from(Experiment).where(*conditions)).one()
-    mean = col(Experiment.mean_val_bpb)
-    experiments = session.exec(
-        select(Experiment).where(*conditions)
-        .order_by(mean.is_(None), mean, col(Experiment.finished_at), col(Experiment.id))
+    board = _board(conditions, order)
+    key = board.c.key
+    rows = session.exec(
+        select(Experiment, board.c.position)
+        .join(board, board.c.id == Experiment.id)
+        .order_by(key.is_(None), key.desc() if desc else key, board.c.position)
         .offset(offset).limit(limit)
     ).all()
-    runs = _runs_by_experiment(session, [e.id for e in experiments if e.id is not None])
-    entries = [
-        _entry(experiment, runs[experiment.id], offset + index + 1)
-        for index, experiment in enumerate(experiments)
-    ]
+    ids = [experiment.id for experiment, _ in rows]
+    runs = _runs_by_experiment(session, ids)
+    spent = costs_by_experiment(session, ids)
+    entries = [_entry(experiment, runs[experiment.id], position, spent.get(experiment.id))
+               for experiment, position in rows]
     return LeaderboardPublic(data=entries, count=count)
 
 
-def _runs_by_experiment(session: Session, experiment_ids: list[int]) -> dict[int | None, list[Run]]:
+def _board(conditions: list[ColumnElement[bool]], order: LeaderboardOrder) -> Subquery:
+    """One row per matching experiment: its id, its position in the rank order, and `key`,
+    the value it is sorted by. Aggregates over runs or pods are joined only when sorted by."""
+    mean = col(Experiment.mean_val_bpb)
+    rank_order = (mean.is_(None), mean, col(Experiment.finished_at), col(Experiment.id))
+    query = select(col(Experiment.id).label("id"),
+                   func.row_number().over(order_by=rank_order).label("position"))
+    if order in MAXIMA:
+        maxima = (select(col(Run.experiment_id).label("experiment_id"),
+                         func.max(MAXIMA[order]).label("value"))
+                  .where(col(Run.status) == RunStatus.succeeded.value)
+                  .group_by(col(Run.experiment_id)).subquery("maxima"))
+        query = query.add_columns(maxima.c.value.label("key")).outerjoin(
+            maxima, maxima.c.experiment_id == Experiment.id)
+    elif order is LeaderboardOrder.cost:
+        spent = experiment_costs()
+        query = query.add_columns(spent.c.cost_usd.label("key")).outerjoin(
+            spent, spent.c.experiment_id == Experiment.id)
+    else:
+        query = query.add_columns(_experiment_key(order).label("key"))
+    return query.where(*conditions).subquery("board")
+
+
+# Orders by a maximum over the succeeded seeds.
+MAXIMA: dict[LeaderboardOrder, Any] = {
+    LeaderboardOrder.bytes: Run.bytes_total,
+    LeaderboardOrder.train: Run.train_time_s,
+    LeaderboardOrder.eval: Run.eval_time_s,
+}
+
+
+def _experiment_key(order: LeaderboardOrder) -> ColumnElement[Any]:
+    """The sort value of orders read from the experiment's own row."""
+    stats = col(Experiment.stats)
+    mean = col(Experiment.mean_val_bpb)
+    if order is LeaderboardOrder.delta:
+        # As _delta_nats: the Welch reference's mean, else the reference value.
+        reference = func.coalesce(stats["reference_mean"].as_float(),
+                                  stats[("reference", "val_bpb")].as_float())
+        return (mean - reference) * math.log(2)
+    columns: dict[LeaderboardOrder, ColumnElement[Any]] = {
+        LeaderboardOrder.rank: mean,
+        LeaderboardOrder.p: stats["p"].as_float(),
+        LeaderboardOrder.seeds: col(Experiment.n_succeeded),
+        LeaderboardOrder.date: col(Experiment.finished_at),
+        LeaderboardOrder.name: func.lower(Experiment.name),
+        LeaderboardOrder.author: func.lower(Experiment.author),
+    }
+    return columns[order]
+
+
+def _runs_by_experiment(session: Session, experiment_ids: list[int | None],
+                        ) -> dict[int | None, list[Run]]:
     grouped: dict[int | None, list[Run]] = defaultdict(list)
     if experiment_ids:
         for run in session.exec(
@@ -101,7 +183,9 @@ def _runs_by_experiment(session: Session, experiment_ids: list[int]) -> dict[int
     return grouped
 
 
-def _entry(experiment: Experiment, runs: list[Run], position: int) -> LeaderboardEntry:
+def _entry(experiment: Experiment, runs: list[Run], position: int,
+           cost_usd: float | None) -> LeaderboardEntry:
+    """`position`: in the rank order of the board (the rank, if it has a score)."""
     succeeded = [run for run in runs if run.status == RunStatus.succeeded]
     assert experiment.id is not None
     return LeaderboardEntry(
@@ -120,6 +204,7 @@ def _entry(experiment: Experiment, runs: list[Run], position: int) -> Leaderboar
         max_eval_time_s=_max(run.eval_time_s for run in succeeded),
         delta_nats=_delta_nats(experiment),
         p=(experiment.stats or {}).get("p"),
+        cost_usd=cost_usd,
         eligible=experiment.eligible,
         reasons=experiment.reasons,
         seeds=[_seed(run) for run in runs],

@@ -21,15 +21,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from sqlmodel import Session
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import auth, experiments, logs, presets
+from server import auth, experiments, logs, presets, queueing, records, scripts
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
-from web import comparison, csrf, downloads, signin, submission
+from web import comparison, csrf, downloads, experiment_view, signin, submission
 from web.board import (
     DEFAULT_PER_PAGE,
     DEFAULT_SORT,
@@ -141,6 +142,13 @@ def read_leaderboard_page(
         "last_page": view.last_page(board.count)})
 
 
+@router.get("/queue")
+def read_queue_page(request: Request, session: SessionDep) -> HTMLResponse:
+    """Experiments waiting for pods, with their position and estimated start."""
+    return templates.TemplateResponse(request, "queue.html",
+                                      {"entries": queueing.queue(session)})
+
+
 @router.get("/experiments")
 def read_experiments_page(
     request: Request,
@@ -170,15 +178,30 @@ def experiments_url(*, status: ExperimentStatus | None = None, page: int = 1,
 @router.get("/experiments/{experiment_id}")
 def read_experiment_page(request: Request, session: SessionDep,
                          experiment_id: IdPath) -> HTMLResponse:
-    """An experiment's spec, its seeds and their statistics."""
+    """An experiment's spec, its seeds, their statistics and the actions on it."""
+    return experiment_page(request, session, experiment_id)
+
+
+def experiment_page(request: Request, session: Session, experiment_id: int, *,
+                    seeds_entered: str = "", seeds_error: str | None = None,
+                    status_code: int = 200) -> HTMLResponse:
     experiment = experiments.experiment_with_runs(
         session, experiments.get_experiment(session, experiment_id))
     scores = [(r.seed, r.val_bpb) for r in experiment.runs
-              if r.status == RunStatus.succeeded and r.val_bpb is not None]
+              if r.status == RunStatus.succeeded and r.val_bpb is not None and not r.variant]
+    reference = experiment_view.reference_bpb(experiment.stats)
     return templates.TemplateResponse(request, "experiment.html", {
         "experiment": experiment, "stats": seed_stats(experiment.runs),
-        "plot": seed_plot(scores, f"val_bpb per seed of {experiment.name}"),
-        "cancellable": ExperimentStatus(experiment.status) not in ENDED_EXPERIMENT_STATUSES})
+        "test": experiment.stats or {}, "reference": reference,
+        "threshold": experiment_view.threshold_bpb(experiment.stats),
+        "plot": seed_plot(scores, f"val_bpb per seed of {experiment.name}", reference=reference,
+                          threshold=experiment_view.threshold_bpb(experiment.stats)),
+        "hardware": experiment_view.hardware(experiment),
+        "ablation": experiment_view.ablation_table(experiment.stats),
+        "view": experiment_view, "seeds_entered": seeds_entered, "seeds_error": seeds_error,
+        "can_add_seeds": experiment.status != ExperimentStatus.cancelled,
+        "cancellable": ExperimentStatus(experiment.status) not in ENDED_EXPERIMENT_STATUSES},
+        status_code=status_code)
 
 
 @router.get("/compare")
@@ -209,6 +232,37 @@ def cancel_experiment_page(session: SessionDep, principal: PrincipalDep,
     return RedirectResponse(f"/experiments/{experiment_id}", status_code=303)
 
 
+@router.post("/experiments/{experiment_id}/seeds", dependencies=[Csrf])
+def add_seeds_page(request: Request, session: SessionDep, principal: PrincipalDep,
+                   experiment_id: IdPath,
+                   seeds: Annotated[str, Form(max_length=1000)] = "") -> Response:
+    """Queue runs for more seeds, then show the experiment; or the page again with the
+    problem under the field (422)."""
+    auth.authorize_experiment(session, principal, experiment_id)
+    parsed = submission.parse_seeds(seeds)
+    try:
+        if isinstance(parsed, str):
+            raise ValueError(parsed)
+        experiments.add_seeds(session, experiment_id, parsed)
+    except ValueError as exc:
+        message = str(exc).removeprefix("seeds: ")
+        return experiment_page(request, session, experiment_id, seeds_entered=seeds,
+                               seeds_error=message, status_code=422)
+    return RedirectResponse(f"/experiments/{experiment_id}", status_code=303)
+
+
+@router.post("/experiments/{experiment_id}/export", dependencies=[Csrf])
+def export_experiment_page(session: SessionDep, principal: PrincipalDep,
+                           experiment_id: IdPath) -> Response:
+    """The experiment's records folder (README.md, submission.json, logs, code) as a .zip."""
+    auth.authorize_experiment(session, principal, experiment_id)
+    experiment = experiments.get_experiment(session, experiment_id)
+    data = records.export_zip(session, experiment_id)
+    name = records.folder_name(experiment)
+    return Response(data, media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{name}.zip"'})
+
+
 @router.get("/submit")
 def read_submit_page(
     request: Request, _principal: PrincipalDep,
@@ -220,19 +274,27 @@ def read_submit_page(
 
 
 async def form_fields(request: Request) -> dict[str, str]:
-    """The posted form's text fields (no uploads on this form)."""
+    """The posted form's text fields."""
     form = await request.form()
     return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+async def form_uploads(request: Request) -> dict[str, bytes]:
+    """The posted form's files by field, each read to one byte past the size limit at most."""
+    form = await request.form()  # parsed once per request; Starlette keeps it
+    return {key: await value.read(scripts.MAX_FILE_BYTES + 1) for key, value in form.items()
+            if isinstance(value, UploadFile)}
 
 
 @router.post("/submit", dependencies=[Csrf])
 def submit_experiment_page(
     request: Request, session: SessionDep, principal: PrincipalDep,
     form: Annotated[dict[str, str], Depends(form_fields)],
+    uploads: Annotated[dict[str, bytes], Depends(form_uploads)],
 ) -> Response:
     """Create the experiment and show it; or show the form again with each problem next to
     its field (422)."""
-    spec, entered = submission.read_form(form)
+    spec, entered = submission.read_form(form, uploads)
     if spec is None:
         return submit_form(request, entered, status_code=422)
     experiment = experiments.create_experiment(session, spec, owner=principal.name)
@@ -246,7 +308,9 @@ def submit_form(request: Request, entered: submission.Submission,
         "entered": entered, "field_defaults": {i.name: i.default for i in inputs},
         "presets": presets.preset_names(), "preset_values": presets.load_schema()["presets"],
         "inputs": inputs, "providers": submission.PROVIDERS,
+        "uploads": submission.UPLOADS,
         "open_overrides": submission.touches_config(entered),
+        "estimate": submission.estimate(entered.values),
     }, status_code=status_code)
 
 

@@ -30,6 +30,11 @@ def count(value: int | None) -> str:
     return MISSING if value is None else f"{value:,}"
 
 
+def dollars(value: float | None) -> str:
+    """US dollars to the cent ($0.004 shows as $0.00, which is what it is)."""
+    return MISSING if value is None else f"${value:,.2f}"
+
+
 def seconds(value: float | None) -> str:
     return MISSING if value is None else f"{value:.1f} s"
 
@@ -64,5 +69,5 @@ def timestamp(value: datetime | None) -> Markup | str:
 
 
 templates.env.filters.update(score=score, count=count, seconds=seconds, duration=duration,
-                             timestamp=timestamp)
+                             timestamp=timestamp, dollars=dollars)
 templates.env.globals.update(MAX_BYTES_TOTAL=MAX_BYTES_TOTAL)

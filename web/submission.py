@@ -12,13 +12,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server import presets
+from server import costs, presets, scripts
+from server.config import get_settings
+from server.costs import Estimate
 from server.experiments import ExperimentCreate
 
 PROVIDERS = ("local", "ssh", "runpod")
 DEFAULT_SEEDS = "1337, 42, 2025"
 CONFIG_PREFIX = "config."
+FILE_PREFIX = "file."  # upload inputs are named file.<the file's name in the experiment>
+UPLOADS = (scripts.ENTRYPOINT, scripts.REQUIREMENTS)
+# Optional spec fields typed as plain inputs; blank leaves the API's default.
+TYPED_FIELDS = {"max_retries": "int", "alpha": "float", "max_seeds": "int", "priority": "int",
+                "budget_usd": "float", "gpu_type": "str", "gpu_count": "int"}
 _PROBLEM = re.compile(r"^config\.(\w+): (.*)$")
+_FIELD_PREFIX = re.compile(r"^(\w+)(?:\.([^:]+))?: (.*)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,29 @@ def config_inputs() -> list[Input]:
             for name, spec in fields.items() if name not in presets.RESERVED_FIELDS]
 
 
+def estimate(values: dict[str, str]) -> Estimate | None:
+    """The cost estimate of what the form holds, or None while a field it needs is invalid
+    (the page's script asks /api/estimate the same question as the fields change)."""
+    seeds = parse_seeds(values.get("seeds", ""))
+    preset = values.get("preset", "")
+    provider = values.get("provider", "local")
+    gpus = values.get("gpu_count", "").strip()
+    wallclock = values.get(CONFIG_PREFIX + "max_wallclock_seconds", "").strip()
+    if isinstance(seeds, str) or preset not in presets.preset_names() or provider not in PROVIDERS:
+        return None
+    try:
+        gpu_count = int(gpus) if gpus else None
+        max_wallclock = float(wallclock) if wallclock else None
+    except ValueError:
+        return None
+    if (gpu_count is not None and not 1 <= gpu_count <= 8) or (
+            max_wallclock is not None and not 0 < max_wallclock <= 86_400):
+        return None
+    return costs.estimate_experiment(get_settings(), preset=preset, provider=provider,
+                                     seeds=len(seeds), gpu_count=gpu_count,
+                                     max_wallclock_seconds=max_wallclock)
+
+
 def touches_config(submission: Submission) -> bool:
     """Whether the user overrode a field or one has a problem (the overrides start open)."""
     return any(key.startswith(CONFIG_PREFIX) and value.strip()
@@ -55,19 +86,28 @@ def touches_config(submission: Submission) -> bool:
         key == "config" or key.startswith(CONFIG_PREFIX) for key in submission.errors)
 
 
-def read_form(form: dict[str, str]) -> tuple[ExperimentCreate | None, Submission]:
-    """The experiment the form asks for, or None and the problems, each under its field."""
+def read_form(form: dict[str, str], uploads: dict[str, bytes] | None = None,
+              ) -> tuple[ExperimentCreate | None, Submission]:
+    """The experiment the form asks for, or None and the problems, each under its field.
+
+    `uploads`: {form field: bytes} of the files chosen; an uploaded train_gpt.py makes a
+    script experiment (kind "script", its files and env) instead of a preset's."""
     submission = Submission(values=dict(form))
     data: dict[str, Any] = {
         "name": form.get("name", ""), "author": form.get("author", ""),
         "preset": form.get("preset", ""), "provider": form.get("provider", ""),
-        "config": _overrides(form),
+        "config": _overrides(form), "failure_policy": form.get("failure_policy", "none"),
+        "share_pods": form.get("share_pods", "") in ("on", "true", "1"),
+        **_typed_fields(form),
     }
-    seeds = _seeds(form.get("seeds", ""))
+    seeds = parse_seeds(form.get("seeds", ""))
     if isinstance(seeds, str):
         submission.errors["seeds"] = seeds
         seeds = [0]  # a stand-in, so the other fields are still checked
     data["seeds"] = seeds
+    files = _files(uploads or {}, submission)
+    if files or form.get("env", "").strip():
+        data |= {"kind": "script", "files": files, "env": _env(form.get("env", ""), submission)}
     try:
         spec = ExperimentCreate(**data)
     except ValidationError as exc:
@@ -75,6 +115,47 @@ def read_form(form: dict[str, str]) -> tuple[ExperimentCreate | None, Submission
             _add_problem(submission, error)
         return None, submission
     return (None, submission) if submission.errors else (spec, submission)
+
+
+def _typed_fields(form: dict[str, str]) -> dict[str, Any]:
+    return {name: _typed(kind, form[name].strip()) for name, kind in TYPED_FIELDS.items()
+            if form.get(name, "").strip()}
+
+
+def _files(uploads: dict[str, bytes], submission: Submission) -> dict[str, str]:
+    """{file name: text} of the uploads; a file too big or not UTF-8 text is a problem under
+    it, and an empty stand-in so the other fields are still checked."""
+    files = {}
+    for name in UPLOADS:
+        data = uploads.get(FILE_PREFIX + name)
+        if not data:
+            continue
+        files[name] = ""
+        if len(data) > scripts.MAX_FILE_BYTES:
+            _put(submission, FILE_PREFIX + name, f"more than {scripts.MAX_FILE_BYTES:,} bytes, "
+                 "the limit")
+            continue
+        try:
+            files[name] = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            _put(submission, FILE_PREFIX + name, f"not UTF-8 text (byte {exc.start})")
+    return files
+
+
+def _env(text: str, submission: Submission) -> dict[str, str]:
+    """NAME=value lines (blank lines and # comments skipped); problems go under `env`."""
+    env: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, equals, value = line.partition("=")
+        if not equals:
+            _put(submission, "env", f"line {number}: NAME=value expected")
+        elif name.strip() in env:
+            _put(submission, "env", f"line {number}: {name.strip()} is set twice")
+        else:
+            env[name.strip()] = value
+    return env
 
 
 def _overrides(form: dict[str, str]) -> dict[str, Any]:
@@ -96,7 +177,7 @@ def _typed(kind: str, raw: str) -> Any:
         return raw
 
 
-def _seeds(raw: str) -> list[int] | str:
+def parse_seeds(raw: str) -> list[int] | str:
     """Seeds separated by commas or blanks; a message naming the bad one otherwise."""
     parts = [part for part in re.split(r"[\s,]+", raw.strip()) if part]
     if not parts:
@@ -116,12 +197,29 @@ def _add_problem(submission: Submission, error: dict[str, Any]) -> None:
             target = CONFIG_PREFIX + match.group(1) if match else "config"
             _put(submission, target, match.group(2) if match else problem)
         return
+    if not loc or loc[0] in ("files", "env"):
+        loc, message = _located(loc, message)
     where = loc[0] if loc else "form"
     prefix = f"{where}: "
     text = message.removeprefix(prefix)
     if len(loc) > 1:
         text = f"seed {int(loc[1]) + 1}: {text}" if where == "seeds" else text
     _put(submission, where, text)
+
+
+def _located(loc: list[str], message: str) -> tuple[list[str], str]:
+    """The form field of a whole-model or files/env problem, from the message's own prefix
+    (`files.train_gpt.py: ...`, `env.NAME: ...`, `max_seeds: ...`)."""
+    match = _FIELD_PREFIX.match(message)
+    if not match:
+        return loc, message
+    field, part, text = match.groups()
+    if field == "files":
+        name = part.strip("'") if part else scripts.ENTRYPOINT
+        return [FILE_PREFIX + (name if name in UPLOADS else scripts.ENTRYPOINT)], text
+    if field == "env" and part:
+        return ["env"], f"{part.strip(chr(39))}: {text}"
+    return [field], text
 
 
 def _put(submission: Submission, target: str, message: str) -> None:

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from server import leaderboard
 from server.api.deps import FilterText, Limit, Offset, SessionDep
-from server.leaderboard import LeaderboardPublic
+from server.leaderboard import LeaderboardOrder, LeaderboardPublic
 
 router = APIRouter(prefix="/leaderboard", tags=["leaderboard"])
 
@@ -18,9 +18,12 @@ def read_leaderboard(
     provider: FilterText = None,
     preset: FilterText = None,
     author: FilterText = None,
+    order: LeaderboardOrder = LeaderboardOrder.rank,
+    desc: bool = False,
 ) -> LeaderboardPublic:
-    """Finished experiments by mean val_bpb, lowest first; unscored ones last."""
+    """Finished experiments by mean val_bpb, lowest first (or by `order`, reversed with
+    `desc`); entries without the sorted value (unscored, unpriced) last either way."""
     return leaderboard.read_leaderboard(
         session, limit=limit, offset=offset, eligible_only=eligible,
-        provider=provider, preset=preset, author=author,
+        provider=provider, preset=preset, author=author, order=order, desc=desc,
     )

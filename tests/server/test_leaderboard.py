@@ -1,6 +1,8 @@
 """GET /api/leaderboard: ranking, per-experiment numbers, every seed, filters, pages."""
 
+import math
 import statistics
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,19 +12,26 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from server.experiments import finalize_experiment
-from server.leaderboard import read_leaderboard
+from server.leaderboard import LeaderboardOrder, read_leaderboard
 from server.models import Experiment
-from tests.factories import make_experiment, make_run, make_scored_run
+from tests.factories import make_experiment, make_pod, make_run, make_scored_run
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def finished(session: Session, name: str, scores: list[float], *, author: str = "ada",
-             provider: str = "local", preset: str = "baseline", **run_fields: Any) -> Experiment:
-    """An experiment whose seeds all succeeded with `scores`, finalized for real."""
+             provider: str = "local", preset: str = "baseline", reference_bpb: float = 2.0,
+             cost_per_hour: float | None = None, **run_fields: Any) -> Experiment:
+    """An experiment whose seeds all succeeded with `scores`, finalized for real; with
+    `cost_per_hour`, each seed had a pod at that price for one hour."""
     seeds = list(range(1, len(scores) + 1))
     experiment = make_experiment(session, name=name, author=author, provider=provider,
-                                 preset=preset, seeds=seeds)
+                                 preset=preset, seeds=seeds, reference_bpb=reference_bpb)
     for seed, score in zip(seeds, scores, strict=True):
-        make_scored_run(session, experiment, seed=seed, val_bpb=score, **run_fields)
+        run = make_scored_run(session, experiment, seed=seed, val_bpb=score, **run_fields)
+        if cost_per_hour is not None:
+            make_pod(session, run, cost_per_hour=cost_per_hour, created_at=T0,
+                     terminated_at=T0 + timedelta(hours=1))
     assert finalize_experiment(session, experiment.id)
     return experiment
 
@@ -119,9 +128,84 @@ def test_pages_keep_ranks_and_count(client: TestClient, session: Session) -> Non
     assert board(client, limit=2, offset=10)["data"] == []
 
 
+def sorting_board(session: Session) -> None:
+    """Five experiments whose columns each put them in a different order."""
+    # Δ nats: (1.20 − 1.30) vs (1.10 − 1.13) vs (1.25 − 2.0): not the order of the means.
+    finished(session, "Alpha", [1.20, 1.21, 1.19], author="zoe", reference_bpb=1.30,
+             bytes_total=15_000_000, train_time_s=590.0, eval_time_s=100.0, cost_per_hour=10.0)
+    finished(session, "bravo", [1.10, 1.12, 1.11], author="Yann", reference_bpb=1.13,
+             bytes_total=15_900_000, train_time_s=599.0, eval_time_s=90.0, cost_per_hour=2.0)
+    finished(session, "charlie", [1.25, 1.26], author="xena", bytes_total=14_000_000,
+             train_time_s=598.0, eval_time_s=130.0)
+    finished(session, "Delta", [1.15, 1.40, 1.15, 1.30], author="wes", reference_bpb=1.26,
+             bytes_total=15_500_000, train_time_s=500.0, eval_time_s=95.0, cost_per_hour=1.0)
+    crashed = make_experiment(session, name="echo", author="vic", seeds=[1])
+    make_run(session, crashed, seed=1, status="failed", reason="trainer exited with code 1")
+    finalize_experiment(session, crashed.id)
+
+
+# Names by each order, ascending then descending. Means: bravo 1.11, Alpha 1.20, Delta 1.25,
+# charlie 1.255; entries without the value (echo: no score, no bytes; charlie and echo: no
+# priced pod) go last either way, and ties (Alpha and bravo: 3 seeds) keep the rank order.
+EXPECTED_ORDERS = {
+    "rank": ("bravo Alpha Delta charlie echo", "charlie Delta Alpha bravo echo"),
+    "delta": ("charlie Alpha bravo Delta echo", "Delta bravo Alpha charlie echo"),
+    "seeds": ("echo charlie bravo Alpha Delta", "Delta bravo Alpha charlie echo"),
+    "bytes": ("charlie Alpha Delta bravo echo", "bravo Delta Alpha charlie echo"),
+    "train": ("Delta Alpha charlie bravo echo", "bravo charlie Alpha Delta echo"),
+    "eval": ("bravo Delta Alpha charlie echo", "charlie Alpha Delta bravo echo"),
+    "cost": ("Delta bravo Alpha charlie echo", "Alpha bravo Delta charlie echo"),
+    "date": ("Alpha bravo charlie Delta echo", "echo Delta charlie bravo Alpha"),
+    "name": ("Alpha bravo charlie Delta echo", "echo Delta charlie bravo Alpha"),
+    "author": ("echo Delta charlie bravo Alpha", "Alpha bravo charlie Delta echo"),
+}
+
+
+def names_by(client: TestClient, order: str, **params: Any) -> str:
+    return " ".join(e["name"] for e in board(client, order=order, **params)["data"])
+
+
+@pytest.mark.parametrize("order", list(LeaderboardOrder))
+def test_every_order_both_ways_with_missing_values_last(
+    client: TestClient, session: Session, order: LeaderboardOrder
+) -> None:
+    sorting_board(session)
+    ranked = board(client)["data"]
+    ranks = {e["name"]: e["rank"] for e in ranked}
+    if order is LeaderboardOrder.p:
+        by_p = sorted((e for e in ranked if e["p"] is not None), key=lambda e: e["p"])
+        ascending = " ".join([e["name"] for e in by_p] + ["echo"])
+        descending = " ".join([e["name"] for e in by_p[::-1]] + ["echo"])
+    else:
+        ascending, descending = EXPECTED_ORDERS[order.value]
+
+    assert names_by(client, order.value) == ascending
+    assert names_by(client, order.value, desc=True) == descending
+    # A rank is the entry's own, whatever the order of the page.
+    assert {e["name"]: e["rank"] for e in board(client, order=order.value)["data"]} == ranks
+    # Paged in SQL: pages of two put together are the whole order.
+    pages = [names_by(client, order.value, desc=True, limit=2, offset=offset)
+             for offset in (0, 2, 4)]
+    assert " ".join(pages) == descending
+
+
+def test_cost_and_delta_of_an_entry(client: TestClient, session: Session) -> None:
+    sorting_board(session)
+
+    entries = {e["name"]: e for e in board(client)["data"]}
+
+    assert entries["Alpha"]["cost_usd"] == pytest.approx(30.0)  # 3 pods, 1 h at $10
+    assert entries["Delta"]["cost_usd"] == pytest.approx(4.0)
+    assert entries["charlie"]["cost_usd"] is None
+    mean = statistics.fmean([1.20, 1.21, 1.19])
+    assert entries["Alpha"]["delta_nats"] == pytest.approx((mean - 1.30) * math.log(2))
+
+
 def test_bad_parameters_are_422(client: TestClient) -> None:
     for params, name in [({"limit": 0}, "limit"), ({"offset": -3}, "offset"),
-                         ({"eligible": "maybe"}, "eligible"), ({"author": "a\x00"}, "author")]:
+                         ({"eligible": "maybe"}, "eligible"), ({"author": "a\x00"}, "author"),
+                         ({"order": "mean; drop"}, "order"), ({"order": "-rank"}, "order"),
+                         ({"desc": "down"}, "desc")]:
         response = client.get("/api/leaderboard", params=params)
         assert response.status_code == 422, params
         assert ["query", name] in [p["loc"] for p in response.json()["detail"]]
@@ -150,4 +234,4 @@ def test_a_page_costs_the_same_queries_however_many_experiments(
         finished(session, f"more{index}", [1.3] * 4)
     many = statements_for_page()
 
-    assert few == many == 3  # count, page, runs of the page
+    assert few == many == 4  # count, page, runs and pod costs of the page

@@ -113,5 +113,8 @@ def cells(row: Element) -> list[str]:
 
 
 def form_token(client: TestClient, url: str) -> str:
-    """The CSRF token of the page at `url` (fetching it also sets the browser's cookie)."""
-    return fetch(client, url).find("input", name="csrf_token").attrs["value"]
+    """The CSRF token of the page at `url` (fetching it also sets the browser's cookie); every
+    form of a page carries the same one."""
+    tokens = {field.attrs["value"] for field in fetch(client, url).find_all("input", name="csrf_token")}
+    assert len(tokens) == 1, tokens
+    return tokens.pop()

@@ -177,3 +177,73 @@ def test_run_page_resumes_the_log_after_a_dropped_connection(
     first_offset = len(line(1).encode())
     assert starts[0] == first_offset and len(starts) >= 3
     assert starts == sorted(starts)  # each reconnect resumed further on, never from 0
+
+
+def test_submit_page_estimate_follows_the_fields(page: Page, live_server: LiveServer,
+                                                 admin_token: str) -> None:
+    page.context.add_cookies([{"name": "caddie_token", "value": admin_token,
+                               "url": live_server.url}])
+    page.goto("/submit")
+    estimate = page.locator("[data-estimate-text]")
+    assert estimate.inner_text().startswith("$0.00 for 3 seeds")
+
+    page.select_option("#f-provider", "runpod")
+    page.fill("#f-seeds", "1, 2")
+    # 2 seeds of 40 min (600 s + 600 s + 300 s grace + 900 s pod margin) at $21.52/hour.
+    page.wait_for_function("document.querySelector('[data-estimate-text]').textContent"
+                           ".startsWith('$28.69 for 2 seeds')", timeout=3000)
+    assert "40 min 00 s of pod time each" in estimate.inner_text()
+    page.locator("details.overrides summary").click()
+    page.fill("[id='f-config.max_wallclock_seconds']", "1200")
+    page.wait_for_function("document.querySelector('[data-estimate-text]').textContent"
+                           ".startsWith('$35.87 for 2 seeds')", timeout=3000)
+    assert "50 min 00 s of pod time each" in estimate.inner_text()
+    screenshot(page, "submit-estimate")
+
+
+def test_script_upload_experiment_actions_and_queue(page: Page, live_server: LiveServer,
+                                                    session: Session, admin_token: str,
+                                                    tmp_path: Path) -> None:
+    page.context.add_cookies([{"name": "caddie_token", "value": admin_token,
+                               "url": live_server.url}])
+    script = tmp_path / "train_gpt.py"
+    script.write_text("import os\nprint('seed', os.environ['SEED'])\n")
+    page.goto("/submit")
+    page.fill("#f-name", "own script")
+    page.fill("#f-seeds", "1, 2")
+    page.set_input_files("[id='f-file.train_gpt.py']", str(script))
+    page.fill("#f-env", "SEED=4")
+    page.click("button[type=submit]")
+    assert page.locator("[data-field=env] .field-error").inner_text() == (
+        "SEED: reserved (set by Caddie or unsafe to change)")
+    page.set_input_files("[id='f-file.train_gpt.py']", str(script))  # chosen again
+    page.fill("#f-env", "NUM_LAYERS=11")
+    page.select_option("#f-failure_policy", "retry")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/experiments/*")
+    assert page.locator("dd.kind").inner_text() == "own script (train_gpt.py)"
+    assert page.locator("table.files tbody th").inner_text() == "train_gpt.py"
+    page.fill("#add-seeds", "1")
+    page.click("form.add-seeds button")
+    assert page.locator("[data-field=seeds] .field-error").inner_text().startswith(
+        "already used by this experiment")
+    screenshot(page, "experiment-script")
+
+    page.goto("/queue")
+    assert page.locator("table.queue tbody tr").count() == 1
+    screenshot(page, "queue")
+
+
+def test_experiment_page_with_its_test_and_reference(page: Page, live_server: LiveServer,
+                                                     session: Session, admin_token: str) -> None:
+    page.context.add_cookies([{"name": "caddie_token", "value": admin_token,
+                               "url": live_server.url}])
+    experiment = finished(session, "reference line", [1.20576485, 1.20617460, 1.20715923],
+                          reference_bpb=1.2266)
+    page.goto(f"/experiments/{experiment.id}")
+    assert page.locator("svg.seed-plot line.reference").count() == 2  # the plot's and the key's
+    assert page.locator("dd.test-name").inner_text() == "one-sided one-sample t-test"
+    with page.expect_download() as download:
+        page.click("form.export button")
+    assert download.value.suggested_filename.endswith(".zip")
+    screenshot(page, "experiment-statistics")

@@ -1,6 +1,7 @@
 """GET /experiments and /experiments/{id}; cancelling an experiment from its page."""
 
 import statistics
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -9,14 +10,14 @@ from sqlmodel import Session
 from server.experiments import finalize_experiment
 from server.models import Experiment
 from server.runs import get_run
-from tests.factories import make_experiment, make_run, make_scored_run
+from tests.factories import make_experiment, make_pod, make_run, make_scored_run
 from tests.web.dom import Element, cells, fetch, form_token, parse
 
 
-def facts(page: Element, section_id: str) -> dict[str, str]:
-    """The <dt>/<dd> pairs of the section headed by `section_id`."""
+def facts(page: Element, section_id: str, index: int = 0) -> dict[str, str]:
+    """The <dt>/<dd> pairs of the section headed by `section_id` (its `index`th list)."""
     section = page.find("section", aria_labelledby=section_id)
-    dl = section.find("dl")
+    dl = section.find_all("dl")[index]
     terms = dl.find_all("dt")
     return {dt.text(): dd.text() for dt, dd in zip(terms, dl.find_all("dd"), strict=True)}
 
@@ -157,3 +158,19 @@ def test_experiments_list_newest_first_with_filter_and_pages(client: TestClient,
     assert [cells(row)[0] for row in rows] == ["x3", "x1"]
     assert fetch(client, "/experiments?status=lost", status=400).find(
         "ul", class_="problems").text().startswith("status: ")
+
+
+def test_cost_of_the_experiment_and_of_each_seed(client: TestClient, session: Session) -> None:
+    experiment = make_experiment(session, name="rented", provider="runpod", seeds=[1, 2])
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    for seed, minutes in ((1, 30), (2, 15)):
+        run = make_scored_run(session, experiment, seed=seed, val_bpb=1.2)
+        make_pod(session, run, cost_per_hour=20.0, created_at=start,
+                 terminated_at=start + timedelta(minutes=minutes))
+    make_run(session, experiment, seed=3, status="queued")
+
+    page = fetch(client, f"/experiments/{experiment.id}")
+
+    assert facts(page, "spec-heading")["Cost so far"] == "$15.00"
+    rows = page.find("table", class_="runs").find("tbody").find_all("tr")
+    assert [row.find("td", class_="cost").text() for row in rows] == ["$10.00", "$5.00", "—"]

@@ -52,8 +52,8 @@ def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session
     assert names(page) == ["best", "middle", "unscored"]
     assert [e.attrs["data-experiment"] for e in entries(page)] == [
         str(best.id), str(middle.id), str(unscored.id)]
-    rank, name, author, _date, mean, delta, p, seeds, max_bytes, train, evaluation, record = cells(
-        main_row(entries(page)[0]))
+    (rank, name, author, _date, mean, delta, p, seeds, max_bytes, train, evaluation, cost,
+     record) = cells(main_row(entries(page)[0]))
     scores = [1.101, 1.12, 1.11]
     assert rank == "1"
     assert name == "best baseline"
@@ -64,7 +64,7 @@ def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session
     assert float(p) < 0.01
     assert seeds == "3/3"
     assert max_bytes == "15,800,000 200,000 to spare"
-    assert (train, evaluation, record) == ("599.0 s", "120.0 s", "record-eligible")
+    assert (train, evaluation, cost, record) == ("599.0 s", "120.0 s", "—", "record-eligible")
     assert cells(main_row(entries(page)[2]))[0] == "—"  # no score, no rank
     assert cells(main_row(entries(page)[2]))[4] == "—"
 
@@ -115,8 +115,9 @@ def test_sort_links_and_sorted_rows(client: TestClient, session: Session) -> Non
     headers = {a.attrs["data-sort"]: a for a in board_head.find_all("a")}
     assert {key: a.attrs["href"] for key, a in headers.items()} == {
         "rank": "/?sort=-rank", "name": "/?sort=name", "author": "/?sort=author",
-        "date": "/?sort=date", "seeds": "/?sort=seeds", "bytes": "/?sort=bytes",
-        "train": "/?sort=train", "eval": "/?sort=eval"}
+        "date": "/?sort=date", "delta": "/?sort=delta", "p": "/?sort=p", "seeds": "/?sort=seeds",
+        "bytes": "/?sort=bytes", "train": "/?sort=train", "eval": "/?sort=eval",
+        "cost": "/?sort=cost"}
     assert headers["rank"].parent.attrs["aria-sort"] == "ascending"
     assert names(page) == ["big", "mid", "small", "crashed"]
 

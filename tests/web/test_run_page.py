@@ -2,6 +2,7 @@
 stream URL; downloads (log, results.json, artifact); cancel."""
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from sqlmodel import Session
 from server import logs
 from server.runs import transition
 from server.states import RunStatus
-from tests.factories import make_experiment, make_log, make_run, make_scored_run
+from tests.factories import make_experiment, make_log, make_pod, make_run, make_scored_run
 from tests.web.dom import Element, cells, fetch, form_token
 from web.pages import LOG_TAIL_BYTES
 
@@ -265,3 +266,15 @@ def test_artifact_name_cannot_leave_the_runs_folder(client: TestClient, session:
 
     assert response.status_code == 404
     assert "not for download" not in response.text
+
+
+def test_cost_so_far_of_a_rented_pod(client: TestClient, session: Session) -> None:
+    experiment = make_experiment(session, provider="runpod")
+    rented = make_scored_run(session, experiment, seed=1, val_bpb=1.2)
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    make_pod(session, rented, cost_per_hour=21.52, created_at=start,
+             terminated_at=start + timedelta(minutes=30))
+    local = make_scored_run(session, make_experiment(session), seed=1, val_bpb=1.2)
+
+    assert fetch(client, f"/runs/{rented.id}").find("dd", class_="cost").text() == "$10.76"
+    assert fetch(client, f"/runs/{local.id}").find("dd", class_="cost").text() == "—"

@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from server import presets
+from server import presets, scripts
 from server.experiments import ExperimentCreate
 from server.models import Experiment, Run
 from tests.web.dom import Element, fetch, form_token, parse
@@ -111,3 +111,110 @@ def test_csrf_key_is_made_once_and_private(client: TestClient, data_dir: Path) -
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert form_token(client, "/submit") == first  # the browser's valid cookie is kept
     assert [p.name for p in data_dir.iterdir() if p.name.startswith(".csrf")] == []
+
+
+def test_cost_estimate_is_rendered_for_the_values_shown(client: TestClient) -> None:
+    page = fetch(client, "/submit")
+    text = page.find("p", data_estimate_text="").text()
+    assert text.startswith("$0.00 for 3 seeds: $0.00 and at most 40 min 00 s of pod time each")
+    assert "local hosts are the operator's own: no charge" in text
+
+    form = valid_form(client, seeds="1 2 3 4", provider="runpod", name="")
+    again = parse(client.post("/submit", data=form).text)  # 422: the name is missing
+    # 4 seeds of 2,400 s at $21.52/hour: $14.35 each.
+    assert again.find("strong", data_estimate_total="").text() == "$57.39"
+
+    broken = parse(client.post("/submit", data=valid_form(client, seeds="x", name="")).text)
+    assert broken.find("p", data_estimate_text="").text().startswith("No estimate until")
+
+
+SCRIPT = "import os\nprint('seed', os.environ['SEED'])\n"
+
+
+def post(client: TestClient, form: dict[str, str],
+         files: dict[str, tuple[str, bytes]] | None = None) -> tuple[int, Element]:
+    response = client.post("/submit", data=form, files=files, follow_redirects=False)
+    return response.status_code, parse(response.text)
+
+
+def test_policies_hardware_and_budget_reach_the_experiment(client: TestClient,
+                                                           session: Session) -> None:
+    form = valid_form(client, failure_policy="replace", max_retries="1", alpha="0.05",
+                      max_seeds="6", priority="7", budget_usd="99.5", gpu_type="NVIDIA H200",
+                      gpu_count="4", share_pods="on", provider="runpod")
+
+    status, _ = post(client, form)
+
+    assert status == 303
+    experiment = session.exec(select(Experiment)).one()
+    assert (experiment.failure_policy, experiment.max_retries, experiment.alpha,
+            experiment.max_seeds, experiment.priority, experiment.budget_usd) == (
+        "replace", 1, 0.05, 6, 7, 99.5)
+    assert (experiment.gpu_type, experiment.gpu_count, experiment.share_pods,
+            experiment.provider, experiment.kind) == ("NVIDIA H200", 4, True, "runpod", "trainer")
+
+
+def test_blank_optional_fields_keep_the_defaults(client: TestClient, session: Session) -> None:
+    form = valid_form(client, max_retries="", alpha=" ", max_seeds="", budget_usd="",
+                      gpu_type="", gpu_count="")
+
+    assert post(client, form)[0] == 303
+    experiment = session.exec(select(Experiment)).one()
+    assert (experiment.max_retries, experiment.alpha, experiment.max_seeds, experiment.budget_usd,
+            experiment.gpu_type, experiment.gpu_count, experiment.share_pods) == (
+        2, 0.01, None, None, None, None, False)
+
+
+def test_bad_policy_fields_show_the_servers_messages(client: TestClient,
+                                                      session: Session) -> None:
+    form = valid_form(client, alpha="often", priority="1000", gpu_count="9", max_seeds="2",
+                      failure_policy="pray")
+
+    status, page = post(client, form)
+
+    assert status == 422
+    assert field_error(page, "alpha") == "Input should be a valid number, unable to parse string as a number"
+    assert field_error(page, "priority") == "Input should be less than or equal to 100"
+    assert field_error(page, "gpu_count") == "Input should be less than or equal to 8"
+    assert "'none', 'retry' or 'replace'" in field_error(page, "failure_policy")
+    assert page.find("input", id="f-alpha").attrs["value"] == "often"
+    assert session.exec(select(Experiment)).all() == []
+
+
+def test_uploaded_script_makes_a_script_experiment(client: TestClient, session: Session) -> None:
+    form = valid_form(client, env="NUM_LAYERS=11\n# a comment\n\nWARMUP_STEPS=20\n")
+    files = {"file.train_gpt.py": ("train_gpt.py", SCRIPT.encode()),
+             "file.requirements.txt": ("requirements.txt", b"sentencepiece\n")}
+
+    status, _ = post(client, form, files)
+
+    assert status == 303
+    experiment = session.exec(select(Experiment)).one()
+    assert (experiment.kind, experiment.env) == ("script", {"NUM_LAYERS": "11",
+                                                            "WARMUP_STEPS": "20"})
+    stored = {f.name: f.content for f in scripts.list_files(session, experiment.id)}
+    assert stored == {"train_gpt.py": SCRIPT.encode(), "requirements.txt": b"sentencepiece\n"}
+
+
+def test_script_problems_show_next_to_their_fields(client: TestClient, session: Session) -> None:
+    cases = [
+        ({"env": "SEED=3"}, {"file.train_gpt.py": ("t.py", SCRIPT.encode())},
+         "env", "SEED: reserved (set by Caddie or unsafe to change)"),
+        ({"env": "JUST_A_NAME"}, {"file.train_gpt.py": ("t.py", SCRIPT.encode())},
+         "env", "line 1: NAME=value expected"),
+        ({}, {"file.train_gpt.py": ("t.py", b"\xff\xfeprint(1)\n")},
+         "file.train_gpt.py", "not UTF-8 text (byte 0)"),
+        ({}, {"file.requirements.txt": ("r.txt", b"numpy\n")},
+         "file.train_gpt.py", "a script experiment needs train_gpt.py"),
+        ({"config.num_layers": "4"}, {"file.train_gpt.py": ("t.py", SCRIPT.encode())},
+         "config", "a script experiment takes env, not config or variants"),
+        ({}, {"file.train_gpt.py": ("t.py", b"x" * (scripts.MAX_FILE_BYTES + 5))},
+         "file.train_gpt.py", f"more than {scripts.MAX_FILE_BYTES:,} bytes, the limit"),
+    ]
+    for changes, files, field, message in cases:
+        status, page = post(client, valid_form(client, **changes), files)
+        assert status == 422, (field, message)
+        shown = (page.find("p", id="error-config").text() if field == "config"
+                 else field_error(page, field))
+        assert shown == message
+    assert session.exec(select(Experiment)).all() == []

@@ -161,3 +161,57 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
 });
+
+// The submit page: the cost estimate follows the fields it depends on (GET /api/estimate).
+// Seconds as web/rendering.py's `duration` writes them: 45 s, 3 min 05 s, 2 h 01 min.
+function duration(value) {
+  const total = Math.round(value);
+  const hours = Math.floor(total / 3600);
+  const minutes = Math.floor((total % 3600) / 60);
+  const seconds = total % 60;
+  const pad = (n) => String(n).padStart(2, "0");
+  if (hours) return `${hours} h ${pad(minutes)} min`;
+  if (minutes) return `${minutes} min ${pad(seconds)} s`;
+  return `${seconds} s`;
+}
+
+function describeEstimate(e) {
+  const dollars = (value) => `$${value.toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`;
+  return `${dollars(e.total_usd)} for ${e.seeds} seed${e.seeds === 1 ? "" : "s"}: ${dollars(e.usd_per_seed)} and at most ` +
+    `${duration(e.seconds_per_seed)} of pod time each, at ${dollars(e.price_per_hour)}/hour for ${e.gpu_count} GPU${e.gpu_count === 1 ? "" : "s"} ` +
+    `(${e.price_source}).`;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const section = document.querySelector("[data-estimate]");
+  const form = section?.closest("form");
+  if (!form) return;
+  const text = section.querySelector("[data-estimate-text]");
+  const value = (name) => (form.elements.namedItem(name)?.value || "").trim();
+  let timer = null;
+  let asked = 0;
+  const refresh = async () => {
+    const seeds = value("seeds").split(/[\s,]+/).filter(Boolean).length;
+    const params = new URLSearchParams({ preset: value("preset"), provider: value("provider") || "local", seeds: String(seeds) });
+    if (value("gpu_count")) params.set("gpu_count", value("gpu_count"));
+    if (value("config.max_wallclock_seconds")) params.set("max_wallclock_seconds", value("config.max_wallclock_seconds"));
+    const ticket = ++asked;
+    try {
+      const response = await fetch(`/api/estimate?${params}`, { headers: { Accept: "application/json" } });
+      const body = await response.json();
+      if (ticket !== asked) return;  // a newer question was asked meanwhile
+      text.textContent = response.ok ? describeEstimate(body)
+        : `No estimate: ${(body.detail || []).map((d) => d.msg).join("; ")}`;
+    } catch {
+      if (ticket === asked) text.textContent = "No estimate: the server did not answer.";
+    }
+  };
+  const names = new Set(["preset", "provider", "seeds", "gpu_count", "config.max_wallclock_seconds"]);
+  const changed = (event) => {
+    if (!names.has(event.target.name)) return;
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 250);
+  };
+  form.addEventListener("input", changed);
+  form.addEventListener("change", changed);
+});

@@ -1,0 +1,93 @@
+"""What the experiment page shows beyond the rows: the spec's new fields, the test against the
+reference, the lines of the seed plot, and an ablation study's table.
+
+`experiment.stats` is the finalizer's dict (server/statistics.py `Significance.to_dict()` plus
+"reference", and "ablation" for a study); every key is read with `.get`, since an experiment
+finalized by an older version, or not yet, lacks some.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from server.experiments import ExperimentPublicWithRuns
+from server.statistics import Units
+from web.rendering import MISSING
+
+# Columns of an ablation row shown in their own way; any other key gets a column of its own.
+ABLATION_FIXED = ("variant", "changes", "seeds", "note")
+ABLATION_LABELS = {"n": "Pairs", "mean_diff_bpb": "Δ val_bpb", "ci_low": "95% CI low",
+                   "ci_high": "95% CI high", "mean_diff_nats": "Δ nats", "t": "t", "df": "df",
+                   "p": "p"}
+
+
+@dataclass(frozen=True)
+class AblationTable:
+    columns: list[tuple[str, str]]  # (key, label) of the numeric columns, in the rows' order
+    rows: list[dict[str, Any]]
+    control: dict[str, Any]
+
+
+def reference_bpb(stats: dict[str, Any] | None) -> float | None:
+    """The reference's val_bpb: a Welch test's reference mean, else the reference value."""
+    stats = stats or {}
+    value = stats.get("reference_mean")
+    if value is None:
+        value = (stats.get("reference") or {}).get("val_bpb")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def threshold_bpb(stats: dict[str, Any] | None) -> float | None:
+    """The mean a record must be below, in val_bpb; None when the test was per token."""
+    stats = stats or {}
+    threshold = stats.get("threshold")
+    if not isinstance(threshold, (int, float)):
+        return None
+    units = stats.get("units", Units.BITS_PER_BYTE.value)
+    if units == Units.BITS_PER_BYTE:
+        return float(threshold)
+    if units == Units.NATS_PER_BYTE:
+        return threshold / math.log(2)
+    return None
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """A statistic as the page writes it: `digits` significant digits, — when missing."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.{digits}g}"
+
+
+def hardware(experiment: ExperimentPublicWithRuns) -> str:
+    """What the experiment asked a renting provider for."""
+    if experiment.gpu_type is None and experiment.gpu_count is None:
+        return "the provider's default (8 × H100 SXM for runpod)"
+    count = experiment.gpu_count if experiment.gpu_count is not None else "default number of"
+    return f"{count} × {experiment.gpu_type or 'the default GPU'}"
+
+
+def ablation_table(stats: dict[str, Any] | None) -> AblationTable | None:
+    """The study's rows as a table; its numeric columns are whatever keys the rows carry."""
+    study = (stats or {}).get("ablation")
+    if not isinstance(study, dict) or not study.get("rows"):
+        return None
+    keys: list[str] = []
+    for row in study["rows"]:
+        keys += [key for key in row if key not in ABLATION_FIXED and key not in keys]
+    columns = [(key, ABLATION_LABELS.get(key, key)) for key in keys]
+    return AblationTable(columns=columns, rows=study["rows"], control=study.get("control") or {})
+
+
+def changes_text(changes: Any) -> str:
+    """`field=value, field=value` of a variant's config changes."""
+    if not isinstance(changes, dict) or not changes:
+        return "no change"
+    return ", ".join(f"{field}={_plain(value)}" for field, value in sorted(changes.items()))
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
