@@ -24,7 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Small per-channel gains and mixes: kept in fp32, optimized by Adam, never quantized.
-CONTROL_TENSOR_PATTERNS = (
+# A parameter is one when its name contains one of these fragments; the baseline's list
+# is CONTROL_TENSOR_NAME_PATTERNS (comma-separated, as the challenge's script reads it),
+# and the tensors switches add are control tensors whatever that variable says.
+BASELINE_CONTROL_PATTERNS = (
     "attn_scale",
     "attn_scales",
     "mlp_scale",
@@ -34,8 +37,10 @@ CONTROL_TENSOR_PATTERNS = (
     "q_gain",
     "skip_weight",
     "skip_weights",
-    "smear_gate",
 )
+SWITCH_CONTROL_PATTERNS = ("smear_gate",)
+CONTROL_TENSOR_PATTERNS = BASELINE_CONTROL_PATTERNS + SWITCH_CONTROL_PATTERNS
+DEFAULT_CONTROL_PATTERNS = ",".join(BASELINE_CONTROL_PATTERNS)
 BIGRAM_INIT_STD = 0.02
 # Multipliers of the (previous, current) token-pair hash; any odd constants would do.
 BIGRAM_HASH_PREV, BIGRAM_HASH_CUR = 27191, 36313
@@ -69,6 +74,7 @@ class ModelShape:
     recur_start: int = 0
     recur_layers: int = 0
     recur_repeats: int = 1
+    control_tensor_name_patterns: str = DEFAULT_CONTROL_PATTERNS
 
     @classmethod
     def from_config(cls, config: Any) -> ModelShape:
@@ -107,7 +113,13 @@ class CastedLinear(nn.Linear):
 
 
 class Rotary(nn.Module):
-    """RoPE cos/sin tables, cached for the last sequence length and device."""
+    """RoPE cos/sin tables, cached for the last sequence length and device.
+
+    Positions and frequencies are in the buffer's dtype: bf16 on CUDA, where the whole
+    model is cast to bf16 once (as the baseline does, so its tables are bf16 too).
+    Under torch.compile the tables are computed inside the graph instead: no Python-side
+    cache to guard on, and dynamo cannot trace the inference-mode check below.
+    """
 
     def __init__(self, head_dim: int, base: float):
         super().__init__()
@@ -120,16 +132,22 @@ class Rotary(nn.Module):
     def forward(
         self, seq_len: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor]:
+        if torch.compiler.is_compiling():
+            cos, sin = self._tables(seq_len, device)
+            return cos.to(dtype=dtype), sin.to(dtype=dtype)
         stale = self._cos is None or self._cached_len != seq_len or self._cos.device != device
         # Tables built under inference_mode (validation) cannot be saved for backward.
         stale = stale or (self._cos.is_inference() and not torch.is_inference_mode_enabled())
         if stale:
-            positions = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
-            freqs = torch.outer(positions, self.inv_freq.to(device))  # [seq_len, head_dim/2]
-            self._cos = freqs.cos()[None, None, :, :]  # [1, 1, seq_len, head_dim/2]
-            self._sin = freqs.sin()[None, None, :, :]
+            self._cos, self._sin = self._tables(seq_len, device)
             self._cached_len = seq_len
         return self._cos.to(dtype=dtype), self._sin.to(dtype=dtype)
+
+    def _tables(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """cos and sin, each [1, 1, seq_len, head_dim/2]."""
+        positions = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
+        freqs = torch.outer(positions, self.inv_freq.to(device))  # [seq_len, head_dim/2]
+        return freqs.cos()[None, None, :, :], freqs.sin()[None, None, :, :]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -406,8 +424,14 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float(), target_ids.reshape(-1), reduction=reduction)
 
 
-def is_control_tensor(name: str) -> bool:
-    return any(pattern in name for pattern in CONTROL_TENSOR_PATTERNS)
+def name_patterns(text: str) -> tuple[str, ...]:
+    """A comma-separated pattern variable as the baseline splits it (empty items dropped),
+    plus the switches' control tensors."""
+    return tuple(p for p in text.split(",") if p) + SWITCH_CONTROL_PATTERNS
+
+
+def is_control_tensor(name: str, patterns: tuple[str, ...] = CONTROL_TENSOR_PATTERNS) -> bool:
+    return any(pattern in name for pattern in patterns)
 
 
 def build_model(shape: ModelShape, device: torch.device, mixed: bool | None = None) -> GPT:
@@ -425,8 +449,10 @@ def build_model(shape: ModelShape, device: torch.device, mixed: bool | None = No
     for module in model.modules():
         if isinstance(module, CastedLinear):
             module.float()
+    patterns = name_patterns(shape.control_tensor_name_patterns)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if (param.ndim < 2 or is_control_tensor(name)) and param.dtype != torch.float32:
+            small = param.ndim < 2 or is_control_tensor(name, patterns)
+            if small and param.dtype != torch.float32:
                 param.data = param.data.float()
     return model

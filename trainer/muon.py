@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from trainer.model import GPT, is_control_tensor
+from trainer.model import GPT, is_control_tensor, name_patterns
 
 # Quintic Newton-Schulz coefficients (Keller Jordan's Muon): push singular values near 1.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -176,8 +176,9 @@ def build_optimizers(model: GPT, config, fused: bool) -> OptimizerSet:
     token group, its projection Muon, the SmearGate the scalars.
     """
     named = list(model.blocks.named_parameters())
-    matrices = [p for name, p in named if p.ndim == 2 and not is_control_tensor(name)]
-    scalars = [p for name, p in named if p.ndim < 2 or is_control_tensor(name)]
+    control = name_patterns(model.shape.control_tensor_name_patterns)
+    matrices = [p for n, p in named if p.ndim == 2 and not is_control_tensor(n, control)]
+    scalars = [p for n, p in named if p.ndim < 2 or is_control_tensor(n, control)]
     if model.skip_weights.numel() > 0:
         scalars.append(model.skip_weights)
     if model.smear_gate is not None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import io
 import lzma
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from trainer.gptq import gptq_quantize
-from trainer.model import is_control_tensor
+from trainer.model import CONTROL_TENSOR_PATTERNS, is_control_tensor, name_patterns
 
 FORMAT = "int8_clean_per_row_v1"
 FORMAT_V2 = "caddie_per_row_v2"
@@ -71,9 +71,13 @@ class QuantSpec:
     keep_float_max: int = KEEP_FLOAT_MAX_NUMEL  # tensors this small are not quantized
     gptq: bool = False  # round matrices that have a Hessian with GPTQ
     gptq_damp: float = 0.01  # fraction of mean(diag H) added to H's diagonal
+    # Small float tensors whose name contains one of these stay fp32 (the others fp16):
+    # INT8_KEEP_FLOAT_FP32_NAME_PATTERNS, which defaults to CONTROL_TENSOR_NAME_PATTERNS.
+    keep_fp32_patterns: tuple[str, ...] = CONTROL_TENSOR_PATTERNS
 
     @classmethod
     def from_config(cls, config: Any) -> QuantSpec:
+        keep = config.int8_keep_float_fp32_name_patterns or config.control_tensor_name_patterns
         return cls(
             config.quant_bits,
             config.quant_clip_search,
@@ -82,11 +86,14 @@ class QuantSpec:
             config.quant_keep_float_max,
             config.gptq,
             config.gptq_damp,
+            name_patterns(keep),
         )
 
     @property
     def baseline(self) -> bool:
-        return self == QuantSpec()
+        # Which names stay fp32 does not change the format: the baseline's script reads
+        # that list from the environment too.
+        return replace(self, keep_fp32_patterns=CONTROL_TENSOR_PATTERNS) == QuantSpec()
 
     @property
     def label(self) -> str:
@@ -183,7 +190,7 @@ def quantize_state_dict(
         if not t.is_floating_point():
             passthrough[name] = t
         elif t.numel() <= spec.keep_float_max or keep_embedding:
-            passthrough[name] = _keep_float(name, t, orig_dtypes)
+            passthrough[name] = _keep_float(name, t, orig_dtypes, spec.keep_fp32_patterns)
         else:
             if spec.baseline or t.ndim != 2:
                 q, s = quantize_tensor(t)
@@ -215,9 +222,11 @@ def quantize_state_dict(
     return obj, stats
 
 
-def _keep_float(name: str, t: Tensor, orig_dtypes: dict[str, str]) -> Tensor:
+def _keep_float(
+    name: str, t: Tensor, orig_dtypes: dict[str, str], fp32_patterns: tuple[str, ...]
+) -> Tensor:
     # Control tensors stay exact in fp32; other small fp32/bf16 tensors are stored as fp16.
-    if is_control_tensor(name):
+    if is_control_tensor(name, fp32_patterns):
         return t.float().contiguous()
     if t.dtype in (torch.float32, torch.bfloat16):
         orig_dtypes[name] = _dtype_name(t.dtype)

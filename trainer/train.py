@@ -283,6 +283,12 @@ class WeightAverage:
         model.load_state_dict({k: v.to(current[k].dtype) for k, v in self.shadow.items()})
 
 
+def logs_train_step(every: int, step: int, stopping: bool) -> bool:
+    """Whether step `step` (1-based, just taken) gets a train_loss line: the first ten,
+    every TRAIN_LOG_EVERY-th and the last; TRAIN_LOG_EVERY=0 logs none."""
+    return every > 0 and (step <= 10 or step % every == 0 or stopping)
+
+
 def muon_momentum(config: Any, step: int) -> float:
     warm = config.muon_momentum_warmup_steps
     frac = min(step / warm, 1.0) if warm > 0 else 1.0
@@ -361,7 +367,9 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
         f"train_loader:dataset:{Path(config.data_path).resolve().name} train_shards:{len(train_files)}"
     )
     log.line(
-        f"val_loader:shards pattern={Path(config.data_path) / VAL_PATTERN} tokens:{val_tokens.numel() - 1}"
+        # The pattern as the baseline prints it: DATA_PATH joined as given, not normalized.
+        f"val_loader:shards pattern={os.path.join(config.data_path, VAL_PATTERN)} "
+        f"tokens:{val_tokens.numel() - 1}"
     )
 
     # --- model and optimizers --------------------------------------------------------
@@ -530,7 +538,7 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
         step += 1
 
         approx_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
-        if step <= 10 or step % config.train_log_every == 0 or stop_after is not None:
+        if logs_train_step(config.train_log_every, step, stop_after is not None):
             loss_value = train_loss.item()
             log.line(
                 f"step:{step}/{config.iterations} train_loss:{loss_value:.4f} "
@@ -604,8 +612,20 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     # Artifact (int8 + zlib for the baseline), written by rank 0. Its size plus the code
     # is what counts.
     # ==================================================================================
-    if config.save_raw_model and launch.master:
-        torch.save(base_model.state_dict(), out / contract.RAW_MODEL)
+    code = counted_code()
+    code_bytes, code_sha = contract.code_digest(code)
+    if launch.master:
+        # The baseline's first three size lines are about the unquantized weights, saved
+        # as final_model.pt (the file name is part of torch.save's bytes); the file is
+        # kept only with SAVE_RAW_MODEL.
+        raw_path = out / contract.RAW_MODEL
+        torch.save(base_model.state_dict(), raw_path)
+        raw_model_bytes = raw_path.stat().st_size
+        if not config.save_raw_model:
+            raw_path.unlink()
+        log.line(f"Serialized model: {raw_model_bytes} bytes")
+        log.line(f"Code size: {code_bytes} bytes")
+        log.line(f"Total submission size: {raw_model_bytes + code_bytes} bytes")
     log.phase("artifact", "start")
     sync(device)
     t_artifact = time.perf_counter()
@@ -617,15 +637,12 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     if launch.master:
         artifact_path.write_bytes(blob)
     artifact_s = time.perf_counter() - t_artifact
-    code = counted_code()
-    code_bytes, code_sha = contract.code_digest(code)
     model_bytes = len(blob)
     ratio = stats["baseline_tensor_bytes"] / max(stats["int8_payload_bytes"], 1)
     log.line(
         f"Serialized model {spec.label}: {model_bytes} bytes "
         f"(payload:{stats['int8_payload_bytes']} raw_torch:{raw_bytes} payload_ratio:{ratio:.2f}x)"
     )
-    log.line(f"Code size: {code_bytes} bytes")
     log.line(f"Total submission size {spec.label}: {model_bytes + code_bytes} bytes")
     log.phase("artifact", "end")
 

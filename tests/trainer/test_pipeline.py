@@ -145,9 +145,19 @@ def test_train_log_has_the_community_lines(tiny_run: TinyRun):
     assert re.search(
         rf"^step:{TINY_STEPS}/{TINY_STEPS} val_loss:\d+\.\d{{4}} val_bpb:\d+\.\d{{4}}", log, re.M
     )
-    assert f"Serialized model int8+zlib: {r['model_bytes']} bytes" in log
-    assert f"\nCode size: {r['code_bytes']} bytes\n" in log
-    assert f"\nTotal submission size int8+zlib: {r['bytes_total']} bytes\n" in log
+    # The baseline's five size lines, in its order: the raw weights first, then the artifact.
+    sizes = re.search(
+        r"^Serialized model: (\d+) bytes\nCode size: (\d+) bytes\n"
+        r"Total submission size: (\d+) bytes\n"
+        r"Serialized model int8\+zlib: (\d+) bytes \(payload:\d+ raw_torch:\d+ "
+        r"payload_ratio:\d+\.\d\dx\)\nTotal submission size int8\+zlib: (\d+) bytes$",
+        log,
+        re.M,
+    )
+    raw, code, raw_total, model, total = (int(n) for n in sizes.groups())
+    assert (code, model, total) == (r["code_bytes"], r["model_bytes"], r["bytes_total"])
+    assert raw_total == raw + code and raw > model
+    assert not (tiny_run.out / contract.RAW_MODEL).exists()  # only with SAVE_RAW_MODEL
     assert re.search(
         r"^final_int8_zlib_roundtrip val_loss:\d+\.\d{4} val_bpb:\d+\.\d{4} "
         r"eval_time:\d+ms$",
