@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
     tree = kinds.add_parser(
         "records", help="import every records folder under DIR as a finished experiment")
     tree.add_argument("dir", type=Path, help="records/, a track folder, or one record's folder")
-    tree.add_argument("--reference-bpb", type=float, default=None,
+    tree.add_argument("--reference-bpb", type=reference_bpb, default=None,
                       help="judge significance against this val_bpb (default: the usual reference)")
     tree.add_argument("--json", action="store_true", help="print the outcome as JSON")
     tree.set_defaults(func=cmd_import)
@@ -32,6 +32,17 @@ def register(subparsers: Any) -> None:
     export.add_argument("dir", type=Path, help="the folder to write (new or empty)")
     export.add_argument("--github-id", default=None, help="submission.json's github_id")
     export.set_defaults(func=cmd_export)
+
+
+def reference_bpb(text: str) -> float:
+    """A val_bpb the API would take as `reference_bpb`: a finite number in (0, 10)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 10:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a val_bpb between 0 and 10")
+    return value
 
 
 def cmd_import(args: argparse.Namespace) -> int:

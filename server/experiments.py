@@ -62,7 +62,23 @@ class VariantSpec(BaseModel):
     @field_validator("config")
     @classmethod
     def _valid_config(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return presets.check_config(value)
+        return presets.check_config(_unicode_only(value, "config"))
+
+
+def _unicode_only(value: Any, where: str) -> Any:
+    """`value` if no key or string in it holds a lone surrogate: JSON can carry one, UTF-8
+    cannot, so it would be stored and then fail every response (and the run.json) after."""
+    texts = [*value.keys(), *value.values()] if isinstance(value, dict) else (
+        value if isinstance(value, list) else [value])
+    for item in texts:
+        if isinstance(item, dict | list):
+            _unicode_only(item, where)
+        elif isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise ValueError(f"{where}: not valid Unicode text (a lone surrogate)") from None
+    return value
 
 
 # Properties to receive on creation.
@@ -149,7 +165,7 @@ class ExperimentCreate(BaseModel):
     @field_validator("config")
     @classmethod
     def _valid_config(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return presets.check_config(value)
+        return presets.check_config(_unicode_only(value, "config"))
 
     @field_validator("seeds")
     @classmethod
@@ -377,10 +393,13 @@ def add_seeds(session: Session, experiment_id: int, seeds: list[int]) -> Experim
     experiment's row lock, so two callers cannot add the same seed)."""
     seeds = _checked_seeds(seeds)
     experiment = _locked_experiment(session, experiment_id)
-    if experiment.status == ExperimentStatus.cancelled:
-        session.rollback()
-        raise Conflict(f"experiment {experiment_id} was cancelled")
     runs = list_runs(session, experiment_id)
+    cancelling = any(run.cancel_requested and RunStatus(run.status) not in FINAL_RUN_STATUSES
+                     for run in runs)
+    if experiment.status == ExperimentStatus.cancelled or cancelling:
+        session.rollback()
+        raise Conflict(f"experiment {experiment_id} was cancelled" if not cancelling
+                       else f"experiment {experiment_id} is being cancelled")
     used = sorted({run.seed for run in runs} & set(seeds))
     too_many = len(experiment.seeds) + len(seeds) > MAX_SEEDS
     if used or too_many:
@@ -475,11 +494,12 @@ def _wake(run_id: int | None) -> None:
                     exc_info=True)
 
 
-def finalize_experiment(session: Session, experiment_id: int) -> bool:
+def finalize_experiment(session: Session, experiment_id: int, *, announce: bool = True) -> bool:
     """Fill in the experiment's results once every run has ended. True only for the call
     that finalized it, however many callers race (the experiment row is locked meanwhile).
 
-    While runs are still going it only moves a queued experiment to running. Under the same
+    `announce=False` (imports) sends no webhook. While runs are still going it only moves a
+    queued experiment to running. Under the same
     lock it adds the runs the experiment's policies ask for (`server/policies.py`): a stand-in
     for each failed run, and more seeds while p >= alpha; it then waits for those.
     """
@@ -504,8 +524,9 @@ def finalize_experiment(session: Session, experiment_id: int) -> bool:
         return False
     _fill_results(session, experiment, runs)
     session.commit()
-    notify.experiment_ended(experiment_id, experiment.name, experiment.status,
-                            experiment.mean_val_bpb, experiment.eligible)
+    if announce:
+        notify.experiment_ended(experiment_id, experiment.name, experiment.status,
+                                experiment.mean_val_bpb, experiment.eligible)
     return True
 
 

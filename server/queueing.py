@@ -8,7 +8,6 @@ provisioning step asks `pods_ahead` before it rents a pod, so the line shown is 
 import heapq
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
@@ -22,6 +21,8 @@ from server.states import ExperimentStatus, PodStatus, RunStatus
 LIVE_POD_STATUSES = (PodStatus.requested, PodStatus.starting, PodStatus.ready, PodStatus.busy)
 OPEN_EXPERIMENT_STATUSES = (ExperimentStatus.queued, ExperimentStatus.running)
 RECENT_PODS = 50  # pods whose planned life gives the typical time a run holds a pod
+# Providers whose pods are rented: CADDIE_MAX_PODS and CADDIE_MAX_RUNNING_EXPERIMENTS apply.
+RENTED_PROVIDERS = ("runpod",)
 
 
 class QueueEntry(BaseModel):
@@ -52,7 +53,7 @@ def queue(session: Session, *, now: datetime | None = None,
     now = now or utcnow()
     waiting = _waiting_runs(session)
     experiments = sorted(_experiments(session, set(waiting)), key=line_key)
-    held = _held(session, experiments, settings)
+    held = _held(session, settings)
     starts = _estimated_starts(session, experiments, waiting, held, now, settings)
     return [
         QueueEntry(position=position, experiment_id=e.id, name=e.name, author=e.author,
@@ -86,10 +87,7 @@ def pods_ahead(session: Session, pod: Pod, settings: Settings | None = None) -> 
 def admitted(session: Session, experiment: Experiment, settings: Settings | None = None) -> bool:
     """Whether the running-experiments cap lets the experiment's runs take pods."""
     settings = settings or get_settings()
-    if settings.max_running_experiments is None:
-        return True
-    open_ones = sorted(_experiments(session, None), key=line_key)
-    return experiment.id not in _held(session, open_ones, settings)
+    return experiment.id not in _held(session, settings)
 
 
 def _before(other: Pod, other_experiment: Experiment | None, pod: Pod,
@@ -134,11 +132,16 @@ def _experiments(session: Session, ids: set[int] | None) -> list[Experiment]:
     return list(session.exec(query).all())
 
 
-def _held(session: Session, line: Sequence[Experiment], settings: Settings) -> set[int]:
+def _held(session: Session, settings: Settings) -> set[int]:
     """Experiments the running-experiments cap holds back: the cap's places go first to
-    experiments already holding a pod, then down the line."""
+    experiments already holding a pod (waiting for more or not), then down the line. Only
+    experiments on a provider that rents pods take or wait for a place."""
     cap = settings.max_running_experiments
-    if cap is None or not line:
+    if cap is None:
+        return set()
+    line = [e for e in sorted(_experiments(session, None), key=line_key)
+            if e.provider in RENTED_PROVIDERS]
+    if not line:
         return set()
     started = _started(session, [e.id for e in line if e.id is not None])
     places = cap - len(started)

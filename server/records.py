@@ -19,8 +19,11 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
+import shutil
 import statistics
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +45,7 @@ SUBMISSION = "submission.json"
 LOG_SUFFIXES = (".log", ".txt")
 NOT_LOGS = frozenset({"requirements.txt"})
 MAX_LOG_BYTES = 50_000_000  # a real log with its quoted source is well under 1 MB
+MAX_SUBMISSION_BYTES = 1_000_000  # real ones are a few KB
 CHUNK_BYTES = 64 * 1024  # LogChunk rows of whole lines, at most this long each
 # Files kept as the imported experiment's code (ExperimentFile rows), when present.
 CODE_FILES = (scripts.ENTRYPOINT, scripts.REQUIREMENTS)
@@ -101,16 +105,45 @@ class ImportResult:
 
 
 def find_record_folders(root: Path) -> list[Path]:
-    """Folders under `root` (itself included) that hold a submission JSON or a train log."""
+    """Folders under `root` (itself included) that directly hold a submission JSON or a train
+    log. A folder inside one (`logs/`) is part of it, not a record of its own. Symbolic links
+    are never followed, so a tree cannot bring in files from outside it."""
     if not root.is_dir():
         raise ValueError(f"{root} is not a directory")
-    found = [folder for folder in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
-             if _is_record_folder(folder)]
+    found: list[Path] = []
+    for folder in _folders(root):
+        if not any(folder.is_relative_to(record) for record in found) and _is_record_folder(folder):
+            found.append(folder)
     return found
 
 
+def _folders(root: Path) -> list[Path]:
+    """`root` and every real folder below it (no symbolic link), parents before children."""
+    below = [Path(top) / name for top, names, _files in os.walk(root) for name in names]
+    return [root, *sorted(folder for folder in below if not folder.is_symlink())]
+
+
+def _files_below(folder: Path) -> list[Path]:
+    """Every file entry under `folder` at any depth, symbolic links included (not followed)."""
+    return sorted(Path(top) / name for top, _names, files in os.walk(folder) for name in files)
+
+
+def _plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
 def _is_record_folder(folder: Path) -> bool:
-    return any(f.is_file() and (_is_submission(f) or _may_be_log(f)) for f in folder.iterdir())
+    files = [f for f in folder.iterdir() if _plain_file(f)]
+    return any(_is_submission(f) for f in files) or any(
+        _may_be_log(f) and _maybe_train_log(f) for f in files)
+
+
+def _maybe_train_log(path: Path) -> bool:
+    """A log too big to read counts (the import says so); else its parse must look like one."""
+    try:
+        return path.stat().st_size > MAX_LOG_BYTES or _looks_like_train_log(parse_log(path.read_bytes()))
+    except OSError:
+        return False
 
 
 def _is_submission(path: Path) -> bool:
@@ -132,20 +165,26 @@ def read_record_folder(folder: Path) -> RecordFolder:
 
 
 def _read_submission(folder: Path, notes: list[str]) -> dict[str, Any]:
-    candidates = sorted(f for f in folder.iterdir() if f.is_file() and _is_submission(f))
+    candidates = sorted(f for f in folder.iterdir() if _plain_file(f) and _is_submission(f))
     if not candidates:
         notes.append("no submission.json: nothing stated to compare with")
         return {}
     chosen = next((f for f in candidates if f.name == SUBMISSION), candidates[0])
     try:
-        value = json.loads(chosen.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        notes.append(f"{chosen.name} is unreadable ({error}); nothing stated to compare with")
+        if chosen.stat().st_size > MAX_SUBMISSION_BYTES:
+            notes.append(f"{chosen.name} is over {MAX_SUBMISSION_BYTES:,} bytes, not read; "
+                         "nothing stated to compare with")
+            return {}
+        value = _finite(json.loads(chosen.read_text(encoding="utf-8")))
+    except (OSError, ValueError, RecursionError) as error:
+        # ValueError: bad JSON, bad UTF-8, or an integer of more digits than Python converts.
+        notes.append(f"{chosen.name} is unreadable ({type(error).__name__}: {str(error)[:200]}); "
+                     "nothing stated to compare with")
         return {}
     if not isinstance(value, dict):
         notes.append(f"{chosen.name} is not a JSON object; nothing stated to compare with")
         return {}
-    return _finite(value)
+    return value
 
 
 def _finite(value: Any) -> Any:
@@ -162,12 +201,21 @@ def _finite(value: Any) -> Any:
 def _read_logs(folder: Path, notes: list[str]) -> list[SeedLog]:
     logs: list[SeedLog] = []
     seen: set[str] = set()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and _may_be_log(p)):
+    for path in _files_below(folder):
         name = path.relative_to(folder).as_posix()
-        if path.stat().st_size > MAX_LOG_BYTES:
-            notes.append(f"{name}: over {MAX_LOG_BYTES:,} bytes, not read")
+        if not _may_be_log(path):
             continue
-        data = path.read_bytes()
+        if path.is_symlink():
+            notes.append(f"{name}: a symbolic link, not followed")
+            continue
+        try:
+            if path.stat().st_size > MAX_LOG_BYTES:
+                notes.append(f"{name}: over {MAX_LOG_BYTES:,} bytes, not read")
+                continue
+            data = path.read_bytes()
+        except OSError as error:
+            notes.append(f"{name}: unreadable ({type(error).__name__}), not read")
+            continue
         digest = hashlib.sha256(data).hexdigest()
         parsed = parse_log(data)
         if digest in seen or not _looks_like_train_log(parsed):
@@ -185,11 +233,14 @@ def _read_code(folder: Path, notes: list[str]) -> dict[str, str]:
     code: dict[str, str] = {}
     for name in CODE_FILES:
         path = folder / name
+        if path.is_symlink():
+            notes.append(f"{name} not kept: a symbolic link, not followed")
+            continue
         if not path.is_file():
             continue
         try:
             code[name] = scripts.check_files({name: path.read_text(encoding="utf-8")})[name]
-        except (UnicodeDecodeError, ValueError) as error:
+        except (OSError, ValueError) as error:
             notes.append(f"{name} not kept: {error}")
     return code
 
@@ -362,7 +413,7 @@ def _float(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an int beyond any float
         return None
     return number if math.isfinite(number) else None
 
@@ -456,7 +507,8 @@ def import_record(session: Session, record: RecordFolder, *,
     scripts.store_files(session, experiment.id, record.code)
     for log in record.logs:
         _add_run(session, experiment.id, log)
-    experiments.finalize_experiment(session, experiment.id)  # commits
+    # Commits; an import is not news, so no webhook per folder.
+    experiments.finalize_experiment(session, experiment.id, announce=False)
     session.refresh(experiment)
     return ImportResult(key=record.key, experiment_id=experiment.id, created=True,
                         name=experiment.name, n_seeds=experiment.n_succeeded,
@@ -515,10 +567,19 @@ def _line_chunks(data: bytes) -> list[bytes]:
         end = min(start + CHUNK_BYTES, len(data))
         if end < len(data):
             cut = data.rfind(b"\n", start, end)
-            end = cut + 1 if cut >= start else end
+            end = cut + 1 if cut >= start else _character_start(data, start, end)
         chunks.append(data[start:end])
         start = end
     return chunks
+
+
+def _character_start(data: bytes, start: int, end: int) -> int:
+    """`end` moved back off UTF-8 continuation bytes (at most 3), so a line longer than a
+    chunk is cut between characters and each chunk decodes as it was written."""
+    back = end
+    while back > start + 1 and end - back < 3 and data[back] & 0xC0 == 0x80:
+        back -= 1
+    return back if data[back] & 0xC0 != 0x80 else end
 
 
 def _seconds(ms: float | None) -> float | None:
@@ -586,19 +647,32 @@ def export_to(session: Session, experiment_id: int, target: Path, *,
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"{target} already exists and is not an empty directory")
     files = export_files(session, experiment_id, github_id=github_id)
-    written = []
-    for name, data in sorted(files.items()):
-        path = target / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        written.append(path)
-    return written
+    # Written beside the target and renamed into place, so a failure part-way leaves no
+    # half-written records folder.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name, data in sorted(files.items()):
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [target / name for name in sorted(files)]
 
 
 def folder_name(experiment: Experiment) -> str:
     """`<date>_<name>`, the records folders' naming, with only safe characters."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment.name).strip("_.") or f"experiment{experiment.id}"
-    return f"{_submission_date(experiment)[:10]}_{slug[:80]}"
+    # The stated date is the submitter's text: only a plain YYYY-MM-DD may name a folder.
+    date = _submission_date(experiment)[:10]
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        date = experiment.created_at.date().isoformat()
+    return f"{date}_{slug[:80]}"
 
 
 def _submitted_runs(session: Session, experiment_id: int) -> list[Run]:

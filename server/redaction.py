@@ -49,7 +49,12 @@ class SecretRedactor(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format call must not raise into the caller
+            # Logged as text from here on: logging's own error report would print the raw args.
+            message, record.args = f"{record.msg} (bad log arguments: {record.args!r})", None
+            record.msg = message
         clean = self.redact(message)
         if clean != message:
             record.msg, record.args = clean, None

@@ -32,6 +32,9 @@ RESERVED_ENV = frozenset({
     "WORLD_SIZE", "LOCAL_WORLD_SIZE",
 })
 RESERVED_ENV_PREFIXES = ("CADDIE_", "RUNPOD_", "TORCHELASTIC_", "BASH_FUNC_")
+# Written by `caddie export` beside the code: a code file may not take their place.
+EXPORTED_NAMES = frozenset({"README.md", "submission.json", "run.json"})
+_SEED_LOG = re.compile(r"train_seed\d+\.log")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
 
@@ -48,6 +51,8 @@ def check_files(files: dict[str, str]) -> dict[str, str]:
         if name.startswith(ARTIFACT_PREFIX):
             raise ValueError(f"files.{name}: names starting with {ARTIFACT_PREFIX!r} are kept for "
                              "the artifact the script writes")
+        if name in EXPORTED_NAMES or _SEED_LOG.fullmatch(name):
+            raise ValueError(f"files.{name}: reserved for the records folder Caddie exports")
         if "\x00" in text:
             raise ValueError(f"files.{name}: text files only (found a NUL byte)")
         if not _encodable(text):

@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 
 from server import auth, experiments, reference
 from server.api.deps import FilterText, IdPath, Limit, Offset, PrincipalDep, SessionDep
+from server.errors import NotFound
 from server.experiments import (
     ExperimentCreate,
     ExperimentPublic,
@@ -25,8 +26,21 @@ def create_experiment(
     session: SessionDep, principal: PrincipalDep, experiment_in: ExperimentCreate
 ) -> ExperimentPublicWithRuns:
     """Submit an experiment: one run per seed, queued at once."""
+    _check_reference(session, experiment_in.reference_experiment_id)
     experiment = experiments.create_experiment(session, experiment_in, owner=principal.name)
     return experiments.experiment_with_runs(session, experiment)
+
+
+def _check_reference(session: SessionDep, reference_id: int | None) -> None:
+    """A reference experiment must exist: its seeds are what the test compares with."""
+    if reference_id is None:
+        return
+    try:
+        experiments.get_experiment(session, reference_id)
+    except NotFound:
+        raise RequestValidationError([{
+            "loc": ("body", "reference_experiment_id"), "type": "value_error",
+            "msg": f"reference_experiment_id: experiment {reference_id} not found"}]) from None
 
 
 @router.get("")

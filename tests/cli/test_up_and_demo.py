@@ -6,6 +6,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -64,8 +65,19 @@ def test_up_serves_the_api_and_stops_its_processes_on_ctrl_c(tmp_path: Path) -> 
         children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True,
                                   check=False).stdout.split()
         assert len(children) == 3, children  # API server, worker, beat
+        # /healthz answers a moment before `up` prints its banner: Ctrl-C only after the banner.
+        assert up.stdout is not None
+        lines = []
+        stuck = threading.Timer(60, os.killpg, (up.pid, signal.SIGKILL))  # no banner: fail, not hang
+        stuck.start()
+        for line in up.stdout:
+            lines.append(line)
+            if "Caddie is up at" in line:
+                break
+        stuck.cancel()
         os.killpg(up.pid, signal.SIGINT)
-        out, _ = up.communicate(timeout=60)
+        rest, _ = up.communicate(timeout=60)
+        out = "".join(lines) + rest
         assert up.returncode == 0, out
         assert "Caddie is up at" in out and "SQLite" in out and "filesystem transport" in out
         assert (tmp_path / "caddie" / "caddie.db").is_file()  # migrated on start

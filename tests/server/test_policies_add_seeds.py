@@ -113,6 +113,17 @@ def test_cancelled_is_409_and_unknown_is_404(session: Session, client: TestClien
     assert client.post("/api/experiments/4242/seeds", json={"seeds": [2]}).status_code == 404
 
 
+def test_seeds_are_refused_while_a_cancel_is_under_way(session: Session, client: TestClient) -> None:
+    experiment = make_experiment(session, seeds=[1])
+    make_run(session, experiment, seed=1, status="running")  # the worker has yet to stop it
+    assert client.post(f"/api/experiments/{experiment.id}/cancel").status_code == 200
+
+    refused = client.post(f"/api/experiments/{experiment.id}/seeds", json={"seeds": [2]})
+
+    assert refused.status_code == 409 and "being cancelled" in refused.json()["detail"]
+    assert [run.seed for run in runs_of(session, experiment.id)] == [1]
+
+
 def test_only_the_owner_or_an_admin_adds_seeds(session: Session, settings_env: None) -> None:
     experiment = finished(session, owner="grace")
     _, grace = create_token(session, name="grace", role=Role.member)

@@ -8,8 +8,11 @@ import pytest
 from sqlmodel import Session, col, select
 
 from server import records
+from server.config import get_settings
 from server.logparse import parse_log
 from server.models import Experiment, ExperimentFile, LogChunk, Pod, Run, RunEvent
+from server.queue import NOTIFY
+from tests.server.broker import queued_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD_LOGS = REPO.parent / "shared" / "fixtures" / "record-logs"
@@ -171,6 +174,17 @@ def test_our_rules_make_the_honest_three_seeds_eligible_against_a_reference(
     assert honest.stats["test"] == "one-sided one-sample t-test" and honest.stats["n"] == 3
     optimistic = experiments[f"{TRACK}/2026-04-12_Optimistic"]
     assert "3 seeds needed, 2 succeeded" in optimistic.reasons
+
+
+def test_an_import_sends_no_webhook(settings_env: None, session: Session, tree: Path, data_dir: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CADDIE_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+    get_settings.cache_clear()
+    try:
+        assert [r.created for r in records.import_records(session, tree)] == [True, True, True]
+    finally:
+        get_settings.cache_clear()
+    assert [name for name, _ in queued_tasks(data_dir) if name == NOTIFY] == []
 
 
 def test_a_second_import_of_the_same_folders_adds_nothing(session: Session, tree: Path) -> None:

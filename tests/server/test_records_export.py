@@ -119,6 +119,24 @@ def test_export_refuses_a_folder_that_holds_files(session: Session, data_dir: Pa
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
 
 
+def test_an_export_that_fails_part_way_leaves_no_folder(session: Session, data_dir: Path,
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    experiment = trainer_experiment(session, data_dir)
+    real_write, written = Path.write_bytes, []
+
+    def disk_full_after_two(path: Path, data: bytes) -> int:
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        return real_write(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full_after_two)
+    with pytest.raises(OSError):
+        records.export_to(session, experiment.id, tmp_path / "exports" / "out")
+    assert list((tmp_path / "exports").iterdir()) == []  # neither the target nor the staging folder
+
+
 def test_export_of_an_unknown_experiment_is_not_found(session: Session) -> None:
     with pytest.raises(NotFound):
         records.export_files(session, 999)

@@ -51,3 +51,12 @@ def test_ordinary_messages_pass_unchanged(tmp_path: Path) -> None:
     install(make_settings(tmp_path), logger)
     logger.info("run %d moved to %s", 7, "running")
     assert stream.getvalue() == "run 7 moved to running\n"
+
+
+def test_a_bad_format_call_is_logged_redacted_not_raised(tmp_path: Path) -> None:
+    logger, stream = logger_with_handler("caddie.test.redaction.badformat")
+    install(make_settings(tmp_path), logger)
+    # One argument too few: logging reports that itself; the filter must not raise into the caller.
+    logger.warning("key %s for pod %s", "rpa_SECRETSECRET123")
+    text = stream.getvalue()
+    assert "rpa_SECRETSECRET123" not in text and REDACTED in text

@@ -39,7 +39,9 @@ def assert_refused(response: Any, session: Session, field: str, *words: str) -> 
 
 
 BAD_NAMES = ["../x", "/etc/passwd", "a/b", ".bashrc", "..", ".", "a\x00b", "a\nb", "train_gpt.py\n",
-             "x" * 101, "", "a b", "a\\b", "-rf", "ünï.py", "final_model.int8.ptz"]
+             "x" * 101, "", "a b", "a\\b", "-rf", "ünï.py", "final_model.int8.ptz",
+             # what `caddie export` writes beside the code
+             "README.md", "submission.json", "run.json", "train_seed42.log"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
