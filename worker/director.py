@@ -641,7 +641,10 @@ class RunDirector:
         if not price:
             return False
         cost = costs.estimate(price, life_s)
-        for cap, experiment_id, what in ((self.settings.experiment_budget_usd, run.experiment_id,
+        experiment = session.get(Experiment, run.experiment_id)
+        own = experiment.budget_usd if experiment is not None else None
+        for cap, experiment_id, what in ((own, run.experiment_id, "the experiment's budget_usd"),
+                                         (self.settings.experiment_budget_usd, run.experiment_id,
                                           "the experiment's budget (CADDIE_EXPERIMENT_BUDGET_USD)"),
                                          (self.settings.budget_usd, None, "the budget (CADDIE_BUDGET_USD)")):
             over = costs.over_budget(session, cap=cap, cost=cost, experiment_id=experiment_id, what=what)

@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from server import costs
 from server.experiments import cancel_run
-from server.models import LogChunk, Pod, Run, RunEvent, utcnow
+from server.models import Experiment, LogChunk, Pod, Run, RunEvent, utcnow
 from server.states import FINAL_RUN_STATUSES, RunStatus
 from tests.worker.conftest import ACCOUNT_KEY
 from tests.worker.harness import drive, new_run, read_run
@@ -274,6 +274,20 @@ def test_a_run_past_the_experiment_budget_fails_before_renting(runpod_director, 
     assert run.status == "failed"
     assert run.reason == ("a pod estimated at $12.73 would pass the experiment's budget "
                           "(CADDIE_EXPERIMENT_BUDGET_USD) of $1.00 ($0.00 spent, $0.00 committed)")
+    assert creates(runpod) == [] and runpod.live() == []
+
+
+def test_a_run_past_its_own_budget_usd_fails_before_renting(runpod_director, runpod, engine):
+    run_id = new_run(engine, provider="runpod")
+    with Session(engine) as session:
+        experiment = session.get(Experiment, read_run(engine, run_id).experiment_id)
+        experiment.budget_usd = 5.0  # as submitted: below one pod's worst case
+        session.add(experiment)
+        session.commit()
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "failed"
+    assert run.reason == ("a pod estimated at $12.73 would pass the experiment's budget_usd "
+                          "of $5.00 ($0.00 spent, $0.00 committed)")
     assert creates(runpod) == [] and runpod.live() == []
 
 
