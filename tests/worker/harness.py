@@ -1,13 +1,14 @@
 """Helpers of the worker tests: make a run, read it back, drive it with the step function."""
 
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from server.models import Run
+from server.models import Pod, Run, utcnow
 from server.states import RunStatus
 from tests.factories import make_experiment, make_run
 from worker.director import RunDirector
@@ -42,3 +43,16 @@ def drive(director: RunDirector, run_id: int, *, until: set[RunStatus], timeout_
             raise AssertionError(f"run {run_id} stuck in {run.status} (reason: {run.reason})")
         if not director.advance(run_id):
             time.sleep(0.02)
+
+
+def running_past_its_deadline(director: RunDirector, engine: Engine) -> tuple[int, str | None]:
+    """A runpod run whose trainer sleeps, its only pod's deadline just passed:
+    (run id, the pod's external id)."""
+    run_id = new_run(engine, provider="runpod", fake_mode="sleep")
+    drive(director, run_id, until={RunStatus.running})
+    with Session(engine) as session:
+        pod = session.exec(select(Pod)).one()
+        pod.deadline_at = utcnow() - timedelta(seconds=1)
+        session.add(pod)
+        session.commit()
+        return run_id, pod.external_id

@@ -3,7 +3,6 @@
 import json
 import stat
 import subprocess
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,10 +10,10 @@ from sqlmodel import Session, select
 
 from server import costs
 from server.experiments import cancel_run
-from server.models import Experiment, LogChunk, Pod, Run, RunEvent, utcnow
+from server.models import Experiment, LogChunk, Pod, Run, RunEvent
 from server.states import FINAL_RUN_STATUSES, RunStatus
 from tests.worker.conftest import ACCOUNT_KEY
-from tests.worker.harness import drive, new_run, read_run
+from tests.worker.harness import drive, new_run, read_run, running_past_its_deadline
 from worker import reconciler
 from worker.providers.runpod import RunPodProvider
 
@@ -172,14 +171,7 @@ def test_the_reconciler_ends_a_pod_made_behind_the_databases_back(runpod_directo
 
 @pytest.mark.faults
 def test_the_reconciler_ends_a_pod_past_its_deadline_and_the_run_fails(runpod_director, runpod, engine):
-    run_id = new_run(engine, provider="runpod", fake_mode="sleep")
-    drive(runpod_director, run_id, until={RunStatus.running})
-    with Session(engine) as session:
-        pod = session.exec(select(Pod)).one()
-        pod.deadline_at = utcnow() - timedelta(seconds=1)
-        session.add(pod)
-        session.commit()
-        external_id = pod.external_id
+    run_id, external_id = running_past_its_deadline(runpod_director, engine)
 
     assert reconciler.end_unexpected_pods(runpod_director) == [external_id]
     assert runpod.live() == [] and pod_rows(engine)[0].status == "terminated"
@@ -226,13 +218,8 @@ def test_cancel_in_any_state_leaves_no_pod_running(runpod_director, runpod, engi
 
 
 def test_cancel_after_the_reconciler_ended_the_pod_still_cancels(runpod_director, runpod, engine):
-    run_id = new_run(engine, provider="runpod", fake_mode="sleep")
-    drive(runpod_director, run_id, until={RunStatus.running})
+    run_id, _ = running_past_its_deadline(runpod_director, engine)
     with Session(engine) as session:
-        pod = session.exec(select(Pod)).one()
-        pod.deadline_at = utcnow() - timedelta(seconds=1)
-        session.add(pod)
-        session.commit()
         cancel_run(session, run_id)
     reconciler.end_unexpected_pods(runpod_director)
     run = drive(runpod_director, run_id, until=FINAL)

@@ -2,21 +2,19 @@
 hit per experiment (not one per poll), posted by the worker's task to a local receiver."""
 
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from server.config import Settings, get_settings
 from server.experiments import cancel_run
-from server.models import Pod, utcnow
 from server.queue import NOTIFY, get_producer
 from server.states import FINAL_RUN_STATUSES, RunStatus
 from tests.factories import make_experiment, make_run
 from tests.server.broker import queued_tasks
 from tests.server.test_notify import Webhook
-from tests.worker.harness import drive, new_run, read_run
+from tests.worker.harness import drive, new_run, read_run, running_past_its_deadline
 from worker import reconciler
 from worker.director import RunDirector
 
@@ -67,14 +65,7 @@ def test_a_stray_pod_ended_by_the_reconciler_is_announced_once(runpod_director: 
 def test_a_pod_past_its_deadline_is_announced_once_it_is_confirmed_gone(runpod_director: RunDirector, runpod,
                                                                        engine, runpod_settings: Settings,
                                                                        hook: Webhook) -> None:
-    run_id = new_run(engine, provider="runpod", fake_mode="sleep")
-    drive(runpod_director, run_id, until={RunStatus.running})
-    with Session(engine) as session:
-        pod = session.exec(select(Pod)).one()
-        pod.deadline_at = utcnow() - timedelta(seconds=1)
-        session.add(pod)
-        session.commit()
-        external_id = pod.external_id
+    run_id, external_id = running_past_its_deadline(runpod_director, engine)
     runpod.faults["delete"] = ["500"]  # the first try fails: no notice until RunPod confirms
     reconciler.end_unexpected_pods(runpod_director)
     assert queued(runpod_settings, "pod.terminated") == []
