@@ -55,6 +55,9 @@ class LeaderboardSeed(BaseModel):
     eval_time_s: float | None
     eligible: bool | None
     reasons: list[str]
+    pod: str | None  # the pod's name at its provider, e.g. caddie-run-12
+    gpu: str | None  # as the worker's nvidia-smi saw it: "8× NVIDIA H100 80GB HBM3"
+    superseded: bool  # failed, and a retry or replacement stands in for it
 
 
 class LeaderboardEntry(BaseModel):
@@ -131,7 +134,8 @@ def _board(conditions: list[ColumnElement[bool]], order: LeaderboardOrder) -> Su
     if order in MAXIMA:
         maxima = (select(col(Run.experiment_id).label("experiment_id"),
                          func.max(MAXIMA[order]).label("value"))
-                  .where(col(Run.status) == RunStatus.succeeded.value)
+                  .where(col(Run.status) == RunStatus.succeeded.value, col(Run.variant) == "",
+                         col(Run.superseded).is_(False))
                   .group_by(col(Run.experiment_id)).subquery("maxima"))
         query = query.add_columns(maxima.c.value.label("key")).outerjoin(
             maxima, maxima.c.experiment_id == Experiment.id)
@@ -144,7 +148,7 @@ def _board(conditions: list[ColumnElement[bool]], order: LeaderboardOrder) -> Su
     return query.where(*conditions).subquery("board")
 
 
-# Orders by a maximum over the succeeded seeds.
+# Orders by a maximum over the control's succeeded seeds (as _entry shows them).
 MAXIMA: dict[LeaderboardOrder, Any] = {
     LeaderboardOrder.bytes: Run.bytes_total,
     LeaderboardOrder.train: Run.train_time_s,
@@ -185,8 +189,10 @@ def _runs_by_experiment(session: Session, experiment_ids: list[int | None],
 
 def _entry(experiment: Experiment, runs: list[Run], position: int,
            cost_usd: float | None) -> LeaderboardEntry:
-    """`position`: in the rank order of the board (the rank, if it has a score)."""
-    succeeded = [run for run in runs if run.status == RunStatus.succeeded]
+    """`position`: in the rank order of the board (the rank, if it has a score). The seeds
+    are the control's (ablation variants are on the experiment's page)."""
+    runs = [run for run in runs if run.variant == ""]
+    succeeded = [run for run in runs if run.status == RunStatus.succeeded and not run.superseded]
     assert experiment.id is not None
     return LeaderboardEntry(
         rank=position if experiment.mean_val_bpb is not None else None,
@@ -228,7 +234,14 @@ def _seed(run: Run) -> LeaderboardSeed:
         run_id=run.id, seed=run.seed, status=run.status, val_bpb=run.val_bpb,
         val_loss=run.val_loss, bytes_total=run.bytes_total, train_time_s=run.train_time_s,
         eval_time_s=run.eval_time_s, eligible=run.eligible, reasons=run.reasons,
+        pod=_pod_name(run), gpu=f"{run.gpu_count}× {run.gpu_name}" if run.gpu_name else None,
+        superseded=run.superseded,
     )
+
+
+def _pod_name(run: Run) -> str | None:
+    name = (((run.results or {}).get("worker") or {}).get("pod") or {}).get("name")
+    return name if isinstance(name, str) else None
 
 
 def _max(values: Iterable[Number | None]) -> Number | None:

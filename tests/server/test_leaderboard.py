@@ -69,10 +69,14 @@ def test_entry_numbers_and_seed_rows(client: TestClient, session: Session) -> No
                         train_time_s=599.9, eval_time_s=90.0),
         make_scored_run(session, experiment, seed=9, val_bpb=1.22, bytes_total=15_100_000,
                         train_time_s=570.0, eval_time_s=130.5, eligible=False,
-                        reasons=["train time unknown"]),
+                        reasons=["train time unknown"],
+                        results={"worker": {"pod": {"provider": "runpod", "name": "caddie-run-3"}}}),
         make_run(session, experiment, seed=10, status="failed", reason="pod lost",
                  bytes_total=99_000_000),
     ]
+    # Neither an ablation arm's run nor a failed seed that a retry replaced counts.
+    make_scored_run(session, experiment, seed=7, val_bpb=1.0, bytes_total=15_999_999, variant="wide")
+    make_scored_run(session, experiment, seed=11, val_bpb=1.0, bytes_total=15_999_998, superseded=True)
     finalize_experiment(session, experiment.id)
 
     (entry,) = board(client)["data"]
@@ -87,13 +91,15 @@ def test_entry_numbers_and_seed_rows(client: TestClient, session: Session) -> No
     assert entry["eligible"] is False
     assert entry["reasons"] == ["seed 9: train time unknown", "seed 10: failed: pod lost"]
     seeds = entry["seeds"]
-    assert [s["seed"] for s in seeds] == [7, 8, 9, 10]
-    assert [s["run_id"] for s in seeds] == [row.id for row in rows]
+    assert [s["seed"] for s in seeds] == [7, 8, 9, 10, 11]  # the control's, superseded shown
+    assert [s["run_id"] for s in seeds[:4]] == [row.id for row in rows]
     assert seeds[2] == {
         "run_id": rows[2].id, "seed": 9, "status": "succeeded", "val_bpb": 1.22,
         "val_loss": rows[2].val_loss, "bytes_total": 15_100_000, "train_time_s": 570.0,
         "eval_time_s": 130.5, "eligible": False, "reasons": ["train time unknown"],
+        "pod": "caddie-run-3", "gpu": "8× NVIDIA H100 80GB HBM3", "superseded": False,
     }
+    assert seeds[4]["superseded"] is True
     assert (seeds[3]["status"], seeds[3]["val_bpb"]) == ("failed", None)
 
 

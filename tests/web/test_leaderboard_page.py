@@ -95,9 +95,11 @@ def test_badge_title_and_details_list_the_failed_rules(client: TestClient,
         badge.attrs["title"].split("\n"))
     seed_rows = details.find("table", class_="seeds").find("tbody").find_all("tr")
     assert [cells(row) for row in seed_rows] == [
-        ["7", "succeeded", "1.21000", f"{1.21 * 1.69:.5f}", "16,000,250", "599.0 s", "120.0 s"],
-        ["8", "succeeded", "1.23000", f"{1.23 * 1.69:.5f}", "15,800,000", "612.5 s", "120.0 s"],
-        ["9", "failed", "—", "—", "—", "—", "—"],
+        ["7", "succeeded", "1.21000", f"{1.21 * 1.69:.5f}", "16,000,250", "599.0 s", "120.0 s", "—",
+         "8× NVIDIA H100 80GB HBM3"],
+        ["8", "succeeded", "1.23000", f"{1.23 * 1.69:.5f}", "15,800,000", "612.5 s", "120.0 s", "—",
+         "8× NVIDIA H100 80GB HBM3"],
+        ["9", "failed", "—", "—", "—", "—", "—", "—", "—"],
     ]
     assert [row.find("a").attrs["href"] for row in seed_rows] == [f"/runs/{r.id}" for r in runs]
 
