@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     budget_usd: float | None = Field(default=None, ge=0)
     experiment_budget_usd: float | None = Field(default=None, ge=0)
 
-    # runpod provider: REST API v2 for pods, GraphQL only for terminateAfter and the balance.
+    # runpod provider: REST API v2 for pods, GraphQL only for the balance (and the watchdog's fallback).
     runpod_api_url: str = "https://api.runpod.io/v2"
     runpod_graphql_url: str = "https://api.runpod.io/graphql"
     # The account key: from the environment (CADDIE_RUNPOD_API_KEY) or a file; never sent into a pod.
@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     runpod_data_centers: str = ""  # comma-separated ids; empty: any
     runpod_workdir: str = "/workspace/caddie-runs"
     runpod_python: str = "python3"
+    runpod_ssh_user: str = "root"  # v2 publishes the SSH ip:port, not a user; RunPod images log in root
     # Seconds per API request; tries of a create (no capacity, 5xx, timeout) and the first
     # wait between them (doubling, at most 5 minutes).
     runpod_request_timeout_s: float = Field(default=30.0, gt=0)

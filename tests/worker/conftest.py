@@ -94,7 +94,8 @@ def runpod_settings(settings: Settings, runpod: RunPodStandIn, tmp_path: Path) -
     yield settings.model_copy(update={
         "runpod_api_url": f"{runpod.url}/v2", "runpod_graphql_url": f"{runpod.url}/graphql",
         "runpod_api_key": SecretStr(ACCOUNT_KEY), "runpod_workdir": str(workdir),
-        "runpod_python": sys.executable, "runpod_request_timeout_s": 0.5, "runpod_backoff_s": 0.0,
+        "runpod_python": sys.executable, "runpod_ssh_user": runpod.sshd.user,
+        "runpod_request_timeout_s": 0.5, "runpod_backoff_s": 0.0,
         "runpod_create_attempts": 3, "runpod_ssh_attempts": 3,
     })
     end_processes_in(workdir)

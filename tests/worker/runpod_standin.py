@@ -1,33 +1,46 @@
-"""A local stand-in for RunPod's API: REST v2 `/v2/pods` and the two GraphQL calls Caddie uses.
+"""A local stand-in for RunPod's API: REST v2 `/v2/pods` and the GraphQL calls Caddie's pods make.
 
-It answers like RunPod (a new pod goes PROVISIONING → STARTING → RUNNING over successive
-GETs and then publishes `ssh.direct`), and the "pod" it hands out is the test's real sshd:
-on RUNNING it writes the pod's PUBLIC_KEY into that sshd's authorized_keys, as RunPod's
-images do. Faults are queued per operation and used once each:
+It answers as RunPod's published v2 schema says (docs/orchestration.md, "RunPod API facts"):
+a create body with a field the schema does not know is refused (422, problem+json naming it);
+a new pod goes PROVISIONING → STARTING → RUNNING over successive GETs; `runtime` is null until
+RUNNING and then lists the port mappings, `22/tcp` as `{private: 22, public, type: "tcp", ip}`;
+`cost` is $/hour and 0 once the pod has stopped; `DELETE` answers 204 and the pod is gone for
+good (GET, DELETE: 404; not listed); every error is `{title, status, detail}`. The "pod" it hands
+out is the test's real sshd: on RUNNING it writes the pod's PUBLIC_KEY into that sshd's
+authorized_keys, as RunPod's images do. Faults are queued per operation and used once each:
 
 - "500": HTTP 500; "timeout": answers after `slow_s` (longer than the client waits);
-- "capacity": HTTP 500 with RunPod's "no longer any instances" message;
+- "429": HTTP 429 with `Retry-After: 12`, as RunPod's rate limit answers;
+- "capacity": HTTP 400 with RunPod's "no longer any instances" words;
+- "invalid" (create only): HTTP 422 with a validation error;
 - "made-then-timeout" (create only): makes the pod, then answers too late;
-- "linger" (delete only): says yes but leaves the pod running.
+- "linger" (delete only): says 204 but leaves the pod running.
 
 `full_centers` lists data centres with no capacity (a create naming only those is refused as
-RunPod refuses it); `balance` is the account's clientBalance; `adjusted_price`, when set, is
-the pod's adjustedCostPerHr beside its listed costPerHr / cost of 21.52.
+RunPod refuses it); `balance` is the account's clientBalance; `price` is every new pod's `cost`;
+`ssh_public` False leaves port 22 without a public mapping; `pod_key_rest` False makes REST
+refuse pod-scoped keys (then only GraphQL's podTerminate takes them).
 
-Every request is recorded (method, path, headers, body) for the tests to search.
+Every request is recorded (method, path, headers, body, status) for the tests to search.
 """
 
 import json
+import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tests.sshd import Sshd
 
 NO_CAPACITY = "There are no longer any instances available with the requested specifications."
+# CreatePodRequest's fields (its schema forbids any other: `unevaluatedProperties: false`).
+CREATE_FIELDS = {"name", "image", "args", "disk", "ports", "env", "registry", "mounts", "gpu", "cpu",
+                 "cloud", "dataCenterIds", "globalNetworking"}
+ENDED = ("EXITED", "ERROR", "TERMINATED")
 
 
 @dataclass
@@ -36,6 +49,19 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: bytes
+    status: int = 0
+
+
+def problem(status: int, title: str, detail: str, errors: list[str] | None = None) -> tuple[int, Any]:
+    """RunPod v2's error body (RFC 9457 problem details)."""
+    body: dict[str, Any] = {"title": title, "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return status, body
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class RunPodStandIn:
@@ -51,7 +77,9 @@ class RunPodStandIn:
         self.pod_keys: dict[str, str] = {}  # pod id → the pod-scoped key RunPod would inject
         self.full_centers: set[str] = set()
         self.balance = 256.19
-        self.adjusted_price: float | None = None
+        self.price = 21.52
+        self.ssh_public = True
+        self.pod_key_rest = True
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -75,8 +103,10 @@ class RunPodStandIn:
     def add_pod(self, name: str, *, status: str = "RUNNING", public_key: str | None = None) -> str:
         """A pod made behind Caddie's back (another tool, a lost create answer)."""
         env = {"PUBLIC_KEY": public_key} if public_key else {}
+        body = {"name": name, "image": "runpod/pytorch", "env": env, "ports": ["22/tcp"],
+                "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 8}}
         with self.lock:
-            return self._new_pod({"name": name, "env": env}, status=status)["id"]
+            return self._new_pod(body, status=status)["id"]
 
     def count(self, method: str, path_prefix: str) -> int:
         return sum(1 for r in self.requests if r.method == method and r.path.startswith(path_prefix))
@@ -86,20 +116,33 @@ class RunPodStandIn:
     def _new_pod(self, body: dict[str, Any], *, status: str = "PROVISIONING") -> dict[str, Any]:
         pod_id = secrets.token_hex(7)
         centers = body.get("dataCenterIds") or ["EU-RO-1"]
-        pod = {"id": pod_id, "name": body.get("name"), "status": status, "cost": 21.52,
-               "costPerHr": 21.52, "adjustedCostPerHr": self.adjusted_price, "dataCenterId": centers[0],
-               "env": body.get("env") or {}, "gets": 0, "body": body, "terminateAfter": None}
+        gpu = body.get("gpu") or {}
+        pod = {"id": pod_id, "name": body.get("name"), "image": body.get("image"), "args": body.get("args", ""),
+               "disk": body.get("disk", 50), "ports": list(body.get("ports") or []), "env": body.get("env") or {},
+               "registry": None, "status": status, "gpu": {"id": gpu.get("id"), "count": gpu.get("count", 1)},
+               "cloud": body.get("cloud", "SECURE"), "dataCenterId": centers[0], "template": None,
+               "cost": self.price, "locked": False, "createdAt": _now(), "startedAt": None, "gets": 0,
+               "body": body}
         self.pods[pod_id] = pod
         self.pod_keys[pod_id] = "pod-scoped-" + secrets.token_hex(8)
         return pod
 
     def _public(self, pod: dict[str, Any]) -> dict[str, Any]:
-        view = {k: pod[k] for k in ("id", "name", "status", "cost", "costPerHr", "adjustedCostPerHr",
-                                    "dataCenterId")}
-        view["ssh"] = None
+        """The pod as v2's `Pod` schema shows it."""
+        view = {k: pod[k] for k in ("id", "name", "image", "args", "disk", "ports", "env", "registry", "status",
+                                    "gpu", "cloud", "dataCenterId", "template", "locked", "createdAt", "startedAt")}
+        view["actions"] = ["stop", "restart", "terminate"] if pod["status"] == "RUNNING" else ["start", "terminate"]
+        view["mounts"] = {}
+        view["globalNetworking"] = {"enabled": False}
+        view["cost"] = 0.0 if pod["status"] in ("EXITED", "TERMINATED") else pod["cost"]
+        view["runtime"] = None
         if pod["status"] == "RUNNING":
-            view["ssh"] = {"direct": {"host": self.sshd.host, "port": self.sshd.port,
-                                      "username": self.sshd.user}}
+            ports = []
+            if "22/tcp" in pod["ports"]:
+                public = self.ssh_public
+                ports.append({"private": 22, "public": self.sshd.port if public else None, "type": "tcp",
+                              "ip": self.sshd.host if public else None})
+            view["runtime"] = {"uptime": pod["gets"], "ports": ports}
         return view
 
     def _boot(self, pod: dict[str, Any]) -> None:
@@ -107,7 +150,7 @@ class RunPodStandIn:
         if pod["status"] == "PROVISIONING" and pod["gets"] >= 1:
             pod["status"] = "STARTING"
         if pod["status"] == "STARTING" and pod["gets"] >= self.boot_gets:
-            pod["status"] = "RUNNING"
+            pod["status"], pod["startedAt"] = "RUNNING", _now()
             public = pod["env"].get("PUBLIC_KEY")
             if public:
                 with open(self.sshd.folder / "authorized_keys", "a") as handle:
@@ -119,39 +162,75 @@ class RunPodStandIn:
             return queue.pop(0) if queue else None
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
-        self.requests.append(Recorded(method, path, headers, body))
-        token = headers.get("authorization", "")
-        if path.startswith("/graphql"):
+        record = Recorded(method, path, headers, body)
+        self.requests.append(record)
+        code, data = self._route(method, path, headers.get("authorization", ""), body)
+        record.status = code
+        return code, data
+
+    def _route(self, method: str, path: str, token: str, body: bytes) -> tuple[int, Any]:
+        if path.split("?")[0] == "/graphql":
             return self._graphql(token, json.loads(body or b"{}"))
         parts = [p for p in path.split("?")[0].split("/") if p]
         # A pod's own key may end that pod (the watchdog); everything else needs the account's.
-        own = method == "DELETE" and len(parts) == 3 and token == f"Bearer {self.pod_keys.get(parts[2])}"
+        own = (self.pod_key_rest and method == "DELETE" and len(parts) == 3
+               and token == f"Bearer {self.pod_keys.get(parts[2])}")
+        if not token.startswith("Bearer "):
+            return problem(401, "Unauthorized", "missing bearer token")
         if token != f"Bearer {self.account_key}" and not own:
-            return 401, {"error": "invalid api key"}
+            if token.removeprefix("Bearer ") in self.pod_keys.values():
+                return problem(403, "Forbidden", "access denied")
+            return problem(401, "Unauthorized", "invalid api key")
         if parts[:2] != ["v2", "pods"]:
-            return 404, {"error": "no such route"}
+            return problem(404, "Not Found", "resource not found")
         if len(parts) == 2 and method == "POST":
-            return self._create(json.loads(body))
+            return self._create(body)
         if len(parts) == 2 and method == "GET":
             return self._faulty("list") or (200, {"pods": [self._public(p) for p in self.live()]})
         if len(parts) == 3 and method == "GET":
             return self._faulty("get") or self._get(parts[2])
         if len(parts) == 3 and method == "DELETE":
             return self._delete(parts[2])
-        return 405, {"error": "method not allowed"}
+        return problem(405, "Method Not Allowed", "The requested method is not allowed for this path.")
 
     def _faulty(self, operation: str) -> tuple[int, Any] | None:
         fault = self._fault(operation)
         if fault == "500":
-            return 500, {"error": "internal server error"}
+            return problem(500, "Internal Server Error", "internal server error")
+        if fault == "429":
+            return problem(429, "Too Many Requests", "rate limit exceeded for the minute window")
         if fault == "timeout":
             time.sleep(self.slow_s)
-            return 500, {"error": "too late"}
+            return problem(500, "Internal Server Error", "too late")
         if fault == "capacity":
-            return 500, {"error": NO_CAPACITY}
+            return problem(400, "Bad Request", NO_CAPACITY)
+        if fault == "invalid":
+            return problem(422, "Unprocessable Entity", "Request validation failed.",
+                           ["$.gpu.count: must be >= 1"])
         return None
 
-    def _create(self, body: dict[str, Any]) -> tuple[int, Any]:
+    def _invalid(self, body: Any) -> tuple[int, Any] | None:
+        """What v2's schema refuses in a create body."""
+        if not isinstance(body, dict):
+            return problem(400, "Bad Request", "request could not be processed")
+        errors = [f"$: additional properties '{k}' not allowed" for k in sorted(set(body) - CREATE_FIELDS)]
+        errors += [f"$: missing property '{k}'" for k in ("name", "image") if not body.get(k)]
+        if ("gpu" in body) == ("cpu" in body):
+            errors.append("$: exactly one of 'gpu' or 'cpu' must be set")
+        if not isinstance(body.get("env", {}), dict) or not isinstance(body.get("ports", []), list):
+            errors.append("$: 'env' must be an object and 'ports' an array")
+        if body.get("cloud", "SECURE") not in ("SECURE", "COMMUNITY"):
+            errors.append("$.cloud: value must be one of 'SECURE', 'COMMUNITY'")
+        return problem(422, "Unprocessable Entity", "Request validation failed.", errors) if errors else None
+
+    def _create(self, raw: bytes) -> tuple[int, Any]:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return problem(400, "Bad Request", "request could not be processed")
+        refused = self._invalid(body)
+        if refused:
+            return refused
         fault = self._fault("create")
         if fault == "made-then-timeout":
             with self.lock:
@@ -162,7 +241,7 @@ class RunPodStandIn:
             self.faults["create"].insert(0, fault)
             return self._faulty("create")  # type: ignore[return-value]
         if body.get("dataCenterIds") and set(body["dataCenterIds"]) <= self.full_centers:
-            return 500, {"error": NO_CAPACITY}
+            return problem(400, "Bad Request", NO_CAPACITY)
         with self.lock:
             pod = self._new_pod(body)
             return 201, self._public(pod)
@@ -171,41 +250,44 @@ class RunPodStandIn:
         with self.lock:
             pod = self.pods.get(pod_id)
             if pod is None:
-                return 404, {"error": "pod not found"}
+                return problem(404, "Not Found", "pod not found")
             self._boot(pod)
             return 200, self._public(pod)
 
     def _delete(self, pod_id: str) -> tuple[int, Any]:
         fault = self._fault("delete")
         if fault == "linger":
-            return 200, {}
+            return 204, None
         if fault is not None:
             self.faults["delete"].insert(0, fault)
             return self._faulty("delete")  # type: ignore[return-value]
+        return (204, None) if self._end(pod_id) else problem(404, "Not Found", "pod not found")
+
+    def _end(self, pod_id: str) -> bool:
         with self.lock:
             pod = self.pods.pop(pod_id, None)
             if pod is None:
-                return 404, {"error": "pod not found"}
+                return False
             pod["status"] = "TERMINATED"
             self.ended[pod_id] = pod
-            return 204, None
+            return True
 
     def _graphql(self, token: str, payload: dict[str, Any]) -> tuple[int, Any]:
-        if token != f"Bearer {self.account_key}":
-            return 200, {"errors": [{"message": "Unauthorized"}]}
         query, variables = payload.get("query", ""), payload.get("variables") or {}
-        if "podTerminateAfter" in query:
-            data = variables.get("input") or {}
-            with self.lock:
-                pod = self.pods.get(data.get("podId", ""))
-                if pod is None:
-                    return 200, {"errors": [{"message": "pod not found"}]}
-                pod["terminateAfter"] = data.get("terminateAfter")
-            return 200, {"data": {"podTerminateAfter": {"id": pod["id"], "terminateAfter": pod["terminateAfter"]}}}
+        if "podTerminate" in query:
+            inline = re.search(r'podId:\s*"([^"]*)"', query)
+            pod_id = inline.group(1) if inline else str((variables.get("input") or {}).get("podId", ""))
+            if token not in (f"Bearer {self.account_key}", f"Bearer {self.pod_keys.get(pod_id)}"):
+                return 401, {"errors": [{"message": "Unauthorized"}]}
+            if not self._end(pod_id):
+                return 200, {"errors": [{"message": "pod not found to terminate"}], "data": None}
+            return 200, {"data": {"podTerminate": None}}
+        if token != f"Bearer {self.account_key}":
+            return 401, {"errors": [{"message": "Unauthorized"}]}
         if "myself" in query:
             spend = sum(p["cost"] for p in self.live())
             return 200, {"data": {"myself": {"clientBalance": self.balance, "currentSpendPerHr": spend}}}
-        return 200, {"errors": [{"message": "unknown query"}]}
+        return 200, {"errors": [{"message": "Cannot query field on type \"Mutation\"."}], "data": None}
 
     def pod_delete_by_pod_key(self, pod_id: str, key: str) -> bool:
         """Whether a DELETE of pod_id arrived carrying that key (the watchdog's call)."""
@@ -222,9 +304,13 @@ class RunPodStandIn:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 code, data = standin.handle(self.command, self.path, headers, body)
                 payload = b"" if data is None else json.dumps(data).encode()
+                kind = "application/problem+json" if code >= 400 and "title" in (data or {}) else "application/json"
                 try:
                     self.send_response(code)
-                    self.send_header("content-type", "application/json")
+                    if payload:
+                        self.send_header("content-type", kind)
+                    if code == 429:
+                        self.send_header("retry-after", "12")
                     self.send_header("content-length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)

@@ -88,7 +88,7 @@ def test_a_rented_pod_that_fails_preflight_is_given_back(runpod_settings, runpod
 
 
 def test_the_price_runpod_names_is_kept_on_the_pod_row(runpod_director, runpod, engine):
-    runpod.adjusted_price = 19.99  # after a discount: what is billed
+    runpod.price = 19.99  # v2's `cost`: what the pod is billed per hour
     run = drive(runpod_director, new_run(engine, provider="runpod"), until=FINAL)
     assert run.status == "succeeded", run.reason
     assert pods(engine)[0].cost_per_hour == 19.99

@@ -4,7 +4,6 @@ The ssh provider's pod is a real sshd; the runpod provider's come from the local
 The fake trainer's `data fetch` writes tiny valid shards and appends a line to `fetches`.
 """
 
-import json
 from pathlib import Path
 
 import pytest
@@ -118,10 +117,6 @@ def test_a_shared_runpod_pod_is_rented_once_and_terminated_after_the_last_seed(r
     assert len(creates) == 1 and runpod.live() == [] and len(runpod.ended) == 1
     pod = the_pod(engine)
     assert pod.status == "terminated"
-    deadlines = [json.loads(r.body)["variables"]["input"]["terminateAfter"] for r in runpod.requests
-                 if r.path == "/graphql" and b"podTerminateAfter" in r.body]
-    assert len(deadlines) >= 2 and deadlines == sorted(deadlines)  # moved on, never back
-    assert deadlines[-1] == pod.deadline_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     deadline_file = Path(runpod_director.settings.runpod_workdir, "pod-deadline")
     assert int(deadline_file.read_text()) == int(pod.deadline_at.timestamp())
 

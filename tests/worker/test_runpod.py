@@ -5,7 +5,9 @@ import stat
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
+from pydantic import SecretStr
 from sqlmodel import Session, select
 
 from server import costs
@@ -15,7 +17,9 @@ from server.states import FINAL_RUN_STATUSES, RunStatus
 from tests.worker.conftest import ACCOUNT_KEY
 from tests.worker.harness import drive, new_run, read_run, running_past_its_deadline
 from worker import reconciler
-from worker.providers.runpod import RunPodProvider
+from worker.errors import StepFailed
+from worker.providers import RetryLater
+from worker.providers.runpod import NoCapacity, RunPodAPI, RunPodProvider
 
 pytestmark = pytest.mark.sshd
 FINAL = set(FINAL_RUN_STATUSES)
@@ -55,15 +59,18 @@ def test_a_run_on_runpod_succeeds_and_its_pod_is_terminated(runpod_director, run
     assert run.status == "succeeded", run.reason
 
     (body,) = creates(runpod)
+    assert set(body) == {"name", "image", "gpu", "cloud", "disk", "ports", "env"}  # v2 refuses others
     assert body["name"] == f"caddie-run-{run_id}"
     assert body["gpu"] == {"id": "NVIDIA H100 80GB HBM3", "count": 8}
-    assert (body["cloud"], body["ports"]) == ("SECURE", ["22/tcp"])
+    assert (body["cloud"], body["ports"], body["disk"]) == ("SECURE", ["22/tcp"], runpod_settings.runpod_disk_gb)
     assert list(body["env"]) == ["PUBLIC_KEY"] and body["env"]["PUBLIC_KEY"].startswith("ssh-ed25519 ")
     (pod,) = pod_rows(engine)
     assert (pod.status, pod.host, pod.port) == ("terminated", "127.0.0.1", runpod.sshd.port)
     assert runpod.live() == [] and pod.external_id in runpod.ended
-    deadline = runpod.ended[pod.external_id]["terminateAfter"]
-    assert deadline == pod.deadline_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # No GraphQL call but the balance: there is no mutation that sets a deadline on a v2 pod.
+    assert [json.loads(r.body)["query"] for r in runpod.requests if r.path == "/graphql"] == [
+        "query { myself { clientBalance currentSpendPerHr } }"]
+    assert [r.status for r in runpod.requests if r.method == "DELETE"] == [204]
     assert not key_file.exists()  # the pod is gone; so is its key
 
     watchdog = Path(run.remote_dir, "watchdog.sh").read_text()
@@ -294,3 +301,91 @@ def test_a_run_waits_while_live_pods_hold_the_overall_budget(runpod_director, ru
     drive(runpod_director, first, until=FINAL)
     run = drive(runpod_director, second, until=FINAL)
     assert run.status == "succeeded" and runpod.live() == []
+
+
+# --- RunPod's API as documented (docs/orchestration.md, "RunPod API facts") -------------
+
+
+def test_a_create_field_v2_does_not_know_is_refused_with_runpods_words(runpod_settings, runpod):
+    api = RunPodAPI(runpod_settings)
+    body = {"name": "caddie-run-1", "image": "runpod/pytorch", "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 8},
+            "startSsh": True}
+    with pytest.raises(StepFailed) as refused:
+        api.create(body)
+    assert refused.value.reason == ("RunPod API refused POST /pods: HTTP 422: Request validation failed. "
+                                    "($: additional properties 'startSsh' not allowed)")
+    answer = httpx.post(f"{runpod.url}/v2/pods", json=body, headers={"Authorization": f"Bearer {ACCOUNT_KEY}"})
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["title"] == "Unprocessable Entity" and runpod.live() == []
+
+
+def test_a_validation_error_fails_the_run_at_once(runpod_director, runpod, engine):
+    runpod.faults["create"] = ["invalid"]
+    run = drive(runpod_director, new_run(engine, provider="runpod"), until=FINAL)
+    assert run.status == "failed"
+    assert run.reason == ("RunPod API refused POST /pods: HTTP 422: Request validation failed. "
+                          "($.gpu.count: must be >= 1)")
+    assert len(creates(runpod)) == 1 and runpod.live() == []
+
+
+def test_a_running_pod_is_not_used_before_its_22_has_a_public_mapping(runpod_director, runpod, engine,
+                                                                       runpod_settings):
+    runpod.ssh_public = False
+    runpod_director.settings = runpod_settings.model_copy(update={"runpod_start_timeout_s": 0.3})
+    run = drive(runpod_director, new_run(engine, provider="runpod"), until=FINAL)
+    assert run.status == "failed"
+    assert "was not reachable over SSH within 0.3 s (last status RUNNING)" in run.reason
+    assert runpod.live() == [] and pod_rows(engine)[0].host is None
+
+
+def test_a_second_delete_answers_404_and_still_counts_as_gone(runpod_settings, runpod):
+    pod_id = runpod.add_pod("caddie-run-7")
+    provider = RunPodProvider(runpod_settings)
+    assert provider.terminate(pod_id) and provider.terminate(pod_id)
+    assert [r.status for r in runpod.requests if r.method == "DELETE"] == [204, 404]
+    assert [r.status for r in runpod.requests if r.method == "GET"] == [404, 404]
+
+
+def test_a_rate_limit_waits_at_least_what_retry_after_asks(runpod_settings, runpod):
+    runpod.faults["list"] = ["429"]
+    with pytest.raises(RetryLater) as later:
+        RunPodAPI(runpod_settings).list()
+    assert later.value.backoff_s == 12.0
+    assert later.value.reason == ("RunPod API limited the rate of GET /pods: HTTP 429: "
+                                  "rate limit exceeded for the minute window")
+
+
+def test_graphql_refuses_a_wrong_key_with_401(runpod_settings, runpod):
+    wrong = runpod_settings.model_copy(update={"runpod_api_key": SecretStr("rpa_WRONG")})
+    with pytest.raises(StepFailed) as refused:
+        RunPodProvider(wrong).balance()
+    assert refused.value.reason == "RunPod refused the API key for graphql (HTTP 401)"
+    assert RunPodProvider(runpod_settings).balance() == {"balance": 256.19, "spend_per_hour": 0}
+
+
+@pytest.mark.parametrize("words", [
+    "There are no longer any instances available with the requested specifications.",
+    "This machine does not have the resources to deploy your pod.",  # RunPod SDK's phrases
+    "insufficient capacity", "No available machine for gpu type", "GPU out of stock"])
+def test_runpods_capacity_words_are_recognised(runpod_settings, words):
+    refusal = httpx.Response(400, json={"title": "Bad Request", "status": 400, "detail": words})
+    with pytest.raises(NoCapacity) as full:
+        RunPodAPI(runpod_settings)._refused(refusal, "POST /pods")
+    assert full.value.message == words
+
+
+def test_the_watchdog_falls_back_to_graphql_when_rest_refuses_the_pod_key(runpod_settings, runpod, tmp_path):
+    runpod.pod_key_rest = False
+    pod_id = runpod.add_pod("caddie-run-6")
+    pod = Pod(provider="runpod", name="caddie-run-6", external_id=pod_id)
+    script = tmp_path / "watchdog.sh"
+    script.write_text(RunPodProvider(runpod_settings).watchdog_script(pod, 1))
+    env = {"PATH": "/usr/bin:/bin", "RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": runpod.pod_keys[pod_id]}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert runpod.live() == [] and pod_id in runpod.ended
+    (rest,) = [r for r in runpod.requests if r.method == "DELETE"]
+    (graphql,) = [r for r in runpod.requests if r.path == "/graphql"]
+    assert rest.status == 403 and graphql.status == 200
+    assert graphql.headers["authorization"] == f"Bearer {runpod.pod_keys[pod_id]}"
+    assert json.loads(graphql.body) == {"query": f'mutation {{ podTerminate(input: {{podId: "{pod_id}"}}) }}'}

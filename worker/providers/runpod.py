@@ -1,9 +1,11 @@
 """The `runpod` provider: pods rented from RunPod, reached over SSH.
 
 REST API v2 (settings.runpod_api_url) creates, reads, lists and deletes pods; a new pod goes
-PROVISIONING → STARTING → RUNNING and publishes `ssh.direct {host, port, username}` once
-`22/tcp` is mapped. GraphQL (settings.runpod_graphql_url) is used only for what v2 lacks:
-the server-side `terminateAfter` deadline and the account balance.
+PROVISIONING → STARTING → RUNNING, and once RUNNING its `runtime.ports` maps `22/tcp` to a public
+`ip:public`. GraphQL (settings.runpod_graphql_url) is used only for what v2 lacks: the account
+balance. RunPod's server-side deadline (`terminateAfter`) exists only in GraphQL's create input and
+cannot be moved afterwards, so v2 pods have none: the watchdog on the pod and the reconciler are
+the stops (docs/orchestration.md, "RunPod API facts").
 
 Each pod gets a fresh ed25519 key, sent as the `PUBLIC_KEY` env var (RunPod images write it to
 `authorized_keys`); the private half stays on this worker's disk (data_dir/keys, mode 0600)
@@ -39,16 +41,13 @@ log = logging.getLogger(__name__)
 
 # Pod statuses of REST v2 after which the pod will never run.
 ENDED = ("EXITED", "ERROR", "TERMINATED")
-# How RunPod words "no machine free for this request" (GraphQL and REST alike).
+# How RunPod words "no machine free for this request" (GraphQL and REST alike; the last four
+# are the phrases RunPod's own SDK treats as capacity errors, runpod/apps/api.py).
 _NO_CAPACITY = re.compile(r"no longer any instances|no (gpu )?capacity|not enough free|"
-                          r"no instances? available|out of stock", re.IGNORECASE)
-# GraphQL: v2 has no server-side deadline, so it is set here after the create.
-TERMINATE_AFTER = ("mutation($input: PodTerminateAfterInput!) "
-                   "{ podTerminateAfter(input: $input) { id terminateAfter } }")
+                          r"no instances? available|out of stock|insufficient capacity|"
+                          r"no available machine|resources to deploy your pod", re.IGNORECASE)
 BALANCE = "query { myself { clientBalance currentSpendPerHr } }"
 MAX_BACKOFF_S = 300.0
-# Price fields of a pod, most exact first: after discounts, the listed price, v2's `cost`.
-PRICE_FIELDS = ("adjustedCostPerHr", "costPerHr", "cost")
 
 
 class NoCapacity(RetryLater):
@@ -74,9 +73,12 @@ class RunPodAPI:
         return self._request("GET", f"/pods/{_safe_id(pod_id)}", missing_ok=True)
 
     def list(self) -> list[dict[str, Any]]:
+        """Every pod of the account: v2 wraps them as `{"pods": [...]}` and takes no filter."""
         data = self._request("GET", "/pods")
-        pods = data.get("pods", data) if isinstance(data, dict) else data
-        return [p for p in pods or [] if isinstance(p, dict)]
+        pods = data.get("pods") if isinstance(data, dict) else None
+        if not isinstance(pods, list):
+            raise self.later("RunPod API answered GET /pods without a list of pods")
+        return [p for p in pods if isinstance(p, dict)]
 
     def delete(self, pod_id: str) -> None:
         self._request("DELETE", f"/pods/{_safe_id(pod_id)}", missing_ok=True)
@@ -123,7 +125,12 @@ class RunPodAPI:
         if _NO_CAPACITY.search(message):
             raise NoCapacity(f"RunPod has no capacity for {what}: {message}", message,
                              attempts=self.settings.runpod_create_attempts, backoff_s=self.settings.runpod_backoff_s)
-        if code >= 500 or code == 429:
+        if code == 429:  # Retry-After: the seconds RunPod asks us to wait
+            wait = response.headers.get("retry-after", "")
+            later = self.later(f"RunPod API limited the rate of {what}: HTTP 429: {message}")
+            later.backoff_s = max(later.backoff_s, float(wait) if wait.isdigit() else 0.0)
+            raise later
+        if code >= 500:
             raise self.later(f"RunPod API failed {what}: HTTP {code}: {message}")
         if code in (401, 403):
             raise StepFailed(f"RunPod refused the API key for {what} (HTTP {code})")
@@ -188,10 +195,10 @@ class RunPodProvider(Provider):
         status = str(data.get("status", "")).upper()
         if status in ENDED:
             raise StepFailed(f"RunPod pod {pod.external_id} ended while starting (status {status})")
-        direct = (data.get("ssh") or {}).get("direct") or {}
-        if status == "RUNNING" and direct.get("host") and direct.get("port"):
-            pod.host, pod.port = str(direct["host"]), int(direct["port"])
-            pod.username = str(direct.get("username") or "root")
+        endpoint = _ssh_endpoint(data) if status == "RUNNING" else None
+        if endpoint is not None:
+            pod.host, pod.port = endpoint
+            pod.username = self.settings.runpod_ssh_user
             pod.cost_per_hour = _price(data)
             pod.status, pod.updated_at = PodStatus.ready.value, utcnow()
             session.add(pod)
@@ -217,7 +224,6 @@ class RunPodProvider(Provider):
         pod.status, pod.updated_at = PodStatus.starting.value, utcnow()
         session.add(pod)
         session.commit()
-        self._set_deadline(pod)
 
     def _create(self, pod: Pod, gpu_type: str, gpu_count: int) -> dict[str, Any]:
         """POST the pod to each data centre in turn while RunPod answers "no capacity"."""
@@ -258,8 +264,8 @@ class RunPodProvider(Provider):
                     "count": gpu_count or self.settings.runpod_gpu_count},
             "cloud": self.settings.runpod_cloud,  # v2 docs and practice disagree on the default
             "disk": self.settings.runpod_disk_gb,
-            "ports": ["22/tcp"],
-            "startSsh": True,
+            "ports": ["22/tcp"],  # the direct, SFTP-capable SSH endpoint (the proxy has no SFTP)
+            # RunPod images' start script writes PUBLIC_KEY to authorized_keys and starts sshd.
             "env": {"PUBLIC_KEY": self.public_key(pod)},
         }
         if data_center:
@@ -270,19 +276,6 @@ class RunPodProvider(Provider):
         live = [p for p in self.api.list()
                 if p.get("name") == name and str(p.get("status", "")).upper() not in ENDED]
         return live[0] if live else None
-
-    def _set_deadline(self, pod: Pod) -> None:
-        """The provider-side stop; one of three, so a failure here is logged, not fatal."""
-        if pod.deadline_at is None or pod.external_id is None:
-            return
-        when = _utc(pod.deadline_at).astimezone(UTC).isoformat().replace("+00:00", "Z")
-        try:
-            self.api.graphql(TERMINATE_AFTER, {"input": {"podId": pod.external_id, "terminateAfter": when}})
-        except (StepFailed, RetryLater) as exc:
-            log.warning("pod %s: RunPod did not take the deadline %s: %s", pod.name, when, exc.reason)
-
-    def extend(self, pod: Pod) -> None:
-        self._set_deadline(pod)
 
     def price_per_hour(self, pod: Pod | None = None) -> float | None:
         if pod is None or pod.external_id is None:
@@ -323,7 +316,8 @@ class RunPodProvider(Provider):
 
     def watchdog_script(self, pod: Pod, seconds: float) -> str | None:
         return WATCHDOG.format(seconds=max(1, int(seconds)), deadline_file=shlex.quote(self.deadline_file),
-                               url=shlex.quote(self.settings.runpod_api_url.rstrip("/") + "/pods/"))
+                               url=shlex.quote(self.settings.runpod_api_url.rstrip("/") + "/pods/"),
+                               graphql=shlex.quote(self.settings.runpod_graphql_url))
 
     @property
     def deadline_file(self) -> str:
@@ -383,7 +377,9 @@ class RunPodProvider(Provider):
 # Runs detached on the pod (its own session, so stopping the trainer leaves it be). RunPod puts
 # a pod-scoped RUNPOD_API_KEY and RUNPOD_POD_ID into the container's environment; the launcher
 # scrubs its own environment, so they are read from PID 1's. The key goes to curl on stdin,
-# never on its command line.
+# never on its command line. RunPod documents the key but not what it may call: the script asks
+# REST v2 `DELETE /pods/{id}` first (204, or 404: gone) and, if REST refuses the key (401/403),
+# GraphQL's `podTerminate`, the call pod-side scripts in the wild make with it.
 WATCHDOG = """\
 #!/usr/bin/env bash
 # Ends this pod at its deadline with the pod's own RunPod key (never the account's).
@@ -401,10 +397,22 @@ from_init() {{ tr '\\0' '\\n' < /proc/1/environ 2>/dev/null | sed -n "s/^$1=//p"
 pod=${{RUNPOD_POD_ID:-$(from_init RUNPOD_POD_ID)}}
 key=${{RUNPOD_API_KEY:-$(from_init RUNPOD_API_KEY)}}
 if [ -z "$pod" ] || [ -z "$key" ]; then echo "no RUNPOD_POD_ID or RUNPOD_API_KEY: cannot end the pod"; exit 1; fi
+case $pod in *[!A-Za-z0-9_-]*) echo "RUNPOD_POD_ID is not a plain id"; exit 1;; esac
+header() {{ printf 'Authorization: Bearer %s\\n' "$key"; }}
 for try in 1 2 3 4 5 6; do
-  code=$(printf 'Authorization: Bearer %s\\n' "$key" | curl -s -o /dev/null -w '%{{http_code}}' \\
-    --max-time 30 -X DELETE -H @- {url}"$pod")
+  code=$(header | curl -s -o /dev/null -w '%{{http_code}}' --max-time 30 -X DELETE -H @- {url}"$pod")
   case $code in 2??|404) echo "deadline reached: pod $pod ended"; exit 0;; esac
+  if [ "$code" = 401 ] || [ "$code" = 403 ]; then
+    query='{{"query":"mutation {{ podTerminate(input: {{podId: \\"'"$pod"'\\"}}) }}"}}'
+    answer=$(header | curl -s -w '\\n%{{http_code}}' --max-time 30 -H @- -H 'Content-Type: application/json' \\
+      --data "$query" {graphql})
+    code="graphql ${{answer##*$'\\n'}}"
+    case $answer in
+      *'"errors"'*'not found'*) echo "deadline reached: pod $pod was gone"; exit 0;;
+      *'"errors"'*) ;;
+      *$'\\n'200) echo "deadline reached: pod $pod ended"; exit 0;;
+    esac
+  fi
   echo "ending pod $pod: HTTP $code, try $try"
   sleep 10
 done
@@ -419,26 +427,40 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _message(response: httpx.Response) -> str:
+    """RunPod's words: v2's problem details `{title, status, detail, errors: [str]}`, or a
+    GraphQL `errors: [{message}]`, or whatever text came back."""
     try:
         data = response.json()
     except ValueError:
         return response.text.strip()[:200] or response.reason_phrase
-    if isinstance(data, dict):
-        for field in ("error", "message", "detail"):
-            if isinstance(data.get(field), str):
-                return data[field][:200]
-        errors = data.get("errors")
-        if isinstance(errors, list) and errors:
-            return str((errors[0] or {}).get("message", errors[0]))[:200]
-    return str(data)[:200]
+    if not isinstance(data, dict):
+        return str(data)[:200]
+    errors = [e.get("message", e) if isinstance(e, dict) else e for e in data.get("errors") or []]
+    words = data.get("detail") or data.get("message") or data.get("error") or data.get("title")
+    if words and errors:
+        words = f"{words} ({'; '.join(str(e) for e in errors[:3])})"
+    return str(words or (errors[0] if errors else data))[:300]
 
 
 def _price(data: dict[str, Any]) -> float | None:
-    """$/hour RunPod names for a pod; None when it names none (0 once a pod has stopped)."""
-    for field in PRICE_FIELDS:
-        value = data.get(field)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value)
+    """v2's `cost`, $/hour; None when it names none (it is 0 once a pod has stopped)."""
+    value = data.get("cost")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+def _ssh_endpoint(data: dict[str, Any]) -> tuple[str, int] | None:
+    """(public ip, public port) of the pod's 22/tcp from v2's `runtime.ports`; None until RunPod
+    has mapped it (ports can come after RUNNING). `ssh.direct {host, port}`, which some clients
+    read first, is taken when a response carries it, though v2's schema does not list it."""
+    direct = (data.get("ssh") or {}).get("direct") or {}
+    if direct.get("host") and direct.get("port"):
+        return str(direct["host"]), int(direct["port"])
+    for port in (data.get("runtime") or {}).get("ports") or []:
+        if (isinstance(port, dict) and port.get("private") == 22 and port.get("type") == "tcp"
+                and port.get("ip") and port.get("public")):
+            return str(port["ip"]), int(port["public"])
     return None
 
 
