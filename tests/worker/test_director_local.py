@@ -77,6 +77,24 @@ def test_run_goes_through_every_state_and_is_verified(director, engine, settings
     assert (settings.runs_dir() / str(run_id) / "results.json").is_file()
 
 
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+                         indirect=True)
+def test_binary_bytes_and_a_line_longer_than_a_chunk_are_stored_safely(director, engine, settings):
+    run_id = new_run(engine, fake_mode="hostile_log")
+    run = drive(director, run_id, until=FINAL)
+
+    assert run.status == "succeeded", run.reason
+    pod_log = (Path(run.remote_dir) / "train.log").read_bytes()
+    text = stored_log(engine, run_id)  # checks the chunks are contiguous
+    assert run.log_offset == len(pod_log)  # every byte accounted for, offsets exact
+    assert "bad bytes \ufffd\ufffd and a NUL \ufffd and a CR \r in one line\n" in text
+    # The 3 MiB line is cut at chunk ends, possibly inside a character, which then reads as
+    # U+FFFD: the text keeps its length in characters to within the cuts.
+    long_line = max(text.split("\n"), key=len)
+    assert abs(len(long_line) - 3 * 1024 * 1024 // 2) <= 4
+    assert text.endswith("no newline at the end")
+
+
 def test_the_pod_environment_carries_none_of_the_workers_variables(director, engine, monkeypatch):
     monkeypatch.setenv("CADDIE_SECRET_PROBE", "s3cret")
     run_id = new_run(engine)

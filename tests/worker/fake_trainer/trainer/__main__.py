@@ -73,6 +73,12 @@ def main() -> int:
         print("sleeping", flush=True)
         time.sleep(300)
         return 0
+    if mode == "hostile_log":  # what a broken script may print: binary, NUL, CR, a 3 MiB line
+        log.flush()
+        with open(out / "train.log", "ab") as raw:
+            raw.write(b"bad bytes \xff\xfe and a NUL \x00 and a CR \r in one line\n")
+            raw.write("é".encode() * (3 * 1024 * 1024 // 2) + b"\n")
+        log.seek(0, os.SEEK_END)  # the text handle goes on after the raw bytes
     for step in range(int(config.get("fake_log_lines", 20))):
         log.write(f"step:{step}/1000 train_loss:{5.0 - step * 1e-4:.4f} train_time:{step}ms step_avg:1.00ms\n")
         if step == 5:
