@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # Seconds a pod may outlive its run's own deadline (collecting, verifying); past that, all
     # three stops (provider deadline, pod watchdog, reconciler) end it.
     pod_margin_s: float = Field(default=900.0, ge=60)
+    # Added to a rented pod's provider-side deadline (RunPod's terminateAfter, fixed at create)
+    # for its first run's data download, which moves the pod's own deadline on.
+    pod_fetch_allowance_s: float = Field(default=1200.0, ge=0)
     # Pods of one provider alive at once; further runs wait in `provisioning` (RunPod accounts
     # start with an $80/hour spending limit: three 8xH100 pods).
     max_pods: int = Field(default=3, ge=1)

@@ -451,6 +451,14 @@ class RunDirector:
             return False
         if pod.deadline_at is not None and _utc(pod.deadline_at) <= utcnow():
             return False
+        # A seed must not outlive the provider's own stop (RunPod's terminateAfter, fixed at creation),
+        # less its data-download allowance (kept for a slow first download, not spent on more seeds):
+        # then the pod is given back and the next seed rents a new one.
+        stop_at = get_provider(pod.provider, self.settings).stop_at(pod)
+        life_s = self._deadline_s(run) + self.settings.pod_margin_s + self.settings.pod_fetch_allowance_s
+        if stop_at is not None and utcnow() + timedelta(seconds=life_s) > stop_at:
+            log.info("run %s: pod %s ends at %s, too soon for another seed", run.id, pod.name, stop_at)
+            return False
         with Session(self.engine) as session:
             waiting = select(Run.id).where(Run.experiment_id == pod.experiment_id, Run.id != run.id,
                                            col(Run.status).notin_([s.value for s in FINAL_RUN_STATUSES]),
@@ -499,6 +507,12 @@ class RunDirector:
             row.prepared_at = utcnow()
             if fetched and row.deadline_at is not None:  # the fetch took some of the pod's life
                 row.deadline_at = max(_utc(row.deadline_at), utcnow() + timedelta(seconds=life_s))
+                stop_at = provider.stop_at(row)
+                if stop_at is not None and row.deadline_at > _utc(stop_at):
+                    session.rollback()
+                    raise StepFailed(f"the data download took so long that the provider would end the pod "
+                                     f"at {_utc(stop_at):%H:%M:%S} UTC, before this run could finish "
+                                     "(CADDIE_POD_FETCH_ALLOWANCE_S)")
             session.add(row)
             session.commit()
             session.refresh(row)

@@ -88,6 +88,9 @@ def runpod(sshd: Sshd) -> Iterator[RunPodStandIn]:
         standin.stop()
 
 
+FETCH_ALLOWANCE_S = 600.0  # RunPod's deadline = the pod's + this
+
+
 @pytest.fixture
 def runpod_settings(settings: Settings, runpod: RunPodStandIn, tmp_path: Path) -> Iterator[Settings]:
     workdir = tmp_path / "runpod-pod"
@@ -96,7 +99,7 @@ def runpod_settings(settings: Settings, runpod: RunPodStandIn, tmp_path: Path) -
         "runpod_api_key": SecretStr(ACCOUNT_KEY), "runpod_workdir": str(workdir),
         "runpod_python": sys.executable, "runpod_ssh_user": runpod.sshd.user,
         "runpod_request_timeout_s": 0.5, "runpod_backoff_s": 0.0,
-        "runpod_create_attempts": 3, "runpod_ssh_attempts": 3,
+        "runpod_create_attempts": 3, "runpod_ssh_attempts": 3, "pod_fetch_allowance_s": FETCH_ALLOWANCE_S,
     })
     end_processes_in(workdir)
 

@@ -1,4 +1,4 @@
-"""A local stand-in for RunPod's API: REST v2 `/v2/pods` and the GraphQL calls Caddie's pods make.
+"""A local stand-in for RunPod's API: REST v2 `/v2/pods` and the GraphQL calls Caddie makes.
 
 It answers as RunPod's published v2 schema says (docs/orchestration.md, "RunPod API facts"):
 a create body with a field the schema does not know is refused (422, problem+json naming it);
@@ -7,12 +7,23 @@ RUNNING and then lists the port mappings, `22/tcp` as `{private: 22, public, typ
 `cost` is $/hour and 0 once the pod has stopped; `DELETE` answers 204 and the pod is gone for
 good (GET, DELETE: 404; not listed); every error is `{title, status, detail}`. The "pod" it hands
 out is the test's real sshd: on RUNNING it writes the pod's PUBLIC_KEY into that sshd's
-authorized_keys, as RunPod's images do. Faults are queued per operation and used once each:
+authorized_keys, as RunPod's images do, and takes it out again when the pod ends, so a pod that
+is gone can no longer be reached.
+
+GraphQL's create, `podFindAndDeployOnDemand(input: $input)`, takes the input as a variable and
+coerces it as a GraphQL server does: a field `PodFindAndDeployOnDemandInput` does not define, or a
+value of the wrong type, is refused with HTTP 400 and `errors: [{message}]`; "no capacity" comes
+as HTTP 200 with an `errors` list. It answers `{id, desiredStatus}`. The pod's `terminateAfter` is
+kept (`pod["terminate_after"]`), and a reaper ends every pod whose `terminateAfter` has passed on
+the stand-in's clock, which a test may move forward (`clock_offset_s`); those are listed in
+`ended_by_deadline` with the clock's time then.
+
+Faults are queued per operation and used once each ("create" serves both creates):
 
 - "500": HTTP 500; "timeout": answers after `slow_s` (longer than the client waits);
 - "429": HTTP 429 with `Retry-After: 12`, as RunPod's rate limit answers;
-- "capacity": HTTP 400 with RunPod's "no longer any instances" words;
-- "invalid" (create only): HTTP 422 with a validation error;
+- "capacity": RunPod's "no longer any instances" words (REST: HTTP 400; GraphQL: 200 + errors);
+- "invalid" (create only): a validation error (REST: 422; GraphQL: 400);
 - "made-then-timeout" (create only): makes the pod, then answers too late;
 - "linger" (delete only): says 204 but leaves the pod running.
 
@@ -30,7 +41,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -41,6 +52,17 @@ NO_CAPACITY = "There are no longer any instances available with the requested sp
 CREATE_FIELDS = {"name", "image", "args", "disk", "ports", "env", "registry", "mounts", "gpu", "cpu",
                  "cloud", "dataCenterIds", "globalNetworking"}
 ENDED = ("EXITED", "ERROR", "TERMINATED")
+# PodFindAndDeployOnDemandInput's fields, as RunPod's SDK and clients send them (runpod-python
+# api/mutations/pods.py and apps/tasks.py; dstack; the Pulumi provider): any other is refused.
+DEPLOY_FIELDS = {"name", "imageName", "gpuTypeId", "gpuTypeIdList", "gpuCount", "cloudType", "containerDiskInGb",
+                 "volumeInGb", "volumeMountPath", "networkVolumeId", "ports", "env", "dockerArgs", "startSsh",
+                 "startJupyter", "supportPublicIp", "dataCenterId", "dataCenterIds", "countryCode", "minVcpuCount",
+                 "minMemoryInGb", "allowedCudaVersions", "minCudaVersion", "minDownload", "minUpload",
+                 "templateId", "containerRegistryAuthId", "stopAfter", "terminateAfter"}
+DEPLOY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str, "imageName": str, "gpuTypeId": str, "gpuCount": int, "cloudType": str, "containerDiskInGb": int,
+    "volumeInGb": int, "ports": str, "env": list, "startSsh": bool, "supportPublicIp": bool, "dataCenterId": str,
+    "dataCenterIds": list, "terminateAfter": str, "stopAfter": str}
 
 
 @dataclass
@@ -80,10 +102,14 @@ class RunPodStandIn:
         self.price = 21.52
         self.ssh_public = True
         self.pod_key_rest = True
+        self.clock_offset_s = 0.0  # the stand-in's clock runs this far ahead of the real one
+        self.ended_by_deadline: dict[str, datetime] = {}  # pod id → the clock when terminateAfter ended it
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.stopping = threading.Event()
+        self.reaper = threading.Thread(target=self._reap, daemon=True)
 
     @property
     def url(self) -> str:
@@ -91,10 +117,26 @@ class RunPodStandIn:
 
     def start(self) -> None:
         self.thread.start()
+        self.reaper.start()
 
     def stop(self) -> None:
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
+        self.reaper.join(timeout=5)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset_s)
+
+    def _reap(self) -> None:
+        """RunPod's server-side stop: end each pod whose terminateAfter has passed."""
+        while not self.stopping.wait(0.05):
+            now = self.now()
+            with self.lock:
+                due = [i for i, p in self.pods.items() if p["terminate_after"] and p["terminate_after"] <= now]
+            for pod_id in due:
+                if self._end(pod_id):
+                    self.ended_by_deadline[pod_id] = now
 
     def live(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -113,7 +155,8 @@ class RunPodStandIn:
 
     # --- the API ------------------------------------------------------------------------
 
-    def _new_pod(self, body: dict[str, Any], *, status: str = "PROVISIONING") -> dict[str, Any]:
+    def _new_pod(self, body: dict[str, Any], *, status: str = "PROVISIONING",
+                 terminate_after: datetime | None = None) -> dict[str, Any]:
         pod_id = secrets.token_hex(7)
         centers = body.get("dataCenterIds") or ["EU-RO-1"]
         gpu = body.get("gpu") or {}
@@ -122,7 +165,7 @@ class RunPodStandIn:
                "registry": None, "status": status, "gpu": {"id": gpu.get("id"), "count": gpu.get("count", 1)},
                "cloud": body.get("cloud", "SECURE"), "dataCenterId": centers[0], "template": None,
                "cost": self.price, "locked": False, "createdAt": _now(), "startedAt": None, "gets": 0,
-               "body": body}
+               "body": body, "terminate_after": terminate_after}
         self.pods[pod_id] = pod
         self.pod_keys[pod_id] = "pod-scoped-" + secrets.token_hex(8)
         return pod
@@ -270,6 +313,11 @@ class RunPodStandIn:
                 return False
             pod["status"] = "TERMINATED"
             self.ended[pod_id] = pod
+            public = (pod["env"].get("PUBLIC_KEY") or "").strip()
+            keys = self.sshd.folder / "authorized_keys"
+            if public and keys.exists():  # the pod is gone: its key no longer lets anyone in
+                kept = [line for line in keys.read_text().splitlines() if line.strip() != public]
+                keys.write_text("".join(line + "\n" for line in kept))
             return True
 
     def _graphql(self, token: str, payload: dict[str, Any]) -> tuple[int, Any]:
@@ -284,15 +332,60 @@ class RunPodStandIn:
             return 200, {"data": {"podTerminate": None}}
         if token != f"Bearer {self.account_key}":
             return 401, {"errors": [{"message": "Unauthorized"}]}
+        if "podFindAndDeployOnDemand" in query:
+            return self._deploy(variables.get("input"))
         if "myself" in query:
             spend = sum(p["cost"] for p in self.live())
             return 200, {"data": {"myself": {"clientBalance": self.balance, "currentSpendPerHr": spend}}}
         return 200, {"errors": [{"message": "Cannot query field on type \"Mutation\"."}], "data": None}
 
+    def _deploy(self, pod_input: Any) -> tuple[int, Any]:
+        """GraphQL's create: the input coerced as PodFindAndDeployOnDemandInput, then a pod."""
+        refused = _uncoercible(pod_input)
+        if refused:
+            return 400, {"errors": [{"message": f'Variable "$input" got invalid value; {refused}',
+                                     "extensions": {"code": "BAD_USER_INPUT"}}]}
+        fault = self._fault("create")
+        if fault in ("500", "429", "timeout"):
+            return self._faulty_now(fault)
+        if fault == "invalid":
+            return 400, {"errors": [{"message": 'Variable "$input" got invalid value; Value "MOON" does not '
+                                                'exist in "CloudTypeEnum" enum.'}]}
+        full = fault == "capacity" or pod_input.get("dataCenterId") in self.full_centers
+        if full:
+            return 200, {"errors": [{"message": NO_CAPACITY, "path": ["podFindAndDeployOnDemand"]}],
+                         "data": {"podFindAndDeployOnDemand": None}}
+        body = {"name": pod_input.get("name"), "image": pod_input.get("imageName"),
+                "gpu": {"id": pod_input.get("gpuTypeId"), "count": pod_input.get("gpuCount", 1)},
+                "cloud": pod_input.get("cloudType", "ALL"), "disk": pod_input.get("containerDiskInGb", 50),
+                "ports": [p for p in str(pod_input.get("ports") or "").split(",") if p],
+                "env": {e["key"]: e["value"] for e in pod_input.get("env") or []},
+                "dataCenterIds": [pod_input["dataCenterId"]] if pod_input.get("dataCenterId") else None}
+        after = pod_input.get("terminateAfter")
+        with self.lock:
+            pod = self._new_pod(body, terminate_after=datetime.fromisoformat(after) if after else None)
+            pod["input"] = pod_input
+        if fault == "made-then-timeout":
+            time.sleep(self.slow_s)
+        return 200, {"data": {"podFindAndDeployOnDemand": {"id": pod["id"], "desiredStatus": "RUNNING"}}}
+
+    def _faulty_now(self, fault: str) -> tuple[int, Any]:
+        self.faults["create"].insert(0, fault)
+        return self._faulty("create")  # type: ignore[return-value]
+
     def pod_delete_by_pod_key(self, pod_id: str, key: str) -> bool:
         """Whether a DELETE of pod_id arrived carrying that key (the watchdog's call)."""
         return any(r.method == "DELETE" and r.path.endswith(f"/pods/{pod_id}")
                    and r.headers.get("authorization") == f"Bearer {key}" for r in self.requests)
+
+    def deploys(self) -> list[dict[str, Any]]:
+        """The input of every GraphQL create, in order."""
+        found = []
+        for r in self.requests:
+            payload = json.loads(r.body or b"{}") if r.path == "/graphql" else {}
+            if "podFindAndDeployOnDemand" in payload.get("query", ""):
+                found.append((payload.get("variables") or {}).get("input"))
+        return found
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         standin = self
@@ -323,3 +416,27 @@ class RunPodStandIn:
                 pass
 
         return Handler
+
+
+def _uncoercible(pod_input: Any) -> str | None:
+    """Why a GraphQL server would refuse this value as PodFindAndDeployOnDemandInput; None: fine."""
+    if not isinstance(pod_input, dict):
+        return 'Expected type "PodFindAndDeployOnDemandInput" to be an object.'
+    for key in sorted(pod_input):
+        if key not in DEPLOY_FIELDS:
+            return f'Field "{key}" is not defined by type "PodFindAndDeployOnDemandInput".'
+        kind, value = DEPLOY_TYPES.get(key), pod_input[key]
+        if value is not None and kind is not None and (not isinstance(value, kind) or
+                                                        (kind is int and isinstance(value, bool))):
+            return f'Field "{key}" got a value of the wrong type: {json.dumps(value)[:60]}.'
+    if pod_input.get("cloudType") not in (None, "SECURE", "COMMUNITY", "ALL"):
+        return f'Value "{pod_input["cloudType"]}" does not exist in "CloudTypeEnum" enum.'
+    if any(not isinstance(e, dict) or set(e) != {"key", "value"} for e in pod_input.get("env") or []):
+        return 'Field "env" expects a list of EnvironmentVariableInput {key, value}.'
+    after = pod_input.get("terminateAfter")
+    try:
+        if after is not None and datetime.fromisoformat(after).tzinfo is None:
+            return 'Field "terminateAfter": a DateTime needs its UTC offset.'
+    except ValueError:
+        return f'Field "terminateAfter" got an invalid DateTime: {after!r}.'
+    return None

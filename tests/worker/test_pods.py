@@ -4,7 +4,6 @@ The ssh provider's pod is a real sshd; the runpod provider's pods come from the 
 stand-in, which hands out that sshd too.
 """
 
-import json
 import shutil
 import sys
 
@@ -34,7 +33,8 @@ def pods(engine) -> list[Pod]:
 
 
 def creates(runpod) -> list[dict]:
-    return [json.loads(r.body) for r in runpod.requests if r.method == "POST" and r.path == "/v2/pods"]
+    """The input of every create (GraphQL podFindAndDeployOnDemand)."""
+    return runpod.deploys()
 
 
 # --- preflight -------------------------------------------------------------------------
@@ -102,14 +102,14 @@ def test_an_experiments_hardware_goes_into_the_create_request(runpod_director, r
         run_id = make_run(session, experiment, seed=1).id
     run = drive(runpod_director, run_id, until=FINAL)
     assert run.status == "succeeded", run.reason
-    assert creates(runpod)[0]["gpu"] == {"id": "NVIDIA H100 PCIe", "count": 1}
+    assert (creates(runpod)[0]["gpuTypeId"], creates(runpod)[0]["gpuCount"]) == ("NVIDIA H100 PCIe", 1)
     assert any("H100" in reason for reason in run.reasons)  # eligibility still asks for 8 x H100 SXM
 
 
 def test_without_hardware_the_settings_record_hardware_is_asked_for(runpod_director, runpod, engine):
     drive(runpod_director, new_run(engine, provider="runpod"), until=FINAL)
-    assert creates(runpod)[0]["gpu"] == {"id": "NVIDIA H100 80GB HBM3", "count": 8}
-    assert "dataCenterIds" not in creates(runpod)[0]  # none configured: any
+    assert (creates(runpod)[0]["gpuTypeId"], creates(runpod)[0]["gpuCount"]) == ("NVIDIA H100 80GB HBM3", 8)
+    assert "dataCenterId" not in creates(runpod)[0]  # none configured: any
 
 
 # --- data centres ----------------------------------------------------------------------
@@ -121,7 +121,7 @@ def test_no_capacity_tries_the_next_data_centre_before_backing_off(runpod_settin
     run_id = new_run(engine, provider="runpod")
     director.advance(run_id)  # queued → provisioning
     director.advance(run_id)  # both centres asked in this one step
-    assert [c["dataCenterIds"] for c in creates(runpod)] == [["EU-RO-1"], ["US-KS-2"]]
+    assert [c["dataCenterId"] for c in creates(runpod)] == ["EU-RO-1", "US-KS-2"]
     run = drive(director, run_id, until=FINAL)
     assert run.status == "succeeded", run.reason
     assert runpod.ended[pods(engine)[0].external_id]["dataCenterId"] == "US-KS-2"
@@ -157,7 +157,7 @@ def test_a_balance_below_the_estimate_makes_the_run_wait_then_rent(runpod_direct
     waiting = read_run(engine, run_id)
     assert waiting.status == "provisioning" and creates(runpod) == []
     assert waiting.reason == ("waiting: the RunPod balance of $5.00 is below the pod's estimated cost "
-                              "of $12.73 (try 1 of 3)")
+                              "of $16.32 (try 1 of 3)")  # to its RunPod stop: deadline + allowance
     runpod.balance = 100.0  # topped up
     run = drive(runpod_director, run_id, until=FINAL)
     assert run.status == "succeeded" and run.reason is None
@@ -167,7 +167,7 @@ def test_a_balance_that_stays_short_fails_the_run_saying_so(runpod_director, run
     runpod.balance = 5.0
     run = drive(runpod_director, new_run(engine, provider="runpod"), until=FINAL)
     assert run.status == "failed"
-    assert run.reason == ("the RunPod balance of $5.00 is below the pod's estimated cost of $12.73 "
+    assert run.reason == ("the RunPod balance of $5.00 is below the pod's estimated cost of $16.32 "
                           "(after 3 attempts)")
     assert creates(runpod) == [] and runpod.live() == []
 

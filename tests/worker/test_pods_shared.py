@@ -4,14 +4,16 @@ The ssh provider's pod is a real sshd; the runpod provider's come from the local
 The fake trainer's `data fetch` writes tiny valid shards and appends a line to `fetches`.
 """
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
 
-from server.models import Pod
+from server.models import Experiment, Pod, Run
 from server.states import FINAL_RUN_STATUSES, RunStatus
 from tests.factories import make_experiment, make_run
+from tests.worker.conftest import FETCH_ALLOWANCE_S
 from tests.worker.harness import FAKE_TRAINER, drive, read_run
 from worker import reconciler
 from worker.bundle import TrainerBundle
@@ -113,12 +115,41 @@ def test_a_shared_runpod_pod_is_rented_once_and_terminated_after_the_last_seed(r
     run_ids = seeds(engine, "runpod", 2)
     runs = [drive(runpod_director, r, until=FINAL) for r in run_ids]
     assert [r.status for r in runs] == ["succeeded"] * 2, [r.reason for r in runs]
-    creates = [r for r in runpod.requests if r.method == "POST" and r.path == "/v2/pods"]
-    assert len(creates) == 1 and runpod.live() == [] and len(runpod.ended) == 1
+    assert len(runpod.deploys()) == 1 and runpod.live() == [] and len(runpod.ended) == 1
     pod = the_pod(engine)
     assert pod.status == "terminated"
     deadline_file = Path(runpod_director.settings.runpod_workdir, "pod-deadline")
     assert int(deadline_file.read_text()) == int(pod.deadline_at.timestamp())
+
+
+def test_runpods_own_deadline_covers_every_seed_the_experiment_has_when_the_pod_is_rented(runpod_director,
+                                                                                          runpod, engine):
+    run_ids = seeds(engine, "runpod", 3)
+    runs = [drive(runpod_director, r, until=FINAL) for r in run_ids]
+    assert [r.status for r in runs] == ["succeeded"] * 3, [r.reason for r in runs]
+    (body,) = runpod.deploys()
+    pod = the_pod(engine)
+    seed_s = runpod_director._deadline_s(runs[0])
+    # n × one seed's life + the margin, from when the pod was asked for; rounded up to the second
+    life_s = (datetime.fromisoformat(body["terminateAfter"]) - pod.created_at.replace(tzinfo=UTC)).total_seconds()
+    assert 0 <= life_s - (3 * seed_s + runpod_director.settings.pod_margin_s + FETCH_ALLOWANCE_S) < 1
+
+
+def test_a_seed_that_would_outlive_runpods_deadline_gets_a_pod_of_its_own(runpod_director, runpod, engine):
+    (first,) = seeds(engine, "runpod", 1)  # rented for one seed: RunPod ends it at that seed's deadline
+    drive(runpod_director, first, until={RunStatus.running})
+    with Session(engine) as session:  # a seed added later: the pod's fixed deadline does not cover it
+        experiment = session.get(Experiment, session.get(Run, first).experiment_id)
+        second = make_run(session, experiment, seed=2).id
+    runs = [drive(runpod_director, r, until=FINAL) for r in (first, second)]
+
+    assert [r.status for r in runs] == ["succeeded"] * 2, [r.reason for r in runs]
+    with Session(engine) as session:
+        pods = list(session.exec(select(Pod).order_by(Pod.id)).all())
+    assert [p.name for p in pods] == [f"caddie-run-{first}", f"caddie-run-{second}"]
+    assert [p.status for p in pods] == ["terminated", "terminated"] and runs[1].pod_id == pods[1].id
+    assert pods[0].terminated_at <= runs[1].started_at  # given back, not handed on
+    assert len(runpod.deploys()) == 2 and runpod.live() == []
 
 
 def test_the_reconciler_leaves_a_pod_between_two_seeds_alone(runpod_director, runpod, engine):

@@ -1,8 +1,12 @@
 """The runpod provider against a local stand-in of RunPod's API whose pod is a real sshd."""
 
 import json
+import os
+import signal
 import stat
 import subprocess
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -14,7 +18,7 @@ from server import costs
 from server.experiments import cancel_run
 from server.models import Experiment, LogChunk, Pod, Run, RunEvent
 from server.states import FINAL_RUN_STATUSES, RunStatus
-from tests.worker.conftest import ACCOUNT_KEY
+from tests.worker.conftest import ACCOUNT_KEY, FETCH_ALLOWANCE_S
 from tests.worker.harness import drive, new_run, read_run, running_past_its_deadline
 from worker import reconciler
 from worker.errors import StepFailed
@@ -31,7 +35,9 @@ def pod_rows(engine) -> list[Pod]:
 
 
 def creates(runpod) -> list[dict]:
-    return [json.loads(r.body) for r in runpod.requests if r.method == "POST" and r.path == "/v2/pods"]
+    """The input of every create Caddie sent (GraphQL podFindAndDeployOnDemand; never v2's POST)."""
+    assert runpod.count("POST", "/v2/pods") == 0
+    return runpod.deploys()
 
 
 def everything_written(engine, folder: Path) -> str:
@@ -44,11 +50,32 @@ def everything_written(engine, folder: Path) -> str:
     return "\n".join(parts)
 
 
+def stop_watchdog(run_dir: Path) -> int:
+    """Kill the watchdog this test's run started (`bash watchdog.sh` in run_dir); how many there were."""
+    for _ in range(100):  # launch.sh starts it just after the run is marked running
+        if (run_dir / "watchdog.out").exists():
+            break
+        time.sleep(0.05)
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            found = (proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == run_dir
+                     and b"watchdog.sh" in (proc / "cmdline").read_bytes())
+        except OSError:
+            continue
+        if found:
+            os.kill(int(proc.name), signal.SIGKILL)
+            killed += 1
+    return killed
+
+
 @pytest.mark.faults
 def test_a_run_on_runpod_succeeds_and_its_pod_is_terminated(runpod_director, runpod, engine, runpod_settings,
                                                             caplog):
     caplog.set_level("DEBUG")
     run_id = new_run(engine, provider="runpod")
+    drive(runpod_director, run_id, until={RunStatus.connecting})
+    rented_until = pod_rows(engine)[0].deadline_at.replace(tzinfo=UTC)  # before the data fetch moves it on
     drive(runpod_director, run_id, until={RunStatus.running})
     key_file = runpod_settings.data_dir.resolve() / "keys" / f"caddie-run-{run_id}"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -59,17 +86,23 @@ def test_a_run_on_runpod_succeeds_and_its_pod_is_terminated(runpod_director, run
     assert run.status == "succeeded", run.reason
 
     (body,) = creates(runpod)
-    assert set(body) == {"name", "image", "gpu", "cloud", "disk", "ports", "env"}  # v2 refuses others
-    assert body["name"] == f"caddie-run-{run_id}"
-    assert body["gpu"] == {"id": "NVIDIA H100 80GB HBM3", "count": 8}
-    assert (body["cloud"], body["ports"], body["disk"]) == ("SECURE", ["22/tcp"], runpod_settings.runpod_disk_gb)
-    assert list(body["env"]) == ["PUBLIC_KEY"] and body["env"]["PUBLIC_KEY"].startswith("ssh-ed25519 ")
+    assert set(body) == {"name", "imageName", "gpuTypeId", "gpuCount", "cloudType", "containerDiskInGb",
+                         "volumeInGb", "ports", "supportPublicIp", "startSsh", "env", "terminateAfter"}
+    assert body["name"] == f"caddie-run-{run_id}" and body["imageName"] == runpod_settings.runpod_image
+    assert (body["gpuTypeId"], body["gpuCount"]) == ("NVIDIA H100 80GB HBM3", 8)
+    assert (body["cloudType"], body["ports"], body["containerDiskInGb"], body["volumeInGb"]) == (
+        "SECURE", "22/tcp", runpod_settings.runpod_disk_gb, 0)
+    (env,) = body["env"]
+    assert env["key"] == "PUBLIC_KEY" and env["value"].startswith("ssh-ed25519 ")
     (pod,) = pod_rows(engine)
     assert (pod.status, pod.host, pod.port) == ("terminated", "127.0.0.1", runpod.sshd.port)
-    assert runpod.live() == [] and pod.external_id in runpod.ended
-    # No GraphQL call but the balance: there is no mutation that sets a deadline on a v2 pod.
-    assert [json.loads(r.body)["query"] for r in runpod.requests if r.path == "/graphql"] == [
-        "query { myself { clientBalance currentSpendPerHr } }"]
+    assert runpod.live() == [] and pod.external_id in runpod.ended and runpod.ended_by_deadline == {}
+    # RunPod's own stop is the pod's deadline plus the data-download allowance, in UTC, to the
+    # second (never before it).
+    stop = datetime.fromisoformat(body["terminateAfter"])
+    assert body["terminateAfter"].endswith("+00:00")
+    assert 0 <= (stop - rented_until).total_seconds() - FETCH_ALLOWANCE_S < 1
+    assert runpod.ended[pod.external_id]["terminate_after"] == stop
     assert [r.status for r in runpod.requests if r.method == "DELETE"] == [204]
     assert not key_file.exists()  # the pod is gone; so is its key
 
@@ -78,7 +111,17 @@ def test_a_run_on_runpod_succeeds_and_its_pod_is_terminated(runpod_director, run
     sent_to_pod = everything_written(engine, Path(runpod_settings.runpod_workdir))
     assert "train_loss" in sent_to_pod  # the search covers the log and files
     assert ACCOUNT_KEY not in sent_to_pod + json.dumps(body) + caplog.text
+    assert "RUNPOD_API_KEY" not in json.dumps(body)  # RunPod puts the pod's own key there; never ours
     assert len(private) > 2 and not [p for p in private if p in sent_to_pod + json.dumps(body) + caplog.text]
+
+
+def test_a_data_download_that_would_outlast_runpods_deadline_fails_the_run(runpod_director, runpod, engine,
+                                                                           runpod_settings):
+    runpod_director.settings = runpod_settings.model_copy(update={"pod_fetch_allowance_s": 0.0})
+    run = drive(runpod_director, new_run(engine, provider="runpod"), until=FINAL)
+    assert run.status == "failed"
+    assert run.reason.startswith("the data download took so long that the provider would end the pod at ")
+    assert runpod.live() == []
 
 
 def test_a_redelivered_create_adopts_the_pod_made_before(runpod_director, runpod, engine, runpod_settings):
@@ -98,6 +141,11 @@ def test_a_redelivered_create_adopts_the_pod_made_before(runpod_director, runpod
 def test_a_create_whose_answer_is_lost_makes_one_pod(runpod_director, runpod, engine):
     runpod.faults["create"] = ["made-then-timeout"]
     run_id = new_run(engine, provider="runpod")
+    drive(runpod_director, run_id, until={RunStatus.connecting})
+    # The adopting try asked for a later deadline; the pod keeps the one RunPod was told.
+    (body,) = creates(runpod)
+    assert pod_rows(engine)[0].deadline_at.replace(tzinfo=UTC) + timedelta(seconds=FETCH_ALLOWANCE_S) == (
+        datetime.fromisoformat(body["terminateAfter"]))
     run = drive(runpod_director, run_id, until=FINAL)
     assert run.status == "succeeded", run.reason
     assert len(creates(runpod)) == 1 and len(runpod.ended) == 1 and runpod.live() == []
@@ -122,6 +170,46 @@ def test_no_capacity_fails_clearly_after_the_tries_with_no_pod_left(runpod_direc
     assert run.reason.endswith("(after 3 attempts)")
     assert len(creates(runpod)) == 3 and runpod.live() == []
     assert pod_rows(engine)[0].status == "terminated"
+
+
+@pytest.mark.faults
+def test_graphql_capacity_errors_move_through_the_data_centres_then_fail_naming_them(runpod_director, runpod,
+                                                                                    engine, runpod_settings):
+    runpod.full_centers = {"EU-RO-1", "US-KS-2"}
+    runpod_director.settings = runpod_settings.model_copy(update={"runpod_data_centers": "EU-RO-1, US-KS-2"})
+    run = drive(runpod_director, new_run(engine, provider="runpod"), until=FINAL)
+    assert run.status == "failed"
+    assert run.reason == ("RunPod has no capacity for 8 x NVIDIA H100 80GB HBM3 on SECURE cloud in EU-RO-1, "
+                          "US-KS-2: There are no longer any instances available with the requested "
+                          "specifications. (after 3 attempts)")
+    assert [b["dataCenterId"] for b in creates(runpod)] == ["EU-RO-1", "US-KS-2"] * 3
+    assert all(r.status == 200 for r in runpod.requests if r.path == "/graphql")  # GraphQL's way to refuse
+    assert runpod.live() == [] and pod_rows(engine)[0].status == "terminated"
+
+
+@pytest.mark.faults
+def test_runpods_own_deadline_ends_the_pod_when_the_watchdog_and_reconciler_do_not(runpod_director, runpod,
+                                                                                    engine):
+    run_id = new_run(engine, provider="runpod", fake_mode="sleep")
+    run = drive(runpod_director, run_id, until={RunStatus.running})
+    assert stop_watchdog(Path(run.remote_dir))  # the pod's own stop is off; no reconciler runs here
+    (pod,) = pod_rows(engine)
+    (body,) = creates(runpod)
+    stop = datetime.fromisoformat(body["terminateAfter"])
+
+    runpod.clock_offset_s = (stop - datetime.now(UTC)).total_seconds() - 2  # RunPod's clock: 2 s before
+    time.sleep(0.5)
+    assert [p["id"] for p in runpod.live()] == [pod.external_id]
+    runpod.clock_offset_s += 2.5  # and past it
+    for _ in range(100):
+        if not runpod.live():
+            break
+        time.sleep(0.05)
+    assert runpod.live() == [] and stop <= runpod.ended_by_deadline[pod.external_id] < stop + timedelta(seconds=2)
+
+    run = drive(runpod_director, run_id, until=FINAL)  # the pod is gone: SSH to it fails, the run fails
+    assert run.status == "failed" and "(after 3 attempts)" in run.reason, run.reason
+    assert pod_rows(engine)[0].status == "terminated" and runpod.live() == []
 
 
 def test_a_refused_key_fails_at_once_without_the_key_in_the_reason(runpod_settings, engine, finalized, runpod):
@@ -306,26 +394,42 @@ def test_a_run_waits_while_live_pods_hold_the_overall_budget(runpod_director, ru
 # --- RunPod's API as documented (docs/orchestration.md, "RunPod API facts") -------------
 
 
-def test_a_create_field_v2_does_not_know_is_refused_with_runpods_words(runpod_settings, runpod):
+def test_a_create_field_graphql_does_not_know_is_refused_with_runpods_words(runpod_settings, runpod):
     api = RunPodAPI(runpod_settings)
-    body = {"name": "caddie-run-1", "image": "runpod/pytorch", "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 8},
-            "startSsh": True}
+    pod_input = {"name": "caddie-run-1", "imageName": "runpod/pytorch", "gpuTypeId": "NVIDIA H100 80GB HBM3",
+                 "gpuCount": 8, "cloudType": "SECURE", "terminateAfter": "2030-01-01T00:00:00+00:00",
+                 "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 8}}  # v2's name for it
     with pytest.raises(StepFailed) as refused:
-        api.create(body)
-    assert refused.value.reason == ("RunPod API refused POST /pods: HTTP 422: Request validation failed. "
-                                    "($: additional properties 'startSsh' not allowed)")
-    answer = httpx.post(f"{runpod.url}/v2/pods", json=body, headers={"Authorization": f"Bearer {ACCOUNT_KEY}"})
-    assert answer.headers["content-type"] == "application/problem+json"
-    assert answer.json()["title"] == "Unprocessable Entity" and runpod.live() == []
+        api.deploy(pod_input)
+    assert refused.value.reason == ('RunPod API refused podFindAndDeployOnDemand: HTTP 400: Variable "$input" '
+                                    'got invalid value; Field "gpu" is not defined by type '
+                                    '"PodFindAndDeployOnDemandInput".')
+    with pytest.raises(StepFailed) as naive:
+        api.deploy({**{k: v for k, v in pod_input.items() if k != "gpu"}, "terminateAfter": "2030-01-01T00:00:00"})
+    assert naive.value.reason.endswith('Field "terminateAfter": a DateTime needs its UTC offset.')
+    assert runpod.live() == []
 
 
 def test_a_validation_error_fails_the_run_at_once(runpod_director, runpod, engine):
     runpod.faults["create"] = ["invalid"]
     run = drive(runpod_director, new_run(engine, provider="runpod"), until=FINAL)
     assert run.status == "failed"
-    assert run.reason == ("RunPod API refused POST /pods: HTTP 422: Request validation failed. "
-                          "($.gpu.count: must be >= 1)")
+    assert run.reason == ('RunPod API refused podFindAndDeployOnDemand: HTTP 400: Variable "$input" got invalid '
+                          'value; Value "MOON" does not exist in "CloudTypeEnum" enum.')
     assert len(creates(runpod)) == 1 and runpod.live() == []
+
+
+@pytest.mark.parametrize(("message", "reason"), [
+    ("Unauthorized", "RunPod refused the API key for podFindAndDeployOnDemand (Unauthorized)"),
+    ("Something went wrong. Please try again later.",
+     "RunPod API failed podFindAndDeployOnDemand: Something went wrong. Please try again later."),
+    ("gpuTypeId is not available in cloud SECURE", "RunPod API refused podFindAndDeployOnDemand: "
+                                                   "gpuTypeId is not available in cloud SECURE")])
+def test_graphql_errors_in_a_200_are_told_apart(runpod_settings, message, reason):
+    with pytest.raises(StepFailed) as failed:
+        RunPodAPI(runpod_settings)._graphql_error(message, "podFindAndDeployOnDemand")
+    assert failed.value.reason == reason
+    assert isinstance(failed.value, RetryLater) == ("try again" in message)
 
 
 def test_a_running_pod_is_not_used_before_its_22_has_a_public_mapping(runpod_director, runpod, engine,
@@ -360,6 +464,9 @@ def test_graphql_refuses_a_wrong_key_with_401(runpod_settings, runpod):
     with pytest.raises(StepFailed) as refused:
         RunPodProvider(wrong).balance()
     assert refused.value.reason == "RunPod refused the API key for graphql (HTTP 401)"
+    with pytest.raises(StepFailed) as create:
+        RunPodAPI(wrong).deploy({"name": "caddie-run-1"})
+    assert create.value.reason == "RunPod refused the API key for podFindAndDeployOnDemand (HTTP 401)"
     assert RunPodProvider(runpod_settings).balance() == {"balance": 256.19, "spend_per_hour": 0}
 
 

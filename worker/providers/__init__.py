@@ -8,6 +8,7 @@ so the director never knows which one lent the pod.
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlmodel import Session
 
@@ -104,6 +105,10 @@ class Provider(ABC):
 
     def extend(self, pod: Pod) -> None:
         """Move the provider-side stop to the pod's (later) deadline_at; a pod shared by seeds."""
+        return None
+
+    def stop_at(self, pod: Pod) -> datetime | None:
+        """When the provider itself ends the pod, fixed when it was made; None: no such stop."""
         return None
 
     def forget(self, pod: Pod) -> None:

@@ -1,11 +1,12 @@
 """The `runpod` provider: pods rented from RunPod, reached over SSH.
 
-REST API v2 (settings.runpod_api_url) creates, reads, lists and deletes pods; a new pod goes
-PROVISIONING → STARTING → RUNNING, and once RUNNING its `runtime.ports` maps `22/tcp` to a public
-`ip:public`. GraphQL (settings.runpod_graphql_url) is used only for what v2 lacks: the account
-balance. RunPod's server-side deadline (`terminateAfter`) exists only in GraphQL's create input and
-cannot be moved afterwards, so v2 pods have none: the watchdog on the pod and the reconciler are
-the stops (docs/orchestration.md, "RunPod API facts").
+A pod is created with GraphQL's `podFindAndDeployOnDemand` (settings.runpod_graphql_url), the one
+create that takes RunPod's server-side deadline, `terminateAfter`: RunPod itself ends the pod then,
+whatever became of Caddie. REST API v2 (settings.runpod_api_url) reads, lists and deletes pods; a
+new pod goes PROVISIONING → STARTING → RUNNING, and once RUNNING its `runtime.ports` maps `22/tcp`
+to a public `ip:public`. GraphQL also gives the account balance. `terminateAfter` cannot be moved
+once set, so it is written down (data_dir/keys/<pod>.stop) for the director, which gives a shared
+pod back rather than seat a seed that would outlive it (docs/orchestration.md, "RunPod API facts").
 
 Each pod gets a fresh ed25519 key, sent as the `PUBLIC_KEY` env var (RunPod images write it to
 `authorized_keys`); the private half stays on this worker's disk (data_dir/keys, mode 0600)
@@ -20,18 +21,19 @@ import logging
 import os
 import re
 import shlex
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlmodel import Session
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
 from server import costs
 from server.models import Experiment, Pod, Run, utcnow
-from server.states import PodStatus
+from server.states import FINAL_RUN_STATUSES, PodStatus
 from worker.errors import ConnectError, HostKeyMismatch, StepFailed
 from worker.providers import ListedPod, Provider, RetryLater
 from worker.remote import Remote
@@ -46,7 +48,14 @@ ENDED = ("EXITED", "ERROR", "TERMINATED")
 _NO_CAPACITY = re.compile(r"no longer any instances|no (gpu )?capacity|not enough free|"
                           r"no instances? available|out of stock|insufficient capacity|"
                           r"no available machine|resources to deploy your pod", re.IGNORECASE)
+# GraphQL errors that say the key is wrong, and those worth another try (HTTP errors are
+# classified by status code instead).
+_AUTH = re.compile(r"unauthori[sz]ed|unauthenticated|forbidden|invalid api key|permission denied", re.IGNORECASE)
+_TRANSIENT = re.compile(r"try again|internal server error|something went wrong|timed? ?out", re.IGNORECASE)
 BALANCE = "query { myself { clientBalance currentSpendPerHr } }"
+# The input goes as a variable, so no value (an env var, say) is ever spliced into the query text.
+CREATE = ("mutation rent($input: PodFindAndDeployOnDemandInput) "
+          "{ podFindAndDeployOnDemand(input: $input) { id desiredStatus } }")
 MAX_BACKOFF_S = 300.0
 
 
@@ -59,14 +68,16 @@ class NoCapacity(RetryLater):
 
 
 class RunPodAPI:
-    """Thin client of the REST v2 pod endpoints and the two GraphQL calls."""
+    """Thin client of the REST v2 pod endpoints and the GraphQL create and balance."""
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
         self.base = settings.runpod_api_url.rstrip("/")
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._request("POST", "/pods", body=body) or {}
+    def deploy(self, pod_input: dict[str, Any]) -> dict[str, Any]:
+        """GraphQL `podFindAndDeployOnDemand`: `{id, desiredStatus}` of the new pod."""
+        data = self.graphql(CREATE, {"input": pod_input}, what="podFindAndDeployOnDemand")
+        return data.get("podFindAndDeployOnDemand") or {}
 
     def get(self, pod_id: str) -> dict[str, Any] | None:
         """The pod, or None when RunPod no longer knows it."""
@@ -83,15 +94,26 @@ class RunPodAPI:
     def delete(self, pod_id: str) -> None:
         self._request("DELETE", f"/pods/{_safe_id(pod_id)}", missing_ok=True)
 
-    def graphql(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-        data = self._send("POST", self.settings.runpod_graphql_url, "graphql",
+    def graphql(self, query: str, variables: dict[str, Any], *, what: str = "graphql") -> dict[str, Any]:
+        data = self._send("POST", self.settings.runpod_graphql_url, what,
                           body={"query": query, "variables": variables})
         # GraphQL reports errors with HTTP 200 and an `errors` array.
         errors = data.get("errors") if isinstance(data, dict) else None
         if errors:
-            message = str((errors[0] or {}).get("message", errors[0]))[:200]
-            raise StepFailed(f"RunPod GraphQL refused the request: {self._scrub(message)}")
+            first = errors[0]
+            self._graphql_error(str(first.get("message", first) if isinstance(first, dict) else first)[:300], what)
         return (data or {}).get("data") or {}
+
+    def _graphql_error(self, message: str, what: str) -> None:
+        message = self._scrub(message)
+        if _NO_CAPACITY.search(message):
+            raise NoCapacity(f"RunPod has no capacity for {what}: {message}", message,
+                             attempts=self.settings.runpod_create_attempts, backoff_s=self.settings.runpod_backoff_s)
+        if _AUTH.search(message):
+            raise StepFailed(f"RunPod refused the API key for {what} ({message})")
+        if _TRANSIENT.search(message):
+            raise self.later(f"RunPod API failed {what}: {message}")
+        raise StepFailed(f"RunPod API refused {what}: {message}")
 
     def _request(self, method: str, path: str, *, body: dict[str, Any] | None = None,
                  missing_ok: bool = False) -> Any:
@@ -216,23 +238,29 @@ class RunPodProvider(Provider):
         """Create the pod, or adopt the one an earlier try of this step created."""
         found = self._find(pod.name)
         if found is None:
-            self.afford(pod)
-            found = self._create(pod, *self.hardware(session, pod))
+            stop_at = self.terminate_after(session, pod)
+            self.afford(pod, stop_at)
+            self._write_stop(pod, stop_at)  # before the create: an answer lost in transit is still known
+            found = self._create(pod, *self.hardware(session, pod), terminate_after=stop_at)
             if not found.get("id"):
                 raise StepFailed("RunPod created a pod but did not say its id")
+        else:  # made by an earlier try, whose terminateAfter stands: the row's deadline follows it
+            made_stop = self.stop_at(pod)
+            if made_stop is not None:
+                pod.deadline_at = made_stop - timedelta(seconds=self.settings.pod_fetch_allowance_s)
         pod.external_id = str(found["id"])
         pod.status, pod.updated_at = PodStatus.starting.value, utcnow()
         session.add(pod)
         session.commit()
 
-    def _create(self, pod: Pod, gpu_type: str, gpu_count: int) -> dict[str, Any]:
-        """POST the pod to each data centre in turn while RunPod answers "no capacity"."""
+    def _create(self, pod: Pod, gpu_type: str, gpu_count: int, *, terminate_after: datetime) -> dict[str, Any]:
+        """Deploy the pod to each data centre in turn while RunPod answers "no capacity"."""
         centers: list[str | None] = list(self.data_centers()) or [None]
         last: NoCapacity | None = None
         for center in centers:
             try:
-                return self.api.create(self.create_body(pod, gpu_type=gpu_type, gpu_count=gpu_count,
-                                                        data_center=center))
+                return self.api.deploy(self.create_input(pod, gpu_type=gpu_type, gpu_count=gpu_count,
+                                                         data_center=center, terminate_after=terminate_after))
             except NoCapacity as exc:
                 log.info("pod %s: no capacity%s", pod.name, f" in {center}" if center else "")
                 last = exc
@@ -247,30 +275,49 @@ class RunPodProvider(Provider):
 
     def hardware(self, session: Session, pod: Pod) -> tuple[str, int]:
         """(GPU type, count) the pod's experiment asks for, else the settings' record hardware."""
-        run = session.get(Run, pod.run_id) if pod.run_id is not None else None
-        experiment_id = pod.experiment_id or (run.experiment_id if run else None)
-        experiment = session.get(Experiment, experiment_id) if experiment_id is not None else None
+        experiment = _experiment(session, pod)
         gpu_type = (experiment.gpu_type if experiment else None) or self.settings.runpod_gpu_type
         gpu_count = (experiment.gpu_count if experiment else None) or self.settings.runpod_gpu_count
         return gpu_type, gpu_count
 
-    def create_body(self, pod: Pod, *, gpu_type: str | None = None, gpu_count: int | None = None,
-                    data_center: str | None = None) -> dict[str, Any]:
-        """What POST /v2/pods gets: everything a record run needs, said explicitly."""
-        body: dict[str, Any] = {
+    def terminate_after(self, session: Session, pod: Pod) -> datetime:
+        """When RunPod is to end the pod itself: its deadline plus the data-download allowance
+        (CADDIE_POD_FETCH_ALLOWANCE_S), and for a pod the experiment's seeds
+        share, long enough for each seed it has now: created + n × one seed's life + the margin
+        (one seed's life read off the renting seed's deadline: deadline − created − margin)."""
+        assert pod.deadline_at is not None
+        # The first run's data download moves the pod's deadline on; RunPod's cannot move.
+        deadline = _utc(pod.deadline_at) + timedelta(seconds=self.settings.pod_fetch_allowance_s)
+        experiment = _experiment(session, pod) if pod.experiment_id is not None else None
+        if experiment is None or not experiment.share_pods:
+            return deadline
+        seeds = session.exec(select(func.count()).select_from(Run).where(
+            Run.experiment_id == experiment.id, col(Run.status).notin_([s.value for s in FINAL_RUN_STATUSES]),
+            col(Run.cancel_requested).is_(False))).one()
+        seed_s = (_utc(pod.deadline_at) - _utc(pod.created_at)).total_seconds() - self.settings.pod_margin_s
+        return deadline + timedelta(seconds=max(0, seeds - 1) * max(0.0, seed_s))
+
+    def create_input(self, pod: Pod, *, gpu_type: str | None = None, gpu_count: int | None = None,
+                     data_center: str | None = None, terminate_after: datetime) -> dict[str, Any]:
+        """What `podFindAndDeployOnDemand` gets: everything a record run needs, said explicitly."""
+        pod_input: dict[str, Any] = {
             "name": pod.name,
-            "image": self.settings.runpod_image,
-            "gpu": {"id": gpu_type or self.settings.runpod_gpu_type,
-                    "count": gpu_count or self.settings.runpod_gpu_count},
-            "cloud": self.settings.runpod_cloud,  # v2 docs and practice disagree on the default
-            "disk": self.settings.runpod_disk_gb,
-            "ports": ["22/tcp"],  # the direct, SFTP-capable SSH endpoint (the proxy has no SFTP)
+            "imageName": self.settings.runpod_image,
+            "gpuTypeId": gpu_type or self.settings.runpod_gpu_type,
+            "gpuCount": gpu_count or self.settings.runpod_gpu_count,
+            "cloudType": self.settings.runpod_cloud,  # an enum: SECURE, COMMUNITY (or ALL, never sent)
+            "containerDiskInGb": self.settings.runpod_disk_gb,
+            "volumeInGb": 0,  # no pod volume: nothing outlives the pod, nothing bills after it
+            "ports": "22/tcp",  # one string in GraphQL; the direct, SFTP-capable SSH endpoint
+            "supportPublicIp": True,  # the direct endpoint needs one (Secure Cloud has it anyway)
+            "startSsh": True,
             # RunPod images' start script writes PUBLIC_KEY to authorized_keys and starts sshd.
-            "env": {"PUBLIC_KEY": self.public_key(pod)},
+            "env": [{"key": "PUBLIC_KEY", "value": self.public_key(pod)}],
+            "terminateAfter": _iso_utc(terminate_after),
         }
         if data_center:
-            body["dataCenterIds"] = [data_center]  # one at a time: "no capacity" moves on to the next
-        return body
+            pod_input["dataCenterId"] = data_center  # one at a time: "no capacity" moves on to the next
+        return pod_input
 
     def _find(self, name: str) -> dict[str, Any] | None:
         live = [p for p in self.api.list()
@@ -291,10 +338,10 @@ class RunPodProvider(Provider):
             return None
         return {"balance": float(me["clientBalance"]), "spend_per_hour": float(me.get("currentSpendPerHr") or 0)}
 
-    def afford(self, pod: Pod) -> None:
+    def afford(self, pod: Pod, stop_at: datetime) -> None:
         """Raise RetryLater (the run waits, then fails) while the account's balance is below
-        what the pod would cost over its whole life at the estimated price."""
-        life_s = (_utc(pod.deadline_at) - _utc(pod.created_at)).total_seconds() if pod.deadline_at else 0.0
+        what the pod would cost over its whole life (until RunPod ends it) at the estimated price."""
+        life_s = (stop_at - _utc(pod.created_at)).total_seconds()
         cost = costs.estimate(self.settings.runpod_price_per_hour, life_s)
         account = self.balance()
         if account is None:
@@ -318,6 +365,22 @@ class RunPodProvider(Provider):
         return WATCHDOG.format(seconds=max(1, int(seconds)), deadline_file=shlex.quote(self.deadline_file),
                                url=shlex.quote(self.settings.runpod_api_url.rstrip("/") + "/pods/"),
                                graphql=shlex.quote(self.settings.runpod_graphql_url))
+
+    def stop_at(self, pod: Pod) -> datetime | None:
+        """The pod's `terminateAfter`, as written down before its create; None when unknown."""
+        try:
+            return datetime.fromisoformat(self._stop_path(pod).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _write_stop(self, pod: Pod, stop_at: datetime) -> None:
+        path = self._stop_path(pod)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(_iso_utc(stop_at) + "\n")
+
+    def _stop_path(self, pod: Pod) -> Path:
+        path = self.key_path(pod)
+        return path.with_name(path.name + ".stop")
 
     @property
     def deadline_file(self) -> str:
@@ -370,7 +433,7 @@ class RunPodProvider(Provider):
 
     def forget(self, pod: Pod) -> None:
         path = self.key_path(pod)
-        for file in (path, path.with_name(path.name + ".pub")):
+        for file in (path, path.with_name(path.name + ".pub"), self._stop_path(pod)):
             file.unlink(missing_ok=True)
 
 
@@ -468,6 +531,20 @@ def _safe_id(pod_id: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", pod_id):
         raise StepFailed(f"RunPod pod id {pod_id[:40]!r} is not a plain id")
     return pod_id
+
+
+def _experiment(session: Session, pod: Pod) -> Experiment | None:
+    run = session.get(Run, pod.run_id) if pod.run_id is not None else None
+    experiment_id = pod.experiment_id or (run.experiment_id if run else None)
+    return session.get(Experiment, experiment_id) if experiment_id is not None else None
+
+
+def _iso_utc(moment: datetime) -> str:
+    """ISO-8601 in UTC, as RunPod's SDK sends `terminateAfter` (2026-07-01T12:00:00+00:00), rounded
+    up to the second so that RunPod never ends a pod before its deadline."""
+    moment = _utc(moment).astimezone(UTC)
+    whole = moment.replace(microsecond=0)
+    return (whole + timedelta(seconds=1) if whole < moment else whole).isoformat()
 
 
 def _utc(moment: datetime) -> datetime:
