@@ -366,7 +366,7 @@ def experiment_with_runs(session: Session, experiment: Experiment) -> Experiment
     """The experiment as the API shows it, with its runs."""
     assert experiment.id is not None
     public = ExperimentPublic.model_validate(experiment)
-    public.files = [FilePublic.model_validate(f) for f in scripts.list_files(session, experiment.id)]
+    public.files = [FilePublic.model_validate(f) for f in scripts.list_files(session, experiment.id, content=False)]
     rows = list_runs(session, experiment.id)
     run_costs = costs.run_costs(session, rows)
     public.cost_usd = costs.experiment_cost(session, experiment.id)

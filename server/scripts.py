@@ -10,6 +10,7 @@ writes them, so neither can become shell syntax.
 import hashlib
 import re
 
+from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from server.models import ExperimentFile
@@ -102,8 +103,16 @@ def store_files(session: Session, experiment_id: int, files: dict[str, str]) -> 
                                    sha256=hashlib.sha256(content).hexdigest(), content=content))
 
 
-def list_files(session: Session, experiment_id: int) -> list[ExperimentFile]:
-    return list(session.exec(
-        select(ExperimentFile).where(ExperimentFile.experiment_id == experiment_id)
-        .order_by(col(ExperimentFile.name))
+def file_names(session: Session, experiment_id: int) -> set[str]:
+    """The names alone, without loading the files' content."""
+    return set(session.exec(
+        select(ExperimentFile.name).where(ExperimentFile.experiment_id == experiment_id)
     ).all())
+
+
+def list_files(session: Session, experiment_id: int, *, content: bool = True) -> list[ExperimentFile]:
+    """The experiment's files by name; `content=False` leaves their bytes unread (listings)."""
+    query = select(ExperimentFile).where(ExperimentFile.experiment_id == experiment_id)
+    if not content:
+        query = query.options(defer(ExperimentFile.content))  # type: ignore[arg-type]
+    return list(session.exec(query.order_by(col(ExperimentFile.name))).all())

@@ -43,9 +43,14 @@ class TrainerBundle:
     def schema(self) -> dict[str, Any]:
         return _schema(self.package_dir)
 
+    def entry(self, python: str, *, run_dir: str) -> list[str]:
+        """The trainer's command line up to its subcommand (`train`, `data fetch`, ...); the
+        launcher puts `<run dir>/code` on PYTHONPATH."""
+        return [python, "-m", self.package_dir.name]
+
     def argv(self, python: str, *, config_path: str, run_dir: str) -> list[str]:
-        """The command that trains; the launcher puts `<run dir>/code` on PYTHONPATH."""
-        return [python, "-m", self.package_dir.name, "train", "--config", config_path, "--out", run_dir]
+        """The command that trains."""
+        return [*self.entry(python, run_dir=run_dir), "train", "--config", config_path, "--out", run_dir]
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,11 @@ class SingleFileBundle:
     def schema(self) -> dict[str, Any]:
         return _schema(self.package_dir)
 
+    def entry(self, python: str, *, run_dir: str) -> list[str]:
+        return [python, f"{run_dir}/code/{SINGLE_FILE}"]
+
     def argv(self, python: str, *, config_path: str, run_dir: str) -> list[str]:
-        return [python, f"{run_dir}/code/{SINGLE_FILE}", "train", "--config", config_path, "--out", run_dir]
+        return [*self.entry(python, run_dir=run_dir), "train", "--config", config_path, "--out", run_dir]
 
 
 Bundle = TrainerBundle | SingleFileBundle

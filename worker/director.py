@@ -41,7 +41,7 @@ from server.logparse import parse_log
 from server.logstream import publish_log
 from server.models import Experiment, LogChunk, Pod, Run, utcnow
 from server.runs import acquire_lease, get_run, release_lease, transition, update_run
-from server.scripts import list_files
+from server.scripts import file_names, list_files
 from server.states import FINAL_RUN_STATUSES, PodStatus, RunStatus
 from worker import datasets, launcher, script
 from worker.bundle import Bundle, default_bundle, run_config, run_deadline_s
@@ -159,7 +159,7 @@ class RunDirector:
                                 shared_by=experiment.id if experiment.share_pods else None)
             update_run(session, run.id, fence=fence, pod_id=pod.id)
             if pod.host is None and pod.external_id is None and provider.rents:
-                ahead = _pods_ahead(session, pod)
+                ahead = queueing.pods_ahead(session, pod)  # up, or ahead in the queue
                 if ahead >= self.settings.max_pods:
                     waiting = (f"waiting for a pod: {ahead} {provider.name} pods are up or ahead in line, "
                                f"the cap is {self.settings.max_pods} (CADDIE_MAX_PODS)")
@@ -527,9 +527,8 @@ class RunDirector:
         for rel, data in self.bundle.files().items():
             self._must(remote, f"mkdir -p {shlex.quote(f'{folder}/code/{rel}'.rsplit('/', 1)[0])}")
             remote.put_bytes(data, f"{folder}/code/{rel}")
-        argv = self.bundle.argv(provider.python, config_path="", run_dir=folder)
-        argv = argv[:argv.index("train")] + ["data", "fetch", "--variant", variant, "--train-shards",
-                                             str(self.settings.pod_train_shards), "--out", provider.data_dir]
+        argv = [*self.bundle.entry(provider.python, run_dir=folder), "data", "fetch", "--variant", variant,
+                "--train-shards", str(self.settings.pod_train_shards), "--out", provider.data_dir]
         if self.settings.data_base_url:
             argv += ["--base-url", self.settings.data_base_url]
         datasets.start_fetch(remote, folder, argv, pythonpath=f"{folder}/code")
@@ -591,17 +590,13 @@ class RunDirector:
         """launch.sh of a participant's script: torchrun in code/, stdout+stderr as train.log."""
         setup = ([provider.python, "-m", "pip", "install", "-r", script.REQUIREMENTS]
                  if script.REQUIREMENTS in files else None)
-        env = script.script_env(experiment, self._load(Run, run.id), self._pod_data_env(run))
+        env = script.script_env(experiment, self._load(Run, run.id))
         try:
             return launcher.launch_script(
                 argv=script.torchrun_argv(provider.python, run.gpu_count), cwd=f"{run_dir}/code", env=env,
                 output=contract.TRAIN_LOG, setup=setup, setup_deadline_s=script.SETUP_DEADLINE_S, **common)
         except ValueError as exc:
             raise StepFailed(str(exc)) from None
-
-    def _pod_data_env(self, run: Run) -> dict[str, str]:
-        """DATA_PATH, TOKENIZER_PATH, VOCAB_SIZE where the pod's data is known; none yet."""
-        return {}
 
     def _pull_log(self, remote: Remote, run: Run, fence: int, *, final: bool) -> bool:
         """Store new whole lines of train.log (and a last partial line when final).
@@ -735,7 +730,7 @@ class RunDirector:
         try:
             if experiment.kind == "script":
                 with Session(self.engine) as session:
-                    names = {f.name for f in list_files(session, experiment.id)}
+                    names = file_names(session, experiment.id)
                 return script.deadline_s(experiment, grace_s=self.settings.run_grace_s,
                                          requirements=script.REQUIREMENTS in names)
             return run_deadline_s(run_config(experiment, run), self.bundle.schema(),
@@ -817,12 +812,6 @@ def _with_worker(results: dict[str, Any] | None, **facts: Any) -> dict[str, Any]
     results = dict(results or {})
     results["worker"] = {**(results.get("worker") or {}), **facts}
     return results
-
-
-def _pods_ahead(session: Session, pod: Pod) -> int:
-    """Live pods of the pod's provider that are up or ahead in the queue (priority, then
-    submission; server/queueing.py): the line for settings.max_pods."""
-    return queueing.pods_ahead(session, pod)
 
 
 def _finalize_experiment(session: Session, experiment_id: int) -> Any:

@@ -27,10 +27,6 @@ class ScriptFiles:
     uploaded: dict[str, bytes]  # name under code/ -> bytes, every file of the experiment
     counted: dict[str, bytes]  # the code bytes of the run: every uploaded file but requirements.txt
 
-    @property
-    def requirements(self) -> bool:
-        return REQUIREMENTS in self.uploaded
-
 
 def script_files(rows: list[ExperimentFile]) -> ScriptFiles:
     uploaded = {row.name: bytes(row.content) for row in rows}
@@ -39,10 +35,11 @@ def script_files(rows: list[ExperimentFile]) -> ScriptFiles:
     return ScriptFiles(uploaded, {name: data for name, data in uploaded.items() if name != REQUIREMENTS})
 
 
-def script_env(experiment: Experiment, run: Run, known: dict[str, str]) -> dict[str, str]:
-    """The script's environment: what the pod knows (DATA_PATH, ...) < MAX_WALLCLOCK_SECONDS=600
-    < the experiment's env < SEED and RUN_ID of this run. Nothing of the worker's own."""
-    return {**known, "MAX_WALLCLOCK_SECONDS": f"{DEFAULT_WALLCLOCK_S:g}", **experiment.env,
+def script_env(experiment: Experiment, run: Run) -> dict[str, str]:
+    """The script's environment: MAX_WALLCLOCK_SECONDS=600 < the experiment's env < SEED and
+    RUN_ID of this run. Nothing of the worker's own. The pod's data is reached through the
+    `data` link in the script's folder (the community's default ./data/... paths)."""
+    return {"MAX_WALLCLOCK_SECONDS": f"{DEFAULT_WALLCLOCK_S:g}", **experiment.env,
             "SEED": str(run.seed), "RUN_ID": str(run.id)}
 
 
