@@ -13,7 +13,7 @@ experiment, so the leaderboard can show and sort by cost in the query that pages
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -27,9 +27,8 @@ from sqlmodel import Session, col, select
 from server import presets
 from server.config import Settings
 from server.eligibility import MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
-from server.models import Pod, Run, utcnow
-
-LIVE_POD_STATUSES = ("requested", "starting", "ready", "busy")
+from server.models import Pod, Run, as_utc, utcnow
+from server.states import LIVE_POD_STATUSES
 
 
 @dataclass(frozen=True)
@@ -55,13 +54,13 @@ def pod_cost(pod: Pod, price: float | None, now: datetime | None = None) -> tupl
     if not price:
         return 0.0, 0.0
     now = now or utcnow()
-    start = _utc(pod.created_at)
+    start = as_utc(pod.created_at)
     live = pod.status in LIVE_POD_STATUSES
-    end = now if live else _utc(pod.terminated_at or pod.updated_at)
+    end = now if live else as_utc(pod.terminated_at or pod.updated_at)
     spent = price * max(0.0, (end - start).total_seconds()) / 3600
     if not live or pod.deadline_at is None:
         return spent, spent
-    until = max(end, _utc(pod.deadline_at))
+    until = max(end, as_utc(pod.deadline_at))
     return spent, price * (until - start).total_seconds() / 3600
 
 
@@ -129,7 +128,7 @@ def experiment_costs(now: datetime | None = None,
     with a known price (NULL when none has one), as `spend(...).spent` counts them; of every
     experiment, or of those in `experiment_ids` (and perhaps a few more)."""
     now_value = literal(now or utcnow(), DateTime(timezone=True))
-    live = col(Pod.status).in_(LIVE_POD_STATUSES)
+    live = col(Pod.status).in_([s.value for s in LIVE_POD_STATUSES])
     end = case((live, now_value), else_=func.coalesce(Pod.terminated_at, Pod.updated_at))
     seconds = _epoch_seconds(end) - _epoch_seconds(col(Pod.created_at))
     price = func.coalesce(col(Pod.cost_per_hour),
@@ -238,5 +237,3 @@ def over_budget(session: Session, *, cap: float | None, cost: float, experiment_
     return reason, now.spent + cost > cap
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

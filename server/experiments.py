@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 MIN_RECORD_SEEDS = 3  # the challenge asks for several seeds; 3 is the usual count
 MAX_SEEDS = 64
-SEED_LIMIT = 2**31  # seeds are non-negative int32, as torch and numpy take them
+SEED_LIMIT = policies.SEED_LIMIT
 FINISHED_EXPERIMENT_STATUSES = (ExperimentStatus.finished, ExperimentStatus.cancelled)
 
 # Surrounding blanks are dropped; NUL is refused because PostgreSQL text cannot hold it.

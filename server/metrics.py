@@ -4,16 +4,14 @@ Exposition is the plain-text format (version 0.0.4); no client library is needed
 """
 
 from collections.abc import Iterable
-from datetime import datetime
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from server import costs
-from server.models import LogChunk, Pod, Run, utcnow
-from server.states import PodStatus, RunStatus
+from server.models import LogChunk, Pod, Run, as_utc, utcnow
+from server.states import LIVE_POD_STATUSES, RunStatus
 
-LIVE_POD_STATUSES = (PodStatus.requested, PodStatus.starting, PodStatus.ready, PodStatus.busy)
 LIVE_POD_STATUS_VALUES = tuple(s.value for s in LIVE_POD_STATUSES)
 RUNNING = RunStatus.running.value
 
@@ -64,13 +62,8 @@ def log_lag_seconds(session: Session) -> float:
         .group_by(Run.id)
     ).all()
     now = utcnow()
-    lags = [(now - _aware(seen)).total_seconds() for _, seen in newest if seen is not None]
+    lags = [(now - as_utc(seen)).total_seconds() for _, seen in newest if seen is not None]
     return max(lags, default=0.0)
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands datetimes back without their zone; every stored time is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=utcnow().tzinfo)
 
 
 def render(session: Session) -> str:

@@ -8,17 +8,16 @@ provisioning step asks `pods_ahead` before it rents a pod, so the line shown is 
 import heapq
 import statistics
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
 
 from server.config import Settings, get_settings
-from server.models import Experiment, Pod, Run, utcnow
-from server.states import ExperimentStatus, PodStatus, RunStatus
+from server.models import Experiment, Pod, Run, as_utc, utcnow
+from server.states import LIVE_POD_STATUSES, ExperimentStatus, RunStatus
 
-LIVE_POD_STATUSES = (PodStatus.requested, PodStatus.starting, PodStatus.ready, PodStatus.busy)
 OPEN_EXPERIMENT_STATUSES = (ExperimentStatus.queued, ExperimentStatus.running)
 RECENT_PODS = 50  # pods whose planned life gives the typical time a run holds a pod
 # Providers whose pods are rented: CADDIE_MAX_PODS and CADDIE_MAX_RUNNING_EXPERIMENTS apply.
@@ -214,7 +213,7 @@ def _slots(session: Session, provider: str, now: datetime,
             col(Pod.status).in_([s.value for s in LIVE_POD_STATUSES]),
             or_(col(Pod.host).is_not(None), col(Pod.external_id).is_not(None)))
     ).all()
-    frees = [max(_aware(d), now) if d is not None else None for d in deadlines]
+    frees = [max(as_utc(d), now) if d is not None else None for d in deadlines]
     frees += [now] * max(0, cap - len(frees))
     slots = [_slot(free) for free in frees]
     heapq.heapify(slots)
@@ -252,14 +251,9 @@ def _typical_life(session: Session, provider: str) -> timedelta | None:
         .where(Pod.provider == provider, col(Pod.deadline_at).is_not(None))
         .order_by(col(Pod.id).desc()).limit(RECENT_PODS)
     ).all()
-    lives = [(_aware(deadline) - _aware(created)).total_seconds()
+    lives = [(as_utc(deadline) - as_utc(created)).total_seconds()
              for created, deadline in rows if deadline is not None]
     return timedelta(seconds=statistics.median(lives)) if lives else None
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands datetimes back naive; they were stored in UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _held_reason(settings: Settings) -> str:

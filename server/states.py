@@ -47,6 +47,10 @@ class PodStatus(StrEnum):
     terminated = "terminated"
 
 
+# Pods that exist (or are being asked for) at their provider: they bill and count toward caps.
+LIVE_POD_STATUSES = (PodStatus.requested, PodStatus.starting, PodStatus.ready, PodStatus.busy)
+
+
 class ExperimentStatus(StrEnum):
     queued = "queued"
     running = "running"

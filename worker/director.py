@@ -22,7 +22,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from server.eligibility import Measurements, run_reasons
 from server.errors import Conflict, LeaseLost
 from server.logparse import parse_log
 from server.logstream import publish_log
-from server.models import Experiment, LogChunk, Pod, Run, utcnow
+from server.models import Experiment, LogChunk, Pod, Run, as_utc, utcnow
 from server.runs import acquire_lease, get_run, release_lease, transition, update_run
 from server.scripts import file_names, list_files
 from server.states import FINAL_RUN_STATUSES, PodStatus, RunStatus
@@ -431,7 +431,7 @@ class RunDirector:
         """Make the run the holder of a free shared pod and move its deadline on; None when
         another seed took it first (the update is conditional on the holder it saw)."""
         table = Pod.__table__  # type: ignore[attr-defined]
-        deadline_at = max(_utc(pod.deadline_at), utcnow() + timedelta(seconds=life_s)) if pod.deadline_at else None
+        deadline_at = max(as_utc(pod.deadline_at), utcnow() + timedelta(seconds=life_s)) if pod.deadline_at else None
         claimed = session.execute(update(table).where(table.c.id == pod.id, table.c.run_id == pod.run_id,
                                                       table.c.status == PodStatus.ready.value)
                                   .values(run_id=run.id, deadline_at=deadline_at, updated_at=utcnow()))
@@ -449,7 +449,7 @@ class RunDirector:
         or could not be reached is given back)."""
         if pod.experiment_id is None or run.remote_dir is None or pod.status == PodStatus.requested.value:
             return False
-        if pod.deadline_at is not None and _utc(pod.deadline_at) <= utcnow():
+        if pod.deadline_at is not None and as_utc(pod.deadline_at) <= utcnow():
             return False
         # A seed must not outlive the provider's own stop (RunPod's terminateAfter, fixed at creation),
         # less its data-download allowance (kept for a slow first download, not spent on more seeds):
@@ -506,12 +506,12 @@ class RunDirector:
             assert row is not None
             row.prepared_at = utcnow()
             if fetched and row.deadline_at is not None:  # the fetch took some of the pod's life
-                row.deadline_at = max(_utc(row.deadline_at), utcnow() + timedelta(seconds=life_s))
+                row.deadline_at = max(as_utc(row.deadline_at), utcnow() + timedelta(seconds=life_s))
                 stop_at = provider.stop_at(row)
-                if stop_at is not None and row.deadline_at > _utc(stop_at):
+                if stop_at is not None and row.deadline_at > as_utc(stop_at):
                     session.rollback()
                     raise StepFailed(f"the data download took so long that the provider would end the pod "
-                                     f"at {_utc(stop_at):%H:%M:%S} UTC, before this run could finish "
+                                     f"at {as_utc(stop_at):%H:%M:%S} UTC, before this run could finish "
                                      "(CADDIE_POD_FETCH_ALLOWANCE_S)")
             session.add(row)
             session.commit()
@@ -545,7 +545,7 @@ class RunDirector:
     def _write_deadline(self, remote: Remote, provider: Provider, pod: Pod) -> None:
         """Tell the pod's watchdogs its deadline (moved on when a shared pod takes another seed)."""
         if provider.deadline_file is not None and pod.deadline_at is not None:
-            remote.put_bytes(f"{int(_utc(pod.deadline_at).timestamp())}\n".encode(), provider.deadline_file)
+            remote.put_bytes(f"{int(as_utc(pod.deadline_at).timestamp())}\n".encode(), provider.deadline_file)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -569,7 +569,7 @@ class RunDirector:
             remote.put_bytes(data, f"{run_dir}/code/{rel}")
         remote.put_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode(), f"{run_dir}/{MANIFEST}")
         pod = self._load(Pod, run.pod_id)
-        until_deadline = (_utc(pod.deadline_at) - utcnow()).total_seconds() if pod.deadline_at else None
+        until_deadline = (as_utc(pod.deadline_at) - utcnow()).total_seconds() if pod.deadline_at else None
         watchdog = provider.watchdog_script(pod, until_deadline) if until_deadline is not None else None
         if watchdog is not None:
             remote.put_bytes(watchdog.encode(), f"{run_dir}/{launcher.WATCHDOG_SCRIPT}")
@@ -742,7 +742,7 @@ class RunDirector:
         # The pod's own `timeout` should have fired long before; this is the worker's backstop.
         if run.started_at is None:
             return False
-        return utcnow() > _utc(run.started_at) + timedelta(seconds=self._deadline_s(run) + 120)
+        return utcnow() > as_utc(run.started_at) + timedelta(seconds=self._deadline_s(run) + 120)
 
     def _set_pod_status(self, run: Run, status: PodStatus) -> None:
         with Session(self.engine) as session:
@@ -848,12 +848,7 @@ def _result_numbers(results: dict[str, Any]) -> dict[str, Any]:
 def _wall_s(run: Run) -> float | None:
     if run.started_at is None or run.exited_at is None:
         return None
-    return (_utc(run.exited_at) - _utc(run.started_at)).total_seconds()
-
-
-def _utc(moment: datetime) -> datetime:
-    """Aware UTC; a database column without a time zone gives back naive UTC values."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return (as_utc(run.exited_at) - as_utc(run.started_at)).total_seconds()
 
 
 def _artifact_name(results: Any) -> str:

@@ -9,13 +9,13 @@ twice is harmless.
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
 from server import notify
-from server.models import Experiment, Pod, Run, utcnow
+from server.models import Experiment, Pod, Run, as_utc, utcnow
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, PodStatus
 from worker.director import RunDirector
 from worker.providers import ACTIVE_POD_STATUSES, ListedPod, Provider, get_provider
@@ -110,7 +110,7 @@ def _end_pods(director: RunDirector, provider: Provider, listed: list[ListedPod]
     expected = {}
     for row in rows:
         wanted = row.run_id in live_runs or _handed_over(row, waiting)
-        if wanted and (row.deadline_at is None or _utc(row.deadline_at) > now):
+        if wanted and (row.deadline_at is None or as_utc(row.deadline_at) > now):
             expected[row.name] = row.external_id
     doomed = [p for p in ours if p.name not in expected
               or expected[p.name] not in (None, p.external_id)]
@@ -133,7 +133,7 @@ def _stop_reason(why: str, rows: list[Pod], live_runs: set[int | None], now: dat
     if why == "no longer listed":
         return "the provider no longer lists it (its provider deadline or its watchdog ended it)"
     name = why.rsplit(" (", 1)[0]
-    if any(r.name == name and r.run_id in live_runs and r.deadline_at is not None and _utc(r.deadline_at) <= now
+    if any(r.name == name and r.run_id in live_runs and r.deadline_at is not None and as_utc(r.deadline_at) <= now
            for r in rows):
         return "it is past its deadline"
     return "no live run expects it"
@@ -170,10 +170,6 @@ def _terminate(director: RunDirector, provider: Provider, external_id: str) -> b
             provider.forget(pod)
         session.commit()
     return True
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def finalize_ended_experiments(director: RunDirector) -> None:

@@ -32,7 +32,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from server import costs
-from server.models import Experiment, Pod, Run, utcnow
+from server.models import Experiment, Pod, Run, as_utc, utcnow
 from server.states import FINAL_RUN_STATUSES, PodStatus
 from worker.errors import ConnectError, HostKeyMismatch, StepFailed
 from worker.providers import ListedPod, Provider, RetryLater
@@ -228,7 +228,7 @@ class RunPodProvider(Provider):
             log.info("pod %s (%s) is up at %s:%s in %s, $%s/hour", pod.name, pod.external_id, pod.host,
                      pod.port, data.get("dataCenterId") or "?", pod.cost_per_hour)
             return True
-        waited = (utcnow() - _utc(pod.updated_at)).total_seconds()
+        waited = (utcnow() - as_utc(pod.updated_at)).total_seconds()
         if waited > self.settings.runpod_start_timeout_s:
             raise StepFailed(f"RunPod pod {pod.external_id} was not reachable over SSH within "
                              f"{self.settings.runpod_start_timeout_s:g} s (last status {status or 'unknown'})")
@@ -287,14 +287,14 @@ class RunPodProvider(Provider):
         (one seed's life read off the renting seed's deadline: deadline − created − margin)."""
         assert pod.deadline_at is not None
         # The first run's data download moves the pod's deadline on; RunPod's cannot move.
-        deadline = _utc(pod.deadline_at) + timedelta(seconds=self.settings.pod_fetch_allowance_s)
+        deadline = as_utc(pod.deadline_at) + timedelta(seconds=self.settings.pod_fetch_allowance_s)
         experiment = _experiment(session, pod) if pod.experiment_id is not None else None
         if experiment is None or not experiment.share_pods:
             return deadline
         seeds = session.exec(select(func.count()).select_from(Run).where(
             Run.experiment_id == experiment.id, col(Run.status).notin_([s.value for s in FINAL_RUN_STATUSES]),
             col(Run.cancel_requested).is_(False))).one()
-        seed_s = (_utc(pod.deadline_at) - _utc(pod.created_at)).total_seconds() - self.settings.pod_margin_s
+        seed_s = (as_utc(pod.deadline_at) - as_utc(pod.created_at)).total_seconds() - self.settings.pod_margin_s
         return deadline + timedelta(seconds=max(0, seeds - 1) * max(0.0, seed_s))
 
     def create_input(self, pod: Pod, *, gpu_type: str | None = None, gpu_count: int | None = None,
@@ -341,7 +341,7 @@ class RunPodProvider(Provider):
     def afford(self, pod: Pod, stop_at: datetime) -> None:
         """Raise RetryLater (the run waits, then fails) while the account's balance is below
         what the pod would cost over its whole life (until RunPod ends it) at the estimated price."""
-        life_s = (stop_at - _utc(pod.created_at)).total_seconds()
+        life_s = (stop_at - as_utc(pod.created_at)).total_seconds()
         cost = costs.estimate(self.settings.runpod_price_per_hour, life_s)
         account = self.balance()
         if account is None:
@@ -542,11 +542,8 @@ def _experiment(session: Session, pod: Pod) -> Experiment | None:
 def _iso_utc(moment: datetime) -> str:
     """ISO-8601 in UTC, as RunPod's SDK sends `terminateAfter` (2026-07-01T12:00:00+00:00), rounded
     up to the second so that RunPod never ends a pod before its deadline."""
-    moment = _utc(moment).astimezone(UTC)
+    moment = as_utc(moment).astimezone(UTC)
     whole = moment.replace(microsecond=0)
     return (whole + timedelta(seconds=1) if whole < moment else whole).isoformat()
 
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
