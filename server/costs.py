@@ -96,16 +96,6 @@ def _own_cost(run: Run, pod: Pod | None, now: datetime | None) -> float | None:
     return round(pod_cost(pod, price, now)[0], 6)
 
 
-def experiment_cost(session: Session, experiment_id: int, now: datetime | None = None,
-                    ) -> float | None:
-    """Dollars spent so far on the experiment's pods with a price; None when none had one."""
-    priced = [(pod, price) for pod, run in session.exec(_pods_of(experiment_id)).all()
-              if (price := price_of(run, pod)) is not None]
-    if not priced:
-        return None
-    return round(sum(pod_cost(pod, price, now)[0] for pod, price in priced), 6)
-
-
 def _pods_of(experiment_id: int | None) -> Any:
     """(Pod, its Run or None) of one experiment, or of all when `experiment_id` is None."""
     query = select(Pod, Run).outerjoin(Run, col(Pod.run_id) == Run.id)

@@ -369,7 +369,7 @@ def experiment_with_runs(session: Session, experiment: Experiment) -> Experiment
     public.files = [FilePublic.model_validate(f) for f in scripts.list_files(session, experiment.id, content=False)]
     rows = list_runs(session, experiment.id)
     run_costs = costs.run_costs(session, rows)
-    public.cost_usd = costs.experiment_cost(session, experiment.id)
+    public.cost_usd = costs.costs_by_experiment(session, [experiment.id]).get(experiment.id)
     runs = [RunPublic.model_validate(run).model_copy(update={"cost_usd": run_costs[run.id]})
             for run in rows]
     return ExperimentPublicWithRuns(**dict(public), runs=runs)

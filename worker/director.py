@@ -159,7 +159,7 @@ class RunDirector:
                                 shared_by=experiment.id if experiment.share_pods else None)
             update_run(session, run.id, fence=fence, pod_id=pod.id)
             if pod.host is None and pod.external_id is None and provider.rents:
-                ahead = queueing.pods_ahead(session, pod)  # up, or ahead in the queue
+                ahead = queueing.pods_ahead(session, pod, self.settings)  # up, or ahead in the queue
                 if ahead >= self.settings.max_pods:
                     waiting = (f"waiting for a pod: {ahead} {provider.name} pods are up or ahead in line, "
                                f"the cap is {self.settings.max_pods} (CADDIE_MAX_PODS)")
