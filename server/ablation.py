@@ -15,10 +15,10 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from server.models import Experiment, Run
+from server.policies import CONTROL
 from server.states import RunStatus
 
 CONFIDENCE = 0.95
-CONTROL = ""
 
 
 def summarize(experiment: Experiment, runs: list[Run]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from server.costs import costs_by_experiment, experiment_costs
 from server.models import Experiment, Run
+from server.policies import CONTROL, counted_runs
 from server.states import ExperimentStatus, RunStatus
 
 Number = TypeVar("Number", int, float)
@@ -134,7 +135,7 @@ def _board(conditions: list[ColumnElement[bool]], order: LeaderboardOrder) -> Su
     if order in MAXIMA:
         maxima = (select(col(Run.experiment_id).label("experiment_id"),
                          func.max(MAXIMA[order]).label("value"))
-                  .where(col(Run.status) == RunStatus.succeeded.value, col(Run.variant) == "",
+                  .where(col(Run.status) == RunStatus.succeeded.value, col(Run.variant) == CONTROL,
                          col(Run.superseded).is_(False))
                   .group_by(col(Run.experiment_id)).subquery("maxima"))
         query = query.add_columns(maxima.c.value.label("key")).outerjoin(
@@ -191,8 +192,8 @@ def _entry(experiment: Experiment, runs: list[Run], position: int,
            cost_usd: float | None) -> LeaderboardEntry:
     """`position`: in the rank order of the board (the rank, if it has a score). The seeds
     are the control's (ablation variants are on the experiment's page)."""
-    runs = [run for run in runs if run.variant == ""]
-    succeeded = [run for run in runs if run.status == RunStatus.succeeded and not run.superseded]
+    runs = [run for run in runs if run.variant == CONTROL]
+    succeeded = [run for run in counted_runs(runs) if run.status == RunStatus.succeeded]
     assert experiment.id is not None
     return LeaderboardEntry(
         rank=position if experiment.mean_val_bpb is not None else None,
