@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 from server.costs import costs_by_experiment, experiment_costs
 from server.models import Experiment, Run
 from server.policies import CONTROL, counted_runs
+from server.reference import reference_bpb
 from server.states import ExperimentStatus, RunStatus
 
 Number = TypeVar("Number", int, float)
@@ -220,10 +221,7 @@ def _entry(experiment: Experiment, runs: list[Run], position: int,
 
 def _delta_nats(experiment: Experiment) -> float | None:
     """Mean minus the reference, in nats per byte (negative: better than the reference)."""
-    stats = experiment.stats or {}
-    reference = stats.get("reference_mean")
-    if reference is None:
-        reference = (stats.get("reference") or {}).get("val_bpb")
+    reference = reference_bpb(experiment.stats)
     if reference is None or experiment.mean_val_bpb is None:
         return None
     return (experiment.mean_val_bpb - reference) * math.log(2)

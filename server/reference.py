@@ -20,6 +20,16 @@ from server.states import ExperimentStatus, RunStatus
 from server.statistics import DEFAULT_ALPHA, Significance, Units, one_sample_test, welch_test
 
 
+def reference_bpb(stats: dict[str, Any] | None) -> float | None:
+    """The val_bpb an experiment was tested against, from its stored test: a Welch test's
+    reference mean, else the reference value; None before a test."""
+    stats = stats or {}
+    value = stats.get("reference_mean")
+    if value is None:
+        value = (stats.get("reference") or {}).get("val_bpb")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def seed_scores(session: Session, experiment_id: int) -> list[float]:
     """val_bpb of the experiment's succeeded seeds (its control arm; superseded runs failed)."""
     rows = session.exec(select(Run.val_bpb).where(

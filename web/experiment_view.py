@@ -28,15 +28,6 @@ class AblationTable:
     control: dict[str, Any]
 
 
-def reference_bpb(stats: dict[str, Any] | None) -> float | None:
-    """The reference's val_bpb: a Welch test's reference mean, else the reference value."""
-    stats = stats or {}
-    value = stats.get("reference_mean")
-    if value is None:
-        value = (stats.get("reference") or {}).get("val_bpb")
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 def threshold_bpb(stats: dict[str, Any] | None) -> float | None:
     """The mean a record must be below, in val_bpb; None when the test was per token."""
     stats = stats or {}

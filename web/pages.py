@@ -28,6 +28,7 @@ from server import auth, experiments, logs, presets, queueing, records, scripts
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
+from server.reference import reference_bpb
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
 from web import comparison, csrf, downloads, experiment_view, signin, submission
@@ -189,7 +190,7 @@ def experiment_page(request: Request, session: Session, experiment_id: int, *,
         session, experiments.get_experiment(session, experiment_id))
     scores = [(r.seed, r.val_bpb) for r in experiment.runs
               if r.status == RunStatus.succeeded and r.val_bpb is not None and not r.variant]
-    reference = experiment_view.reference_bpb(experiment.stats)
+    reference = reference_bpb(experiment.stats)
     return templates.TemplateResponse(request, "experiment.html", {
         "experiment": experiment, "stats": seed_stats(experiment.runs),
         "test": experiment.stats or {}, "reference": reference,
