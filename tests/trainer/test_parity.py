@@ -334,3 +334,48 @@ def test_the_model_traces_as_one_graph_for_training_and_one_for_evaluation():
         compiled(x, x).backward()
     assert counter.frame_count == 2
     assert torch.equal(compiled(x, x), model(x, x))
+
+
+TINY_SHAPE = {"NUM_LAYERS": "4", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2",
+              "VOCAB_SIZE": "96", "TRAIN_SEQ_LEN": "16", "TRAIN_BATCH_TOKENS": "1024",
+              "VAL_BATCH_SIZE": "1024", "BIGRAM_BUCKETS": "64", "BIGRAM_DIM": "16",
+              "ROPE_DIMS": "8", "EVAL_STRIDE": "8", "TTT_CHUNK_TOKENS": "16"}
+
+
+@pytest.mark.parametrize(("preset", "extra"), [
+    ("record", {"XSA_LAST_N": "2"}),
+    ("frontier", {"XSA_LAST_N": "4", "RECUR_START": "1", "RECUR_LAYERS": "2",
+                  "PARALLEL_LAST_N": "2"}),
+])
+def test_every_switch_traces_as_one_graph_per_mode(tmp_path, preset, extra):
+    # The record's and frontier's switches run under the same fullgraph compile on CUDA. A
+    # mode the training loop changes (the loop turned on, late QAT) may compile once more;
+    # steps within a mode must not, and no switch may break the graph.
+    import torch._dynamo.testing
+
+    run_json = tmp_path / "run.json"
+    run_json.write_text(f'{{"preset": "{preset}"}}')
+    config = load_config(run_json, {**TINY_SHAPE, **extra})
+    model = build_model(ModelShape.from_config(config), CPU, mixed=True)
+    assert model.smear_gate is not None and model.bigram_emb is not None
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(model, backend=counter, dynamic=False, fullgraph=True)
+    x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
+    modes = [("no loop", lambda: setattr(model, "looping", False)),
+             ("loop", lambda: setattr(model, "looping", True)),
+             ("late QAT", lambda: model.set_qat_bits(config.quant_bits))]
+    if not config.recur_layers:
+        modes = [modes[1], modes[2]]
+    for number, (name, enter) in enumerate(modes, start=1):
+        enter()
+        for _ in range(3):
+            compiled(x, x).backward()
+        assert counter.frame_count == number, f"{preset}: {name} recompiled within the mode"
+    model.set_qat_bits(0)  # the exported model is scored without fake quantization
+    training = counter.frame_count
+    with torch.inference_mode():
+        for _ in range(2):
+            losses = compiled(x, x, reduction="none")
+    assert counter.frame_count <= training + 2  # the loop state is seen once more, then eval
+    with torch.inference_mode():
+        assert torch.equal(losses, model(x, x, reduction="none"))
