@@ -13,7 +13,6 @@ import redis
 
 from tests.databases import postgres_database
 from tests.e2e.test_submit_to_leaderboard import (
-    E2E_REDIS_DB,
     api,
     member_token,
     start_stack,
@@ -24,6 +23,9 @@ from tests.sshd import Sshd
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.sshd]
 SCRIPT = (Path(__file__).resolve().parents[1] / "worker" / "byo" / "train_gpt.py").read_text()
 TIMEOUT_S = 180
+# A database of its own on the shared Redis, flushed before use: the other e2e modules
+# (databases 12 and 13) may run at the same time under pytest -n.
+BYO_REDIS_DB = 14
 
 
 def official_data(root: Path) -> Path:
@@ -58,7 +60,7 @@ def wait_finished(url: str, experiment_id: int) -> dict[str, Any]:
 
 
 def test_a_script_experiment_over_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sshd: Sshd) -> None:
-    broker = f"redis://127.0.0.1:6379/{E2E_REDIS_DB}"
+    broker = f"redis://127.0.0.1:6379/{BYO_REDIS_DB}"
     redis.Redis.from_url(broker).flushdb()
     with postgres_database("caddie_e2e_byo") as database_url:
         stack = start_stack(monkeypatch, tmp_path, {
