@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from cli.corpus import write_large_corpus  # noqa: E402
+from cli.corpus import prepare_dataset, write_large_corpus  # noqa: E402
 from cli.demo import prepare_data  # noqa: E402
 from trainer import contract  # noqa: E402
 from trainer.config import config_from_dict, load_config  # noqa: E402
@@ -126,20 +126,9 @@ COMMON = {"warmup_steps": 0, "val_loss_every": 0, "train_log_every": 50, "iterat
 
 def prepare_golf_data(work: Path) -> tuple[Path, Path]:
     """Build (once) the packages' corpus, its tokenizer and shards; (data_path, tokenizer)."""
-    name = f"golf_sp{VOCAB}"
-    data_path = work / "data" / "datasets" / name
-    tokenizer = work / "data" / "tokenizers" / f"{name}.model"
-    if tokenizer.exists() and any(data_path.glob("fineweb_val_*.bin")):
-        return data_path, tokenizer
-    print("building the corpus from the installed packages' docstrings ...", flush=True)
-    corpus = write_large_corpus(work / "golf_corpus", GOLF_CORPUS_BYTES)
-    subprocess.run(
-        [sys.executable, "-m", "trainer", "data", "build", "--text", str(corpus),
-         "--vocab-size", str(VOCAB), "--out", str(work / "data"), "--name", name,
-         "--val-docs", str(GOLF_VAL_DOCS)],
-        check=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    return data_path, tokenizer
+    return prepare_dataset(work, f"golf_sp{VOCAB}",
+                           lambda: write_large_corpus(work / "golf_corpus", GOLF_CORPUS_BYTES),
+                           VOCAB, val_docs=GOLF_VAL_DOCS)
 
 
 def start(values: dict[str, Any], out: Path) -> subprocess.Popen:

@@ -10,8 +10,10 @@ shuffled so that the validation documents are a sample of the whole.
 import ast
 import json
 import random
+import subprocess
+import sys
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 MIN_DOC_CHARS = 100
@@ -103,3 +105,23 @@ def _write(target: Path, docs: Iterator[str]) -> Path:
             f.write(json.dumps({"text": doc}) + "\n")
     tmp.rename(target)
     return target.parent
+
+
+def prepare_dataset(work: Path, name: str, write: Callable[[], Path], vocab_size: int,
+                    val_docs: int) -> tuple[Path, Path]:
+    """Build (once) under `work`/data a tokenizer trained on the corpus `write()` makes and the
+    shards of its documents, the first `val_docs` held out; (data_path, tokenizer_path)."""
+    data_path = work / "data" / "datasets" / name
+    tokenizer = work / "data" / "tokenizers" / f"{name}.model"
+    if tokenizer.exists() and any(data_path.glob("fineweb_val_*.bin")):
+        return data_path, tokenizer
+    print(f"building the corpus for {name} ...", flush=True)
+    corpus = write()
+    print(f"training a {vocab_size}-token SentencePiece BPE and writing shards ...", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "trainer", "data", "build", "--text", str(corpus),
+         "--vocab-size", str(vocab_size), "--out", str(work / "data"), "--name", name,
+         "--val-docs", str(val_docs)],
+        check=True,
+    )
+    return data_path, tokenizer

@@ -6,8 +6,6 @@ progress while it runs → the leaderboard of seeds with the reasons it is not a
 """
 
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +14,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from cli.corpus import write_corpus
+from cli.corpus import prepare_dataset, write_corpus
 from cli.stack import Stack
 from server.auth import create_token
 from server.config import Settings
@@ -27,21 +25,8 @@ FINAL = {"succeeded", "failed", "cancelled"}
 
 def prepare_data(work: Path, vocab_size: int) -> tuple[Path, Path]:
     """Build (once) the demo's dataset folder and tokenizer; returns (data_path, tokenizer_path)."""
-    name = f"demo_sp{vocab_size}"
-    data_path = work / "data" / "datasets" / name
-    tokenizer = work / "data" / "tokenizers" / f"{name}.model"
-    if tokenizer.exists() and any(data_path.glob("fineweb_val_*.bin")):
-        return data_path, tokenizer
-    print("building the corpus from the Python standard library's docstrings ...", flush=True)
-    corpus = write_corpus(work / "corpus")
-    print(f"training a {vocab_size}-token SentencePiece BPE and writing shards ...", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "trainer", "data", "build", "--text", str(corpus),
-         "--vocab-size", str(vocab_size), "--out", str(work / "data"), "--name", name,
-         "--val-docs", "200"],
-        check=True,
-    )
-    return data_path, tokenizer
+    return prepare_dataset(work, f"demo_sp{vocab_size}", lambda: write_corpus(work / "corpus"),
+                           vocab_size, val_docs=200)
 
 
 def api(url: str, method: str = "GET", body: dict[str, Any] | None = None,
