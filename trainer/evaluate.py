@@ -231,18 +231,32 @@ def evaluate_sliding(
                 complete = False
                 break
             batch = windows[i : min(i + batch_seqs, last)]
-            span = torch.stack([val_tokens[s : s + window + 1] for s, _ in batch])
-            span = span.to(device=device, dtype=torch.int64, non_blocking=True)
-            x, y = span[:, :-1], span[:, 1:]  # [windows, window]
+            x, y, losses = _window_losses(model, val_tokens, batch, window, batch_seqs, device)
             score_from = torch.tensor([o for _, o in batch], device=device)[:, None]
             scored = offsets[None, :] >= score_from  # [windows, window]
-            with autocast_for(device):
-                losses = model(x, y, reduction="none").detach().view(len(batch), window)
             loss_sum += losses.to(torch.float64)[scored].sum()
             token_count += float(scored.sum().item())
             byte_count += tables.target_bytes(x, y)[scored].to(torch.float64).sum()
     model.train()
     return _reduce(loss_sum, token_count, byte_count, complete, device)
+
+
+def _window_losses(model, val_tokens, batch, window, batch_seqs, device):
+    """x, y [windows, window] of the batch's windows and each target's loss [windows, window].
+
+    A short batch (the last of a rank, of a TTT chunk) is padded to `batch_seqs` windows with
+    copies of its last window, whose losses are dropped: every forward then has one shape,
+    which a model compiled with dynamic=False compiles once instead of once per remainder.
+    """
+    starts = [s for s, _ in batch]
+    starts += [starts[-1]] * (batch_seqs - len(starts))
+    span = torch.stack([val_tokens[s : s + window + 1] for s in starts])
+    span = span.to(device=device, dtype=torch.int64, non_blocking=True)
+    x, y = span[:, :-1], span[:, 1:]  # [batch_seqs, window]
+    with autocast_for(device):
+        losses = model(x, y, reduction="none").detach().view(len(starts), window)
+    n = len(batch)
+    return x[:n], y[:n], losses[:n]
 
 
 def autocast_for(device: torch.device):
@@ -310,21 +324,17 @@ def evaluate_ttt(
         with torch.no_grad():  # not inference_mode: cached tensors are reused in training
             for i in range(0, len(mine), batch_seqs):
                 _score_windows(model, val_tokens, tables, mine[i : i + batch_seqs], window,
-                               offsets, totals, device, token_losses)
+                               batch_seqs, offsets, totals, device, token_losses)
         if c < chunks - 1:
             _train_chunk(model, optimizer, params, val_tokens, ttt, c, rank, world_size, device)
     model.train()
     return _reduce(*totals, complete, device)
 
 
-def _score_windows(model, val_tokens, tables, batch, window, offsets, totals, device,
-                   token_losses) -> None:
-    span = torch.stack([val_tokens[s : s + window + 1] for s, _ in batch])
-    span = span.to(device=device, dtype=torch.int64)
-    x, y = span[:, :-1], span[:, 1:]  # [windows, window]
+def _score_windows(model, val_tokens, tables, batch, window, batch_seqs, offsets, totals,
+                   device, token_losses) -> None:
+    x, y, losses = _window_losses(model, val_tokens, batch, window, batch_seqs, device)
     scored = offsets[None, :] >= torch.tensor([o for _, o in batch], device=device)[:, None]
-    with autocast_for(device):
-        losses = model(x, y, reduction="none").detach().view(len(batch), window)
     totals[0] += losses.to(torch.float64)[scored].sum()
     totals[1] += float(scored.sum().item())
     totals[2] += tables.target_bytes(x, y)[scored].to(torch.float64).sum()

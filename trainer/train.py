@@ -133,6 +133,21 @@ def _fast_cuda_math() -> None:
     torch.backends.cuda.enable_math_sdp(False)
 
 
+# Compiles of the model in one run: a graph per mode the loop enters (loop on, late QAT),
+# for periodic and final evaluation (inference, a short last batch, per-token losses) and
+# for TTT's scoring and training: about ten, over torch's default limit of 8 a function,
+# past which fullgraph=True fails the run instead of falling back.
+RECOMPILE_LIMIT = 64
+
+
+def compile_fullgraph(model: nn.Module, backend: Any = "inductor") -> nn.Module:
+    """torch.compile as the baseline (dynamic=False, fullgraph=True), recompile limit raised."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    return torch.compile(model, backend=backend, dynamic=False, fullgraph=True)
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work so wall-clock timers measure it."""
     if device.type == "cuda":
@@ -377,7 +392,7 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     base_model = build_model(shape, device)
     if compile_model:
         compile_newton_schulz()
-        compiled: nn.Module = torch.compile(base_model, dynamic=False, fullgraph=True)
+        compiled: nn.Module = compile_fullgraph(base_model)
     else:
         compiled = base_model
     model: nn.Module = compiled
@@ -845,7 +860,7 @@ def score_artifact(
     model.load_state_dict(dequantize_state_dict(obj), strict=True)
     scored: nn.Module = model
     if device.type == "cuda" and settings.get("torch_compile", True):
-        scored = torch.compile(model, dynamic=False, fullgraph=True)
+        scored = compile_fullgraph(model)
     alone = Launch(0, 1, 0, device, False)
     budget = settings.get("eval_max_seconds", 0.0)
     deadline = time.perf_counter() + budget if budget > 0 else None

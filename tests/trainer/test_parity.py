@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from trainer.config import load_config
+from trainer.evaluate import TTTSettings, evaluate, evaluate_sliding, evaluate_ttt
 from trainer.model import ModelShape, build_model
 from trainer.muon import NS_COEFFICIENTS, NS_EPS, build_optimizers
 from trainer.quantize import (
@@ -28,7 +29,14 @@ from trainer.quantize import (
     pack,
     quantize_state_dict,
 )
-from trainer.train import logs_train_step, lr_scale, muon_momentum, training_cap_ms
+from trainer.train import (
+    RECOMPILE_LIMIT,
+    compile_fullgraph,
+    logs_train_step,
+    lr_scale,
+    muon_momentum,
+    training_cap_ms,
+)
 
 CPU = torch.device("cpu")
 
@@ -322,6 +330,7 @@ def test_the_model_traces_as_one_graph_for_training_and_one_for_evaluation():
            "VOCAB_SIZE": "96", "TRAIN_SEQ_LEN": "16", "TRAIN_BATCH_TOKENS": "1024",
            "VAL_BATCH_SIZE": "1024"}
     model = build_model(ModelShape.from_config(load_config(None, env)), CPU, mixed=True)
+    torch._dynamo.reset()  # frames compiled by earlier tests in this process count to the limit
     counter = torch._dynamo.testing.CompileCounter()
     compiled = torch.compile(model, backend=counter, dynamic=False, fullgraph=True)
     x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -358,8 +367,9 @@ def test_every_switch_traces_as_one_graph_per_mode(tmp_path, preset, extra):
     config = load_config(run_json, {**TINY_SHAPE, **extra})
     model = build_model(ModelShape.from_config(config), CPU, mixed=True)
     assert model.smear_gate is not None and model.bigram_emb is not None
+    torch._dynamo.reset()  # frames compiled by earlier tests in this process count to the limit
     counter = torch._dynamo.testing.CompileCounter()
-    compiled = torch.compile(model, backend=counter, dynamic=False, fullgraph=True)
+    compiled = compile_fullgraph(model, backend=counter)
     x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
     modes = [("no loop", lambda: setattr(model, "looping", False)),
              ("loop", lambda: setattr(model, "looping", True)),
@@ -379,3 +389,60 @@ def test_every_switch_traces_as_one_graph_per_mode(tmp_path, preset, extra):
     assert counter.frame_count <= training + 2  # the loop state is seen once more, then eval
     with torch.inference_mode():
         assert torch.equal(losses, model(x, x, reduction="none"))
+
+
+class _OneBytePerToken:
+    """Byte tables stand-in: the compile count does not depend on them."""
+
+    def target_bytes(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(y)
+
+
+def test_a_frontier_run_compiles_each_evaluation_once_and_stays_under_the_limit(tmp_path):
+    # Evaluation batches whose window counts do not divide evenly (the last of a rank, of a
+    # TTT chunk) are padded to one shape; without that each remainder compiled anew, and the
+    # run's compiles passed torch's default limit of 8, which under fullgraph=True fails the
+    # run after training. The trainer raises the limit as well: this flow needs 10.
+    import torch._dynamo.testing
+
+    run_json = tmp_path / "run.json"
+    run_json.write_text('{"preset": "frontier"}')
+    config = load_config(run_json, {**TINY_SHAPE, "XSA_LAST_N": "4", "RECUR_START": "1",
+                                    "RECUR_LAYERS": "2", "PARALLEL_LAST_N": "2",
+                                    "EVAL_STRIDE": "4", "TTT_CHUNK_TOKENS": "64"})
+    model = build_model(ModelShape.from_config(config), CPU, mixed=True)
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = compile_fullgraph(model, backend=counter)
+    x = torch.randint(0, 96, (8, 16), generator=torch.Generator().manual_seed(0))
+    val = torch.randint(0, 96, (1001,), generator=torch.Generator().manual_seed(1))
+    common = dict(rank=0, world_size=1, device=CPU)
+    frames = []
+
+    def standard():  # 62 sequences in batches of 5: a short last batch
+        evaluate(compiled, val, _OneBytePerToken(), seq_len=16, local_batch_tokens=80, **common)
+
+    def train(mode):
+        mode()
+        for _ in range(2):
+            compiled(x, x).backward()
+
+    for step in (lambda: train(lambda: setattr(model, "looping", False)), standard,
+                 lambda: train(lambda: setattr(model, "looping", True)),
+                 lambda: train(lambda: model.set_qat_bits(6)),
+                 lambda: model.set_qat_bits(0), standard):
+        step()
+    frames.append(counter.frame_count)
+    # 247 windows in batches of 7 (a last batch of 2); TTT chunks of 13, 16 and 10 windows
+    # (last batches of 6, 2 and 3).
+    sliding = evaluate_sliding(compiled, val, _OneBytePerToken(), window=16, stride=4,
+                               batch_seqs=7, **common)
+    frames.append(counter.frame_count)
+    ttt = TTTSettings(chunk_tokens=64, epochs=2, lr=1e-3, momentum=0.9, seq_len=16)
+    evaluate_ttt(compiled, val, _OneBytePerToken(), ttt, window=16, stride=4, batch_seqs=7,
+                 **common)
+    frames.append(counter.frame_count)
+    assert sliding.tokens == 1000
+    assert frames[1] - frames[0] == 1  # sliding windows: one shape
+    assert frames[2] - frames[1] == 2  # TTT: scoring (no_grad) and its training steps
+    assert frames[2] <= RECOMPILE_LIMIT <= torch._dynamo.config.recompile_limit
