@@ -446,3 +446,35 @@ def test_a_frontier_run_compiles_each_evaluation_once_and_stays_under_the_limit(
     assert frames[1] - frames[0] == 1  # sliding windows: one shape
     assert frames[2] - frames[1] == 2  # TTT: scoring (no_grad) and its training steps
     assert frames[2] <= RECOMPILE_LIMIT <= torch._dynamo.config.recompile_limit
+
+
+@pytest.mark.parametrize(("preset", "extra"), [
+    ("baseline", {}),
+    ("record", {"XSA_LAST_N": "2"}),
+    ("frontier", {"XSA_LAST_N": "4", "RECUR_START": "1", "RECUR_LAYERS": "2",
+                  "PARALLEL_LAST_N": "2"}),
+])
+def test_every_switch_trains_under_bf16_autocast_with_the_cuda_dtypes(tmp_path, preset, extra):
+    # On CUDA the forward runs under bf16 autocast over a model with a bf16 embedding and
+    # fp32 matrices; CPU autocast runs the same mix here. Each gradient keeps its
+    # parameter's dtype and is finite, with late QAT off and on.
+    run_json = tmp_path / "run.json"
+    run_json.write_text(f'{{"preset": "{preset}"}}')
+    shape = TINY_SHAPE if preset != "baseline" else {
+        k: v for k, v in TINY_SHAPE.items() if not k.startswith(("BIGRAM", "ROPE_DIMS"))}
+    config = load_config(run_json, {**shape, **extra})
+    model = build_model(ModelShape.from_config(config), CPU, mixed=True)
+    assert model.tok_emb.weight.dtype == torch.bfloat16
+    x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
+    for bits in (0, config.quant_bits):
+        model.set_qat_bits(bits)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x, x)
+            per_token = model(x, x, reduction="none")
+        loss.backward()
+        assert loss.dtype == per_token.dtype == torch.float32 and per_token.shape == (32,)
+        assert torch.isfinite(loss) and torch.isfinite(per_token).all()
+        for name, param in model.named_parameters():
+            assert param.grad is not None, name
+            assert param.grad.dtype == param.dtype and torch.isfinite(param.grad).all(), name
