@@ -349,23 +349,34 @@ TINY_SHAPE = {"NUM_LAYERS": "4", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HE
               "VOCAB_SIZE": "96", "TRAIN_SEQ_LEN": "16", "TRAIN_BATCH_TOKENS": "1024",
               "VAL_BATCH_SIZE": "1024", "BIGRAM_BUCKETS": "64", "BIGRAM_DIM": "16",
               "ROPE_DIMS": "8", "EVAL_STRIDE": "8", "TTT_CHUNK_TOKENS": "16"}
+# Per-layer switches at 4 layers: the record's XSA on the last 2; the frontier's XSA on all,
+# the loop over layers 1-2, parallel residuals on the last 2.
+TINY_SWITCHES = {
+    "baseline": {},
+    "record": {"XSA_LAST_N": "2"},
+    "frontier": {"XSA_LAST_N": "4", "RECUR_START": "1", "RECUR_LAYERS": "2",
+                 "PARALLEL_LAST_N": "2"},
+}
 
 
-@pytest.mark.parametrize(("preset", "extra"), [
-    ("record", {"XSA_LAST_N": "2"}),
-    ("frontier", {"XSA_LAST_N": "4", "RECUR_START": "1", "RECUR_LAYERS": "2",
-                  "PARALLEL_LAST_N": "2"}),
-])
-def test_every_switch_traces_as_one_graph_per_mode(tmp_path, preset, extra):
+def tiny_preset_model(tmp_path, preset: str, **env: str):
+    """(config, model) of `preset` at TINY_SHAPE with the CUDA run's parameter dtypes."""
+    run_json = tmp_path / "run.json"
+    run_json.write_text(f'{{"preset": "{preset}"}}')
+    shape = TINY_SHAPE if preset != "baseline" else {
+        k: v for k, v in TINY_SHAPE.items() if not k.startswith(("BIGRAM", "ROPE_DIMS"))}
+    config = load_config(run_json, {**shape, **TINY_SWITCHES[preset], **env})
+    return config, build_model(ModelShape.from_config(config), CPU, mixed=True)
+
+
+@pytest.mark.parametrize("preset", ["record", "frontier"])
+def test_every_switch_traces_as_one_graph_per_mode(tmp_path, preset):
     # The record's and frontier's switches run under the same fullgraph compile on CUDA. A
     # mode the training loop changes (the loop turned on, late QAT) may compile once more;
     # steps within a mode must not, and no switch may break the graph.
     import torch._dynamo.testing
 
-    run_json = tmp_path / "run.json"
-    run_json.write_text(f'{{"preset": "{preset}"}}')
-    config = load_config(run_json, {**TINY_SHAPE, **extra})
-    model = build_model(ModelShape.from_config(config), CPU, mixed=True)
+    config, model = tiny_preset_model(tmp_path, preset)
     assert model.smear_gate is not None and model.bigram_emb is not None
     torch._dynamo.reset()  # frames compiled by earlier tests in this process count to the limit
     counter = torch._dynamo.testing.CompileCounter()
@@ -405,12 +416,7 @@ def test_a_frontier_run_compiles_each_evaluation_once_and_stays_under_the_limit(
     # run after training. The trainer raises the limit as well: this flow needs 10.
     import torch._dynamo.testing
 
-    run_json = tmp_path / "run.json"
-    run_json.write_text('{"preset": "frontier"}')
-    config = load_config(run_json, {**TINY_SHAPE, "XSA_LAST_N": "4", "RECUR_START": "1",
-                                    "RECUR_LAYERS": "2", "PARALLEL_LAST_N": "2",
-                                    "EVAL_STRIDE": "4", "TTT_CHUNK_TOKENS": "64"})
-    model = build_model(ModelShape.from_config(config), CPU, mixed=True)
+    _, model = tiny_preset_model(tmp_path, "frontier", EVAL_STRIDE="4", TTT_CHUNK_TOKENS="64")
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounter()
     compiled = compile_fullgraph(model, backend=counter)
@@ -448,22 +454,12 @@ def test_a_frontier_run_compiles_each_evaluation_once_and_stays_under_the_limit(
     assert frames[2] <= RECOMPILE_LIMIT <= torch._dynamo.config.recompile_limit
 
 
-@pytest.mark.parametrize(("preset", "extra"), [
-    ("baseline", {}),
-    ("record", {"XSA_LAST_N": "2"}),
-    ("frontier", {"XSA_LAST_N": "4", "RECUR_START": "1", "RECUR_LAYERS": "2",
-                  "PARALLEL_LAST_N": "2"}),
-])
-def test_every_switch_trains_under_bf16_autocast_with_the_cuda_dtypes(tmp_path, preset, extra):
+@pytest.mark.parametrize("preset", ["baseline", "record", "frontier"])
+def test_every_switch_trains_under_bf16_autocast_with_the_cuda_dtypes(tmp_path, preset):
     # On CUDA the forward runs under bf16 autocast over a model with a bf16 embedding and
     # fp32 matrices; CPU autocast runs the same mix here. Each gradient keeps its
     # parameter's dtype and is finite, with late QAT off and on.
-    run_json = tmp_path / "run.json"
-    run_json.write_text(f'{{"preset": "{preset}"}}')
-    shape = TINY_SHAPE if preset != "baseline" else {
-        k: v for k, v in TINY_SHAPE.items() if not k.startswith(("BIGRAM", "ROPE_DIMS"))}
-    config = load_config(run_json, {**shape, **extra})
-    model = build_model(ModelShape.from_config(config), CPU, mixed=True)
+    config, model = tiny_preset_model(tmp_path, preset)
     assert model.tok_emb.weight.dtype == torch.bfloat16
     x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
     for bits in (0, config.quant_bits):
