@@ -171,6 +171,8 @@ class Estimate(BaseModel):
     preset: str
     provider: str
     seeds: int
+    arms: int  # the control and each ablation variant run every seed
+    runs: int  # seeds x arms
     gpu_count: int
     seconds_per_seed: float  # at most: training cap + evaluation cap + grace + pod margin
     usd_per_seed: float
@@ -181,10 +183,11 @@ class Estimate(BaseModel):
 
 
 def estimate_experiment(settings: Settings, *, preset: str, provider: str, seeds: int,
-                        gpu_count: int | None = None,
+                        arms: int = 1, gpu_count: int | None = None,
                         max_wallclock_seconds: float | None = None) -> Estimate:
-    """The estimate for `seeds` runs of `preset` (or a training cap of `max_wallclock_seconds`)
-    on `provider` with `gpu_count` GPUs (None: the provider's default)."""
+    """The estimate for `seeds` runs in each of `arms` (an ablation's control and variants) of
+    `preset` (or a training cap of `max_wallclock_seconds`) on `provider` with `gpu_count`
+    GPUs (None: the provider's default)."""
     wallclock = max_wallclock_seconds or _preset_wallclock(preset)
     seconds = wallclock + MAX_EVAL_SECONDS + settings.run_grace_s + settings.pod_margin_s
     if provider == "runpod":
@@ -197,10 +200,11 @@ def estimate_experiment(settings: Settings, *, preset: str, provider: str, seeds
     else:
         gpus, price = gpu_count or 1, 0.0
         source = f"{provider} hosts are the operator's own: no charge"
+    runs = seeds * arms
     return Estimate(
-        preset=preset, provider=provider, seeds=seeds, gpu_count=gpus,
+        preset=preset, provider=provider, seeds=seeds, arms=arms, runs=runs, gpu_count=gpus,
         seconds_per_seed=seconds, usd_per_seed=round(estimate(price, seconds), 2),
-        total_seconds=seconds * seeds, total_usd=round(estimate(price, seconds) * seeds, 2),
+        total_seconds=seconds * runs, total_usd=round(estimate(price, seconds) * runs, 2),
         price_per_hour=round(price, 4), price_source=source)
 
 

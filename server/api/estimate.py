@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from server import costs, presets
 from server.config import get_settings
 from server.costs import Estimate
-from server.experiments import MAX_SEEDS
+from server.experiments import MAX_SEEDS, MAX_VARIANTS
 
 router = APIRouter(prefix="/estimate", tags=["estimate"])
 
@@ -19,6 +19,7 @@ class EstimateQuery(BaseModel):
     preset: str = Field(default="baseline", max_length=64)
     provider: Literal["local", "ssh", "runpod"] = "local"
     seeds: int = Field(default=3, ge=1, le=MAX_SEEDS)  # how many seeds
+    arms: int = Field(default=1, ge=1, le=MAX_VARIANTS + 1)  # control + ablation variants
     gpu_count: int | None = Field(default=None, ge=1, le=8)
     max_wallclock_seconds: float | None = Field(default=None, gt=0, le=86_400)  # an override
 
@@ -30,7 +31,8 @@ class EstimateQuery(BaseModel):
 
 @router.get("")
 def read_estimate(query: Annotated[EstimateQuery, Query()]) -> Estimate:
-    """Seconds and dollars per seed and in all: each seed's pod for as long as it may live
+    """Seconds and dollars per seed and in all (`seeds` in each of `arms`: an ablation's
+    control and its variants): each seed's pod for as long as it may live
     (training cap + evaluation cap + CADDIE_RUN_GRACE_S + CADDIE_POD_MARGIN_S), at
     CADDIE_RUNPOD_PRICE_PER_HOUR for
     `runpod` (scaled to `gpu_count`), and nothing for `local` and `ssh`."""

@@ -43,6 +43,16 @@ def test_price_follows_the_setting_gpus_and_training_cap(
     assert half["price_source"].endswith("for 8 GPUs, scaled to 4")
 
 
+def test_an_ablation_pays_for_every_seed_of_every_arm(client: TestClient) -> None:
+    one = estimate(client, preset="baseline", provider="runpod", seeds=3)
+    ablation = estimate(client, preset="baseline", provider="runpod", seeds=3, arms=4)
+
+    assert (ablation["arms"], ablation["runs"], one["arms"], one["runs"]) == (4, 12, 1, 3)
+    assert ablation["usd_per_seed"] == one["usd_per_seed"]
+    assert ablation["total_seconds"] == 2400.0 * 12
+    assert ablation["total_usd"] == pytest.approx(172.16)  # 12 pods of 2400 s at $21.52/hour
+
+
 @pytest.mark.parametrize("provider", ["local", "ssh"])
 def test_own_hosts_cost_nothing(client: TestClient, provider: str) -> None:
     body = estimate(client, provider=provider, seeds=5, preset="tiny")
@@ -55,7 +65,8 @@ def test_own_hosts_cost_nothing(client: TestClient, provider: str) -> None:
 def test_bad_parameters_are_422_naming_them(client: TestClient) -> None:
     for params, name in [({"preset": "nope"}, "preset"), ({"provider": "aws"}, "provider"),
                          ({"seeds": 0}, "seeds"), ({"seeds": "three"}, "seeds"),
-                         ({"gpu_count": 9}, "gpu_count"),
+                         ({"gpu_count": 9}, "gpu_count"), ({"arms": 0}, "arms"),
+                         ({"arms": 18}, "arms"),
                          ({"max_wallclock_seconds": -1}, "max_wallclock_seconds")]:
         response = client.get("/api/estimate", params=params)
         assert response.status_code == 422, params
