@@ -260,6 +260,10 @@ def quant_comparison(run_dir: Path, results: dict[str, Any], val_tokens: int):
              ("int6+zstd-22 plain per-row", QuantSpec(6, False, False, "zstd", keep), None),
              ("int6 GPTQ-lite+zstd-22", QuantSpec(6, True, False, "zstd", keep), None),
              ("int6 full GPTQ+zstd-22", QuantSpec(6, True, False, "zstd", keep, True), hessians),
+             ("int6 SDClip 12.85+zstd-22", QuantSpec(6, False, False, "zstd", keep,
+                                                     sdclip_k=12.85), None),
+             ("int6 SDClip 12.85, full GPTQ", QuantSpec(6, False, False, "zstd", keep, True,
+                                                        sdclip_k=12.85), hessians),
              ("int6 GPTQ-lite+zstd-22, fp16 emb", QuantSpec(6, True, True, "zstd", keep), None),
              ("int6 GPTQ-lite+lzma-9e", QuantSpec(6, True, False, "lzma", keep), None),
              ("int5 GPTQ-lite+zstd-22", QuantSpec(5, True, False, "zstd", keep), None)]

@@ -91,12 +91,17 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.size(-1),))
 
 
-def fake_quantize(w: Tensor, bits: int) -> Tensor:
-    """w rounded to `bits`-bit per-row levels (clip at the row's max |w|) in the forward
-    pass, the identity in the backward pass (straight-through estimator)."""
+def fake_quantize(w: Tensor, bits: int, sdclip_k: float = 0.0) -> Tensor:
+    """w rounded to `bits`-bit per-row levels in the forward pass, the identity in the
+    backward pass (straight-through estimator). The clip is the row's max |w|, or with
+    `sdclip_k` > 0 k standard deviations of the row, the export's SDClip grid."""
     levels = 2 ** (bits - 1) - 1
     w32 = w.float()
-    scale = (w32.abs().amax(dim=-1, keepdim=True) / levels).clamp_min(1e-12)  # [rows, 1]
+    if sdclip_k > 0:
+        clip = sdclip_k * w32.std(dim=-1, keepdim=True, correction=0)  # [rows, 1]
+    else:
+        clip = w32.abs().amax(dim=-1, keepdim=True)  # [rows, 1]
+    scale = (clip / levels).clamp_min(1e-12)  # [rows, 1]
     q = torch.clamp(torch.round(w32 / scale), -levels, levels) * scale
     return w + (q.to(w.dtype) - w).detach()
 
@@ -105,10 +110,13 @@ class CastedLinear(nn.Linear):
     """fp32 master weights, cast to the activation dtype (bf16 under autocast) per matmul."""
 
     qat_bits = 0  # > 0: fake-quantize the weight to this many bits (late QAT)
+    qat_sdclip_k = 0.0  # > 0: on the SDClip grid the export will use
 
     def forward(self, x: Tensor) -> Tensor:
         bias = self.bias.to(x.dtype) if self.bias is not None else None
-        weight = fake_quantize(self.weight, self.qat_bits) if self.qat_bits else self.weight
+        weight = self.weight
+        if self.qat_bits:
+            weight = fake_quantize(weight, self.qat_bits, self.qat_sdclip_k)
         return F.linear(x, weight.to(x.dtype), bias)
 
 
@@ -394,10 +402,11 @@ class GPT(nn.Module):
             x = x + gate * (prev - x)
         return x
 
-    def set_qat_bits(self, bits: int) -> None:
-        """Fake-quantize every block matrix to `bits` (0: off) from the next forward on."""
+    def set_qat_bits(self, bits: int, sdclip_k: float = 0.0) -> None:
+        """Fake-quantize every block matrix to `bits` (0: off) from the next forward on,
+        clipped as the export will (`sdclip_k` > 0: SDClip)."""
         for module in self._block_linears():
-            module.qat_bits = bits
+            module.qat_bits, module.qat_sdclip_k = bits, sdclip_k
 
     def forward(self, input_ids: Tensor, target_ids: Tensor, reduction: str = "mean") -> Tensor:
         """Cross-entropy (nats) of target_ids [batch, seq] given input_ids [batch, seq]:

@@ -538,7 +538,7 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
                 )
         if not qat_on and scale < config.late_qat_threshold:
             qat_on = True
-            base_model.set_qat_bits(spec.bits)
+            base_model.set_qat_bits(spec.bits, spec.sdclip_k)
             log.line(f"late_qat:enabled step:{step} scale:{scale:.4f} bits:{spec.bits}")
         opts.zero_grad()
         train_loss = train_step(loader)

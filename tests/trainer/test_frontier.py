@@ -79,6 +79,8 @@ def test_frontier_preset_is_the_april_stack_on_sp8192(tmp_path):
     assert (c.recur_start, c.recur_layers, c.recur_repeats, c.recur_start_frac) == (3, 3, 2, 0.35)
     assert c.gptq and c.gptq_reserve_s > 0 and c.muon_variant == "polar_express_muoneq_r"
     assert c.mlp_activation == "leaky_relu2" and c.ttt_epochs == 3
+    # SDClip as the April SP8192 records: int6 matrices at 12.85 sigma, an int8 embedding at 20.
+    assert (c.quant_sdclip_k, c.quant_embed_bits, c.quant_embed_sdclip_k) == (12.85, 8, 20.0)
     assert set(PRESETS["frontier"]) >= set(PRESETS["record"]) - {"xsa_last_n"}
     model = build_model(ModelShape.from_config(c), torch.device("cpu"))
     # 17 layers run over 11 blocks' weights: the U-Net has 8 skips.

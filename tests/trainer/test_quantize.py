@@ -196,3 +196,37 @@ def test_the_float_threshold_decides_what_is_quantized():
     assert "blocks.0.attn.c_q.weight" in lowered["quantized"]
     assert "blocks.0.resid_mix" in lowered["passthrough"]  # 128 elements: still kept
     assert not QuantSpec(keep_float_max=1000).baseline
+
+
+def test_sdclip_clips_rows_at_k_standard_deviations_and_compresses_smaller():
+    w = trained_like_matrix(256, 512)
+    q, scale = quantize_rows(w, 6, clip_search=True, sdclip_k=12.85)
+    # The clip search is ignored: each row's step is k sigma over the 31 int6 levels.
+    expected = (12.85 * w.std(dim=1, correction=0) / 31).half()
+    assert torch.equal(scale, expected)
+    assert torch.equal(q.float(), torch.clamp(torch.round(w / expected.float()[:, None]), -31, 31))
+    sizes = {}
+    for label, spec in {"lite": QuantSpec(bits=6, clip_search=True, compressor="zstd"),
+                        "sdclip": QuantSpec(bits=6, sdclip_k=12.85, compressor="zstd")}.items():
+        obj, _ = quantize_state_dict({"blocks.0.mlp.fc.weight": w}, spec)
+        sizes[label] = len(pack(obj, "zstd")[0])
+    assert sizes["sdclip"] < 0.8 * sizes["lite"]
+
+
+def test_the_embedding_takes_its_own_bits_and_sdclip():
+    state = sample_state()
+    spec = QuantSpec(bits=6, sdclip_k=12.85, embed_bits=8, embed_sdclip_k=2.0,
+                     compressor="zstd")
+    back = unpack(pack(quantize_state_dict(state, spec)[0], "zstd")[0])
+    assert back["bits"] == 6
+    embedding = state["tok_emb.weight"].float()
+    expected = (2.0 * embedding.std(dim=1, correction=0) / 127).half()
+    assert torch.equal(back["scales"]["tok_emb.weight"], expected)
+    assert int(back["quantized"]["tok_emb.weight"].abs().max()) == 127  # clipped at 2 sigma
+    assert int(back["quantized"]["blocks.0.mlp.fc.weight"].abs().max()) <= 31
+    restored = dequantize_state_dict(back)
+    q, s = back["quantized"]["tok_emb.weight"], back["scales"]["tok_emb.weight"]
+    assert torch.equal(restored["tok_emb.weight"],
+                       (q.float() * s.float()[:, None]).to(torch.bfloat16))
+    # Without its own settings the embedding follows the matrices'.
+    assert QuantSpec(bits=6, sdclip_k=12.85).for_tensor("tok_emb.weight") == (6, 12.85)

@@ -14,8 +14,9 @@ import torch
 
 from tests.trainer.test_model import TINY_ENV, tiny_model
 from trainer.config import FIELDS, PRESETS, ConfigError, load_config
-from trainer.model import ModelShape, build_model, layer_order
+from trainer.model import ModelShape, build_model, fake_quantize, layer_order
 from trainer.muon import Muon, build_optimizers, newton_schulz5
+from trainer.quantize import quantize_rows
 from trainer.train import WeightAverage, lr_scale
 
 CPU = torch.device("cpu")
@@ -112,6 +113,22 @@ def test_late_qat_fake_quantizes_forward_and_passes_gradients_straight_through()
     assert grad is not None and grad.abs().sum() > 0
     model.set_qat_bits(0)
     assert model(x, y).item() == plain.item()
+
+
+def test_late_qat_on_sdclip_rounds_to_the_grid_the_export_stores():
+    w = torch.randn(48, 256, generator=torch.Generator().manual_seed(3)) * 0.02
+    q, scale = quantize_rows(w, 6, clip_search=False, sdclip_k=12.85)
+    exported = q.float() * scale.float()[:, None]
+
+    def distance(fake: torch.Tensor) -> float:
+        return float((fake - exported).abs().mean())
+
+    # Only the stored scale's fp16 rounding differs; the max-|w| grid is far finer.
+    assert distance(fake_quantize(w, 6, sdclip_k=12.85)) < 0.05 * distance(fake_quantize(w, 6))
+    _, model = tiny_model(ORTHO_INIT="1")
+    model.set_qat_bits(6, 12.85)
+    layer = model.blocks[0].attn.c_q
+    assert (layer.qat_bits, layer.qat_sdclip_k) == (6, 12.85)
 
 
 def test_switch_modules_leave_the_baseline_weights_as_they_were():
