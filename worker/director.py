@@ -412,7 +412,7 @@ class RunDirector:
                 return None  # it is renting the pod
             for free in pods if pod is None else []:
                 if free.status == PodStatus.ready.value and _ended(session, free.run_id):
-                    pod = self._claim(session, run, free, provider, life_s)
+                    pod = self._claim(session, run, free, life_s)
                     if pod is not None:
                         break
             if pod is None:
@@ -427,7 +427,7 @@ class RunDirector:
         self._move(run, fence, RunStatus.connecting)
         return 0
 
-    def _claim(self, session: Session, run: Run, pod: Pod, provider: Provider, life_s: float) -> Pod | None:
+    def _claim(self, session: Session, run: Run, pod: Pod, life_s: float) -> Pod | None:
         """Make the run the holder of a free shared pod and move its deadline on; None when
         another seed took it first (the update is conditional on the holder it saw)."""
         table = Pod.__table__  # type: ignore[attr-defined]
@@ -440,7 +440,6 @@ class RunDirector:
             return None
         session.refresh(pod)
         log.info("run %s takes the experiment's pod %s from run %s", run.id, pod.name, pod.run_id)
-        provider.extend(pod)
         return pod
 
     def _hand_over(self, run: Run, pod: Pod) -> bool:
@@ -518,7 +517,6 @@ class RunDirector:
             session.refresh(row)
             session.expunge(row)
         if fetched:
-            provider.extend(row)
             self._write_deadline(remote, provider, row)
         return {**facts, "fetched": fetched}
 

@@ -103,10 +103,6 @@ class Provider(ABC):
         (pod None) the estimate for a new one. None: pods of this provider cost nothing."""
         return None
 
-    def extend(self, pod: Pod) -> None:
-        """Move the provider-side stop to the pod's (later) deadline_at; a pod shared by seeds."""
-        return None
-
     def stop_at(self, pod: Pod) -> datetime | None:
         """When the provider itself ends the pod, fixed when it was made; None: no such stop."""
         return None
