@@ -4,6 +4,7 @@ secrets redacted, and the API binding the ids of the request's path."""
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,12 @@ def root_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+def this_thread(handler: logging.Handler) -> None:
+    """Keep only this thread's records: under pytest -n, threads an earlier test in the same
+    process left running may still log through the root logger."""
+    handler.addFilter(lambda record: record.thread == threading.get_ident())
+
+
 def json_settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path, log_format="json", runpod_api_key=SecretStr(API_KEY),
                     webhook_url=SecretStr(HOOK))
@@ -42,7 +49,7 @@ def records(text: str) -> list[dict[str, object]]:
 
 def test_each_record_is_one_json_line_with_the_ids_bound(root_logging: None, tmp_path: Path) -> None:
     out = io.StringIO()
-    logconfig.configure(json_settings(tmp_path), stream=out)
+    this_thread(logconfig.configure(json_settings(tmp_path), stream=out))
     log = logging.getLogger("worker.director")
     log.info("outside any task")
     with logconfig.work(run_id=3):
@@ -60,7 +67,7 @@ def test_each_record_is_one_json_line_with_the_ids_bound(root_logging: None, tmp
 
 def test_an_exception_is_a_field_and_secrets_are_redacted(root_logging: None, tmp_path: Path) -> None:
     out = io.StringIO()
-    logconfig.configure(json_settings(tmp_path), stream=out)
+    this_thread(logconfig.configure(json_settings(tmp_path), stream=out))
     log = logging.getLogger("worker.providers.runpod")
     with logconfig.work(run_id=9):
         try:
@@ -80,7 +87,7 @@ def test_an_exception_is_a_field_and_secrets_are_redacted(root_logging: None, tm
 def test_a_traceback_another_handler_formatted_first_is_still_redacted(root_logging: None,
                                                                        tmp_path: Path) -> None:
     out = io.StringIO()
-    logconfig.configure(json_settings(tmp_path), stream=out)
+    this_thread(logconfig.configure(json_settings(tmp_path), stream=out))
     log = logging.getLogger("worker.providers.elsewhere")
     first = logging.StreamHandler(io.StringIO())  # e.g. one whose redactor knows other secrets
     first.addFilter(redaction.SecretRedactor([]))
@@ -98,7 +105,7 @@ def test_a_traceback_another_handler_formatted_first_is_still_redacted(root_logg
 
 def test_text_lines_carry_the_ids(root_logging: None, tmp_path: Path) -> None:
     out = io.StringIO()
-    logconfig.configure(Settings(data_dir=tmp_path), stream=out)
+    this_thread(logconfig.configure(Settings(data_dir=tmp_path), stream=out))
     with logconfig.work(run_id=4, experiment_id=1):
         logging.getLogger("worker.director").info("run 4 failed: it broke")
     (line,) = out.getvalue().splitlines()
@@ -108,7 +115,7 @@ def test_text_lines_carry_the_ids(root_logging: None, tmp_path: Path) -> None:
 def test_configuring_twice_keeps_one_handler(root_logging: None, tmp_path: Path) -> None:
     first, second = io.StringIO(), io.StringIO()
     logconfig.configure(json_settings(tmp_path), stream=first)
-    logconfig.configure(json_settings(tmp_path), stream=second)
+    this_thread(logconfig.configure(json_settings(tmp_path), stream=second))
     logging.getLogger("server").warning("once")
     assert first.getvalue() == "" and len(records(second.getvalue())) == 1
 
