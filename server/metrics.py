@@ -10,9 +10,8 @@ from sqlmodel import Session, col, select
 
 from server import costs
 from server.models import LogChunk, Pod, Run, as_utc, utcnow
-from server.states import LIVE_POD_STATUSES, RunStatus
+from server.states import LIVE_POD_STATUS_VALUES, RunStatus
 
-LIVE_POD_STATUS_VALUES = tuple(s.value for s in LIVE_POD_STATUSES)
 RUNNING = RunStatus.running.value
 
 
@@ -24,7 +23,7 @@ def runs_by_state(session: Session) -> dict[str, int]:
 def pods_alive(session: Session) -> dict[str, int]:
     rows = session.exec(
         select(Pod.provider, func.count())
-        .where(Pod.status.in_([s.value for s in LIVE_POD_STATUSES]))  # type: ignore[attr-defined]
+        .where(Pod.status.in_(LIVE_POD_STATUS_VALUES))  # type: ignore[attr-defined]
         .group_by(Pod.provider)
     ).all()
     return {provider: int(n) for provider, n in rows}

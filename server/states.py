@@ -49,6 +49,7 @@ class PodStatus(StrEnum):
 
 # Pods that exist (or are being asked for) at their provider: they bill and count toward caps.
 LIVE_POD_STATUSES = (PodStatus.requested, PodStatus.starting, PodStatus.ready, PodStatus.busy)
+LIVE_POD_STATUS_VALUES = tuple(s.value for s in LIVE_POD_STATUSES)  # as stored, for SQL
 
 
 class ExperimentStatus(StrEnum):

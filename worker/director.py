@@ -42,11 +42,11 @@ from server.logstream import publish_log
 from server.models import Experiment, LogChunk, Pod, Run, as_utc, utcnow
 from server.runs import acquire_lease, get_run, release_lease, transition, update_run
 from server.scripts import file_names, list_files
-from server.states import FINAL_RUN_STATUSES, PodStatus, RunStatus
+from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUS_VALUES, PodStatus, RunStatus
 from worker import datasets, launcher, script
 from worker.bundle import Bundle, default_bundle, run_config, run_deadline_s
 from worker.errors import ConnectError, StepFailed
-from worker.providers import ACTIVE_POD_STATUSES, Provider, RetryLater, get_provider
+from worker.providers import Provider, RetryLater, get_provider
 from worker.remote import Remote
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ class RunDirector:
         """Give the run's pod back (stopping anything left on it) and finalize its experiment."""
         run = self._load(Run, run_id)
         pod = self._load(Pod, run.pod_id) if run.pod_id is not None else None
-        if pod is not None and pod.status in {s.value for s in ACTIVE_POD_STATUSES} and pod.run_id in (None, run.id):
+        if pod is not None and pod.status in LIVE_POD_STATUS_VALUES and pod.run_id in (None, run.id):
             provider = get_provider(pod.provider, self.settings)
             if run.remote_dir and run.exit_code is None:
                 self._stop_leftovers(run, pod, provider)
@@ -404,9 +404,8 @@ class RunDirector:
         """A seed of a share_pods experiment takes the experiment's one pod when the seed before
         it is done with it, and waits while it is busy; None: this run rents it (usual steps)."""
         with Session(self.engine) as session:
-            live = [s.value for s in ACTIVE_POD_STATUSES]
             pods = list(session.exec(select(Pod).where(Pod.experiment_id == experiment.id,
-                                                       col(Pod.status).in_(live)).order_by(Pod.id)).all())
+                                                       col(Pod.status).in_(LIVE_POD_STATUS_VALUES)).order_by(Pod.id)).all())
             pod = next((p for p in pods if p.run_id == run.id), None)
             if pod is not None and pod.host is None:
                 return None  # it is renting the pod

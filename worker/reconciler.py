@@ -16,14 +16,13 @@ from sqlmodel import Session, col, select
 
 from server import notify
 from server.models import Experiment, Pod, Run, as_utc, utcnow
-from server.states import FINAL_RUN_STATUSES, ExperimentStatus, PodStatus
+from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUS_VALUES, ExperimentStatus, PodStatus
 from worker.director import RunDirector
-from worker.providers import ACTIVE_POD_STATUSES, ListedPod, Provider, get_provider
+from worker.providers import ListedPod, Provider, get_provider
 
 log = logging.getLogger(__name__)
 
 _FINAL = [s.value for s in FINAL_RUN_STATUSES]
-_ACTIVE = [s.value for s in ACTIVE_POD_STATUSES]
 # Providers whose pods are rented and can be listed; each is asked once per pass.
 RENTING_PROVIDERS = ("runpod",)
 # Listed statuses of pods that no longer exist (nothing to end, nothing billed).
@@ -70,7 +69,7 @@ def wake_due_runs(director: RunDirector, *, enqueue: Callable[[int], object]) ->
 def release_stray_pods(director: RunDirector) -> None:
     with Session(director.engine) as session:
         query = select(Pod).join(Run, col(Pod.run_id) == Run.id).where(
-            col(Pod.status).in_([s.value for s in ACTIVE_POD_STATUSES]), col(Run.status).in_(_FINAL))
+            col(Pod.status).in_(LIVE_POD_STATUS_VALUES), col(Run.status).in_(_FINAL))
         waiting = _waiting_experiments(session)
         run_ids = sorted({p.run_id for p in session.exec(query).all()
                           if p.run_id is not None and not _handed_over(p, waiting)})
@@ -103,7 +102,7 @@ def _end_pods(director: RunDirector, provider: Provider, listed: list[ListedPod]
     ours = [p for p in listed if p.name.startswith(prefix) and p.status not in _GONE]
     with Session(director.engine) as session:
         rows = list(session.exec(select(Pod).where(Pod.provider == provider.name,
-                                                   col(Pod.status).in_(_ACTIVE))).all())
+                                                   col(Pod.status).in_(LIVE_POD_STATUS_VALUES))).all())
         live_runs = set(session.exec(select(Run.id).where(col(Run.status).notin_(_FINAL))).all())
         waiting = _waiting_experiments(session)
     now = utcnow()
@@ -163,7 +162,7 @@ def _terminate(director: RunDirector, provider: Provider, external_id: str) -> b
         return False
     with Session(director.engine) as session:
         for pod in session.exec(select(Pod).where(Pod.external_id == external_id,
-                                                  col(Pod.status).in_(_ACTIVE))).all():
+                                                  col(Pod.status).in_(LIVE_POD_STATUS_VALUES))).all():
             pod.status, pod.updated_at = PodStatus.terminated.value, utcnow()
             pod.terminated_at = pod.updated_at
             session.add(pod)

@@ -14,12 +14,9 @@ from sqlmodel import Session
 
 from server.config import Settings
 from server.models import Pod
-from server.states import LIVE_POD_STATUSES, PodStatus
+from server.states import PodStatus
 from worker.errors import ConnectError, StepFailed
 from worker.remote import Remote
-
-# Pod states in which a pod (and its host) belongs to a run.
-ACTIVE_POD_STATUSES = LIVE_POD_STATUSES  # the worker's name for them
 
 
 class RetryLater(ConnectError):

@@ -10,9 +10,9 @@ from pathlib import Path
 from sqlmodel import Session, col, select
 
 from server.models import Pod, utcnow
-from server.states import PodStatus
+from server.states import LIVE_POD_STATUS_VALUES, PodStatus
 from worker.errors import StepFailed
-from worker.providers import ACTIVE_POD_STATUSES, Provider
+from worker.providers import Provider
 from worker.remote import Remote
 from worker.ssh import SSHRemote, SSHTarget
 
@@ -71,7 +71,7 @@ class SSHProvider(Provider):
     def _holders(self, session: Session, *, exclude: int | None) -> list[Pod]:
         query = select(Pod).where(
             Pod.provider == self.name,
-            col(Pod.status).in_([s.value for s in ACTIVE_POD_STATUSES]),
+            col(Pod.status).in_(LIVE_POD_STATUS_VALUES),
             col(Pod.host).is_not(None),
             Pod.id != exclude,
         )
