@@ -106,9 +106,7 @@ class RunPodAPI:
 
     def _graphql_error(self, message: str, what: str) -> None:
         message = self._scrub(message)
-        if _NO_CAPACITY.search(message):
-            raise NoCapacity(f"RunPod has no capacity for {what}: {message}", message,
-                             attempts=self.settings.runpod_create_attempts, backoff_s=self.settings.runpod_backoff_s)
+        self._check_capacity(message, what)
         if _AUTH.search(message):
             raise StepFailed(f"RunPod refused the API key for {what} ({message})")
         if _TRANSIENT.search(message):
@@ -144,9 +142,7 @@ class RunPodAPI:
     def _refused(self, response: httpx.Response, what: str) -> None:
         message = self._scrub(_message(response))
         code = response.status_code
-        if _NO_CAPACITY.search(message):
-            raise NoCapacity(f"RunPod has no capacity for {what}: {message}", message,
-                             attempts=self.settings.runpod_create_attempts, backoff_s=self.settings.runpod_backoff_s)
+        self._check_capacity(message, what)
         if code == 429:  # Retry-After: the seconds RunPod asks us to wait
             wait = response.headers.get("retry-after", "")
             later = self.later(f"RunPod API limited the rate of {what}: HTTP 429: {message}")
@@ -157,6 +153,12 @@ class RunPodAPI:
         if code in (401, 403):
             raise StepFailed(f"RunPod refused the API key for {what} (HTTP {code})")
         raise StepFailed(f"RunPod API refused {what}: HTTP {code}: {message}")
+
+    def _check_capacity(self, message: str, what: str) -> None:
+        """Raise NoCapacity when RunPod's words say no machine is free, whatever the status."""
+        if _NO_CAPACITY.search(message):
+            raise NoCapacity(f"RunPod has no capacity for {what}: {message}", message,
+                             attempts=self.settings.runpod_create_attempts, backoff_s=self.settings.runpod_backoff_s)
 
     def later(self, reason: str) -> RetryLater:
         return RetryLater(reason, attempts=self.settings.runpod_create_attempts,
