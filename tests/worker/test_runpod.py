@@ -321,14 +321,21 @@ def test_cancel_after_the_reconciler_ended_the_pod_still_cancels(runpod_director
     assert (run.status, run.reason) == ("cancelled", "cancelled on request") and runpod.live() == []
 
 
-def test_the_watchdog_ends_its_pod_with_the_pod_key_at_the_deadline(runpod_settings, runpod, tmp_path):
-    pod_id = runpod.add_pod("caddie-run-5")
-    pod = Pod(provider="runpod", name="caddie-run-5", external_id=pod_id)
-    script = tmp_path / "watchdog.sh"
+def run_watchdog(runpod_settings, runpod, script: Path, name: str) -> str:
+    """A pod on the stand-in and its watchdog, with a 1 s deadline, run to its end in the pod's
+    environment (its pod id and pod-scoped key); returns the pod's id."""
+    pod_id = runpod.add_pod(name)
+    pod = Pod(provider="runpod", name=name, external_id=pod_id)
     script.write_text(RunPodProvider(runpod_settings).watchdog_script(pod, 1))
     env = {"PATH": "/usr/bin:/bin", "RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": runpod.pod_keys[pod_id]}
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+    return pod_id
+
+
+def test_the_watchdog_ends_its_pod_with_the_pod_key_at_the_deadline(runpod_settings, runpod, tmp_path):
+    script = tmp_path / "watchdog.sh"
+    pod_id = run_watchdog(runpod_settings, runpod, script, "caddie-run-5")
     assert runpod.live() == []
     assert runpod.pod_delete_by_pod_key(pod_id, runpod.pod_keys[pod_id])
     assert ACCOUNT_KEY not in script.read_text()
@@ -483,13 +490,7 @@ def test_runpods_capacity_words_are_recognised(runpod_settings, words):
 
 def test_the_watchdog_falls_back_to_graphql_when_rest_refuses_the_pod_key(runpod_settings, runpod, tmp_path):
     runpod.pod_key_rest = False
-    pod_id = runpod.add_pod("caddie-run-6")
-    pod = Pod(provider="runpod", name="caddie-run-6", external_id=pod_id)
-    script = tmp_path / "watchdog.sh"
-    script.write_text(RunPodProvider(runpod_settings).watchdog_script(pod, 1))
-    env = {"PATH": "/usr/bin:/bin", "RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": runpod.pod_keys[pod_id]}
-    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stdout + done.stderr
+    pod_id = run_watchdog(runpod_settings, runpod, tmp_path / "watchdog.sh", "caddie-run-6")
     assert runpod.live() == [] and pod_id in runpod.ended
     (rest,) = [r for r in runpod.requests if r.method == "DELETE"]
     (graphql,) = [r for r in runpod.requests if r.path == "/graphql"]
