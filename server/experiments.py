@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 MIN_RECORD_SEEDS = 3  # the challenge asks for several seeds; 3 is the usual count
 MAX_SEEDS = 64
-SEED_LIMIT = policies.SEED_LIMIT
 FINISHED_EXPERIMENT_STATUSES = (ExperimentStatus.finished, ExperimentStatus.cancelled)
 
 # Surrounding blanks are dropped; NUL is refused because PostgreSQL text cannot hold it.
@@ -43,7 +42,7 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
                                         pattern=r"^[^\x00]*$")]
 Author = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100,
                                           pattern=r"^[^\x00]*$")]
-Seed = Annotated[StrictInt, Field(ge=0, lt=SEED_LIMIT)]
+Seed = Annotated[StrictInt, Field(ge=0, lt=policies.SEED_LIMIT)]
 MAX_VARIANTS = 16
 MAX_RETRIES = 16
 VariantName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]

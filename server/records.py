@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from server import experiments, scripts
+from server import experiments, policies, scripts
 from server.config import get_settings
 from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
 from server.logparse import parse_log
@@ -269,7 +269,7 @@ def _assign_seeds(record: RecordFolder) -> None:
 def _seed_or_none(value: Any) -> int | None:
     """A seed the run table can hold (non-negative int32, as the API takes them)."""
     seed = _int(value)
-    return seed if seed is not None and seed < experiments.SEED_LIMIT else None
+    return seed if seed is not None and seed < policies.SEED_LIMIT else None
 
 
 def stated_seeds(submission: dict[str, Any]) -> list[int]:
