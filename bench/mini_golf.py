@@ -169,9 +169,9 @@ def parameter_count(config: Any) -> int:
 def embedding_rule(values: dict[str, Any], work: Path) -> dict[str, Any]:
     """`fp16_embed` kept only while the tied embedding is a small share of the parameters."""
     config = resolved(values, work)
-    share = config.vocab_size * config.model_dim / parameter_count(config)
     if not config.fp16_embed:
         return values
+    share = config.vocab_size * config.model_dim / parameter_count(config)
     keep = share <= FP16_EMBED_MAX_SHARE
     print(f"{values['preset']}: embedding {share:.0%} of parameters, "
           f"fp16 embedding {'kept' if keep else 'off (quantized)'}", flush=True)
