@@ -1,8 +1,7 @@
 """A local stand-in for RunPod's API: REST v2 `/v2/pods` and the GraphQL calls Caddie makes.
 
 It answers as RunPod's published v2 schema says (docs/orchestration.md, "RunPod API facts"):
-a create body with a field the schema does not know is refused (422, problem+json naming it);
-a new pod goes PROVISIONING → STARTING → RUNNING over successive GETs; `runtime` is null until
+Caddie creates through GraphQL, so v2's POST is not served (405); a new pod goes PROVISIONING → STARTING → RUNNING over successive GETs; `runtime` is null until
 RUNNING and then lists the port mappings, `22/tcp` as `{private: 22, public, type: "tcp", ip}`;
 `cost` is $/hour and 0 once the pod has stopped; `DELETE` answers 204 and the pod is gone for
 good (GET, DELETE: 404; not listed); every error is `{title, status, detail}`. The "pod" it hands
@@ -22,8 +21,8 @@ Faults are queued per operation and used once each ("create" serves both creates
 
 - "500": HTTP 500; "timeout": answers after `slow_s` (longer than the client waits);
 - "429": HTTP 429 with `Retry-After: 12`, as RunPod's rate limit answers;
-- "capacity": RunPod's "no longer any instances" words (REST: HTTP 400; GraphQL: 200 + errors);
-- "invalid" (create only): a validation error (REST: 422; GraphQL: 400);
+- "capacity" (create only): RunPod's "no longer any instances" words (HTTP 200 + errors);
+- "invalid" (create only): a validation error (HTTP 400);
 - "made-then-timeout" (create only): makes the pod, then answers too late;
 - "linger" (delete only): says 204 but leaves the pod running.
 
@@ -48,9 +47,6 @@ from typing import Any
 from tests.sshd import Sshd
 
 NO_CAPACITY = "There are no longer any instances available with the requested specifications."
-# CreatePodRequest's fields (its schema forbids any other: `unevaluatedProperties: false`).
-CREATE_FIELDS = {"name", "image", "args", "disk", "ports", "env", "registry", "mounts", "gpu", "cpu",
-                 "cloud", "dataCenterIds", "globalNetworking"}
 ENDED = ("EXITED", "ERROR", "TERMINATED")
 # PodFindAndDeployOnDemandInput's fields, as RunPod's SDK and clients send them (runpod-python
 # api/mutations/pods.py and apps/tasks.py; dstack; the Pulumi provider): any other is refused.
@@ -226,8 +222,6 @@ class RunPodStandIn:
             return problem(401, "Unauthorized", "invalid api key")
         if parts[:2] != ["v2", "pods"]:
             return problem(404, "Not Found", "resource not found")
-        if len(parts) == 2 and method == "POST":
-            return self._create(body)
         if len(parts) == 2 and method == "GET":
             return self._faulty("list") or (200, {"pods": [self._public(p) for p in self.live()]})
         if len(parts) == 3 and method == "GET":
@@ -245,49 +239,7 @@ class RunPodStandIn:
         if fault == "timeout":
             time.sleep(self.slow_s)
             return problem(500, "Internal Server Error", "too late")
-        if fault == "capacity":
-            return problem(400, "Bad Request", NO_CAPACITY)
-        if fault == "invalid":
-            return problem(422, "Unprocessable Entity", "Request validation failed.",
-                           ["$.gpu.count: must be >= 1"])
         return None
-
-    def _invalid(self, body: Any) -> tuple[int, Any] | None:
-        """What v2's schema refuses in a create body."""
-        if not isinstance(body, dict):
-            return problem(400, "Bad Request", "request could not be processed")
-        errors = [f"$: additional properties '{k}' not allowed" for k in sorted(set(body) - CREATE_FIELDS)]
-        errors += [f"$: missing property '{k}'" for k in ("name", "image") if not body.get(k)]
-        if ("gpu" in body) == ("cpu" in body):
-            errors.append("$: exactly one of 'gpu' or 'cpu' must be set")
-        if not isinstance(body.get("env", {}), dict) or not isinstance(body.get("ports", []), list):
-            errors.append("$: 'env' must be an object and 'ports' an array")
-        if body.get("cloud", "SECURE") not in ("SECURE", "COMMUNITY"):
-            errors.append("$.cloud: value must be one of 'SECURE', 'COMMUNITY'")
-        return problem(422, "Unprocessable Entity", "Request validation failed.", errors) if errors else None
-
-    def _create(self, raw: bytes) -> tuple[int, Any]:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return problem(400, "Bad Request", "request could not be processed")
-        refused = self._invalid(body)
-        if refused:
-            return refused
-        fault = self._fault("create")
-        if fault == "made-then-timeout":
-            with self.lock:
-                self._new_pod(body)
-            time.sleep(self.slow_s)
-            return 201, {}
-        if fault is not None:
-            self.faults["create"].insert(0, fault)
-            return self._faulty("create")  # type: ignore[return-value]
-        if body.get("dataCenterIds") and set(body["dataCenterIds"]) <= self.full_centers:
-            return problem(400, "Bad Request", NO_CAPACITY)
-        with self.lock:
-            pod = self._new_pod(body)
-            return 201, self._public(pod)
 
     def _get(self, pod_id: str) -> tuple[int, Any]:
         with self.lock:
