@@ -11,7 +11,7 @@ its inputs are made here first and carried there:
   python3 bench/gpu_check.py run --steps 40 --out "$OUT"
 
 `prepare` puts in .gpu/: the mini-golf corpus's shards for the 1024-token tokenizer the bench
-trained, the same documents under the official sp8192 tokenizer (from ../shared) for the
+trained, the same documents under the official sp8192 tokenizer (from tests/fixtures) for the
 frontier, and the wheels the trainer needs that the device's image lacks (zstandard). `run`
 trains each preset with no wall-clock cap for `--steps` steps (the loop, warmdown and late QAT
 keyed to the steps), exports, scores, and prints one line each; each run's train.log, and
@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 GPU_DIR = ROOT / ".gpu"
 GOLF_WORK = Path("/tmp/caddie-mini-golf")
-SP8192 = ROOT.parent / "shared" / "fixtures" / "tokenizers" / "fineweb_8192_bpe.model"
+SP8192 = ROOT / "tests" / "fixtures" / "tokenizers" / "fineweb_8192_bpe.model"
 WHEELS = ["zstandard"]  # importable by the trainer, absent from the device's image
 DEVICE_PYTHON = "3.12"
 # Each preset's step_avg on 8xH100 in the records (docs/trainer.md, research notes): the naive

@@ -1,4 +1,7 @@
-"""Throwaway PostgreSQL databases on the machine's shared server (127.0.0.1:5432, trust auth)."""
+"""The machine's shared test services: throwaway PostgreSQL databases (127.0.0.1:5432, trust
+auth) and numbered Redis databases (127.0.0.1:6379). Both addresses can be moved with
+`CADDIE_TEST_POSTGRES_URL` and `CADDIE_TEST_REDIS_URL`, so that two checkouts can run their
+tests at once without sharing a Redis database."""
 
 import os
 import secrets
@@ -9,6 +12,12 @@ from sqlalchemy import create_engine, make_url, text
 
 POSTGRES_ADMIN_URL = os.environ.get("CADDIE_TEST_POSTGRES_URL",
                                     "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_SERVER_URL = os.environ.get("CADDIE_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+
+
+def redis_url(db: int) -> str:
+    """The URL of database `db` of the shared test Redis."""
+    return f"{REDIS_SERVER_URL}/{db}"
 
 
 @contextmanager

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from server.logparse import parse_log
+from tests.fixture_files import RECORD_LOGS
 
 REPO = Path(__file__).resolve().parents[2]
-RECORD_LOGS = REPO.parent / "shared" / "fixtures" / "record-logs"
 # The `caddie` entry point with only the `logs` command registered.
 CADDIE = [sys.executable, "-m", "cli.main"]
 
@@ -75,8 +75,7 @@ def test_directory_is_refused_the_same_way(tmp_path: Path) -> None:
 
 def test_record_log_summary() -> None:
     path = RECORD_LOGS / "legal_ttt_seed1337.log"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent: the record-log fixtures live outside the repository")
+    assert path.is_file(), f"test fixture {path} is missing from the checkout"
     done = _caddie("logs", "parse", str(path))
     assert done.returncode == 0, done.stderr
     assert "1.11922988 bpb" in done.stdout and "(legal_ttt_exact)" in done.stdout

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.databases import postgres_database
+from tests.databases import postgres_database, redis_url
 from tests.e2e.test_submit_to_leaderboard import (
     api,
     member_token,
@@ -60,7 +60,7 @@ def wait_finished(url: str, experiment_id: int) -> dict[str, Any]:
 
 
 def test_a_script_experiment_over_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sshd: Sshd) -> None:
-    broker = f"redis://127.0.0.1:6379/{BYO_REDIS_DB}"
+    broker = redis_url(BYO_REDIS_DB)
     redis.Redis.from_url(broker).flushdb()
     with postgres_database("caddie_e2e_byo") as database_url:
         stack = start_stack(monkeypatch, tmp_path, {

@@ -23,7 +23,7 @@ import redis
 from sqlalchemy import MetaData, select
 
 from server.db import make_engine
-from tests.databases import postgres_database
+from tests.databases import postgres_database, redis_url
 from tests.e2e.test_submit_to_leaderboard import api, dataset, start_stack, submit_and_wait  # noqa: F401
 from tests.server.test_notify import Webhook
 from tests.sshd import Sshd
@@ -119,7 +119,7 @@ def test_no_secret_reaches_logs_rows_pods_or_answers(monkeypatch: pytest.MonkeyP
     named |= {f"ssh key part {i}": part for i, part in enumerate(key_secrets(sshd.key_path))}
     runpod = RunPodStandIn(sshd, account_key)  # the reconciler lists the account's pods there
     runpod.start()
-    broker = f"redis://127.0.0.1:6379/{SECRETS_REDIS_DB}"
+    broker = redis_url(SECRETS_REDIS_DB)
     redis.Redis.from_url(broker).flushdb()
     wrapper, environments = python_wrapper
     try:

@@ -25,7 +25,7 @@ from server.config import Settings
 from server.db import make_engine
 from server.migrate import upgrade_head
 from server.models import LogChunk
-from tests.databases import postgres_database
+from tests.databases import postgres_database, redis_url
 from tests.sshd import Sshd, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -141,7 +141,7 @@ def check_verified_and_ranked(stack: Stack, experiment: dict[str, Any], pod_log:
 @pytest.mark.sshd
 def test_postgres_redis_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sshd: Sshd,
                             dataset: dict[str, str]) -> None:
-    broker = f"redis://127.0.0.1:6379/{E2E_REDIS_DB}"
+    broker = redis_url(E2E_REDIS_DB)
     redis.Redis.from_url(broker).flushdb()
     with postgres_database("caddie_e2e") as database_url:
         stack = start_stack(monkeypatch, tmp_path, {

@@ -1,32 +1,27 @@
 """The community log parser: real record logs against the values their submissions reported
-(shared/fixtures/record-logs/truth.json), and synthetic logs for the edge cases."""
+(tests/fixtures/record-logs/truth.json), and synthetic logs for the edge cases."""
 
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
 
 from server.logparse import parse_log
+from tests.fixture_files import RECORD_LOGS, record_log
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-RECORD_LOGS = SHARED / "fixtures" / "record-logs"
 TRUTH_FILE = RECORD_LOGS / "truth.json"
-TRUTH = json.loads(TRUTH_FILE.read_text()) if TRUTH_FILE.is_file() else {}
+TRUTH = json.loads(TRUTH_FILE.read_text())
 FIXTURES = sorted(name for name in TRUTH if not name.startswith("_"))
 TRAPS = {name for name in FIXTURES if "TRAP" in TRUTH[name].get("note", "")}
 
 
 def _fixture(name: str) -> bytes:
-    if not RECORD_LOGS.is_dir():
-        pytest.skip(f"{RECORD_LOGS} is absent: the record-log fixtures live outside the repository")
-    return (RECORD_LOGS / name).read_bytes()
+    return record_log(name)
 
 
 def test_fixtures_are_present() -> None:
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} is absent: the record-log fixtures live outside the repository")
+    assert all((RECORD_LOGS / name).is_file() for name in FIXTURES)
     assert len(FIXTURES) >= 10, f"{TRUTH_FILE} lists too few logs"
 
 

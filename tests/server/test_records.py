@@ -12,19 +12,17 @@ from server.config import get_settings
 from server.logparse import parse_log
 from server.models import Experiment, ExperimentFile, LogChunk, Pod, Run, RunEvent
 from server.queue import NOTIFY
+from tests.fixture_files import record_log
 from tests.server.broker import queued_tasks
 
 REPO = Path(__file__).resolve().parents[2]
-RECORD_LOGS = REPO.parent / "shared" / "fixtures" / "record-logs"
 TRACK = "track_10min_16mb"
 HONEST_LOGS = ("sp4096_seed42.log", "sp8192_sdclip_seed1234.log", "varlen_ttt_lora_seed0.log")
 SCRIPT = "import os\nprint('train')\n"
 
 
 def fixture_log(name: str) -> bytes:
-    if not RECORD_LOGS.is_dir():
-        pytest.skip(f"{RECORD_LOGS} is absent: the record-log fixtures live outside the repository")
-    return (RECORD_LOGS / name).read_bytes()
+    return record_log(name)
 
 
 def make_folder(root: Path, name: str, logs: dict[str, bytes],

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixture_files import TOKENIZERS as TOKENIZERS
+
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-TOKENIZERS = SHARED / "fixtures" / "tokenizers"
 CORPUS_BYTES = 400_000  # enough text for a 512-piece BPE and a few thousand val tokens
 VOCAB = 512
 VAL_DOCS = 8

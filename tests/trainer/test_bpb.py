@@ -8,12 +8,9 @@ import pytest
 import sentencepiece as spm
 import torch
 
+from tests.fixture_files import SP1024, SP8192
 from trainer.evaluate import TokenizerError, build_byte_tables, evaluate, load_tokenizer
 
-from .conftest import TOKENIZERS
-
-SP1024 = TOKENIZERS / "fineweb_1024_bpe.model"
-SP8192 = TOKENIZERS / "fineweb_8192_bpe.model"
 BOS = 1
 
 ASCII_TEXT = (
@@ -23,12 +20,6 @@ ASCII_TEXT = (
 UNICODE_TEXT = ASCII_TEXT + " Café naïve — 日本語 ☃ emoji 🎉 and ŝtranĝe letters."
 
 
-def needs(path):
-    return pytest.mark.skipif(
-        not path.is_file(), reason=f"official tokenizer fixture missing: {path}"
-    )
-
-
 def counted_bytes(sp: spm.SentencePieceProcessor, ids: list[int]) -> int:
     """Bytes the tables charge for `ids` as targets after a BOS."""
     tables = build_byte_tables(sp, int(sp.vocab_size()))
@@ -36,7 +27,6 @@ def counted_bytes(sp: spm.SentencePieceProcessor, ids: list[int]) -> int:
     return int(tables.target_bytes(stream[:-1], stream[1:]).sum())
 
 
-@needs(SP8192)
 def test_bytes_equal_the_decoded_utf8_length_with_byte_fallback():
     sp = spm.SentencePieceProcessor(model_file=str(SP8192))
     ids = sp.encode(UNICODE_TEXT)
@@ -44,7 +34,6 @@ def test_bytes_equal_the_decoded_utf8_length_with_byte_fallback():
     assert counted_bytes(sp, ids) == len(sp.decode(ids).encode("utf-8"))
 
 
-@needs(SP1024)
 def test_bytes_equal_the_decoded_utf8_length_on_sp1024():
     sp = spm.SentencePieceProcessor(model_file=str(SP1024))
     ids = sp.encode(ASCII_TEXT)
@@ -52,7 +41,6 @@ def test_bytes_equal_the_decoded_utf8_length_on_sp1024():
     assert counted_bytes(sp, ids) == len(sp.decode(ids).encode("utf-8"))
 
 
-@needs(SP1024)
 def test_unknown_tokens_count_zero_bytes_on_sp1024():
     sp = spm.SentencePieceProcessor(model_file=str(SP1024))
     ids = sp.encode("abc ☃ def")
@@ -65,7 +53,6 @@ def test_unknown_tokens_count_zero_bytes_on_sp1024():
     assert counted_bytes(sp, known) == len(sp.decode(known).encode("utf-8"))
 
 
-@needs(SP1024)
 def test_leading_space_is_not_charged_after_bos():
     sp = spm.SentencePieceProcessor(model_file=str(SP1024))
     word = sp.piece_to_id("\u2581the")
@@ -76,7 +63,6 @@ def test_leading_space_is_not_charged_after_bos():
     assert tables.target_bytes(prev, target).tolist() == [3, 4]
 
 
-@needs(SP1024)
 def test_ids_past_the_tokenizer_are_boundaries():
     sp = spm.SentencePieceProcessor(model_file=str(SP1024))
     tables = build_byte_tables(sp, 1100)
@@ -91,7 +77,6 @@ def test_tokenizer_errors_name_the_path(tmp_path):
         load_tokenizer(tmp_path / "tok.json", 1024)
 
 
-@needs(SP1024)
 def test_vocab_mismatch_is_refused():
     with pytest.raises(TokenizerError, match="VOCAB_SIZE=512"):
         load_tokenizer(SP1024, 512)
@@ -109,7 +94,6 @@ class UniformModel(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits, y.reshape(-1))
 
 
-@needs(SP1024)
 def test_evaluate_scores_each_target_once_and_converts_to_bits_per_byte():
     sp = spm.SentencePieceProcessor(model_file=str(SP1024))
     docs = [ASCII_TEXT, "A second document, shorter.", ASCII_TEXT.upper()]

@@ -15,10 +15,11 @@ from server import logstream
 from server.config import get_settings
 from server.db import get_engine
 from server.models import LogChunk, Run
+from tests.databases import redis_url
 from tests.factories import make_experiment, make_log, make_run
 from tests.web.live import Event, LiveServer, read_events
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = redis_url(0)
 
 
 def line(n: int) -> str:
