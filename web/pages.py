@@ -24,7 +24,7 @@ from sqlmodel import Session
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import auth, experiments, logs, presets, queueing, records, scripts
+from server import auth, experiments, export, logs, presets, queueing, scripts
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
@@ -258,8 +258,8 @@ def export_experiment_page(session: SessionDep, principal: PrincipalDep,
     """The experiment's records folder (README.md, submission.json, logs, code) as a .zip."""
     auth.authorize_experiment(session, principal, experiment_id)
     experiment = experiments.get_experiment(session, experiment_id)
-    data = records.export_zip(session, experiment_id)
-    name = records.folder_name(experiment)
+    data = export.export_zip(session, experiment_id)
+    name = export.folder_name(experiment)
     return Response(data, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{name}.zip"'})
 
