@@ -54,6 +54,8 @@ SOURCE = (
 exec(compile(lzma.decompress(base64.b85decode(SOURCE)), __file__, "exec"))
 '''
 LOCAL_FIELDS = ("run_id",)  # never written into an exported script
+# The paths of the machine that ran it: an export shows the records' paths instead.
+PATH_FIELDS = ("data_path", "tokenizer_path")
 TORCHRUN = "torchrun --standalone --nproc_per_node=8"
 
 
@@ -267,8 +269,8 @@ def submission_json(experiment: Experiment, runs: list[Run], code: Code, *,
     """submission.json: the records' fields with their types (val_bpb the seed mean,
     bytes_total the largest seed's), then Caddie's own."""
     stated = (experiment.source or {}).get("submission") or {}
-    bpb = [run.val_bpb for run in runs if run.val_bpb is not None]
-    loss = [run.val_loss for run in runs if run.val_loss is not None]
+    bpb = [_shown(run.val_bpb) for run in runs if run.val_bpb is not None]
+    loss = [_shown(run.val_loss) for run in runs if run.val_loss is not None]
     totals = [_bytes_total(run, code) for run in runs]
     # The records' "artifact_bytes" is the whole submission's size: code + compressed model.
     artifacts = [total for total in totals if total is not None]
@@ -279,10 +281,10 @@ def submission_json(experiment: Experiment, runs: list[Run], code: Code, *,
         "date": _submission_date(experiment),
         "track": TRACK,
         "blurb": blurb or _text(stated.get("blurb")) or _blurb(experiment, runs),
-        "val_bpb": statistics.fmean(bpb) if bpb else None,
-        "val_bpb_std": statistics.stdev(bpb) if len(bpb) >= 2 else None,
-        "val_loss": statistics.fmean(loss) if len(loss) == len(runs) and loss else None,
-        "val_loss_std": statistics.stdev(loss) if len(loss) == len(runs) and len(loss) >= 2 else None,
+        "val_bpb": _shown(statistics.fmean(bpb)) if bpb else None,
+        "val_bpb_std": _shown(statistics.stdev(bpb)) if len(bpb) >= 2 else None,
+        "val_loss": _shown(statistics.fmean(loss)) if len(loss) == len(runs) and loss else None,
+        "val_loss_std": _shown(statistics.stdev(loss)) if len(loss) == len(runs) and len(loss) >= 2 else None,
         "bytes_total": _largest(totals),
         "bytes_code": code.bytes if code.runnable else _largest(run.code_bytes for run in runs),
         "artifact_bytes_max": max(artifacts) if artifacts else None,
@@ -302,13 +304,18 @@ def submission_json(experiment: Experiment, runs: list[Run], code: Code, *,
     }
 
 
+def _shown(value: float | None) -> float | None:
+    """8 decimals, as the logs' final lines print scores (and the records state them)."""
+    return None if value is None else round(value, 8)
+
+
 def _blurb(experiment: Experiment, runs: list[Run]) -> str:
     if experiment.provider == IMPORT_PROVIDER:
         return f"Imported from {(experiment.source or {}).get('key')}."
     if experiment.kind == "script":
         what = "The participant's own train_gpt.py"
     else:
-        overrides = ", ".join(f"{k}={v}" for k, v in sorted(experiment.config.items())) or "no overrides"
+        overrides = ", ".join(f"{k}={v}" for k, v in sorted(_overrides(experiment).items())) or "no overrides"
         what = f"Caddie's trainer, preset {experiment.preset} ({overrides})"
     return f"{what}; {len(runs)} seed(s) run and verified by Caddie."
 
@@ -356,7 +363,8 @@ def _largest(values: Any) -> int | None:
 
 
 def _seed_result(run: Run, code: Code) -> dict[str, Any]:
-    return {"val_bpb": run.val_bpb, "val_loss": run.val_loss, "bytes_total": _bytes_total(run, code),
+    return {"val_bpb": _shown(run.val_bpb), "val_loss": _shown(run.val_loss),
+            "bytes_total": _bytes_total(run, code),
             "bytes_code": code.bytes if code.runnable else run.code_bytes,
             "artifact_bytes": _bytes_total(run, code), "bytes_model": run.model_bytes, "steps": run.steps,
             "train_time_s": run.train_time_s, "eval_time_s": run.eval_time_s,
@@ -387,8 +395,12 @@ def _config(experiment: Experiment) -> dict[str, Any]:
         return {"kind": "script", "imported_from": (experiment.source or {}).get("key")}
     if experiment.kind == "script":
         return {"kind": "script", "env": experiment.env}
-    return {"kind": "trainer", "preset": experiment.preset, "overrides": experiment.config,
+    return {"kind": "trainer", "preset": experiment.preset, "overrides": _overrides(experiment),
             "variants": experiment.variants}
+
+
+def _overrides(experiment: Experiment) -> dict[str, Any]:
+    return {k: v for k, v in experiment.config.items() if k not in (*PATH_FIELDS, *LOCAL_FIELDS)}
 
 
 def _text(value: Any) -> str:
@@ -421,7 +433,7 @@ def _readme_head(experiment: Experiment, submission: dict[str, Any]) -> str:
 def _readme_config(experiment: Experiment, code: Code) -> str:
     config = _config(experiment)
     if config["kind"] == "trainer":
-        overrides = json.dumps(experiment.config, indent=2, sort_keys=True)
+        overrides = json.dumps(_overrides(experiment), indent=2, sort_keys=True)
         body = (f"Caddie's trainer, preset `{experiment.preset}`, with these overrides:\n\n"
                 f"```json\n{overrides}\n```")
         if code.runnable:
