@@ -306,3 +306,21 @@ def evidence_zip(session: Session, experiment: Experiment) -> bytes:
         for name, data in sorted(evidence_files(session, experiment).items()):
             archive.writestr(f"rerun-{experiment.id}/{name}", data)
     return buffer.getvalue()
+
+
+def latest_outcomes(session: Session, experiment_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """For a leaderboard's "re-run" column: each listed experiment's newest re-run, its id and
+    outcome (reproduced / not reproduced / inconclusive / running); experiments without one are
+    left out."""
+    if not experiment_ids:
+        return {}
+    query = (select(Experiment).where(col(Experiment.reproduces_id).in_(experiment_ids))
+             .order_by(col(Experiment.id).desc()))
+    found: dict[int, dict[str, Any]] = {}
+    for other in session.exec(query).all():
+        assert other.reproduces_id is not None and other.id is not None
+        if other.reproduces_id not in found:
+            judged = verdict(session, other)
+            found[other.reproduces_id] = {"rerun_id": other.id, "outcome": judged.outcome,
+                                          "headline": judged.headline}
+    return found

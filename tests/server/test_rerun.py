@@ -96,3 +96,17 @@ def test_a_crash_names_its_last_lines_and_a_live_seed_is_running(session: Sessio
     found = rerun.verdict(session, experiment)
     assert found.outcome == "not reproduced" and found.failed == ["crash"]
     assert "RuntimeError: CUDA out of memory" in found.reasons[0]
+
+
+def test_latest_outcomes_for_the_leaderboard_column(session: Session) -> None:
+    record = make_experiment(session, name="record", provider="import")
+    other = make_experiment(session, name="never re-run", provider="import")
+    older = rerun_of(session, claims(1.1, 1.1003))
+    newer = rerun_of(session, claims(1.1, 1.1003))
+    for experiment in (older, newer):
+        experiment.reproduces_id = record.id
+        session.add(experiment)
+    session.commit()
+    make_run(session, newer, seed=1, status="running")
+    found = rerun.latest_outcomes(session, [record.id, other.id])
+    assert found == {record.id: {"rerun_id": newer.id, "outcome": "running", "headline": "running"}}
