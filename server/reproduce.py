@@ -225,10 +225,12 @@ def log_env(logs: list[str], names: set[str]) -> dict[str, str]:
     if not logs or not names:
         return {}
     env: dict[str, str] = {}
+    in_block = False  # inside a `Hyperparameters:` block (a quoted source has `name: type,` too)
     for line in logs[0].splitlines():
         if line.startswith("step:"):
             break
-        m = _HYPER_LINE.match(line)
+        m = _HYPER_LINE.match(line) if in_block else None
+        in_block = line.rstrip() == "Hyperparameters:" or (in_block and m is not None)
         pairs = [(m.group(1), m.group(2).strip())] if m else _pairs(line)
         for key, value in pairs:
             if key.upper() in names and value and key.upper() not in {"SEED", "RUN_ID"}:
@@ -455,7 +457,9 @@ def plan_folder(folder: Path, origin: dict[str, Any]) -> Plan:
     log_files = {log.file for log in record.logs}
     files = _code_files(folder, log_files, notes)
     if scripts.ENTRYPOINT not in files:
-        raise SourceError(f"source: the records folder has no {scripts.ENTRYPOINT}")
+        others = ", ".join(name for name in files if name.endswith(".py")) or "no Python file"
+        raise SourceError(f"source: the records folder has no {scripts.ENTRYPOINT} ({others}); a re-run "
+                          f"launches {scripts.ENTRYPOINT} as the challenge's rules ask")
     readme = _read_text(folder / "README.md")
     logs = [log.data.decode(errors="replace") for log in record.logs]
     documented = documented_env(readme, logs, files)
@@ -464,6 +468,7 @@ def plan_folder(folder: Path, origin: dict[str, Any]) -> Plan:
     env = {**documented.env, **data_env(variant, documented.env)}
     claims = [claim(log) for log in record.logs]
     seeds = [c["seed"] for c in claims if c["seed"] >= 0] or documented.seeds or records.stated_seeds(record.submission)
+    seeds = list(dict.fromkeys(seeds))  # two logs of one seed run it once
     name = records._text(record.submission.get("name")) or folder.name  # noqa: SLF001
     return Plan(name=f"re-run: {name}"[:200], origin={**origin, "key": record.key}, files=files,
                 env=env, seed_env=documented.seed_env, seeds=seeds or [1337], claims=claims,
@@ -539,7 +544,7 @@ def _plan_from_rows(session: Session, record: Experiment) -> Plan:
     return Plan(name=f"re-run: {record.name}"[:200], origin={"kind": "record", "experiment_id": record.id,
                 "key": (record.source or {}).get("key")}, files=files,
                 env={**documented.env, **data_env(variant, documented.env)}, seed_env={},
-                seeds=[c["seed"] for c in claims] or list(record.seeds), claims=claims, data=variant,
+                seeds=list(dict.fromkeys(c["seed"] for c in claims)) or list(record.seeds), claims=claims, data=variant,
                 env_from=documented.source, notes=notes)
 
 

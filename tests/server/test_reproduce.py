@@ -152,3 +152,18 @@ def test_a_git_source_at_a_commit(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="source.commit"), reproduce.git_source(
             GitSource(url=f"file://{bare}", commit="0" * 40), allow_file=True):
         pass
+
+
+def test_quoted_source_in_a_log_is_not_a_hyperparameter_and_seeds_run_once() -> None:
+    code = {"train_gpt.py": "os.environ.get('VOCAB_SIZE')\nos.environ.get('NUM_HEADS')\n"}
+    log = "class Hyperparameters:\n  vocab_size: int,\nHyperparameters:\n  num_heads: 8\nstep:1/2 x\n"
+    assert reproduce.log_env([log], reproduce.code_env_names(code)) == {"NUM_HEADS": "8"}
+
+
+def test_a_folder_without_train_gpt_py_is_refused_naming_its_script(tmp_path: Path) -> None:
+    folder = tmp_path / "2026-03-19_Other"
+    folder.mkdir()
+    (folder / "train_gpt_v5.py").write_text("print(1)\n")
+    shutil.copy(RECORDS / "good" / "train_seed1.log", folder / "train.log")
+    with pytest.raises(SourceError, match=r"no train_gpt.py \(train_gpt_v5.py\)"):
+        reproduce.plan_folder(folder, {"kind": "path"})
