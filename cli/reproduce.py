@@ -12,16 +12,19 @@ from sqlmodel import Session
 from server import experiments, records, reproduce, rerun
 from server.db import get_engine
 from server.errors import NotFound
-from server.reproduce import Overrides, Plan, SourceError
+from server.reproduce import GitSource, Overrides, Plan, SourceError
 
 BAD_INPUT = 2
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "reproduce", help="re-run an imported record (its key or id) or a records folder (a path)")
+        "reproduce", help="re-run an imported record (its key or id), a records folder (a path) or a "
+                          "git repository at a commit (URL --commit C --path FOLDER)")
     parser.add_argument("target", help="an imported record's key (<track>/<folder>) or id, a records "
                                        "folder, or 'evidence' to write a re-run's evidence")
+    parser.add_argument("--commit", default="", help="with a git URL as target: the commit to re-run")
+    parser.add_argument("--path", default="", help="with a git URL as target: the records folder in it")
     parser.add_argument("rest", nargs="*", help="for evidence: the re-run's id and the folder to write")
     parser.add_argument("--provider", choices=["runpod", "ssh", "local"], default="runpod")
     parser.add_argument("--seeds", default="", help="comma-separated seeds (default: the submission's)")
@@ -39,7 +42,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return cmd_evidence(args.rest)
     with Session(get_engine()) as session:
         try:
-            plan = _plan(session, args.target)
+            plan = _plan(session, args.target, args)
             overrides = _overrides(args, plan)
             plan = reproduce.apply(plan, overrides)
         except (SourceError, NotFound, ValidationError, ValueError) as error:
@@ -55,7 +58,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(session: Session, target: str) -> Plan:
+def _plan(session: Session, target: str, args: argparse.Namespace) -> Plan:
+    if "://" in target or target.endswith(".git"):
+        source = GitSource(url=target, commit=args.commit, path=args.path)
+        with reproduce.git_source(source, allow_file=True) as found:  # the operator's own machine
+            return reproduce.plan_folder(found, {"kind": "git", **source.model_dump()})
     folder = Path(target)
     if folder.is_dir():
         with reproduce.path_source(target) as found:

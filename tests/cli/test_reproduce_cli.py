@@ -10,6 +10,7 @@ from sqlmodel import Session, create_engine
 from server.models import Experiment
 from tests.cli.test_records_cli import caddie, env  # noqa: F401  (fixture)
 from tests.fixture_files import FIXTURES
+from tests.server.test_reproduce import bare_repository
 
 GOOD = FIXTURES / "reproduce" / "records" / "good"
 
@@ -41,3 +42,14 @@ def test_plan_by_key_then_create_then_evidence(env: dict[str, str], tmp_path: Pa
     assert written.returncode == 0, written.stdout + written.stderr
     assert "**Verdict: running**" in (out / "README.md").read_text()
     assert json.loads((out / "verdict.json").read_text())["outcome"] == "running"
+
+
+def test_a_git_repository_at_a_commit(env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    bare, commit = bare_repository(tmp_path)
+    plan = caddie(env, "reproduce", f"file://{bare}", "--commit", commit, "--path",
+                  "records/track_10min_16mb/good", "--provider", "local", "--json")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    found = json.loads(plan.stdout.split("\nNothing created")[0])
+    assert found["origin"]["commit"] == commit and found["seeds"] == [1, 2, 3]
+    missing = caddie(env, "reproduce", f"file://{bare}", "--commit", "0" * 40)
+    assert missing.returncode == 2 and "source.commit" in missing.stdout
