@@ -33,8 +33,8 @@ from sqlmodel import Session, col, select
 from server import experiments, presets, scripts
 from server.config import get_settings
 from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
-from server.models import Experiment, LogChunk, Run
-from server.records import IMPORT_PROVIDER
+from server.models import Experiment, Run
+from server.records import IMPORT_PROVIDER, _log_bytes
 from server.states import RunStatus
 
 TRACK = "10min_16mb"
@@ -130,12 +130,6 @@ def _submitted_runs(session: Session, experiment_id: int) -> list[Run]:
 def _log_name(run: Run, runs: list[Run]) -> str:
     twins = sum(other.seed == run.seed for other in runs)
     return f"train_seed{run.seed}.log" if twins == 1 else f"train_seed{run.seed}_run{run.id}.log"
-
-
-def _log_bytes(session: Session, run: Run) -> bytes:
-    chunks = session.exec(select(LogChunk.text).where(LogChunk.run_id == run.id)
-                          .order_by(col(LogChunk.offset))).all()
-    return "".join(chunks).encode("utf-8")
 
 
 # --- the counted code --------------------------------------------------------------------

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from server import experiments, policies, scripts
 from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
@@ -596,3 +596,10 @@ def _date(stated: Any, folder_name: str) -> datetime:
             continue
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return datetime.now(UTC)
+
+
+def _log_bytes(session: Session, run: Run) -> bytes:
+    """A run's stored train log, its LogChunk rows joined in order."""
+    chunks = session.exec(select(LogChunk.text).where(LogChunk.run_id == run.id)
+                          .order_by(col(LogChunk.offset))).all()
+    return "".join(chunks).encode("utf-8")
