@@ -110,6 +110,13 @@ class Settings(BaseSettings):
 
     # Reading (leaderboard, experiments, runs, logs) without a token; changes always need one.
     public_read: bool = True
+    # Request bodies: at most this many bytes from anyone (a script experiment's files are at
+    # most 4,000,000 bytes, which JSON escaping can grow); at most anonymous_body_bytes from a
+    # request without a known token (the sign-in form). Larger: 413 before parsing.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    anonymous_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Seconds a page form's CSRF token stays valid (it is also bound to the signed-in session).
+    csrf_ttl_s: float = Field(default=12 * 3600.0, ge=60)
 
     # Slack-compatible incoming webhook: runs and experiments that end, pods stopped by a
     # safety stop, budgets hit. None: no notifications.

@@ -24,14 +24,14 @@ from sqlmodel import Session
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import auth, experiments, logs, presets, queueing, records, scripts
+from server import auth, comparison, experiments, logs, presets, queueing, records, scripts
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
 from server.reference import reference_bpb
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
-from web import comparison, csrf, downloads, experiment_view, signin, submission
+from web import csrf, downloads, experiment_view, signin, submission
 from web.board import (
     DEFAULT_PER_PAGE,
     DEFAULT_SORT,
@@ -95,7 +95,6 @@ def include_pages(app: FastAPI) -> None:
     """Add the pages to `app`, and HTML 404 pages for unknown URLs outside /api."""
     app.include_router(router)
     app.include_router(open_router)
-    app.include_router(comparison.api_router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
 
 

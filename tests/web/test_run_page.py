@@ -278,3 +278,17 @@ def test_cost_so_far_of_a_rented_pod(client: TestClient, session: Session) -> No
 
     assert fetch(client, f"/runs/{rented.id}").find("dd", class_="cost").text() == "$10.76"
     assert fetch(client, f"/runs/{local.id}").find("dd", class_="cost").text() == "—"
+
+
+def test_pages_and_api_answers_carry_the_security_headers(
+        client: TestClient, session: Session) -> None:
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+    for path in (f"/runs/{run.id}", f"/api/runs/{run.id}", "/static/app.js", "/nowhere"):
+        headers = client.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["referrer-policy"] == "same-origin"
+        policy = headers["content-security-policy"]
+        # Only this site's own script and style files run: no inline code, no framing.
+        assert "script-src 'self';" in policy and "'unsafe-inline'" not in policy
+        assert "frame-ancestors 'none'" in policy
