@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     # request without a known token (the sign-in form). Larger: 413 before parsing.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     anonymous_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A member's (not an admin's) limits: experiments submitted per hour, and runs not yet
+    # ended (queued or live) at once; over either, a 429 naming it.
+    member_experiments_per_hour: int = Field(default=30, ge=1)
+    member_max_active_runs: int = Field(default=192, ge=1)
     # Seconds a page form's CSRF token stays valid (it is also bound to the signed-in session).
     csrf_ttl_s: float = Field(default=12 * 3600.0, ge=60)
 

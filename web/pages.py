@@ -24,7 +24,17 @@ from sqlmodel import Session
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import auth, comparison, experiments, logs, presets, queueing, records, scripts
+from server import (
+    auth,
+    comparison,
+    experiments,
+    logs,
+    presets,
+    queueing,
+    quotas,
+    records,
+    scripts,
+)
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
@@ -243,6 +253,8 @@ def add_seeds_page(request: Request, session: SessionDep, principal: PrincipalDe
     try:
         if isinstance(parsed, str):
             raise ValueError(parsed)
+        quotas.check_more_runs(session, principal,
+                               experiments.added_runs(session, experiment_id, parsed))
         experiments.add_seeds(session, experiment_id, parsed)
     except ValueError as exc:
         message = str(exc).removeprefix("seeds: ")
@@ -297,6 +309,8 @@ def submit_experiment_page(
     spec, entered = submission.read_form(form, uploads)
     if spec is None:
         return submit_form(request, entered, status_code=422)
+    quotas.check_submission(session, principal, runs=experiments.run_count(spec),
+                            priority=spec.priority)
     experiment = experiments.create_experiment(session, spec, owner=principal.name)
     return RedirectResponse(f"/experiments/{experiment.id}", status_code=303)
 

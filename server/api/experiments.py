@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
-from server import auth, experiments, reference
+from server import auth, experiments, quotas, reference
 from server.api.deps import ApiPrincipalDep, FilterText, IdPath, Limit, Offset, SessionDep
 from server.errors import NotFound
 from server.experiments import (
@@ -27,6 +27,8 @@ def create_experiment(
 ) -> ExperimentPublicWithRuns:
     """Submit an experiment: one run per seed, queued at once."""
     _check_reference(session, experiment_in.reference_experiment_id)
+    quotas.check_submission(session, principal, runs=experiments.run_count(experiment_in),
+                            priority=experiment_in.priority)
     experiment = experiments.create_experiment(session, experiment_in, owner=principal.name)
     return experiments.experiment_with_runs(session, experiment)
 
@@ -80,6 +82,8 @@ def add_seeds(session: SessionDep, principal: ApiPrincipalDep, experiment_id: Id
     """Run more seeds, each in every arm (its owner or an admin). A finished experiment runs
     again until they end; 409 if it was cancelled; 422 for a seed it already used."""
     auth.authorize_experiment(session, principal, experiment_id)
+    quotas.check_more_runs(session, principal, experiments.added_runs(
+        session, experiment_id, seeds_in.seeds))
     try:
         experiment = experiments.add_seeds(session, experiment_id, seeds_in.seeds)
     except ValueError as exc:
