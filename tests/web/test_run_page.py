@@ -10,11 +10,11 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from server import logs
-from web import curves
 from server.runs import transition
 from server.states import RunStatus
 from tests.factories import make_experiment, make_log, make_pod, make_run, make_scored_run
 from tests.web.dom import Element, cells, fetch, form_token
+from web import curves
 from web.pages import LOG_TAIL_BYTES
 
 LOG = ["step:1/20 train_loss:6.93 train_time:10ms step_avg:10.00ms\n",
@@ -332,12 +332,7 @@ def test_curves_of_a_huge_log_read_only_its_ends(client: TestClient, session: Se
     steps = [step for step, _ in json.loads(page.find("script", id="loss-points").raw_text())["train"]]
     assert steps[0] == 1 and steps[-1] == 400 and 200 not in steps
     assert steps == sorted(steps) and len(steps) > 40
-    assert sum(read) <= 2 * 2000 + page_tail_bytes()  # the curves' two windows and the tail
-
-
-def page_tail_bytes() -> int:
-    from web.pages import LOG_TAIL_BYTES
-    return LOG_TAIL_BYTES
+    assert sum(read) <= 2 * 2000 + LOG_TAIL_BYTES  # the curves' two windows and the tail
 
 
 def test_the_log_download_is_streamed(client: TestClient, session: Session,
