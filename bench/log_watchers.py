@@ -1,12 +1,13 @@
 """Many log watchers on the embedded default: N Server-Sent Events clients on one running run.
 
 Starts the API (uvicorn, as `caddie up` does) on a fresh SQLite database in a temporary data
-dir, makes one running run, opens N streams of its log, and stores a log line every 0.1 s
-for the given seconds the way the worker does (a write transaction each). Meanwhile GET
-/healthz every 0.25 s. Prints: streams that received the first line, streams that received
+dir, makes one running run, opens N streams of its log, and stores a chunk of log lines
+every `--every` seconds for the given seconds the way the worker does (a write transaction
+each; the worker looks at a running trainer every CADDIE_POLL_INTERVAL_S, 2 s by default).
+Meanwhile GET /healthz every 0.25 s. Prints: streams that received the first line, streams that received
 every line and the `end` event, HTTP errors, and /healthz response times.
 
-  .venv/bin/python bench/log_watchers.py [--clients 200] [--seconds 20]
+  .venv/bin/python bench/log_watchers.py [--clients 200] [--seconds 20] [--every 2] [--lines 20]
 """
 
 import argparse
@@ -38,14 +39,15 @@ def line(n: int) -> str:
     return f"step:{n}/1000 train_loss:{6 - n / 1000:.4f} train_time:{n * 100}ms step_avg:100.00ms\n"
 
 
-def store_lines(url: str, run_id: int, count: int, every_s: float) -> None:
-    """The worker's side: one committed chunk per line, then the run ends."""
+def store_lines(url: str, run_id: int, count: int, every_s: float, per_chunk: int) -> None:
+    """The worker's side: a committed chunk of `per_chunk` lines every `every_s`, then the
+    run ends."""
     engine = make_engine(url)
-    for n in range(count):
+    for first in range(0, count, per_chunk):
         with Session(engine) as session:
             run = session.get(Run, run_id)
             assert run is not None
-            text = line(n)
+            text = "".join(line(n) for n in range(first, min(count, first + per_chunk)))
             session.add(LogChunk(run_id=run_id, offset=run.log_offset, nbytes=len(text), text=text))
             run.log_offset += len(text)
             session.add(run)
@@ -125,8 +127,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--every", type=float, default=2.0, help="seconds between chunks")
+    parser.add_argument("--lines", type=int, default=20, help="log lines per chunk")
     args = parser.parse_args()
-    COUNT = int(args.seconds / 0.1)
+    COUNT = int(args.seconds / args.every) * args.lines
     with tempfile.TemporaryDirectory() as data_dir:
         url = f"sqlite:///{Path(data_dir, 'caddie.db')}"
         upgrade_head(url)
@@ -151,7 +155,8 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit("the API did not start")
                 time.sleep(0.2)
-            writer = threading.Thread(target=store_lines, args=(url, run.id, COUNT, 0.1))
+            writer = threading.Thread(target=store_lines,
+                                      args=(url, run.id, COUNT, args.every, args.lines))
             asyncio.run(load(base, run.id, args.clients, writer))
             writer.join()
         finally:
