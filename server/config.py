@@ -110,10 +110,10 @@ class Settings(BaseSettings):
 
     # Reading (leaderboard, experiments, runs, logs) without a token; changes always need one.
     public_read: bool = True
-    # Request bodies: at most this many bytes from anyone (a script experiment's files are at
-    # most 4,000,000 bytes, which JSON escaping can grow); at most anonymous_body_bytes from a
-    # request without a known token (the sign-in form). Larger: 413 before parsing.
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Request bodies: at most this many bytes from anyone (a records folder's zip to reproduce
+    # may be 50,000,000 bytes); at most anonymous_body_bytes from a request without a known
+    # token (the sign-in form). Larger: 413 before parsing.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     anonymous_body_bytes: int = Field(default=64 * 1024, ge=1024)
     # A member's (not an admin's) limits: experiments submitted per hour, and runs not yet
     # ended (queued or live) at once; over either, a 429 naming it.

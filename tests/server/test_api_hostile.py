@@ -76,8 +76,10 @@ def test_an_unknown_token_is_refused_before_its_body_is_read(
 
 @pytest.mark.parametrize("declared", [True, False])
 def test_a_body_over_the_limit_is_413_before_it_is_parsed(
-        client: TestClient, settings_env: None, declared: bool) -> None:
+        client: TestClient, monkeypatch: pytest.MonkeyPatch, declared: bool) -> None:
     """By Content-Length at once; without one (chunked), as it streams past the limit."""
+    monkeypatch.setenv("CADDIE_MAX_BODY_BYTES", str(1024 * 1024))
+    get_settings.cache_clear()
     limit = get_settings().max_body_bytes
     big = b'{"name": "' + b"x" * limit + b'"}'
     content = big if declared else iter([big[i:i + 65536] for i in range(0, len(big), 65536)])
