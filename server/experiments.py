@@ -51,17 +51,34 @@ GpuType = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, 
 
 
 class VariantSpec(BaseModel):
-    """One arm of an ablation study: config fields changed from the control."""
+    """One arm of an ablation study: config fields changed from the control (a trainer
+    experiment), or environment variables changed from the control's env (a script experiment)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: VariantName
-    config: dict[str, Any] = Field(min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("config")
     @classmethod
     def _valid_config(cls, value: dict[str, Any]) -> dict[str, Any]:
         return presets.check_config(_unicode_only(value, "config"))
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return scripts.check_env(value)
+
+    def check_kind(self, kind: str) -> None:
+        """A trainer arm changes config, a script arm env; an arm that changes nothing is refused."""
+        used, other = ("env", "config") if kind == "script" else ("config", "env")
+        if getattr(self, other):
+            raise ValueError(f"variants.{self.name}.{other}: a {kind} experiment's variants set {used}, "
+                             f"not {other}")
+        if not getattr(self, used):
+            raise ValueError(f"variants.{self.name}.{used}: a variant must change at least one "
+                             f"{'variable' if used == 'env' else 'field'} from the control")
 
 
 def _unicode_only(value: Any, where: str) -> Any:
@@ -136,10 +153,12 @@ class ExperimentCreate(BaseModel):
         if self.kind == "script":
             if scripts.ENTRYPOINT not in self.files:
                 raise ValueError(f"files: a script experiment needs {scripts.ENTRYPOINT}")
-            if self.config or self.variants:
-                raise ValueError("config: a script experiment takes env, not config or variants")
+            if self.config:
+                raise ValueError("config: a script experiment takes env, not config")
         elif self.files or self.env:
             raise ValueError("files: only a script experiment (kind 'script') takes files and env")
+        for variant in self.variants:
+            variant.check_kind(self.kind)
         if self.max_seeds is not None and self.max_seeds < len(self.seeds):
             raise ValueError(f"max_seeds: must be at least the {len(self.seeds)} seeds given")
         if self.kind == "trainer":
@@ -303,6 +322,9 @@ def create_experiment(session: Session, spec: ExperimentCreate, *, owner: str = 
     """Store the experiment with one queued run per seed (and per ablation variant), then
     wake each run."""
     fields = spec.model_dump(exclude={"files"})
+    # A stored arm keeps what it changes: {"name", "config"} or, for a script, {"name", "env"}.
+    fields["variants"] = [{"name": v.name, **({"env": v.env} if spec.kind == "script" else {"config": v.config})}
+                          for v in spec.variants]
     experiment = Experiment(**fields, owner=owner)
     session.add(experiment)
     session.flush()
