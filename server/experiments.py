@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MIN_RECORD_SEEDS = 3  # the challenge asks for several seeds; 3 is the usual count
 MAX_SEEDS = 64
+SCRIPT_PRESET = "script"  # the preset column of a script experiment (as of an imported record)
 FINISHED_EXPERIMENT_STATUSES = (ExperimentStatus.finished, ExperimentStatus.cancelled)
 
 # Surrounding blanks are dropped; NUL is refused because PostgreSQL text cannot hold it.
@@ -254,6 +255,15 @@ class ExperimentPublic(BaseModel):
     source: dict[str, Any] | None  # where an imported experiment came from
     cost_usd: float | None = None  # dollars its pods have cost so far
 
+    @model_validator(mode="after")
+    def _as_shown(self) -> "ExperimentPublic":
+        """A script experiment is labelled `script` whatever an older row's preset column holds,
+        and env values whose names look like secrets are hidden (server.scripts.shown_env)."""
+        if self.kind == "script":
+            self.preset = SCRIPT_PRESET
+        self.env = scripts.shown_env(self.env)
+        return self
+
 
 class ExperimentsPublic(BaseModel):
     data: list[ExperimentPublic]
@@ -322,6 +332,8 @@ def create_experiment(session: Session, spec: ExperimentCreate, *, owner: str = 
     """Store the experiment with one queued run per seed (and per ablation variant), then
     wake each run."""
     fields = spec.model_dump(exclude={"files"})
+    if spec.kind == "script":  # a participant's script runs no preset: label it as what it is
+        fields["preset"] = SCRIPT_PRESET
     # A stored arm keeps what it changes: {"name", "config"} or, for a script, {"name", "env"}.
     fields["variants"] = [{"name": v.name, **({"env": v.env} if spec.kind == "script" else {"config": v.config})}
                           for v in spec.variants]

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from server import logconfig, redaction
-from server.api import health
+from server.api import apidocs, health
 from server.api.main import api_router
 from server.config import get_settings
 from server.errors import CaddieError
@@ -27,9 +27,12 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=logconfig.api_lifespan,
         dependencies=[Depends(logconfig.bind_path_ids)],
+        docs_url=None,  # served by server/api/apidocs.py, without a CDN
+        redoc_url=None,
     )
     app.include_router(api_router)
     app.include_router(health.router)
+    app.include_router(apidocs.router)
     app.add_exception_handler(CaddieError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)

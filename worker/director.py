@@ -535,7 +535,7 @@ class RunDirector:
 
     def _data_path(self, experiment: Experiment, run: Run) -> str:
         if experiment.kind == "script":
-            return str((experiment.env or {}).get("DATA_PATH") or datasets.DEFAULT_DATA_PATH)
+            return str(script.arm_env(experiment, run.variant).get("DATA_PATH") or datasets.DEFAULT_DATA_PATH)
         config, schema = run_config(experiment, run), self.bundle.schema()
         preset = schema.get("presets", {}).get(experiment.preset, {})
         field = schema.get("fields", {}).get("data_path", {})

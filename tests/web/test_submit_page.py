@@ -207,7 +207,7 @@ def test_script_problems_show_next_to_their_fields(client: TestClient, session: 
         ({}, {"file.requirements.txt": ("r.txt", b"numpy\n")},
          "file.train_gpt.py", "a script experiment needs train_gpt.py"),
         ({"config.num_layers": "4"}, {"file.train_gpt.py": ("t.py", SCRIPT.encode())},
-         "config", "a script experiment takes env, not config or variants"),
+         "config", "a script experiment takes env, not config"),
         ({}, {"file.train_gpt.py": ("t.py", b"x" * (scripts.MAX_FILE_BYTES + 5))},
          "file.train_gpt.py", f"more than {scripts.MAX_FILE_BYTES:,} bytes, the limit"),
     ]
