@@ -24,6 +24,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from server import ablation, costs, notify, policies, presets, reference, scripts
+from server.config import get_settings
 from server.errors import Conflict, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
@@ -175,6 +176,17 @@ class ExperimentCreate(BaseModel):
                 presets.check_combination(self.preset, {**self.config, **variant.config})
             except ValueError as exc:
                 raise ValueError(f"variants.{variant.name}.{exc}") from None
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_configured(cls, value: str) -> str:
+        """ssh runs on the operator's hosts: with none configured every seed would fail at
+        provisioning, so refuse now."""
+        if value == "ssh" and not get_settings().ssh_hosts.strip():
+            raise ValueError("provider: 'ssh' has no hosts here: the operator lists them in "
+                             "CADDIE_SSH_HOSTS (user@host:port, comma-separated); "
+                             "pick 'local' or 'runpod', or ask for hosts")
+        return value
 
     @field_validator("preset")
     @classmethod
