@@ -278,3 +278,20 @@ def test_cost_so_far_of_a_rented_pod(client: TestClient, session: Session) -> No
 
     assert fetch(client, f"/runs/{rented.id}").find("dd", class_="cost").text() == "$10.76"
     assert fetch(client, f"/runs/{local.id}").find("dd", class_="cost").text() == "—"
+
+
+def test_the_chart_carries_the_final_val_loss_of_the_scored_model(client: TestClient, session: Session) -> None:
+    log = ("step:100/200 train_loss:3.1000 train_time:100ms step_avg:1.00ms\n"
+           "step:200/200 val_loss:2.9000 val_bpb:1.7000 train_time:200ms step_avg:1.00ms\n"
+           "final_int8_zlib_roundtrip val_loss:2.9512 val_bpb:1.7400 eval_time:300ms\n"
+           "final_int8_zlib_roundtrip_exact val_loss:2.95123456 val_bpb:1.74012345\n")
+    run = make_run(session, make_experiment(session), seed=1, status="succeeded")
+    make_log(session, run, [log])
+
+    page = fetch(client, f"/runs/{run.id}")
+
+    points = json.loads(page.find("script", id="loss-points").raw_text())
+    assert points["final"] == [[200, 2.95123456]]  # the _exact line, at the last step
+    assert points["final_bpb"] == [[200, 1.74012345]] and points["val_bpb"] == [[200, 1.7]]
+    assert page.find("span", class_="final-loss").text() == "Final val_loss 2.9512."
+    assert page.find("figure", class_="loss-chart").find("svg").attrs["viewbox"] == "0 0 960 360"  # the parser lowers names
