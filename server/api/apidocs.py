@@ -1,9 +1,9 @@
 """The interactive API reference at /docs, served without any CDN.
 
 FastAPI's default /docs page loads Swagger UI's script and stylesheet from a CDN, so it is blank
-on a machine without internet. Here the same files come from the `swagger-ui-bundle` package
-(Swagger UI's dist folder, installed with Caddie) under /docs/assets/. ReDoc, which has no such
-package, is turned off.
+on a machine without internet. Here the same files come from the `swagger-ui-bundle-v2` package
+(Swagger UI 5's dist folder, which reads the OpenAPI 3.1 that FastAPI writes; installed with
+Caddie) under /docs/assets/. ReDoc, which has no such package, is turned off.
 """
 
 from pathlib import Path
