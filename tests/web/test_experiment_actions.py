@@ -138,6 +138,24 @@ def test_ablation_rows_are_a_table(client: TestClient, session: Session) -> None
     assert second[4:] == ["—"] * 6
 
 
+def test_an_arm_that_ran_the_controls_settings_reads_as_not_a_result(client: TestClient,
+                                                                    session: Session) -> None:
+    experiment = make_experiment(session, seeds=[1, 2], variants=[{"name": "mlp3", "config": {"mlp_mult": 3}}])
+    for seed in (1, 2):  # the case: the variant ran the control's config, scores identical
+        for arm in ("", "mlp3"):
+            make_scored_run(session, experiment, seed=seed, val_bpb=1.3 + seed / 100, variant=arm,
+                            results={"config": {"mlp_mult": 2, "num_layers": 2, "seed": seed}})
+    finalize_experiment(session, experiment.id)
+
+    page = fetch(client, f"/experiments/{experiment.id}")
+
+    assert page.find("p", id="ablation-error").text().startswith(
+        "Not a result: mlp3 ran the same settings as the control")
+    (row,) = page.find("table", class_="ablation").find("tbody").find_all("tr")
+    assert "mlp3 ran exactly the control's settings" in cells(row)[1]
+    assert "0" not in cells(row)[2:] and cells(row)[3] == "—"  # no Δ 0
+
+
 def test_add_seeds_queues_runs_and_reopens_a_finished_experiment(client: TestClient,
                                                                  session: Session) -> None:
     experiment_id = finished(session, reference_bpb=2.0)
