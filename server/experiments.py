@@ -274,6 +274,7 @@ class ExperimentPublic(BaseModel):
         if self.kind == "script":
             self.preset = SCRIPT_PRESET
         self.env = scripts.shown_env(self.env)
+        self.variants = [{**v, "env": scripts.shown_env(v["env"])} if v.get("env") else v for v in self.variants]
         return self
 
 

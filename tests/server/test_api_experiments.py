@@ -241,11 +241,13 @@ def test_ssh_without_hosts_is_refused_at_submission(client: TestClient, session:
 
 def test_a_script_experiment_reads_as_a_script_with_secret_values_hidden(client: TestClient) -> None:
     spec = {"name": "mine", "kind": "script", "seeds": [1], "files": {"train_gpt.py": "print(1)\n"},
-            "env": {"NUM_LAYERS": "11", "WANDB_API_KEY": "wk-123", "HF_TOKEN": "hf_abc"}}
+            "env": {"NUM_LAYERS": "11", "WANDB_API_KEY": "wk-123", "HF_TOKEN": "hf_abc"},
+            "variants": [{"name": "other-key", "env": {"HF_TOKEN": "hf_other", "NUM_LAYERS": "12"}}]}
     created = client.post("/api/experiments", json=spec)
     assert created.status_code == 201, created.text
     body = client.get(f"/api/experiments/{created.json()['id']}").json()
     assert body["preset"] == "script"  # was "baseline"
     assert body["env"] == {"HF_TOKEN": "(hidden)", "NUM_LAYERS": "11", "WANDB_API_KEY": "(hidden)"}
+    assert body["variants"] == [{"name": "other-key", "env": {"HF_TOKEN": "(hidden)", "NUM_LAYERS": "12"}}]
     listed = client.get("/api/experiments").json()["data"][0]
     assert (listed["preset"], listed["env"]["HF_TOKEN"]) == ("script", "(hidden)")
