@@ -32,6 +32,7 @@ from server.reference import reference_bpb
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
 from web import comparison, csrf, downloads, experiment_view, overlay, signin, submission
+from web import reproduce as reproduce_pages
 from web.board import (
     DEFAULT_PER_PAGE,
     DEFAULT_SORT,
@@ -91,6 +92,7 @@ open_router = APIRouter(route_class=PageRoute, include_in_schema=False,
                         default_response_class=HTMLResponse, dependencies=[Depends(signin.remember_user)])
 Csrf = Depends(csrf.verify)  # on every POST of a page form
 templates.env.globals.update(csrf_field=csrf.hidden_field, signed_in_user=signin.user_of)
+reproduce_pages.register(router, Csrf)
 
 
 def include_pages(app: FastAPI) -> None:
@@ -204,10 +206,12 @@ def experiment_page(request: Request, session: Session, experiment_id: int, *,
         "curves": overlay.overlay_charts(
             overlay.run_series(session, experiment.runs, ablation=overlay.is_ablation(experiment.runs)),
             f"the runs of {experiment.name}"),
-        "env_shown": experiment.env, "hidden_value": scripts.HIDDEN_VALUE,  # secret-looking values already hidden (server.scripts.shown_env)
+        # secret-looking values already hidden (server.scripts.shown_env)
+        "env_shown": experiment.env, "hidden_value": scripts.HIDDEN_VALUE,
         "view": experiment_view, "seeds_entered": seeds_entered, "seeds_error": seeds_error,
         "can_add_seeds": experiment.status != ExperimentStatus.cancelled,
-        "cancellable": ExperimentStatus(experiment.status) not in ENDED_EXPERIMENT_STATUSES},
+        "cancellable": ExperimentStatus(experiment.status) not in ENDED_EXPERIMENT_STATUSES,
+        **reproduce_pages.verdict_context(session, experiment_id)},
         status_code=status_code)
 
 

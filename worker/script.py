@@ -40,10 +40,11 @@ def script_files(rows: list[ExperimentFile]) -> ScriptFiles:
 
 def script_env(experiment: Experiment, run: Run) -> dict[str, str]:
     """The script's environment: MAX_WALLCLOCK_SECONDS=600 < the experiment's env < the env of
-    the run's ablation arm < SEED and RUN_ID of this run. Nothing of the worker's own. The pod's
-    data is reached through the `data` link in the script's folder (the community's default
-    ./data/... paths)."""
-    return {**_arm_settings(experiment, run.variant), "SEED": str(run.seed), "RUN_ID": str(run.id)}
+    the run's ablation arm < a re-run's per-seed env < SEED and RUN_ID of this run. Nothing of
+    the worker's own. The pod's data is reached through the `data` link in the script's folder
+    (the community's default ./data/... paths)."""
+    return {**_arm_settings(experiment, run.variant), **(experiment.seed_env or {}).get(str(run.seed), {}),
+            "SEED": str(run.seed), "RUN_ID": str(run.id)}
 
 
 def arm_env(experiment: Experiment, arm: str) -> dict[str, str]:
@@ -52,8 +53,9 @@ def arm_env(experiment: Experiment, arm: str) -> dict[str, str]:
 
 
 def env_digest(experiment: Experiment, arm: str) -> str:
-    """sha256 of the arm's environment less this run's SEED and RUN_ID: equal digests mean two
-    arms ran the same settings. A digest, so that values never leave the experiment's row."""
+    """sha256 of the arm's environment less what is this seed's own (a re-run's per-seed env,
+    SEED, RUN_ID), which every arm shares: equal digests mean two arms ran the same settings.
+    A digest, so that values never leave the experiment's row."""
     return hashlib.sha256(json.dumps(_arm_settings(experiment, arm), sort_keys=True).encode()).hexdigest()
 
 
