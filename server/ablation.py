@@ -6,8 +6,16 @@ succeeded (and neither run is superseded) give the mean difference, its 95% conf
 from the t distribution, and the two-sided paired t-test of "no difference". Negative is better
 (lower bpb). Differences are also given in nats per byte (bpb × ln 2), the unit of the record
 margin (0.005 nats).
+
+An arm that ran exactly the control's settings measures nothing: every difference would be
+noise around 0, read as "this change does nothing". What each run ran is taken from its own
+results, not from the spec: the trainer's resolved config in results.json (less seed and
+run_id), or for a participant's script the digest of the environment the worker launched it
+with (results' worker part, `env_sha256`). A variant whose succeeded runs all ran one setting
+equal to the control's gets no numbers, and its row and the summary carry an `error` saying so.
 """
 
+import json
 import math
 import statistics
 from typing import Any
@@ -19,6 +27,7 @@ from server.policies import CONTROL
 from server.states import RunStatus
 
 CONFIDENCE = 0.95
+PER_RUN_FIELDS = ("seed", "run_id")  # config fields that differ between the seeds of one setting
 
 
 def summarize(experiment: Experiment, runs: list[Run]) -> dict[str, Any]:
@@ -28,10 +37,48 @@ def summarize(experiment: Experiment, runs: list[Run]) -> dict[str, Any]:
     ci_low, ci_high (bpb), mean_diff_nats, t, df, p, note. Numbers the data cannot define
     (fewer than 2 pairs, identical differences) are None and the note says why."""
     control = scores_by_seed(runs, CONTROL)
+    control_ran = settings_ran(runs, CONTROL)
     rows = [_row(variant, control, scores_by_seed(runs, variant["name"]))
             for variant in experiment.variants]
+    for row in rows:
+        if control_ran is not None and settings_ran(runs, row["variant"]) == control_ran:
+            row.update(_same_as_control(row["variant"]))
     mean = statistics.fmean(control.values()) if control else None
-    return {"control": {"n": len(control), "mean_val_bpb": mean}, "rows": rows}
+    summary: dict[str, Any] = {"control": {"n": len(control), "mean_val_bpb": mean}, "rows": rows}
+    same = [row["variant"] for row in rows if row.get("error")]
+    if same:
+        summary["error"] = (f"{', '.join(same)} ran the same settings as the control: no difference "
+                            "was measured, so the ablation shows no result for "
+                            f"{'it' if len(same) == 1 else 'them'}")
+    return summary
+
+
+def settings_ran(runs: list[Run], arm: str) -> str | None:
+    """The one setting an arm's succeeded runs ran (a canonical text), or None when unknown
+    (no succeeded run says what it ran) or when its runs disagree."""
+    seen = {_ran(run) for run in runs if run.variant == arm and run.status == RunStatus.succeeded
+            and not run.superseded}
+    seen.discard(None)
+    return seen.pop() if len(seen) == 1 else None
+
+
+def _ran(run: Run) -> str | None:
+    results = run.results or {}
+    config = results.get("config")
+    if isinstance(config, dict):
+        return "config:" + json.dumps({k: v for k, v in config.items() if k not in PER_RUN_FIELDS},
+                                      sort_keys=True, default=str)
+    digest = (results.get("worker") or {}).get("env_sha256")
+    return f"env:{digest}" if isinstance(digest, str) else None
+
+
+def _same_as_control(name: str) -> dict[str, Any]:
+    return {"mean_diff_bpb": None, "ci_low": None, "ci_high": None, "mean_diff_nats": None,
+            "t": None, "df": None, "p": None,
+            "error": f"{name} ran exactly the control's settings (the config its runs resolved, or the "
+                     "env they were launched with, equals the control's): a difference here would be "
+                     "noise, not a result",
+            "note": ""}
 
 
 def scores_by_seed(runs: list[Run], variant: str) -> dict[int, float]:
@@ -47,8 +94,9 @@ def scores_by_seed(runs: list[Run], variant: str) -> dict[int, float]:
 def _row(variant: dict[str, Any], control: dict[int, float], arm: dict[int, float]) -> dict[str, Any]:
     seeds = sorted(set(control) & set(arm))
     diffs = [arm[seed] - control[seed] for seed in seeds]
-    row: dict[str, Any] = {"variant": variant["name"], "changes": variant.get("config", {}),
-                           "n": len(diffs), "seeds": seeds}
+    row: dict[str, Any] = {"variant": variant["name"],
+                           "changes": variant.get("config") or variant.get("env") or {},
+                           "n": len(diffs), "seeds": seeds, "error": ""}
     return row | paired_test(diffs)
 
 

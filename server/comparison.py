@@ -13,6 +13,8 @@ from server.experiments import ExperimentPublic
 from server.states import RunStatus
 
 ExperimentId = Annotated[int, Query(ge=1, le=MAX_ID, description="experiment id")]
+MAX_COMPARED = 8  # experiments on one /compare page
+PICKER_ROWS = 100  # newest experiments offered to pick from
 
 
 class ComparedExperiment(BaseModel):
@@ -32,6 +34,11 @@ def compare(session: Session, a_id: int, b_id: int) -> ComparisonPublic:
     a, b = _compared(session, a_id), _compared(session, b_id)
     test = statistics.welch_test([s for _, s in a.scores], [s for _, s in b.scores])
     return ComparisonPublic(a=a, b=b, welch=test.to_dict())
+
+
+def with_runs(session: Session, experiment_id: int) -> experiments.ExperimentPublicWithRuns:
+    """One experiment of /compare with its runs; 404 if unknown."""
+    return experiments.experiment_with_runs(session, experiments.get_experiment(session, experiment_id))
 
 
 def _compared(session: Session, experiment_id: int) -> ComparedExperiment:

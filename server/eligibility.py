@@ -43,7 +43,11 @@ def run_reasons(m: Measurements, *, clock_tolerance_s: float) -> list[str]:
     elif m.bytes_total > MAX_BYTES_TOTAL:
         reasons.append(f"bytes_total {m.bytes_total:,} > {MAX_BYTES_TOTAL:,}")
     reasons += _time_reasons(m, clock_tolerance_s)
-    if m.val_tokens not in OFFICIAL_VAL_TOKENS.values():
+    if m.val_tokens is None:
+        reasons.append("val_tokens unknown: the log has no line saying how many validation tokens were "
+                       "scored (`val_loader:shards pattern=... tokens:N` or `val_tokens:N`, "
+                       "docs/scripts.md), so a full official split cannot be checked")
+    elif m.val_tokens not in OFFICIAL_VAL_TOKENS.values():
         reasons.append(f"val_tokens {m.val_tokens} is not a full official validation split")
     if not m.gpu_name or RECORD_GPU_NAME not in m.gpu_name or m.gpu_count != RECORD_GPU_COUNT:
         hardware = f"{m.gpu_count}×{m.gpu_name}" if m.gpu_name else "no GPU"

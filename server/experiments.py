@@ -24,6 +24,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from server import ablation, costs, notify, policies, presets, reference, scripts
+from server.config import get_settings
 from server.errors import Conflict, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MIN_RECORD_SEEDS = 3  # the challenge asks for several seeds; 3 is the usual count
 MAX_SEEDS = 64
+SCRIPT_PRESET = "script"  # the preset column of a script experiment (as of an imported record)
 FINISHED_EXPERIMENT_STATUSES = (ExperimentStatus.finished, ExperimentStatus.cancelled)
 
 # Surrounding blanks are dropped; NUL is refused because PostgreSQL text cannot hold it.
@@ -51,17 +53,34 @@ GpuType = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, 
 
 
 class VariantSpec(BaseModel):
-    """One arm of an ablation study: config fields changed from the control."""
+    """One arm of an ablation study: config fields changed from the control (a trainer
+    experiment), or environment variables changed from the control's env (a script experiment)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: VariantName
-    config: dict[str, Any] = Field(min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("config")
     @classmethod
     def _valid_config(cls, value: dict[str, Any]) -> dict[str, Any]:
         return presets.check_config(_unicode_only(value, "config"))
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return scripts.check_env(value)
+
+    def check_kind(self, kind: str) -> None:
+        """A trainer arm changes config, a script arm env; an arm that changes nothing is refused."""
+        used, other = ("env", "config") if kind == "script" else ("config", "env")
+        if getattr(self, other):
+            raise ValueError(f"variants.{self.name}.{other}: a {kind} experiment's variants set {used}, "
+                             f"not {other}")
+        if not getattr(self, used):
+            raise ValueError(f"variants.{self.name}.{used}: a variant must change at least one "
+                             f"{'variable' if used == 'env' else 'field'} from the control")
 
 
 def _unicode_only(value: Any, where: str) -> Any:
@@ -136,10 +155,12 @@ class ExperimentCreate(BaseModel):
         if self.kind == "script":
             if scripts.ENTRYPOINT not in self.files:
                 raise ValueError(f"files: a script experiment needs {scripts.ENTRYPOINT}")
-            if self.config or self.variants:
-                raise ValueError("config: a script experiment takes env, not config or variants")
+            if self.config:
+                raise ValueError("config: a script experiment takes env, not config")
         elif self.files or self.env:
             raise ValueError("files: only a script experiment (kind 'script') takes files and env")
+        for variant in self.variants:
+            variant.check_kind(self.kind)
         if self.max_seeds is not None and self.max_seeds < len(self.seeds):
             raise ValueError(f"max_seeds: must be at least the {len(self.seeds)} seeds given")
         if self.kind == "trainer":
@@ -155,6 +176,17 @@ class ExperimentCreate(BaseModel):
                 presets.check_combination(self.preset, {**self.config, **variant.config})
             except ValueError as exc:
                 raise ValueError(f"variants.{variant.name}.{exc}") from None
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_configured(cls, value: str) -> str:
+        """ssh runs on the operator's hosts: with none configured every seed would fail at
+        provisioning, so refuse now."""
+        if value == "ssh" and not get_settings().ssh_hosts.strip():
+            raise ValueError("provider: 'ssh' has no hosts here: the operator lists them in "
+                             "CADDIE_SSH_HOSTS (user@host:port, comma-separated); "
+                             "pick 'local' or 'runpod', or ask for hosts")
+        return value
 
     @field_validator("preset")
     @classmethod
@@ -237,6 +269,16 @@ class ExperimentPublic(BaseModel):
     seed_env: dict[str, dict[str, str]] = Field(default_factory=dict)  # a re-run's env per seed
     cost_usd: float | None = None  # dollars its pods have cost so far
 
+    @model_validator(mode="after")
+    def _as_shown(self) -> "ExperimentPublic":
+        """A script experiment is labelled `script` whatever an older row's preset column holds,
+        and env values whose names look like secrets are hidden (server.scripts.shown_env)."""
+        if self.kind == "script":
+            self.preset = SCRIPT_PRESET
+        self.env = scripts.shown_env(self.env)
+        self.variants = [{**v, "env": scripts.shown_env(v["env"])} if v.get("env") else v for v in self.variants]
+        return self
+
 
 class ExperimentsPublic(BaseModel):
     data: list[ExperimentPublic]
@@ -315,6 +357,11 @@ def create_experiment(session: Session, spec: ExperimentCreate, *, owner: str = 
     """Store the experiment with one queued run per seed (and per ablation variant), then
     wake each run."""
     fields = spec.model_dump(exclude={"files"})
+    if spec.kind == "script":  # a participant's script runs no preset: label it as what it is
+        fields["preset"] = SCRIPT_PRESET
+    # A stored arm keeps what it changes: {"name", "config"} or, for a script, {"name", "env"}.
+    fields["variants"] = [{"name": v.name, **({"env": v.env} if spec.kind == "script" else {"config": v.config})}
+                          for v in spec.variants]
     experiment = Experiment(**fields, owner=owner)
     session.add(experiment)
     session.flush()

@@ -489,6 +489,8 @@ def _readme_ablation(experiment: Experiment) -> str:
             "|---|---|---:|---:|---|---:|---:|---:|"]
     for row in table["rows"]:
         changes = ", ".join(f"`{k}={v}`" for k, v in sorted(row["changes"].items()))
+        if row.get("error"):
+            changes += f" — not a result: {row['error']}"
         rows.append(f"| {row['variant']} | {changes} | {row['n']} | {_number(row['mean_diff_bpb'], 6)} | "
                     f"[{_number(row['ci_low'], 6)}, {_number(row['ci_high'], 6)}] | "
                     f"{_number(row['mean_diff_nats'], 6)} | {_number(row['t'], 3)} | {_number(row['p'], 4)} |")

@@ -10,11 +10,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
 from server import body_limits, logconfig, logstream, redaction, security_headers
-from server.api import health
+from server.api import apidocs, health
 from server.api.deps import read_access
 from server.api.main import api_router
 from server.config import get_settings
@@ -31,7 +30,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=_lifespan,
         dependencies=[Depends(logconfig.bind_path_ids)],
-        # Served by _docs_router instead, so that they follow CADDIE_PUBLIC_READ.
+        # /openapi.json by _docs_router and /docs by server/api/apidocs.py (no CDN), both
+        # following CADDIE_PUBLIC_READ; ReDoc is off.
         openapi_url=None, docs_url=None, redoc_url=None,
     )
     app.add_middleware(body_limits.BodyLimit)
@@ -39,6 +39,7 @@ def create_app() -> FastAPI:
     app.include_router(api_router)
     app.include_router(_docs_router(app))
     app.include_router(health.router)
+    app.include_router(apidocs.router, dependencies=[Depends(read_access)])
     app.add_exception_handler(CaddieError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
@@ -49,20 +50,12 @@ def create_app() -> FastAPI:
 
 
 def _docs_router(app: FastAPI) -> APIRouter:
-    """/openapi.json, /docs and /redoc, readable by whoever may read the API."""
+    """/openapi.json, readable by whoever may read the API."""
     router = APIRouter(include_in_schema=False, dependencies=[Depends(read_access)])
 
     @router.get("/openapi.json")
     def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
-
-    @router.get("/docs")
-    def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API")
-
-    @router.get("/redoc")
-    def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - API")
 
     return router
 

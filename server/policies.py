@@ -8,6 +8,7 @@ superseded runs; a new seed runs in every arm so that the seeds of an ablation s
 """
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlmodel import Session
 
@@ -27,6 +28,18 @@ def counted_runs(runs: Iterable[Run]) -> list[Run]:
 def arms(experiment: Experiment) -> list[str]:
     """The control, then each ablation variant by name."""
     return [CONTROL, *(variant["name"] for variant in experiment.variants)]
+
+
+def arm_changes(experiment: Experiment, arm: str) -> dict[str, Any]:
+    """What an arm changes from the control: the variant's {"config": {...}} or, for a script
+    experiment, {"env": {...}}; {} for the control. An arm the experiment does not name is a
+    ValueError, so a run never silently falls back to the control's settings."""
+    if arm == CONTROL:
+        return {}
+    for variant in experiment.variants:
+        if variant["name"] == arm:
+            return {key: dict(variant.get(key) or {}) for key in ("config", "env")}
+    raise ValueError(f"variant {arm!r} is not one of the experiment's variants")
 
 
 def stopped(runs: Iterable[Run]) -> bool:

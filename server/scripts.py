@@ -67,6 +67,10 @@ def check_files(files: dict[str, str]) -> dict[str, str]:
     return files
 
 
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+HIDDEN_VALUE = "(hidden)"
+
+
 def check_env(env: dict[str, str]) -> dict[str, str]:
     """Return `env` if every name and value is allowed; ValueError naming `env.<NAME>`."""
     if len(env) > MAX_ENV:
@@ -84,6 +88,13 @@ def check_env(env: dict[str, str]) -> dict[str, str]:
         if not _encodable(value):
             raise ValueError(f"env.{name}: not valid Unicode text (a lone surrogate)")
     return env
+
+
+def shown_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` as pages and the API show it: the value of a name that looks like a credential
+    (it contains KEY, TOKEN, SECRET, PASSWORD, PASSWD, CREDENTIAL or AUTH, in any case) is
+    replaced by HIDDEN_VALUE. The pod still gets the real value."""
+    return {name: HIDDEN_VALUE if SECRET_NAME.search(name) else value for name, value in sorted(env.items())}
 
 
 def _encodable(text: str) -> bool:

@@ -3,8 +3,8 @@
 Every page's scripts and styles are files under /static (the only inline <script> elements
 are JSON data blocks, which no policy runs), so the Content-Security-Policy allows only this
 site's own files: an injected inline script or event handler does not run, no other site may
-frame a page, and forms post only here. /docs and /redoc load their viewers from a CDN with
-an inline starter script, so they get FastAPI's pages without the policy.
+frame a page, and forms post only here. /docs starts Swagger UI (its files served from this
+site under /docs/assets/) with an inline script, so that one page goes without the policy.
 """
 
 from starlette.datastructures import MutableHeaders
@@ -18,7 +18,7 @@ HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
-API_VIEWERS = frozenset({"/docs", "/redoc"})
+API_VIEWERS = frozenset({"/docs"})
 
 
 class SecurityHeaders:

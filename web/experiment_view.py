@@ -15,7 +15,7 @@ from server.statistics import Units
 from web.rendering import MISSING
 
 # Columns of an ablation row shown in their own way; any other key gets a column of its own.
-ABLATION_FIXED = ("variant", "changes", "seeds", "note")
+ABLATION_FIXED = ("variant", "changes", "seeds", "note", "error")
 ABLATION_LABELS = {"n": "Pairs", "mean_diff_bpb": "Δ val_bpb", "ci_low": "95% CI low",
                    "ci_high": "95% CI high", "mean_diff_nats": "Δ nats", "t": "t", "df": "df",
                    "p": "p"}
@@ -26,6 +26,7 @@ class AblationTable:
     columns: list[tuple[str, str]]  # (key, label) of the numeric columns, in the rows' order
     rows: list[dict[str, Any]]
     control: dict[str, Any]
+    error: str = ""  # set when a variant ran the control's settings: no result for it
 
 
 def threshold_bpb(stats: dict[str, Any] | None) -> float | None:
@@ -68,7 +69,8 @@ def ablation_table(stats: dict[str, Any] | None) -> AblationTable | None:
     for row in study["rows"]:
         keys += [key for key in row if key not in ABLATION_FIXED and key not in keys]
     columns = [(key, ABLATION_LABELS.get(key, key)) for key in keys]
-    return AblationTable(columns=columns, rows=study["rows"], control=study.get("control") or {})
+    return AblationTable(columns=columns, rows=study["rows"], control=study.get("control") or {},
+                         error=str(study.get("error") or ""))
 
 
 def changes_text(changes: Any) -> str:

@@ -48,7 +48,7 @@ from server.experiments import RunEventPublic, RunPublic
 from server.reference import reference_bpb
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
-from web import csrf, downloads, experiment_view, signin, submission
+from web import csrf, downloads, experiment_view, overlay, signin, submission
 from web import reproduce as reproduce_pages
 from web.board import (
     DEFAULT_PER_PAGE,
@@ -100,13 +100,15 @@ class PageRoute(APIRoute):
         return render_errors
 
 
+OptionalId = Annotated[int | None, Query(ge=1, le=MAX_ID, description="experiment id")]
+
 # Pages that read are open unless CADDIE_PUBLIC_READ is off; signing in and assets always are.
-router = APIRouter(route_class=PageRoute, include_in_schema=False,
-                   default_response_class=HTMLResponse, dependencies=[Depends(read_access)])
+router = APIRouter(route_class=PageRoute, include_in_schema=False, default_response_class=HTMLResponse,
+                   dependencies=[Depends(read_access), Depends(signin.remember_user)])
 open_router = APIRouter(route_class=PageRoute, include_in_schema=False,
-                        default_response_class=HTMLResponse)
+                        default_response_class=HTMLResponse, dependencies=[Depends(signin.remember_user)])
 Csrf = Depends(csrf.verify)  # on every POST of a page form
-templates.env.globals.update(csrf_field=csrf.hidden_field)
+templates.env.globals.update(csrf_field=csrf.hidden_field, signed_in_user=signin.user_of)
 reproduce_pages.register(router, Csrf)
 
 
@@ -217,6 +219,11 @@ def experiment_page(request: Request, session: Session, experiment_id: int, *,
                           threshold=experiment_view.threshold_bpb(experiment.stats)),
         "hardware": experiment_view.hardware(experiment),
         "ablation": experiment_view.ablation_table(experiment.stats),
+        "curves": overlay.overlay_charts(
+            overlay.run_series(session, experiment.runs, ablation=overlay.is_ablation(experiment.runs)),
+            f"the runs of {experiment.name}"),
+        # secret-looking values already hidden (server.scripts.shown_env)
+        "env_shown": experiment.env, "hidden_value": scripts.HIDDEN_VALUE,
         "view": experiment_view, "seeds_entered": seeds_entered, "seeds_error": seeds_error,
         "can_add_seeds": experiment.status != ExperimentStatus.cancelled,
         "cancellable": ExperimentStatus(experiment.status) not in ENDED_EXPERIMENT_STATUSES,
@@ -225,14 +232,34 @@ def experiment_page(request: Request, session: Session, experiment_id: int, *,
 
 
 @router.get("/compare")
-def read_compare_page(request: Request, session: SessionDep, a: comparison.ExperimentId,
-                      b: comparison.ExperimentId) -> HTMLResponse:
-    """Two experiments side by side with Welch's test between them."""
-    result = comparison.compare(session, a, b)
+def read_compare_page(request: Request, session: SessionDep, a: OptionalId = None, b: OptionalId = None,
+                      ids: Annotated[list[int] | None, Query(max_length=64)] = None,
+                      pick: bool = False) -> HTMLResponse:
+    """Experiments side by side: their curves on one chart and their config diff; for two,
+    Welch's test between them. With fewer than two chosen, a list to pick them from."""
+    picked = [i for i in [a, b, *(ids or [])] if i is not None and 1 <= i <= MAX_ID]
+    chosen = list(dict.fromkeys(picked))
+    chosen = chosen[:comparison.MAX_COMPARED]
+    if len(chosen) < 2 or pick:
+        return compare_picker(request, session, chosen, problem=len(chosen) == 1)
+    compared = [comparison.with_runs(session, experiment_id) for experiment_id in chosen]
+    result = comparison.compare(session, chosen[0], chosen[1]) if len(chosen) == 2 else None
+    series = [s for e in compared for s in overlay.run_series(
+        session, e.runs, prefix=f"#{e.id} ", ablation=overlay.is_ablation(e.runs))]
     return templates.TemplateResponse(request, "compare.html", {
-        "result": result, "welch": result.welch,
+        "result": result, "welch": result.welch if result else None, "compared": compared,
+        "curves": overlay.overlay_charts(series, "the experiments compared"),
+        "diff": overlay.config_diff(compared),
         "plots": [seed_plot(side.scores, f"val_bpb per seed of {side.experiment.name}")
-                  for side in (result.a, result.b)]})
+                  for side in (result.a, result.b)] if result else []})
+
+
+def compare_picker(request: Request, session: Session, chosen: list[int], *, problem: bool) -> HTMLResponse:
+    """The newest experiments with a box each, to choose which to compare."""
+    listed, _ = experiments.list_experiments(session, limit=comparison.PICKER_ROWS, offset=0)
+    return templates.TemplateResponse(request, "compare_pick.html", {
+        "experiments": listed, "chosen": set(chosen),
+        "problem": "Choose at least two experiments." if problem else ""})
 
 
 def seed_stats(runs: list[RunPublic]) -> dict[str, Any]:

@@ -4,10 +4,14 @@ The pages' forms then act as that token's user; the cookie never reaches page sc
 SameSite=Strict plus the forms' CSRF token keep other sites from using it.
 """
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Cookie, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from server.api.deps import TOKEN_COOKIE
+from server import auth
+from server.api.deps import TOKEN_COOKIE, SessionDep
+from server.errors import Unauthorized
 from web import csrf
 from web.rendering import templates
 
@@ -40,3 +44,20 @@ def signed_out() -> Response:
     response.delete_cookie(TOKEN_COOKIE)
     response.delete_cookie(csrf.COOKIE)  # bound to the session that ended
     return response
+
+
+def remember_user(request: Request, session: SessionDep,
+                  caddie_token: Annotated[str | None, Cookie()] = None) -> None:
+    """Put the signed-in user's name on the request for the nav (None when nobody is, or the
+    cookie's token was revoked): a page dependency, so it never refuses a page."""
+    request.state.user = None
+    if caddie_token:
+        try:
+            request.state.user = auth.authenticate(session, caddie_token).name
+        except Unauthorized:
+            pass
+
+
+def user_of(request: Request) -> str | None:
+    """Who the nav says is signed in (pages rendered outside a route, e.g. a 404, show nobody)."""
+    return getattr(request.state, "user", None)

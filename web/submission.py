@@ -106,8 +106,10 @@ def read_form(form: dict[str, str], uploads: dict[str, bytes] | None = None,
         seeds = [0]  # a stand-in, so the other fields are still checked
     data["seeds"] = seeds
     files = _files(uploads or {}, submission)
-    if files or form.get("env", "").strip():
+    script = bool(files or form.get("env", "").strip())
+    if script:
         data |= {"kind": "script", "files": files, "env": _env(form.get("env", ""), submission)}
+    data["variants"] = _variants(form.get("variants", ""), submission, script=script)
     try:
         spec = ExperimentCreate(**data)
     except ValidationError as exc:
@@ -158,6 +160,31 @@ def _env(text: str, submission: Submission) -> dict[str, str]:
     return env
 
 
+def _variants(text: str, submission: Submission, *, script: bool) -> list[dict[str, Any]]:
+    """Ablation arms, one a line: `name: field=value, field=value` (a trainer field's value
+    typed as the schema says), or for a script `name: NAME=value, NAME=value` (its env).
+    Problems go under `variants`, naming the line."""
+    kinds = {entry.name: entry.kind for entry in config_inputs()}
+    variants = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, colon, rest = line.partition(":")
+        changes: dict[str, Any] = {}
+        for part in (part.strip() for part in rest.split(",") if part.strip()):
+            key, equals, value = part.partition("=")
+            if not equals:
+                _put(submission, "variants", f"line {number}: {part!r} is not name=value")
+                continue
+            key, value = key.strip(), value.strip()
+            changes[key] = value if script else _typed(kinds.get(key, "str"), value)
+        if not colon or not name.strip():
+            _put(submission, "variants", f"line {number}: name: field=value, ... expected")
+            continue
+        variants.append({"name": name.strip(), ("env" if script else "config"): changes})
+    return variants
+
+
 def _overrides(form: dict[str, str]) -> dict[str, Any]:
     kinds = {entry.name: entry.kind for entry in config_inputs()}
     overrides = {}
@@ -197,6 +224,9 @@ def _add_problem(submission: Submission, error: dict[str, Any]) -> None:
             target = CONFIG_PREFIX + match.group(1) if match else "config"
             _put(submission, target, match.group(2) if match else problem)
         return
+    if loc and loc[0] == "variants" and len(loc) > 1 and loc[1].isdigit():
+        _put(submission, "variants", f"variant {int(loc[1]) + 1}: {message}")
+        return
     if not loc or loc[0] in ("files", "env"):
         loc, message = _located(loc, message)
     where = loc[0] if loc else "form"
@@ -219,6 +249,8 @@ def _located(loc: list[str], message: str) -> tuple[list[str], str]:
         return [FILE_PREFIX + (name if name in UPLOADS else scripts.ENTRYPOINT)], text
     if field == "env" and part:
         return ["env"], f"{part.strip(chr(39))}: {text}"
+    if field == "variants" and part:
+        return ["variants"], f"{part}: {text}"
     return [field], text
 
 

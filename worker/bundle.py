@@ -24,6 +24,7 @@ from typing import Any
 import trainer.contract as contract
 from server.eligibility import MAX_EVAL_SECONDS
 from server.models import Experiment, Run
+from server.policies import arm_changes
 
 # Training cap used when neither the config, the preset nor the schema says otherwise (s).
 DEFAULT_WALLCLOCK_S = 600.0
@@ -101,8 +102,10 @@ def _schema(package_dir: Path) -> dict[str, Any]:
 
 
 def run_config(experiment: Experiment, run: Run) -> dict[str, Any]:
-    """run.json: the preset, the experiment's overrides, then this run's seed and id."""
-    return {contract.PRESET_KEY: experiment.preset, **experiment.config,
+    """run.json: the preset, the experiment's overrides, the overrides of the run's ablation arm,
+    then this run's seed and id."""
+    arm = arm_changes(experiment, run.variant).get("config", {})
+    return {contract.PRESET_KEY: experiment.preset, **experiment.config, **arm,
             "seed": run.seed, "run_id": str(run.id)}
 
 

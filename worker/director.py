@@ -207,9 +207,12 @@ class RunDirector:
             self._must(remote, "mkdir -p " + " ".join(shlex.quote(f) for f in folders))
             if not remote.exists(f"{run_dir}/launched"):
                 self._upload(remote, run, experiment, run_dir, files, counted, provider)
+            ran = ({"env_sha256": script.env_digest(experiment, run.variant)} if experiment.kind == "script"
+                   else {})  # what the arm ran, for the ablation's same-settings check
             with Session(self.engine) as session:
                 update_run(session, run.id, fence=fence, remote_dir=run_dir, code_bytes=code_bytes,
-                           code_sha256=code_sha256, started_at=run.started_at or utcnow())
+                           code_sha256=code_sha256, started_at=run.started_at or utcnow(),
+                           results=_with_worker(self._load(Run, run.id).results, **ran))
             if not launcher.launch(remote, run_dir):
                 log.info("run %s: trainer already launched; not starting another", run.id)
         self._set_pod_status(run, PodStatus.busy)
@@ -532,7 +535,7 @@ class RunDirector:
 
     def _data_path(self, experiment: Experiment, run: Run) -> str:
         if experiment.kind == "script":
-            return str((experiment.env or {}).get("DATA_PATH") or datasets.DEFAULT_DATA_PATH)
+            return str(script.arm_env(experiment, run.variant).get("DATA_PATH") or datasets.DEFAULT_DATA_PATH)
         config, schema = run_config(experiment, run), self.bundle.schema()
         preset = schema.get("presets", {}).get(experiment.preset, {})
         field = schema.get("fields", {}).get("data_path", {})
@@ -729,7 +732,7 @@ class RunDirector:
                 with Session(self.engine) as session:
                     names = file_names(session, experiment.id)
                 return script.deadline_s(experiment, grace_s=self.settings.run_grace_s,
-                                         requirements=script.REQUIREMENTS in names)
+                                         requirements=script.REQUIREMENTS in names, arm=run.variant)
             return run_deadline_s(run_config(experiment, run), self.bundle.schema(),
                                   grace_s=self.settings.run_grace_s)
         except ValueError as exc:

@@ -7,12 +7,15 @@ runs it, `torchrun --standalone --nproc_per_node=<GPUs> train_gpt.py`, with its 
 stderr as the run's `train.log`.
 """
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from server.eligibility import MAX_EVAL_SECONDS
 from server.models import Experiment, ExperimentFile, Run
+from server.policies import arm_changes
 from server.scripts import ARTIFACT_PREFIX, ENTRYPOINT, REQUIREMENTS
 
 DEFAULT_WALLCLOCK_S = 600.0  # MAX_WALLCLOCK_SECONDS unless the experiment's env sets it
@@ -36,11 +39,28 @@ def script_files(rows: list[ExperimentFile]) -> ScriptFiles:
 
 
 def script_env(experiment: Experiment, run: Run) -> dict[str, str]:
-    """The script's environment: MAX_WALLCLOCK_SECONDS=600 < the experiment's env < SEED and
-    RUN_ID of this run (a re-run's per-seed env sits above the experiment's). Nothing of the worker's own. The pod's data is reached through the
-    `data` link in the script's folder (the community's default ./data/... paths)."""
-    return {"MAX_WALLCLOCK_SECONDS": f"{DEFAULT_WALLCLOCK_S:g}", **experiment.env,
-            **(experiment.seed_env or {}).get(str(run.seed), {}), "SEED": str(run.seed), "RUN_ID": str(run.id)}
+    """The script's environment: MAX_WALLCLOCK_SECONDS=600 < the experiment's env < the env of
+    the run's ablation arm < a re-run's per-seed env < SEED and RUN_ID of this run. Nothing of
+    the worker's own. The pod's data is reached through the `data` link in the script's folder
+    (the community's default ./data/... paths)."""
+    return {**_arm_settings(experiment, run.variant), **(experiment.seed_env or {}).get(str(run.seed), {}),
+            "SEED": str(run.seed), "RUN_ID": str(run.id)}
+
+
+def arm_env(experiment: Experiment, arm: str) -> dict[str, str]:
+    """The experiment's env with the arm's changes on top."""
+    return {**experiment.env, **arm_changes(experiment, arm).get("env", {})}
+
+
+def env_digest(experiment: Experiment, arm: str) -> str:
+    """sha256 of the arm's environment less what is this seed's own (a re-run's per-seed env,
+    SEED, RUN_ID), which every arm shares: equal digests mean two arms ran the same settings.
+    A digest, so that values never leave the experiment's row."""
+    return hashlib.sha256(json.dumps(_arm_settings(experiment, arm), sort_keys=True).encode()).hexdigest()
+
+
+def _arm_settings(experiment: Experiment, arm: str) -> dict[str, str]:
+    return {"MAX_WALLCLOCK_SECONDS": f"{DEFAULT_WALLCLOCK_S:g}", **arm_env(experiment, arm)}
 
 
 def torchrun_argv(python: str, gpu_count: int | None) -> list[str]:
@@ -49,9 +69,9 @@ def torchrun_argv(python: str, gpu_count: int | None) -> list[str]:
             f"--nproc_per_node={gpu_count or 1}", ENTRYPOINT]
 
 
-def deadline_s(experiment: Experiment, *, grace_s: float, requirements: bool) -> float:
+def deadline_s(experiment: Experiment, *, grace_s: float, requirements: bool, arm: str = "") -> float:
     """Seconds the script may live: its training cap + the eval cap + grace (+ pip's time)."""
-    raw = experiment.env.get("MAX_WALLCLOCK_SECONDS", str(DEFAULT_WALLCLOCK_S))
+    raw = arm_env(experiment, arm).get("MAX_WALLCLOCK_SECONDS", str(DEFAULT_WALLCLOCK_S))
     try:
         wallclock = float(raw)
     except ValueError:

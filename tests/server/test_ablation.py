@@ -113,3 +113,75 @@ def test_an_ablation_submitted_through_the_api(client: TestClient, session: Sess
     want = expected_row(CONTROL, NOISY)
     assert table["rows"][1]["n"] == 3 and table["rows"][1]["p"] == pytest.approx(want["p"], rel=1e-9)
     assert table["control"]["n"] == 4
+
+
+def ran(config: dict) -> dict:
+    """results.json of a run that resolved `config` (the tiny preset's shape, plus the seed)."""
+    return {"config": {"num_layers": 2, "mlp_mult": 2, "model_dim": 64, **config}}
+
+
+def test_a_variant_that_ran_the_controls_config_is_an_error_not_a_zero(session: Session) -> None:
+    """The issue's case: every arm ran mlp_mult 2 and num_layers 2, so the scores were identical
+    and the table said Δ 0. What the runs ran, not what the spec asked, decides."""
+    experiment = make_experiment(session, seeds=(1, 2, 3), variants=[
+        {"name": "mlp3", "config": {"mlp_mult": 3}}, {"name": "layers3", "config": {"num_layers": 3}}])
+    for seed, bpb in ((1, 1.30), (2, 1.31), (3, 1.29)):
+        make_scored_run(session, experiment, seed=seed, val_bpb=bpb, variant="", results=ran({"seed": seed}))
+        make_scored_run(session, experiment, seed=seed, val_bpb=bpb, variant="mlp3",
+                        results=ran({"seed": seed, "run_id": f"m{seed}"}))  # the control's config
+        make_scored_run(session, experiment, seed=seed, val_bpb=bpb - 0.01, variant="layers3",
+                        results=ran({"seed": seed, "num_layers": 3}))
+    summary = ablation.summarize(experiment, all_runs(session, experiment))
+    mlp3, layers3 = summary["rows"]
+    assert mlp3["error"].startswith("mlp3 ran exactly the control's settings")
+    assert (mlp3["mean_diff_bpb"], mlp3["p"], mlp3["ci_low"]) == (None, None, None)
+    assert layers3["error"] == "" and layers3["mean_diff_bpb"] == pytest.approx(-0.01)
+    assert summary["error"].startswith("mlp3 ran the same settings as the control")
+    assert finalize_experiment(session, experiment.id)
+    session.refresh(experiment)
+    assert experiment.stats["ablation"]["error"] == summary["error"]
+
+
+def test_script_arms_are_compared_by_the_env_they_were_launched_with(session: Session) -> None:
+    experiment = make_experiment(session, seeds=(1, 2), kind="script", variants=[
+        {"name": "same", "env": {"X": "1"}}, {"name": "other", "env": {"X": "2"}}])
+    for seed in (1, 2):
+        for arm, digest in (("", "a" * 64), ("same", "a" * 64), ("other", "b" * 64)):
+            make_scored_run(session, experiment, seed=seed, val_bpb=1.3 + seed / 100 + (arm == "other") / 50,
+                            variant=arm, results={"worker": {"env_sha256": digest}})
+    same, other = ablation.summarize(experiment, all_runs(session, experiment))["rows"]
+    assert same["error"] and same["changes"] == {"X": "1"}
+    assert other["error"] == "" and other["mean_diff_bpb"] == pytest.approx(0.02)
+
+
+def test_arms_whose_runs_do_not_say_what_they_ran_are_not_flagged(session: Session) -> None:
+    """Runs stored before results carried their config (or imports) cannot be checked: no error."""
+    experiment = study(session)
+    summary = ablation.summarize(experiment, all_runs(session, experiment))
+    assert "error" not in summary and [row["error"] for row in summary["rows"]] == ["", ""]
+
+
+@pytest.mark.parametrize(("variants", "kind", "field"), [
+    ([{"name": "v", "env": {"X": "1"}}], "trainer", "variants.v.env"),
+    ([{"name": "v", "config": {}}], "trainer", "variants.v.config"),
+    ([{"name": "v", "config": {"mlp_mult": 3}}], "script", "variants.v.config"),
+    ([{"name": "v", "env": {}}], "script", "variants.v.env"),
+    ([{"name": "v", "env": {"PATH": "/x"}}], "script", "env.PATH"),
+])
+def test_a_variant_must_change_what_its_kind_runs_with(client: TestClient, variants, kind, field) -> None:
+    spec = {"name": "ablate", "preset": "tiny", "seeds": [1], "variants": variants, "kind": kind}
+    if kind == "script":
+        spec |= {"files": {"train_gpt.py": "print(1)\n"}, "preset": "baseline"}
+    answer = client.post("/api/experiments", json=spec)
+    assert answer.status_code == 422, answer.text
+    assert field in answer.text
+
+
+def test_a_script_ablation_is_stored_with_each_arms_env(client: TestClient, session: Session) -> None:
+    spec = {"name": "byo ablation", "kind": "script", "seeds": [1, 2], "env": {"LR": "0.04"},
+            "files": {"train_gpt.py": "print(1)\n"}, "variants": [{"name": "lr8", "env": {"LR": "0.08"}}]}
+    created = client.post("/api/experiments", json=spec)
+    assert created.status_code in (200, 201), created.text
+    assert created.json()["variants"] == [{"name": "lr8", "env": {"LR": "0.08"}}]
+    arms = sorted(r.variant for r in session.exec(select(Run).where(Run.experiment_id == created.json()["id"])))
+    assert arms == ["", "", "lr8", "lr8"]

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+from server.config import get_settings
 from server.models import Experiment, Run, RunEvent
 from server.queue import ADVANCE_RUN
 from tests.factories import make_experiment, make_run
@@ -218,3 +219,35 @@ def test_a_variant_breaking_a_rule_is_named(client: TestClient) -> None:
         "variants": [{"name": "wide", "config": {"model_dim": 100}}]})
     assert response.status_code == 422
     assert "variants.wide.config." in response.text
+
+
+def test_ssh_without_hosts_is_refused_at_submission(client: TestClient, session: Session,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CADDIE_SSH_HOSTS", "")
+    get_settings.cache_clear()
+    answer = client.post("/api/experiments", json={"name": "on my hosts", "seeds": [1], "provider": "ssh"})
+    assert answer.status_code == 422, answer.text
+    (problem,) = answer.json()["detail"]
+    assert problem["loc"] == ["body", "provider"]
+    assert "CADDIE_SSH_HOSTS" in problem["msg"] and "'ssh' has no hosts" in problem["msg"]
+    assert session.exec(select(Experiment)).all() == []
+    session.commit()  # end the read, so SQLite lets the next request write
+
+    monkeypatch.setenv("CADDIE_SSH_HOSTS", "root@gpu1:22")
+    get_settings.cache_clear()
+    accepted = client.post("/api/experiments", json={"name": "on my hosts", "seeds": [1], "provider": "ssh"})
+    assert accepted.status_code == 201, accepted.text
+
+
+def test_a_script_experiment_reads_as_a_script_with_secret_values_hidden(client: TestClient) -> None:
+    spec = {"name": "mine", "kind": "script", "seeds": [1], "files": {"train_gpt.py": "print(1)\n"},
+            "env": {"NUM_LAYERS": "11", "WANDB_API_KEY": "wk-123", "HF_TOKEN": "hf_abc"},
+            "variants": [{"name": "other-key", "env": {"HF_TOKEN": "hf_other", "NUM_LAYERS": "12"}}]}
+    created = client.post("/api/experiments", json=spec)
+    assert created.status_code == 201, created.text
+    body = client.get(f"/api/experiments/{created.json()['id']}").json()
+    assert body["preset"] == "script"  # was "baseline"
+    assert body["env"] == {"HF_TOKEN": "(hidden)", "NUM_LAYERS": "11", "WANDB_API_KEY": "(hidden)"}
+    assert body["variants"] == [{"name": "other-key", "env": {"HF_TOKEN": "(hidden)", "NUM_LAYERS": "12"}}]
+    listed = client.get("/api/experiments").json()["data"][0]
+    assert (listed["preset"], listed["env"]["HF_TOKEN"]) == ("script", "(hidden)")

@@ -103,7 +103,8 @@ def test_private_read_covers_compare_metrics_and_the_api_description(
         anonymous: TestClient, client: TestClient, session: Session,
         monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = make_experiment(session), make_experiment(session)
-    paths = [f"/api/compare?a={a.id}&b={b.id}", "/metrics", "/openapi.json", "/docs", "/redoc"]
+    paths = [f"/api/compare?a={a.id}&b={b.id}", "/metrics", "/openapi.json", "/docs",
+             "/docs/assets/swagger-ui.css"]
     assert [anonymous.get(p).status_code for p in paths] == [200] * 5  # public by default
 
     monkeypatch.setenv("CADDIE_PUBLIC_READ", "false")

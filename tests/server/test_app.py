@@ -1,6 +1,7 @@
 """The app as a whole: health, OpenAPI, and no traceback ever reaching a user."""
 
 import logging
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -63,3 +64,16 @@ def test_openapi_lists_every_operation(client: TestClient) -> None:
     }
     assert set(paths["/api/experiments"]) == {"get", "post"}
     assert client.get("/docs").status_code == 200
+
+
+def test_api_docs_load_swagger_ui_from_this_server(client: TestClient) -> None:
+    page = client.get("/docs").text
+    scripts_and_styles = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert "/docs/assets/swagger-ui-bundle.js" in scripts_and_styles
+    assert "/docs/assets/swagger-ui.css" in scripts_and_styles
+    assert not [url for url in scripts_and_styles if "://" in url]  # no CDN
+    script = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and "SwaggerUIBundle" in script.text
+    assert client.get("/docs/assets/swagger-ui.css").headers["content-type"].startswith("text/css")
+    assert client.get("/docs/assets/index.html").status_code == 404  # only the files the page needs
+    assert client.get("/redoc").status_code == 404

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from server import logstream
 from server.experiments import finalize_experiment
@@ -125,14 +125,14 @@ def test_submit_form_creates_an_experiment_and_shows_field_errors(page: Page, se
     page.fill("#f-seeds", "7, 8, 9")
     page.locator("details.overrides summary").click()
     page.fill("[id='f-config.num_layers']", "99")
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")
 
     error = page.locator("[data-field='config.num_layers'] .field-error")
     assert error.inner_text() == "must be <= 64, got 99"
     screenshot(page, "submit-invalid")
 
     page.fill("[id='f-config.num_layers']", "6")
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")
     page.wait_for_url("**/experiments/*")
     assert page.locator("h1").inner_text().startswith("browser baseline")
     assert page.locator("table.runs tbody tr").count() == 3
@@ -214,13 +214,13 @@ def test_script_upload_experiment_actions_and_queue(page: Page, live_server: Liv
     page.fill("#f-seeds", "1, 2")
     page.set_input_files("[id='f-file.train_gpt.py']", str(script))
     page.fill("#f-env", "SEED=4")
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")
     assert page.locator("[data-field=env] .field-error").inner_text() == (
         "SEED: reserved (set by Caddie or unsafe to change)")
     page.set_input_files("[id='f-file.train_gpt.py']", str(script))  # chosen again
     page.fill("#f-env", "NUM_LAYERS=11")
     page.select_option("#f-failure_policy", "retry")
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")
     page.wait_for_url("**/experiments/*")
     assert page.locator("dd.kind").inner_text() == "own script (train_gpt.py)"
     assert page.locator("table.files tbody th").inner_text() == "train_gpt.py"
@@ -248,3 +248,95 @@ def test_experiment_page_with_its_test_and_reference(page: Page, live_server: Li
         page.click("form.export button")
     assert download.value.suggested_filename.endswith(".zip")
     screenshot(page, "experiment-statistics")
+
+
+def test_sign_in_shows_who_in_the_nav_and_the_form_takes_variants(page: Page, session: Session,
+                                                                  live_server: LiveServer, admin_token: str) -> None:
+    page.goto("/submit")
+    assert page.locator("h1").inner_text().startswith("401")
+    nav = page.locator("header.site nav")
+    assert nav.locator("a[href='/signin']").inner_text() == "Sign in"
+    page.click("text=Sign in with an API token")
+    page.fill("#token", admin_token)
+    page.click("form.signin button[type=submit]")
+    page.wait_for_url("**/submit")
+    assert nav.locator("#signed-in").inner_text() == "Signed in as admin"
+    assert nav.locator("a[href='/signin']").count() == 0
+    screenshot(page, "nav-signed-in")
+
+    page.fill("#f-name", "ablate mlp and depth")
+    page.fill("#f-seeds", "1, 2")
+    page.fill("#f-variants", "mlp3: mlp_mult=3\nlayers3: num_layers=3")
+    screenshot(page, "submit-variants")
+    page.click("main button[type=submit]")
+    page.wait_for_url("**/experiments/*")
+    arms = page.locator("table.runs tbody tr")
+    assert arms.count() == 6  # 2 seeds × (control + 2 variants)
+    with Session(session.get_bind()) as fresh:
+        (experiment,) = fresh.exec(select(Experiment)).all()
+        assert experiment.variants == [{"name": "mlp3", "config": {"mlp_mult": 3}},
+                                       {"name": "layers3", "config": {"num_layers": 3}}]
+
+    nav.locator("form.signout button").click()
+    page.wait_for_url(f"{live_server.url}/")
+    assert nav.locator("a[href='/signin']").inner_text() == "Sign in"
+    assert nav.locator("#signed-in").count() == 0
+
+
+def test_api_docs_render_with_no_network(page: Page, live_server: LiveServer) -> None:
+    outside: list[str] = []
+
+    def only_this_server(route) -> None:  # type: ignore[no-untyped-def]
+        if route.request.url.startswith(live_server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    page.route("**/*", only_this_server)
+    page.goto("/docs")
+    page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)  # a 1.5 MB script on a busy machine
+    assert page.locator(".swagger-ui .info .title").inner_text().startswith("Caddie")
+    assert page.locator(".opblock-summary-path[data-path='/api/experiments']").count() >= 1
+    assert outside == []  # nothing was fetched from anywhere else
+    screenshot(page, "api-docs-offline")
+
+
+def logged_run(session: Session, experiment: Experiment, seed: int, start: float, variant: str = "") -> None:
+    run = make_scored_run(session, experiment, seed=seed, val_bpb=start / 2, variant=variant)
+    lines = [f"step:{step}/100 train_loss:{start - step / 80:.4f} train_time:{step}ms step_avg:1.00ms"
+             for step in range(10, 101, 10)]
+    lines += [f"step:100/100 val_loss:{start - 1.1:.4f} val_bpb:{(start - 1.1) / 1.6:.4f} train_time:100ms",
+              f"final_int8_zlib_roundtrip_exact val_loss:{start - 1.08:.8f} val_bpb:{(start - 1.08) / 1.6:.8f}"]
+    make_log(session, run, ["\n".join(lines) + "\n"])
+
+
+def test_compare_picks_experiments_and_overlays_their_curves(page: Page, session: Session) -> None:
+    wide = make_experiment(session, name="wide mlp", preset="tiny", seeds=[1, 2], config={"mlp_mult": 3})
+    deep = make_experiment(session, name="deeper", preset="tiny", seeds=[1, 2], config={"num_layers": 3})
+    other = make_experiment(session, name="not picked", preset="tiny", seeds=[1])
+    for experiment, shift in ((wide, 0.0), (deep, 0.15), (other, 0.3)):
+        for seed in experiment.seeds:
+            logged_run(session, experiment, seed, 4.0 + shift + seed / 50)
+
+    page.goto("/compare")
+    assert page.locator("form.compare-pick tbody tr").count() == 3
+    page.check(f"#pick-{wide.id}")
+    page.check(f"#pick-{deep.id}")
+    screenshot(page, "compare-pick")
+    page.click("form.compare-pick button[type=submit]")
+    page.wait_for_url(f"**/compare?ids={deep.id}&ids={wide.id}")  # the list is newest first
+
+    loss = page.locator("figure[data-overlay=loss] svg")
+    assert loss.is_visible()
+    labels = loss.locator("g.run").evaluate_all("(gs) => gs.map((g) => g.dataset.label)")
+    assert labels == [f"#{deep.id} seed 1", f"#{deep.id} seed 2", f"#{wide.id} seed 1", f"#{wide.id} seed 2"]
+    assert page.locator("figure[data-overlay=bpb] svg g.run").count() == 4
+    diff = page.locator("table.config-diff tbody tr")
+    assert diff.locator("th").all_inner_texts() == ["mlp_mult", "num_layers"]
+    assert page.locator("dd.verdict").count() == 1  # two picked: Welch's test between them
+    screenshot(page, "compare-overlay")
+
+    page.goto(f"/experiments/{wide.id}")
+    assert page.locator("figure[data-overlay=loss] svg g.run").count() == 2
+    screenshot(page, "experiment-curves")

@@ -8,7 +8,7 @@ from sqlmodel import Session
 from server.experiments import finalize_experiment
 from server.models import Experiment
 from server.statistics import welch_test
-from tests.factories import make_experiment, make_run, make_scored_run
+from tests.factories import make_experiment, make_log, make_run, make_scored_run
 from tests.web.dom import fetch
 
 A_SCORES = [1.2001, 1.2012, 1.1995]
@@ -95,3 +95,73 @@ def test_experiment_page_plots_seeds_with_their_mean(client: TestClient,
     form = page.find("form", class_="compare")
     assert (form.attrs["action"], form.find("input", name="a").attrs["value"]) == (
         "/compare", str(experiment.id))
+
+
+def logged(session: Session, experiment: Experiment, seed: int, *, start: float, variant: str = "") -> None:
+    """A scored run whose stored log has three train points, two val points and a final line."""
+    run = make_scored_run(session, experiment, seed=seed, val_bpb=start / 2, variant=variant)
+    lines = [f"step:{step}/30 train_loss:{start - step / 100:.4f} train_time:{step}ms step_avg:1.00ms"
+             for step in (10, 20, 30)]
+    lines[1:1] = [f"step:10/30 val_loss:{start - 0.05:.4f} val_bpb:{(start - 0.05) / 2:.4f} train_time:10ms"]
+    lines += [f"step:30/30 val_loss:{start - 0.2:.4f} val_bpb:{(start - 0.2) / 2:.4f} train_time:30ms",
+              f"final_int8_zlib_roundtrip_exact val_loss:{start - 0.19:.8f} val_bpb:{(start - 0.19) / 2:.8f}"]
+    make_log(session, run, ["\n".join(lines) + "\n"])
+
+
+def test_compare_without_parameters_offers_a_list_to_pick_from(client: TestClient, session: Session) -> None:
+    a, b = finished(session, "better", A_SCORES), finished(session, "older", B_SCORES)
+
+    page = fetch(client, "/compare")  # was "400 a: Field required"
+
+    form = page.find("form", class_="compare-pick")
+    assert (form.attrs["action"], form.attrs["method"]) == ("/compare", "get")
+    boxes = form.find_all("input", type="checkbox")
+    assert sorted(box.attrs["value"] for box in boxes) == sorted([str(a.id), str(b.id)])
+    assert all(box.attrs["name"] == "ids" for box in boxes)
+    assert page.find_all("p", id="compare-problem") == []
+    one = fetch(client, f"/compare?ids={a.id}")
+    assert one.find("p", id="compare-problem").text() == "Choose at least two experiments."
+    assert [b.attrs["value"] for b in one.find_all("input", type="checkbox") if "checked" in b.attrs] == [str(a.id)]
+
+
+def test_picked_experiments_share_one_chart_and_show_what_differs(client: TestClient, session: Session) -> None:
+    wide = make_experiment(session, name="wide", preset="tiny", seeds=[1, 2], config={"mlp_mult": 3})
+    deep = make_experiment(session, name="deep", preset="tiny", seeds=[1], config={"num_layers": 3})
+    base = make_experiment(session, name="base", preset="baseline", seeds=[1])
+    for experiment, seeds in ((wide, (1, 2)), (deep, (1,)), (base, (1,))):
+        for seed in seeds:
+            logged(session, experiment, seed, start=3.0 + seed / 10)
+
+    page = fetch(client, f"/compare?ids={wide.id}&ids={deep.id}&ids={base.id}")
+
+    loss = page.find("figure", data_overlay="loss").find("svg")
+    runs = loss.find_all("g", class_="run")
+    assert [g.attrs["data-label"] for g in runs] == [f"#{wide.id} seed 1", f"#{wide.id} seed 2",
+                                                     f"#{deep.id} seed 1", f"#{base.id} seed 1"]
+    lines = runs[0].find_all("polyline")
+    assert [(p.attrs["data-key"], p.attrs["data-count"]) for p in lines] == [("train", "3"), ("val", "2")]
+    (final,) = runs[0].find_all("circle")
+    assert float(final.attrs["data-final"]) == pytest.approx(3.1 - 0.19)
+    bpb = page.find("figure", data_overlay="bpb").find("svg")
+    assert bpb.attrs["data-series"] == "4"
+    diff = {row.attrs["data-setting"]: [td.text() for td in row.find_all("td")]
+            for row in page.find("table", class_="config-diff").find("tbody").find_all("tr")}
+    assert diff["preset"] == ["tiny", "tiny", "baseline"]
+    assert diff["mlp_mult"][:2] == ["3", "2"] and diff["num_layers"][:2] == ["2", "3"]
+    assert "seed" not in diff and "name" not in diff
+    assert page.find_all("h2", id="welch-heading") == []  # a test between two only
+
+
+def test_an_experiment_page_overlays_its_seeds_and_arms(client: TestClient, session: Session) -> None:
+    experiment = make_experiment(session, seeds=[1, 2], variants=[{"name": "mlp3", "config": {"mlp_mult": 3}}])
+    for seed in (1, 2):
+        logged(session, experiment, seed, start=3.0 + seed / 10)
+        logged(session, experiment, seed, start=2.9 + seed / 10, variant="mlp3")
+
+    page = fetch(client, f"/experiments/{experiment.id}")
+
+    runs = page.find("figure", data_overlay="loss").find_all("g", class_="run")
+    assert sorted(g.attrs["data-label"] for g in runs) == [
+        "control · seed 1", "control · seed 2", "mlp3 · seed 1", "mlp3 · seed 2"]
+    colours = {g.find("polyline", data_key="train").attrs["stroke"] for g in runs}
+    assert len(colours) == 4  # one colour per run

@@ -76,7 +76,8 @@ def test_spec_shows_policies_hardware_and_a_scripts_files(client: TestClient,
                                                           session: Session) -> None:
     script = "import os\nprint('hello', os.environ['SEED'])\n"
     experiment = make_experiment(
-        session, name="own script", kind="script", env={"NUM_LAYERS": "11", "WARMUP": "20"},
+        session, name="own script", kind="script",
+        env={"NUM_LAYERS": "11", "WARMUP": "20", "HF_TOKEN": "hf_secretvalue"},
         failure_policy="replace", max_retries=1, alpha=0.05, max_seeds=8, priority=5,
         budget_usd=120.0, gpu_type="NVIDIA H100 80GB HBM3", gpu_count=8, share_pods=True)
     scripts.store_files(session, experiment.id, {"train_gpt.py": script})
@@ -90,13 +91,16 @@ def test_spec_shows_policies_hardware_and_a_scripts_files(client: TestClient,
     assert spec["Hardware"] == "8 × NVIDIA H100 80GB HBM3"
     assert spec["Pods"].startswith("shared")
     assert spec["Failed seeds"] == "replaced by a new seed, at most 1 extra run"
-    assert spec["Significance"] == "α = 0.05; seeds are added while p ≥ α, up to 8"
+    assert spec["Adaptive seeding"] == ("seeding α = 0.05: seeds are added while the test's p ≥ 0.05, "
+                                        "up to 8")
     assert (spec["Priority"], spec["Budget"]) == ("5", "$120.00")
     (row,) = page.find("table", class_="files").find("tbody").find_all("tr")
     assert cells(row) == ["train_gpt.py", f"{len(script.encode()):,}",
                           hashlib.sha256(script.encode()).hexdigest()]
-    env = page.find("p", class_="env-names").text()
-    assert env.startswith("NUM_LAYERS, WARMUP") and "11" not in env  # names, never values
+    env = {cells(row)[0]: cells(row)[1] for row in page.find("table", class_="env").find("tbody").find_all("tr")}
+    # The values the participant set, except those whose names look like secrets.
+    assert env == {"HF_TOKEN": "hidden: the name looks like a secret", "NUM_LAYERS": "11", "WARMUP": "20"}
+    assert "hf_secretvalue" not in page.text()
 
 
 def test_defaults_read_plainly(client: TestClient, session: Session) -> None:
@@ -105,8 +109,8 @@ def test_defaults_read_plainly(client: TestClient, session: Session) -> None:
     assert (spec["Kind"], spec["Preset"], spec["Pods"]) == (
         "bundled trainer", "baseline", "one pod per seed")
     assert spec["Hardware"].startswith("the provider's default")
-    assert (spec["Failed seeds"], spec["Significance"], spec["Budget"]) == (
-        "left as they are", "α = 0.01", "no cap of its own")
+    assert (spec["Failed seeds"], spec["Adaptive seeding"], spec["Budget"]) == (
+        "left as they are", "off (no max seeds; its α, 0.01, is unused)", "no cap of its own")
 
 
 def test_ablation_rows_are_a_table(client: TestClient, session: Session) -> None:
@@ -132,6 +136,24 @@ def test_ablation_rows_are_a_table(client: TestClient, session: Session) -> None
                      "0.001456", "7.5", "2", "0.0173"]
     assert second[:4] == ["wide", "mlp_mult=4, num_layers=9 fewer than 2 pairs", "1", "-0.001"]
     assert second[4:] == ["—"] * 6
+
+
+def test_an_arm_that_ran_the_controls_settings_reads_as_not_a_result(client: TestClient,
+                                                                    session: Session) -> None:
+    experiment = make_experiment(session, seeds=[1, 2], variants=[{"name": "mlp3", "config": {"mlp_mult": 3}}])
+    for seed in (1, 2):  # the case: the variant ran the control's config, scores identical
+        for arm in ("", "mlp3"):
+            make_scored_run(session, experiment, seed=seed, val_bpb=1.3 + seed / 100, variant=arm,
+                            results={"config": {"mlp_mult": 2, "num_layers": 2, "seed": seed}})
+    finalize_experiment(session, experiment.id)
+
+    page = fetch(client, f"/experiments/{experiment.id}")
+
+    assert page.find("p", id="ablation-error").text().startswith(
+        "Not a result: mlp3 ran the same settings as the control")
+    (row,) = page.find("table", class_="ablation").find("tbody").find_all("tr")
+    assert "mlp3 ran exactly the control's settings" in cells(row)[1]
+    assert "0" not in cells(row)[2:] and cells(row)[3] == "—"  # no Δ 0
 
 
 def test_add_seeds_queues_runs_and_reopens_a_finished_experiment(client: TestClient,

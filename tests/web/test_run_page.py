@@ -119,7 +119,7 @@ def test_status_reason_and_timeline(client: TestClient, session: Session) -> Non
     for li in steps:
         stamp = li.find("time").attrs["datetime"]
         assert stamp.endswith("Z") and len(stamp) == len("2026-05-01T12:00:00Z")
-    assert page.find_all("form") == []
+    assert page.find("main").find_all("form") == []  # the nav's sign-out aside
 
 
 def test_log_is_shown_and_downloadable(client: TestClient, session: Session) -> None:
@@ -304,14 +304,17 @@ def test_curves_come_from_the_downloaded_metrics_file(client: TestClient, sessio
     events = [{"event": "phase", "phase": "train", "state": "start", "elapsed_ms": 0},
               {"event": "train_step", "step": 1, "train_loss": 6.5, "train_time_ms": 10},
               {"event": "val", "step": 2, "val_loss": 5.25, "val_bpb": 3.1},
-              {"event": "train_step", "step": 2, "train_loss": float("nan")}]
+              {"event": "train_step", "step": 2, "train_loss": float("nan")},
+              {"event": "final", "tag": "final_int8_zlib_roundtrip_exact", "val_loss": 5.0,
+               "val_bpb": 3.0, "eval_time_ms": 20}]
     (folder / "metrics.jsonl").write_text(
         "".join(json.dumps(e) + "\n" for e in events) + '{"event": "train_st')  # cut short
 
     page = fetch(client, f"/runs/{run.id}")
 
     points = json.loads(page.find("script", id="loss-points").raw_text())
-    assert points == {"train": [[1, 6.5]], "val": [[2, 5.25]]}
+    assert points == {"train": [[1, 6.5]], "val": [[2, 5.25]], "val_bpb": [[2, 3.1]],
+                      "final": [[2, 5.0]], "final_bpb": [[2, 3.0]]}
 
 
 def test_curves_of_a_huge_log_read_only_its_ends(client: TestClient, session: Session,
@@ -346,3 +349,20 @@ def test_the_log_download_is_streamed(client: TestClient, session: Session,
         pieces = list(response.iter_raw())
     assert b"".join(pieces) == ("".join(LOG) * 3).encode()
     assert client.get("/runs/4242/train.log").status_code == 404
+
+
+def test_the_chart_carries_the_final_val_loss_of_the_scored_model(client: TestClient, session: Session) -> None:
+    log = ("step:100/200 train_loss:3.1000 train_time:100ms step_avg:1.00ms\n"
+           "step:200/200 val_loss:2.9000 val_bpb:1.7000 train_time:200ms step_avg:1.00ms\n"
+           "final_int8_zlib_roundtrip val_loss:2.9512 val_bpb:1.7400 eval_time:300ms\n"
+           "final_int8_zlib_roundtrip_exact val_loss:2.95123456 val_bpb:1.74012345\n")
+    run = make_run(session, make_experiment(session), seed=1, status="succeeded")
+    make_log(session, run, [log])
+
+    page = fetch(client, f"/runs/{run.id}")
+
+    points = json.loads(page.find("script", id="loss-points").raw_text())
+    assert points["final"] == [[200, 2.95123456]]  # the _exact line, at the last step
+    assert points["final_bpb"] == [[200, 1.74012345]] and points["val_bpb"] == [[200, 1.7]]
+    assert page.find("span", class_="final-loss").text() == "Final val_loss 2.9512."
+    assert page.find("figure", class_="loss-chart").find("svg").attrs["viewbox"] == "0 0 960 360"  # the parser lowers names

@@ -207,7 +207,7 @@ def test_script_problems_show_next_to_their_fields(client: TestClient, session: 
         ({}, {"file.requirements.txt": ("r.txt", b"numpy\n")},
          "file.train_gpt.py", "a script experiment needs train_gpt.py"),
         ({"config.num_layers": "4"}, {"file.train_gpt.py": ("t.py", SCRIPT.encode())},
-         "config", "a script experiment takes env, not config or variants"),
+         "config", "a script experiment takes env, not config"),
         ({}, {"file.train_gpt.py": ("t.py", b"x" * (scripts.MAX_FILE_BYTES + 5))},
          "file.train_gpt.py", f"more than {scripts.MAX_FILE_BYTES:,} bytes, the limit"),
     ]
@@ -217,4 +217,43 @@ def test_script_problems_show_next_to_their_fields(client: TestClient, session: 
         shown = (page.find("p", id="error-config").text() if field == "config"
                  else field_error(page, field))
         assert shown == message
+    assert session.exec(select(Experiment)).all() == []
+
+
+def test_ablation_variants_from_the_form_reach_the_experiment(client: TestClient, session: Session) -> None:
+    assert fetch(client, "/submit").find("textarea", id="f-variants").attrs["name"] == "variants"
+    form = valid_form(client, variants="mlp3: mlp_mult=3\n# a comment\n\nwide: model_dim=96, tie_embeddings=false\n")
+
+    status, _ = post(client, form)
+
+    assert status == 303
+    experiment = session.exec(select(Experiment)).one()
+    assert experiment.variants == [{"name": "mlp3", "config": {"mlp_mult": 3}},
+                                   {"name": "wide", "config": {"model_dim": 96, "tie_embeddings": False}}]
+    arms = sorted({run.variant for run in session.exec(select(Run))})
+    assert arms == ["", "mlp3", "wide"]
+
+
+def test_a_scripts_variants_are_env_lines(client: TestClient, session: Session) -> None:
+    form = valid_form(client, env="MATRIX_LR=0.04\n", variants="lr8: MATRIX_LR=0.08\n")
+    files = {"file.train_gpt.py": ("train_gpt.py", SCRIPT.encode())}
+
+    status, _ = post(client, form, files)
+
+    assert status == 303
+    experiment = session.exec(select(Experiment)).one()
+    assert (experiment.kind, experiment.preset) == ("script", "script")
+    assert experiment.variants == [{"name": "lr8", "env": {"MATRIX_LR": "0.08"}}]
+
+
+def test_bad_variant_lines_are_shown_under_the_variants_field(client: TestClient, session: Session) -> None:
+    cases = [("mlp3 mlp_mult=3", "line 1: name: field=value, ... expected"),
+             ("mlp3: mlp_mult", "line 1: 'mlp_mult' is not name=value"),
+             ("deep: num_layers=999", "num_layers"),
+             ("mlp3: nonsense_field=1", "nonsense_field")]
+    for text, message in cases:
+        status, page = post(client, valid_form(client, variants=text))
+        assert status == 422, text
+        assert message in field_error(page, "variants"), (text, field_error(page, "variants"))
+        assert page.find("textarea", id="f-variants").text() == text  # kept to fix
     assert session.exec(select(Experiment)).all() == []

@@ -17,6 +17,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const NUMBER = "([-+]?\\d+(?:\\.\\d+)?(?:[eE][-+]?\\d+)?)";
 const TRAIN_LINE = new RegExp("^step:(\\d+)/\\d+ .*?\\btrain_loss:" + NUMBER);
 const VAL_LINE = new RegExp("^step:(\\d+)/\\d+ .*?\\bval_loss:" + NUMBER);
+const FINAL_LINE = new RegExp("^final_\\S+ .*?\\bval_loss:" + NUMBER);
 
 function svgElement(name, attributes, text) {
   const element = document.createElementNS(SVG, name);
@@ -27,11 +28,12 @@ function svgElement(name, attributes, text) {
 
 // Points are [step, loss] pairs; the chart is redrawn whole, which is cheap at this size.
 function drawLoss(svg, curves) {
-  const box = { left: 58, right: 628, top: 12, bottom: 222 };
+  const box = { left: 64, right: 944, top: 14, bottom: 330 };
   svg.replaceChildren();
-  const all = curves.train.concat(curves.val);
+  const final = curves.final || [];
+  const all = curves.train.concat(curves.val, final);
   if (all.length === 0) {
-    svg.append(svgElement("text", { x: 320, y: 130, "text-anchor": "middle", class: "note" },
+    svg.append(svgElement("text", { x: 480, y: 180, "text-anchor": "middle", class: "note" },
                           "No loss points yet"));
     return;
   }
@@ -67,11 +69,27 @@ function drawLoss(svg, curves) {
       }
     }
   }
+  // The scored model's final val_loss (after quantization), at the last step.
+  for (const p of final) {
+    const dot = svgElement("circle", { class: "dot final", cx: x(p[0]), cy: y(p[1]), r: 6,
+                                       "data-final": p[1] });
+    dot.append(svgElement("title", {}, `final val_loss ${p[1].toFixed(4)}`));
+    svg.append(dot);
+    svg.append(svgElement("text", { x: x(p[0]) - 8, y: y(p[1]) - 10, "text-anchor": "end",
+                                    class: "tick final" }, `final ${p[1].toFixed(4)}`));
+  }
 }
 
 function addLossPoints(curves, lines) {
   let added = false;
   for (const line of lines) {
+    const final = FINAL_LINE.exec(line);
+    if (final && Number.isFinite(Number(final[1]))) {
+      const steps = curves.train.concat(curves.val).map((p) => p[0]);
+      curves.final = [[steps.length ? Math.max(...steps) : 0, Number(final[1])]];
+      added = true;
+      continue;
+    }
     const train = TRAIN_LINE.exec(line);
     const val = train ? null : VAL_LINE.exec(line);
     const match = train || val;
