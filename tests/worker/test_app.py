@@ -16,7 +16,7 @@ from server.config import Settings
 from server.db import make_engine
 from server.models import Run, RunEvent
 from server.queue import ADVANCE_RUN, RECONCILE
-from tests.databases import redis_url as test_redis_url
+from tests.databases import redis_url as shared_redis_url
 from tests.factories import make_experiment, make_run
 from worker.app import HARD_TIME_LIMIT_S, SOFT_TIME_LIMIT_S, make_app
 
@@ -61,7 +61,7 @@ def test_a_real_worker_takes_runs_to_their_end(tmp_path, broker):
     data_dir, database = tmp_path / "data", f"sqlite:///{tmp_path / 'caddie.db'}"
     # Databases 8-11 of the shared Redis: 12-14 belong to the e2e tests, which may run at
     # the same time under pytest -n.
-    redis_url = test_redis_url(os.getpid() % 4 + 8) if broker == "redis" else ""
+    redis_url = shared_redis_url(os.getpid() % 4 + 8) if broker == "redis" else ""
     settings = Settings(data_dir=data_dir, database_url=database, redis_url=redis_url or None)
     engine = make_engine(database)
     SQLModel.metadata.create_all(engine)
