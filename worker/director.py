@@ -797,6 +797,10 @@ def _unfit(preflight: dict[str, Any], provider: Provider, min_free_disk_gb: floa
     if not preflight.get("torch"):
         return (f"the pod cannot run the trainer: {provider.python} has no torch "
                 f"({preflight.get('torch_error') or 'not installed'})")
+    version = re.match(r"(\d+)\.(\d+)", str(preflight["torch"]))
+    if version and (int(version[1]), int(version[2])) < contract.MIN_TORCH:
+        return (f"the pod cannot run the trainer: {provider.python} has torch {preflight['torch']}, the trainer "
+                f"needs {contract.MIN_TORCH[0]}.{contract.MIN_TORCH[1]} or newer (CADDIE_RUNPOD_IMAGE picks the image)")
     free = preflight.get("free_disk_bytes")
     if isinstance(free, int) and free < min_free_disk_gb * 1e9:
         return (f"the pod cannot run the trainer: {free / 1e9:,.1f} GB free in {provider.workdir}, "
