@@ -1,7 +1,8 @@
 """`caddie doctor`'s RunPod lines: the key, balance, spend limit, GPU stock and image.
 
 Read-only GraphQL queries only (`myself`, `gpuTypes`): nothing is created, nothing is spent.
-RunPod's words come through RunPodAPI, which keeps the key out of every message.
+RunPod's words come through the worker's RunPodAPI (imported when a key is set, as the ssh
+check imports the worker's key loader), which keeps the key out of every message.
 """
 
 import re
@@ -10,7 +11,6 @@ from typing import Any
 
 from server import costs
 from server.config import Settings
-from trainer.contract import MIN_TORCH
 
 ACCOUNT = "query { myself { clientBalance currentSpendPerHr spendLimit } }"
 GPU_STOCK = ("query stock($gpu: String, $count: Int, $center: String) { gpuTypes(input: {id: $gpu}) "
@@ -114,6 +114,8 @@ class RunPodChecks:
         return f"{wanted}: {'; '.join(stock)}"
 
     def image(self) -> str:
+        from worker.providers.runpod import MIN_TORCH
+
         image = self.settings.runpod_image
         tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
         found = _TAG_TORCH.match(tag)

@@ -96,7 +96,8 @@ class Settings(BaseSettings):
     # shards, from data_base_url (empty: the trainer's default, Hugging Face), into the provider's
     # data folder (empty: <workdir>/data); an absolute data_path is only checked.
     pod_train_shards: int = Field(default=80, ge=0)
-    data_base_url: str = ""
+    data_base_url: str = ""  # the Hub's address for the fetch (HF_ENDPOINT), e.g. a mirror
+    data_revision: str = "main"  # branch, tag or commit of the dataset repository
     local_data_dir: str = ""
     ssh_data_dir: str = ""
     runpod_data_dir: str = ""

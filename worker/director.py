@@ -525,10 +525,11 @@ class RunDirector:
             self._must(remote, f"mkdir -p {shlex.quote(f'{folder}/code/{rel}'.rsplit('/', 1)[0])}")
             remote.put_bytes(data, f"{folder}/code/{rel}")
         argv = [*self.bundle.entry(provider.python, run_dir=folder), "data", "fetch", "--variant", variant,
-                "--train-shards", str(self.settings.pod_train_shards), "--out", provider.data_dir]
+                "--train-shards", str(self.settings.pod_train_shards), "--out", provider.data_dir,
+                "--revision", self.settings.data_revision, "--cache-dir", f"{provider.data_dir}/hf-cache"]
         if self.settings.data_base_url:
-            argv += ["--base-url", self.settings.data_base_url]
-        datasets.start_fetch(remote, folder, argv, pythonpath=f"{folder}/code")
+            argv += ["--endpoint", self.settings.data_base_url]
+        datasets.start_fetch(remote, folder, argv, pythonpath=f"{folder}/code", python=provider.python)
 
     def _data_path(self, experiment: Experiment, run: Run) -> str:
         if experiment.kind == "script":

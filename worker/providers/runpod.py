@@ -37,6 +37,7 @@ from sqlmodel import Session, col, select
 from server import costs
 from server.models import Experiment, Pod, Run, RunEvent, as_utc, utcnow
 from server.states import FINAL_RUN_STATUSES, PodStatus, RunStatus
+from trainer.contract import MIN_TORCH  # noqa: F401  (the oldest torch an image may carry; cli doctor reads it here)
 from worker.errors import ConnectError, HostKeyMismatch, StepFailed
 from worker.providers import ListedPod, Provider, RetryLater
 from worker.remote import Remote
