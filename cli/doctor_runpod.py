@@ -35,6 +35,7 @@ class RunPodChecks:
         self.settings = settings
         self.api = RunPodAPI(settings)
         self._me: dict[str, Any] | None = None
+        self._failed: str | None = None
 
     def lines(self) -> Iterator[tuple[str, Callable[[], str]]]:
         yield "runpod key", self.key
@@ -47,11 +48,14 @@ class RunPodChecks:
         from worker.errors import StepFailed
         from worker.providers import RetryLater
 
+        if self._failed is not None:  # said once on the key's line; the others only point to it
+            raise Failed(f"not asked: {self._failed[:80]}")
         if self._me is None:
             try:
                 self._me = self.api.graphql(ACCOUNT, {}, what="myself").get("myself") or {}
             except (StepFailed, RetryLater) as exc:
-                raise Failed(str(exc)) from None
+                self._failed = str(exc)
+                raise Failed(self._failed) from None
         return self._me
 
     def key(self) -> str:

@@ -127,6 +127,8 @@ def test_a_refused_runpod_key_is_said_without_the_key(migrated, runpod_api) -> N
                                             CADDIE_RUNPOD_GPU_TYPE="NVIDIA H100 80GB HBM3")})
     assert done.returncode == 1
     assert line(done.stdout, "runpod key").startswith("FAIL runpod key: RunPod refused the API key")
+    assert line(done.stdout, "runpod balance").startswith("FAIL runpod balance: not asked: RunPod refused")
+    assert sum(r.path == "/graphql" and b"myself" in r.body for r in runpod_api.requests) == 1
     assert "rpa_wrong_key_123" not in done.stdout + done.stderr
 
 
