@@ -511,11 +511,12 @@ def test_the_login_user_is_read_from_the_pods_ssh_direct(runpod_director, runpod
 def test_a_graphql_that_refuses_terminate_after_falls_back_to_the_rest_create(runpod_director, runpod, engine,
                                                                                  runpod_settings, caplog):
     runpod.knows_terminate_after = False
+    runpod.faults["create"] = ["capacity"]  # the first REST create finds no machine: the step tries again
     run_id = new_run(engine, provider="runpod")
     drive(runpod_director, run_id, until={RunStatus.connecting})
-    (refused,) = runpod.deploys()  # one GraphQL try, refused for the field ...
-    assert "terminateAfter" in refused
-    assert runpod.count("POST", "/v2/pods") == 1  # ... then REST v2's create, in its own names
+    refused = runpod.deploys()  # each try asks GraphQL first, refused for the field ...
+    assert len(refused) == 2 and all("terminateAfter" in r for r in refused)
+    assert runpod.count("POST", "/v2/pods") == 2  # ... then REST v2's create, in its own names
     (made,) = runpod.live()
     assert made["terminate_after"] is None and made["body"]["gpu"] == {"id": "NVIDIA H100 80GB HBM3", "count": 8}
     assert made["env"]["PUBLIC_KEY"].startswith("ssh-ed25519 ")
@@ -524,7 +525,7 @@ def test_a_graphql_that_refuses_terminate_after_falls_back_to_the_rest_create(ru
     with Session(engine) as session:
         notes = [e.reason for e in session.exec(select(RunEvent).where(RunEvent.run_id == run_id)).all()
                  if e.reason and "terminateAfter" in e.reason]
-    assert len(notes) == 1 and "REST v2" in notes[0] and "watchdog and the reconciler" in notes[0]
+    assert len(notes) == 1 and "REST v2" in notes[0] and "watchdog and the reconciler" in notes[0]  # once a run
     assert any(r.levelname == "WARNING" and "refused terminateAfter" in r.getMessage() for r in caplog.records)
     run = drive(runpod_director, run_id, until=FINAL)
     assert run.status == "succeeded", run.reason

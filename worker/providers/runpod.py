@@ -57,6 +57,7 @@ _NO_CAPACITY = re.compile(r"no longer any instances|no (gpu )?capacity|not enoug
 _AUTH = re.compile(r"unauthori[sz]ed|unauthenticated|forbidden|invalid api key|permission denied", re.IGNORECASE)
 _TRANSIENT = re.compile(r"try again|internal server error|something went wrong|timed? ?out", re.IGNORECASE)
 BALANCE = "query { myself { clientBalance currentSpendPerHr } }"
+_NO_DEADLINE_NOTE = "RunPod's GraphQL refused terminateAfter"
 # How a GraphQL server refuses an input field its schema lacks, said of terminateAfter.
 _NO_TERMINATE_AFTER = re.compile(r"terminateAfter\b.*(not defined|unknown|does not exist|not a valid)|"
                                  r"(unknown|not defined).*\bterminateAfter", re.IGNORECASE)
@@ -300,11 +301,12 @@ class RunPodProvider(Provider):
         """RunPod's GraphQL refused terminateAfter: say so in the run's events and the log, and
         forget the provider deadline written down before the create (there is none)."""
         self._stop_path(pod).unlink(missing_ok=True)
-        note = ("RunPod's GraphQL refused terminateAfter, so the pod is created through REST v2 without "
-                "RunPod's own deadline; the pod's watchdog and the reconciler end it "
-                f"(RunPod said: {refusal[-200:]})")
+        note = (f"{_NO_DEADLINE_NOTE}, so the pod is created through REST v2 without RunPod's own "
+                f"deadline; the pod's watchdog and the reconciler end it (RunPod said: {refusal[-200:]})")
         log.warning("pod %s: %s", pod.name, note)
-        if pod.run_id is not None:
+        said = select(RunEvent.id).where(RunEvent.run_id == pod.run_id,
+                                         col(RunEvent.reason).startswith(_NO_DEADLINE_NOTE))
+        if pod.run_id is not None and session.exec(said).first() is None:  # once per run, not per try
             status = RunStatus.provisioning.value
             session.add(RunEvent(run_id=pod.run_id, from_status=status, to_status=status, reason=note))
             session.commit()
