@@ -88,4 +88,5 @@ def _command(pid: int) -> str:
         words = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
-    return " ".join(w.decode(errors="replace") for w in words if w)[:120] or "?"
+    text = " ".join(w.decode(errors="replace") for w in words if w)
+    return " ".join(text.split())[:120] or "?"  # one line, even for `python -c` with a script
