@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from server import experiments, records, reproduce, rerun
+from server import experiments, quotas, records, reproduce, rerun
 from server.api.deps import IdPath, PrincipalDep, SessionDep
 from server.models import Experiment
 from server.reproduce import Overrides, SourceError
@@ -63,6 +63,7 @@ def create_rerun_page(request: Request, session: SessionDep, principal: Principa
                               seeds=parse_seeds(seeds), provider=provider,  # type: ignore[arg-type]
                               budget_usd=float(budget_usd) if budget_usd.strip() else None)
         plan = reproduce.apply(reproduce.plan_record(session, experiment_id), overrides)
+        quotas.check_submission(session, principal, runs=len(plan.seeds))
         created = reproduce.create_rerun(session, plan, overrides, owner=principal.name)
     except (ValueError, SourceError) as error:
         session.rollback()
