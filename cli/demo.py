@@ -15,6 +15,7 @@ from typing import Any
 from sqlmodel import Session
 
 from cli.corpus import prepare_dataset, write_corpus
+from cli.ports import free_port, holder, port_is_free
 from cli.stack import Stack
 from server.auth import create_token
 from server.config import Settings
@@ -96,6 +97,10 @@ def run_demo(settings: Settings, *, seeds: list[int], port: int, timeout_s: floa
     work = settings.data_dir.resolve() / "demo"
     data_path, tokenizer = prepare_data(work, vocab_size=512)
     stack = Stack(settings, port=port, log_dir=settings.data_dir.resolve() / "logs")
+    if not port_is_free(stack.host, port):  # the demo's server is throwaway: any free port will do
+        stack.port = free_port(stack.host)
+        print(f"port {port} is already in use by {holder(port)}; the demo uses port {stack.port} "
+              "instead (choose one with --port)", flush=True)
     print(f"starting the stack (API {stack.url}, worker, beat; logs in {stack.log_dir}) ...", flush=True)
     stack.start()
     try:

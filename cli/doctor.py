@@ -6,7 +6,7 @@ check failed. Secrets are never printed: only where they come from.
 
 import argparse
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sqlalchemy import text
@@ -110,14 +110,40 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
         print(f"FAIL settings: {exc}")
         return 1
     print(f"ok   settings: data dir {settings.data_dir.resolve()}")
-    failed = 0
-    for name, check in CHECKS.items():
-        try:
-            print(f"ok   {name}: {check(settings)}")
-        except CheckFailed as exc:
-            failed += 1
-            print(f"FAIL {name}: {exc}")
+    failed = sum(not _line(name, lambda check=check: check(settings)) for name, check in CHECKS.items())
+    failed += sum(not _line(name, check) for name, check in runpod_lines(settings))
     return 1 if failed else 0
+
+
+def runpod_lines(settings: Settings) -> Iterator[tuple[str, Callable[[], str]]]:
+    """The RunPod checks when a key is set (read-only queries: no spend), else one line saying so."""
+    if settings.runpod_api_key is None and settings.runpod_api_key_file is None:
+        yield "runpod", lambda: ("no API key (CADDIE_RUNPOD_API_KEY or CADDIE_RUNPOD_API_KEY_FILE); "
+                                 "the runpod provider is off")
+        return
+    from cli.doctor_runpod import Failed, RunPodChecks
+
+    for name, check in RunPodChecks(settings).lines():
+        yield name, _failing_as(check, Failed)
+
+
+def _failing_as(check: Callable[[], str], error: type[Exception]) -> Callable[[], str]:
+    def run() -> str:
+        try:
+            return check()
+        except error as exc:
+            raise CheckFailed(str(exc)) from None
+    return run
+
+
+def _line(name: str, check: Callable[[], str]) -> bool:
+    """Print the check's one line; False when it failed."""
+    try:
+        print(f"ok   {name}: {check()}", flush=True)
+    except CheckFailed as exc:
+        print(f"FAIL {name}: {exc}", flush=True)
+        return False
+    return True
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

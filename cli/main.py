@@ -44,6 +44,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     upgrade_head()
     seeds = [int(s) for s in args.seeds.split(",")]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as `up`: a stopped demo stops its stack too
     return run_demo(get_settings(), seeds=seeds, port=args.port, timeout_s=args.timeout)
 
 

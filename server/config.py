@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # None: Celery's filesystem transport in data_dir (one machine, no server needed).
     redis_url: str | None = None
+    # Set by `caddie up`/`caddie demo` per start and echoed by /healthz, so that they know the
+    # answer on their port came from the server they started, not from whatever else listens there.
+    instance_nonce: str = ""
 
     # Seconds between periodic reconciles (Celery beat) and between log polls of a run.
     reconcile_interval_s: float = Field(default=5.0, gt=0)
@@ -64,7 +67,8 @@ class Settings(BaseSettings):
     # The account key: from the environment (CADDIE_RUNPOD_API_KEY) or a file; never sent into a pod.
     runpod_api_key: SecretStr | None = None
     runpod_api_key_file: Path | None = None
-    runpod_image: str = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
+    # RunPod's PyTorch image: torch 2.8.0 for CUDA 12.8.1, Python 3.11 (docs/runpod.md, "The image").
+    runpod_image: str = "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"
     runpod_gpu_type: str = "NVIDIA H100 80GB HBM3"  # the H100 SXM id (PCIe and NVL are other SKUs)
     runpod_gpu_count: int = Field(default=8, ge=1)
     runpod_cloud: str = Field(default="SECURE", pattern="^(SECURE|COMMUNITY)$")
@@ -74,7 +78,7 @@ class Settings(BaseSettings):
     runpod_data_centers: str = ""  # comma-separated ids; empty: any
     runpod_workdir: str = "/workspace/caddie-runs"
     runpod_python: str = "python3"
-    runpod_ssh_user: str = "root"  # v2 publishes the SSH ip:port, not a user; RunPod images log in root
+    runpod_ssh_user: str = "root"  # used only when a pod's answer has no ssh.direct.username
     # Seconds per API request; tries of a create (no capacity, 5xx, timeout) and the first
     # wait between them (doubling, at most 5 minutes).
     runpod_request_timeout_s: float = Field(default=30.0, gt=0)
@@ -92,7 +96,8 @@ class Settings(BaseSettings):
     # shards, from data_base_url (empty: the trainer's default, Hugging Face), into the provider's
     # data folder (empty: <workdir>/data); an absolute data_path is only checked.
     pod_train_shards: int = Field(default=80, ge=0)
-    data_base_url: str = ""
+    data_base_url: str = ""  # the Hub's address for the fetch (HF_ENDPOINT), e.g. a mirror
+    data_revision: str = "main"  # branch, tag or commit of the dataset repository
     local_data_dir: str = ""
     ssh_data_dir: str = ""
     runpod_data_dir: str = ""

@@ -54,7 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--variant", default="sp1024", help="sp1024, sp8192, byte260, ...")
     fetch.add_argument("--train-shards", type=int, default=1, help="training shards to fetch")
     fetch.add_argument("--out", default="./data", help="local root (datasets/, tokenizers/)")
-    fetch.add_argument("--base-url", help="dataset URL (default: $DATA_BASE_URL or Hugging Face)")
+    fetch.add_argument("--endpoint", "--base-url", dest="endpoint",
+                       help="the Hugging Face Hub or a mirror (default: $HF_ENDPOINT, else huggingface.co)")
+    fetch.add_argument("--repo", help="dataset repository (default: $MATCHED_FINEWEB_REPO_ID, "
+                                      "else willdepueoai/parameter-golf)")
+    fetch.add_argument("--revision", help="branch, tag or commit of the dataset (default: main)")
+    fetch.add_argument("--cache-dir", help="huggingface_hub's cache (default: $HF_HUB_CACHE, else its own)")
     fetch.add_argument("--root", default="datasets", help="folder of manifest.json under it")
     return parser
 
@@ -99,7 +104,8 @@ def _data(args: argparse.Namespace) -> int:
 def _data_fetch(args: argparse.Namespace) -> int:
     from trainer.hub import fetch
 
-    fetched = fetch(args.variant, args.train_shards, args.out, args.base_url, args.root)
+    fetched = fetch(args.variant, args.train_shards, args.out, args.endpoint, args.root, repo=args.repo,
+                    revision=args.revision, cache_dir=args.cache_dir)
     print(fetched.data_path)
     print(fetched.tokenizer_path or "")
     return 0

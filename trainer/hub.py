@@ -1,6 +1,13 @@
 """`data fetch`: the official shards and tokenizer from the challenge's Hugging Face dataset.
 
-Remote layout (under BASE_URL, by default the dataset `willdepueoai/parameter-golf`):
+Read with `huggingface_hub`, as the challenge's own data script and its participants read it:
+the dataset repository `willdepueoai/parameter-golf` (`--repo`, or MATCHED_FINEWEB_REPO_ID as the
+challenge's script names it) at a revision (`--revision`, default `main`), from the Hub at
+HF_ENDPOINT (or `--endpoint`), with HF_TOKEN when one is set, through huggingface_hub's cache
+(HF_HUB_CACHE, or `--cache-dir`), its resume of an interrupted transfer and its fast Xet backend
+(`hf_xet`) where installed and offered by the Hub.
+
+Remote layout (under ROOT, by default `datasets`):
   ROOT/manifest.json        {"datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": ..,
                               "stats": {"files_train": N, "files_val": M}}, ...],
                              "tokenizers": [{"name": .., "model_path": "tokenizers/x.model",
@@ -8,32 +15,31 @@ Remote layout (under BASE_URL, by default the dataset `willdepueoai/parameter-go
   ROOT/datasets/<dataset>/fineweb_{val,train}_000000.bin ...
   ROOT/<model_path>, ROOT/<vocab_path>
 Local layout (what DATA_PATH / TOKENIZER_PATH point at): OUT/manifest.json,
-OUT/datasets/<dataset>/..., OUT/tokenizers/<file>.
+OUT/datasets/<dataset>/..., OUT/tokenizers/<file>: hard links to the cache's files where the
+file system allows (no second copy on disk), copies otherwise.
 
-Manifest-driven (shard counts and tokenizer files come from it), resumable (a finished
-file that checks out is kept; a partial download continues from its last byte with an
-HTTP Range request), verified (sizes against Content-Length, shard headers against their
-file size, no empty files), with nothing half-written under a final name.
+Manifest-driven (shard counts and tokenizer files come from it), verified here whatever the
+transport (shard headers against their file size, no empty files; huggingface_hub checks each
+size against the Hub's), with nothing half-written under a final name. A finished local file
+that checks out is kept without asking the Hub.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainer.data import ShardError, read_shard, shard_name
 
-DEFAULT_BASE_URL = "https://huggingface.co/datasets/willdepueoai/parameter-golf/resolve/main"
-BASE_URL_ENV = "DATA_BASE_URL"  # overrides the default, e.g. a mirror or a local folder
+DEFAULT_REPO = "willdepueoai/parameter-golf"
+REPO_ENV = "MATCHED_FINEWEB_REPO_ID"  # the challenge's data script reads the repository from it
+DEFAULT_REVISION = "main"
 DEFAULT_ROOT = "datasets"
 MANIFEST = "manifest.json"
-CHUNK_BYTES = 1 << 20
-TIMEOUT_S = 60
 
 
 class FetchError(ValueError):
@@ -54,16 +60,17 @@ def dataset_dir(variant: str) -> str:
 
 
 def fetch(
-    variant: str, train_shards: int, out: str | Path, base_url: str | None = None,
-    root: str = DEFAULT_ROOT,
+    variant: str, train_shards: int, out: str | Path, endpoint: str | None = None,
+    root: str = DEFAULT_ROOT, *, repo: str | None = None, revision: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Fetched:
     """Download the manifest, the full validation split, the first `train_shards` training
     shards and the tokenizer of `variant` into `out`."""
     if train_shards < 0:
         raise FetchError(f"--train-shards={train_shards} must not be negative")
-    base = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
     out = Path(out)
-    session = _Session(base, root, out)
+    session = _Session(_Source(repo or os.environ.get(REPO_ENV) or DEFAULT_REPO,
+                               revision or DEFAULT_REVISION, endpoint or None, cache_dir, root), out)
     manifest = session.manifest()
     entry, tokenizer = _entries(manifest, variant)
     stats = entry.get("stats") or {}
@@ -113,16 +120,31 @@ def _check_nonempty(path: Path) -> None:
         raise FetchError(f"{path}: downloaded file is empty")
 
 
-class _Session:
-    """Downloads ROOT/<relative> to OUT/<relative> (the manifest to OUT/manifest.json)."""
+@dataclass(frozen=True)
+class _Source:
+    repo: str
+    revision: str
+    endpoint: str | None  # None: huggingface_hub's own (HF_ENDPOINT, else huggingface.co)
+    cache_dir: str | Path | None  # None: huggingface_hub's own (HF_HUB_CACHE, ...)
+    root: str
 
-    def __init__(self, base: str, root: str, out: Path):
-        self.base, self.root, self.out = base, root.strip("/"), out
+    def remote(self, relative: str) -> str:
+        root = self.root.strip("/")
+        return f"{root}/{relative}" if root else relative
+
+    def where(self) -> str:
+        from huggingface_hub import constants
+
+        return f"dataset {self.repo}@{self.revision} on {(self.endpoint or constants.ENDPOINT).rstrip('/')}"
+
+
+class _Session:
+    """Brings ROOT/<relative> of the dataset to OUT/<relative> (the manifest to OUT/manifest.json)."""
+
+    def __init__(self, source: _Source, out: Path):
+        self.source, self.out = source, out
         self.downloaded: list[str] = []
         self.kept: list[str] = []
-
-    def url(self, relative: str) -> str:
-        return f"{self.base}/{self.root}/{relative}" if self.root else f"{self.base}/{relative}"
 
     def manifest(self) -> dict[str, Any]:
         path = self.get(MANIFEST, _check_nonempty, refresh=True)
@@ -146,38 +168,56 @@ class _Session:
                 return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
-        self._download(self.url(relative), part, refresh)
+        cached = self._download(relative, force=False)
         try:
-            check(part)
-        except FetchError as exc:
-            part.unlink(missing_ok=True)
-            raise FetchError(f"{self.url(relative)}: {exc}".replace(str(part), part.name)) from None
+            self._place(cached, part, check, relative)
+        except FetchError:  # the cache's copy may be what is bad: once more, from the Hub
+            self._place(self._download(relative, force=True), part, check, relative)
         os.replace(part, dest)
         self.downloaded.append(relative)
         return dest
 
-    def _download(self, url: str, part: Path, restart: bool) -> None:
-        have = 0 if restart or not part.exists() else part.stat().st_size
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    def _place(self, cached: Path, part: Path, check, relative: str) -> None:
+        part.unlink(missing_ok=True)
         try:
-            response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 416 and have:  # the partial file is already whole
-                return
-            raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise FetchError(f"{url}: {getattr(exc, 'reason', exc)}") from None
-        with response:
-            resumed = have and getattr(response, "status", 200) == 206
-            expected = _expected_size(response, have if resumed else 0)
-            with open(part, "ab" if resumed else "wb") as f:
-                while chunk := response.read(CHUNK_BYTES):
-                    f.write(chunk)
-        size = part.stat().st_size
-        if expected is not None and size != expected:
-            raise FetchError(f"{url}: got {size} bytes, the server announced {expected}")
+            os.link(cached, part)
+        except OSError:  # another file system, or no hard links: a copy
+            shutil.copyfile(cached, part)
+        try:
+            check(part)
+        except FetchError as exc:
+            part.unlink(missing_ok=True)
+            raise FetchError(f"{self.source.remote(relative)}: {exc}".replace(str(part), part.name)) from None
+
+    def _download(self, relative: str, *, force: bool) -> Path:
+        try:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import (
+                EntryNotFoundError,
+                HfHubHTTPError,
+                RevisionNotFoundError,
+            )
+            from huggingface_hub.utils import disable_progress_bars
+        except ImportError:
+            raise FetchError("data fetch needs huggingface_hub: pip install huggingface_hub") from None
+
+        disable_progress_bars()  # the fetch's log is read for its last line
+        remote, source = self.source.remote(relative), self.source
+        try:
+            cached = hf_hub_download(source.repo, remote, repo_type="dataset", revision=source.revision,
+                                     endpoint=source.endpoint, cache_dir=source.cache_dir,
+                                     force_download=force)
+        except RevisionNotFoundError:
+            raise FetchError(f"--revision={source.revision}: not a revision of {source.where()}") from None
+        except EntryNotFoundError:
+            raise FetchError(f"{remote}: not in {source.where()}") from None
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            raise FetchError(f"{remote}: HTTP {status} from {source.where()}") from None
+        except OSError as exc:
+            raise FetchError(f"{remote}: {source.where()} unreachable ({_first_line(exc)})") from None
+        return Path(cached).resolve()
 
 
-def _expected_size(response, offset: int) -> int | None:
-    length = response.headers.get("Content-Length")
-    return offset + int(length) if length is not None and length.isdigit() else None
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

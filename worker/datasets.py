@@ -4,8 +4,8 @@ one fetch per pod that brings it there.
 A run whose data_path is the community's relative `./data/datasets/fineweb10B_<variant>` reads
 the pod's shared data folder (`Provider.data_dir`, with `datasets/` and `tokenizers/`) through a
 `data` link in the folder it runs in; the variant is fetched there once per pod, with the
-trainer's own `data fetch` (manifest-driven, resumable, verified), started detached like the
-trainer so that no step waits for a download. An absolute data_path (an operator's folder on an
+trainer's own `data fetch` (huggingface_hub, its cache in `<data_dir>/hf-cache`; manifest-driven,
+verified), started detached like the trainer so that no step waits for a download. An absolute data_path (an operator's folder on an
 `ssh` host, say) is only checked.
 """
 
@@ -76,11 +76,19 @@ def check(remote: Remote, python: str, path: str, train_shards: int) -> dict:
         return {"path": path, "problems": [f"the check did not run: {problem}"]}
 
 
-def start_fetch(remote: Remote, folder: str, argv: list[str], *, pythonpath: str) -> None:
+# The fetch reads the Hub through huggingface_hub; an image without it gets it from PyPI first.
+HUB_REQUIREMENT = "huggingface_hub>=0.30"
+
+
+def start_fetch(remote: Remote, folder: str, argv: list[str], *, pythonpath: str, python: str) -> None:
     """Start `argv` detached in `folder` (once: `started` is made with mkdir, which is atomic);
     it leaves `log` and, when done, `exit_code`."""
+    py = shlex.quote(python)
+    install = (f"{{ {py} -c 'import huggingface_hub' 2>/dev/null || "
+               f"{py} -m pip install --quiet {shlex.quote(HUB_REQUIREMENT)}; }}")
     command = f"PYTHONPATH={shlex.quote(pythonpath)} " + " ".join(shlex.quote(a) for a in argv)
-    job = f"{command} > log 2>&1 < /dev/null; echo $? > exit_code.tmp && mv exit_code.tmp exit_code"
+    job = (f"{{ {install} && {command}; }} > log 2>&1 < /dev/null; "
+           "echo $? > exit_code.tmp && mv exit_code.tmp exit_code")
     script = (f"mkdir -p {shlex.quote(folder)} && cd {shlex.quote(folder)} || exit 1\n"
               "mkdir started 2>/dev/null || exit 0\n"
               f'setsid env -i PATH="$PATH" HOME="$HOME" LANG=C.UTF-8 bash -c {shlex.quote(job)} '

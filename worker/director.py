@@ -528,10 +528,11 @@ class RunDirector:
             self._must(remote, f"mkdir -p {shlex.quote(f'{folder}/code/{rel}'.rsplit('/', 1)[0])}")
             remote.put_bytes(data, f"{folder}/code/{rel}")
         argv = [*self.bundle.entry(provider.python, run_dir=folder), "data", "fetch", "--variant", variant,
-                "--train-shards", str(self.settings.pod_train_shards), "--out", provider.data_dir]
+                "--train-shards", str(self.settings.pod_train_shards), "--out", provider.data_dir,
+                "--revision", self.settings.data_revision, "--cache-dir", f"{provider.data_dir}/hf-cache"]
         if self.settings.data_base_url:
-            argv += ["--base-url", self.settings.data_base_url]
-        datasets.start_fetch(remote, folder, argv, pythonpath=f"{folder}/code")
+            argv += ["--endpoint", self.settings.data_base_url]
+        datasets.start_fetch(remote, folder, argv, pythonpath=f"{folder}/code", python=provider.python)
 
     def _data_path(self, experiment: Experiment, run: Run) -> str:
         if experiment.kind == "script":
@@ -800,6 +801,10 @@ def _unfit(preflight: dict[str, Any], provider: Provider, min_free_disk_gb: floa
     if not preflight.get("torch"):
         return (f"the pod cannot run the trainer: {provider.python} has no torch "
                 f"({preflight.get('torch_error') or 'not installed'})")
+    version = re.match(r"(\d+)\.(\d+)", str(preflight["torch"]))
+    if version and (int(version[1]), int(version[2])) < contract.MIN_TORCH:
+        return (f"the pod cannot run the trainer: {provider.python} has torch {preflight['torch']}, the trainer "
+                f"needs {contract.MIN_TORCH[0]}.{contract.MIN_TORCH[1]} or newer (CADDIE_RUNPOD_IMAGE picks the image)")
     free = preflight.get("free_disk_bytes")
     if isinstance(free, int) and free < min_free_disk_gb * 1e9:
         return (f"the pod cannot run the trainer: {free / 1e9:,.1f} GB free in {provider.workdir}, "

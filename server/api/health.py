@@ -7,6 +7,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from server import metrics
 from server.api.deps import SessionDep, read_access
+from server.config import get_settings
 from server.errors import CaddieError
 from server.migrate import head_revision
 
@@ -19,12 +20,13 @@ class DatabaseUnavailable(CaddieError):
 
 @router.get("/healthz")
 def read_health(session: SessionDep) -> dict[str, str]:
-    """Answer ok when the database answers."""
+    """Answer ok when the database answers, with this process's start nonce when it has one."""
     try:
         session.connection().execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         raise DatabaseUnavailable("database unavailable") from exc
-    return {"status": "ok"}
+    nonce = get_settings().instance_nonce
+    return {"status": "ok", "instance": nonce} if nonce else {"status": "ok"}
 
 
 @router.get("/readyz")

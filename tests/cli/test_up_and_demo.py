@@ -1,5 +1,6 @@
 """The README's main job and `caddie up`, run as a user runs them: as subprocesses."""
 
+import json
 import os
 import re
 import signal
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.stack import PortBusy, Stack
+from server.config import Settings
 from tests.sshd import free_port
 
 pytestmark = pytest.mark.slow
@@ -25,12 +28,44 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
     return {**env, "CADDIE_DATA_DIR": str(data_dir)}
 
 
-def test_demo_trains_three_seeds_and_prints_the_leaderboard(tmp_path: Path) -> None:
+HOLD = """
+import http.server, sys
+class Other(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{"status": "ok"}' if self.path == "/healthz" else b'{"detail": "sign in"}'
+        self.send_response(200 if self.path == "/healthz" else 401)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Other)
+print("listening", flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.fixture
+def other_service():
+    """(port, pid) of another program's HTTP server whose /healthz answers 200 like Caddie's."""
+    port = free_port()
+    other = subprocess.Popen([sys.executable, "-c", HOLD, str(port)], stdout=subprocess.PIPE, text=True)
+    assert other.stdout is not None and other.stdout.readline().strip() == "listening"
+    yield port, other.pid
+    other.kill()
+    other.wait()
+
+
+def test_demo_trains_three_seeds_and_prints_the_leaderboard(tmp_path: Path, other_service) -> None:
     data_dir = tmp_path / "caddie"
-    done = subprocess.run([*CADDIE, "demo", "--port", str(free_port()), "--timeout", "400"],
+    busy, other_pid = other_service  # the demo's port is taken: it says by whom and moves on
+    done = subprocess.run([*CADDIE, "demo", "--port", str(busy), "--timeout", "400"],
                           cwd=REPO, env=embedded_env(data_dir), capture_output=True, text=True,
                           timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    moved = re.search(rf"port {busy} is already in use by PID {other_pid} \(.*\); the demo uses port (\d+)",
+                      done.stdout)
+    assert moved and int(moved.group(1)) != busy, done.stdout[:2000]
     rows = re.findall(r"^\s+(\d+)\s+succeeded\s+([\d.]+)\s+([\d.]+)\s+([\d,]+)", done.stdout, re.M)
     assert sorted(int(r[0]) for r in rows) == [42, 1337, 2025]
     assert all(0 < float(bpb) < 8 for _, bpb, _, _ in rows)
@@ -55,11 +90,13 @@ def test_up_serves_the_api_and_stops_its_processes_on_ctrl_c(tmp_path: Path) -> 
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
                     assert r.status == 200
+                    health = json.loads(r.read())
                     break
             except OSError:
                 time.sleep(0.3)
         else:
             raise AssertionError("caddie up did not answer /healthz in 60 s")
+        assert health["status"] == "ok" and len(health["instance"]) == 32  # this start's nonce
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=5) as r:
             assert r.status == 200 and b"swagger" in r.read().lower()
         children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True,
@@ -85,6 +122,24 @@ def test_up_serves_the_api_and_stops_its_processes_on_ctrl_c(tmp_path: Path) -> 
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
+
+
+def test_up_on_a_busy_port_stops_and_names_the_process_holding_it(tmp_path: Path, other_service) -> None:
+    busy, other_pid = other_service
+    done = subprocess.run([*CADDIE, "up", "--port", str(busy)], cwd=REPO, env=embedded_env(tmp_path / "c"),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "Caddie is up" not in done.stdout
+    assert f"port {busy} on 127.0.0.1 is already in use by PID {other_pid} (" in done.stderr, done.stderr
+    assert "pick another port with --port" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_health_answer_from_another_server_is_not_taken_for_ours(tmp_path: Path, other_service) -> None:
+    # The other server took the port after the check: its 200 /healthz lacks this start's nonce.
+    busy, other_pid = other_service
+    stack = Stack(Settings(data_dir=tmp_path), port=busy)
+    with pytest.raises(PortBusy, match=rf"something else answers .*/healthz.*PID {other_pid}"):
+        stack.wait_healthy(timeout_s=10)
 
 
 def _gone(pid: str) -> bool:

@@ -1,12 +1,11 @@
-"""`data fetch` against a local HTTP server laid out like the Hugging Face dataset."""
+"""`data fetch` through huggingface_hub against a local stand-in of the Hub's HTTP API."""
 
 from __future__ import annotations
 
+import importlib
 import json
-import threading
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -16,58 +15,17 @@ from trainer.data import read_shard, write_shard
 from trainer.hub import FetchError, fetch
 
 from .conftest import TOKENIZERS, trainer_cmd
+from .hub_standin import COMMIT, REPO, HubStandIn
 
 ROOT = "datasets"
 NAME = "fineweb10B_sp1024"
-
-
-@dataclass
-class Hub:
-    folder: Path
-    url: str
-    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range)
-
-    def file(self, relative: str) -> Path:
-        return self.folder / ROOT / relative
-
-    def fetched(self) -> list[str]:
-        return [p.split(f"/{ROOT}/", 1)[1] for p, _ in self.requests]
-
-
-def handler_for(hub: Hub):
-    class RangeHandler(SimpleHTTPRequestHandler):
-        """Static files with single `bytes=N-` ranges, as the Hugging Face CDN serves them."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(hub.folder), **kwargs)
-
-        def log_message(self, *args):  # keep test output clean
-            pass
-
-        def do_GET(self):
-            hub.requests.append((self.path, self.headers.get("Range")))
-            path = Path(self.translate_path(self.path))
-            ranged = self.headers.get("Range")
-            if not ranged or not path.is_file():
-                return super().do_GET()
-            data = path.read_bytes()
-            start = int(ranged.removeprefix("bytes=").rstrip("-"))
-            if start >= len(data):
-                self.send_error(416)
-                return
-            self.send_response(206)
-            self.send_header("Content-Length", str(len(data) - start))
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            self.end_headers()
-            self.wfile.write(data[start:])
-
-    return RangeHandler
+VAL = f"datasets/{NAME}/fineweb_val_000000.bin"
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
+def hub(tmp_path: Path) -> Iterator[HubStandIn]:
+    """The dataset repository as the challenge lays it out, under ROOT, with 1 val and 3 train shards."""
     folder = tmp_path / "remote"
-    hub = Hub(folder, "")
     shards = folder / ROOT / "datasets" / NAME
     shards.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -86,94 +44,132 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
                         "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"}],
     }
     (folder / ROOT / "manifest.json").write_text(json.dumps(manifest))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(hub))
-    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    standin = HubStandIn(folder)
+    standin.start()
     try:
-        yield hub
+        yield standin
     finally:
-        server.shutdown()
-        server.server_close()
+        standin.stop()
 
 
-def test_fetch_mirrors_the_manifest_layout_and_verifies_it(hub: Hub, tmp_path: Path):
+def remote(relative: str) -> str:
+    return f"{ROOT}/{relative}"
+
+
+def get(hub: HubStandIn, out: Path, shards: int, **kwargs) -> object:
+    return fetch("sp1024", shards, out, hub.url, cache_dir=out.parent / "hf-cache", **kwargs)
+
+
+def test_fetch_mirrors_the_manifest_layout_and_verifies_it(hub: HubStandIn, tmp_path: Path):
     out = tmp_path / "data"
-    got = fetch("sp1024", 2, out, hub.url)
+    got = get(hub, out, 2)
     assert got.data_path == out / "datasets" / NAME
     assert got.tokenizer_path == out / "tokenizers" / "fineweb_1024_bpe.model"
-    expected = ["manifest.json", f"datasets/{NAME}/fineweb_val_000000.bin",
-                f"datasets/{NAME}/fineweb_train_000000.bin",
+    expected = ["manifest.json", VAL, f"datasets/{NAME}/fineweb_train_000000.bin",
                 f"datasets/{NAME}/fineweb_train_000001.bin",
                 "tokenizers/fineweb_1024_bpe.model", "tokenizers/fineweb_1024_bpe.vocab"]
     assert got.downloaded == expected and got.kept == []
+    assert hub.gets() == [remote(r) for r in expected]  # through the Hub's resolve URLs, once each
     for relative in expected:
-        assert (out / relative).read_bytes() == hub.file(relative).read_bytes()
+        assert (out / relative).read_bytes() == hub.file(remote(relative)).read_bytes()
     assert not (got.data_path / "fineweb_train_000002.bin").exists()
     assert not list(out.rglob("*.part"))
     assert read_shard(got.data_path / "fineweb_val_000000.bin").size == 5000
+    # huggingface_hub's cache holds the bytes; the data folder links to them (no second copy).
+    blobs = {p.stat().st_ino for p in (tmp_path / "hf-cache").rglob("blobs/*")}
+    assert (out / VAL).stat().st_ino in blobs
 
 
-def test_a_second_fetch_downloads_only_the_manifest(hub: Hub, tmp_path: Path):
-    fetch("sp1024", 1, tmp_path, hub.url)
+def test_a_second_fetch_asks_only_for_what_it_lacks(hub: HubStandIn, tmp_path: Path):
+    get(hub, tmp_path / "data", 1)
     hub.requests.clear()
-    again = fetch("sp1024", 2, tmp_path, hub.url)
-    assert hub.fetched() == ["manifest.json", f"datasets/{NAME}/fineweb_train_000001.bin"]
+    again = get(hub, tmp_path / "data", 2)
+    # The manifest is looked up again (a HEAD: unchanged, so not downloaded); kept files are not.
+    assert hub.gets() == [remote(f"datasets/{NAME}/fineweb_train_000001.bin")]
+    assert [r.method for r in hub.requests if r.path.endswith("manifest.json")] == ["HEAD"]
     assert len(again.kept) == 4
 
 
-def test_a_partial_download_resumes_from_its_last_byte(hub: Hub, tmp_path: Path):
-    relative = f"datasets/{NAME}/fineweb_val_000000.bin"
-    whole = hub.file(relative).read_bytes()
-    part = tmp_path / (relative + ".part")
-    part.parent.mkdir(parents=True)
-    part.write_bytes(whole[:3000])
-    fetch("sp1024", 0, tmp_path, hub.url)
-    assert (f"/{ROOT}/{relative}", "bytes=3000-") in hub.requests
-    assert (tmp_path / relative).read_bytes() == whole and not part.exists()
+def test_an_interrupted_transfer_is_taken_up_again_and_arrives_whole(hub: HubStandIn, tmp_path: Path):
+    whole = hub.file(remote(VAL)).read_bytes()
+    hub.cut.add(remote(VAL))  # the first GET sends half, then the connection drops
+    got = get(hub, tmp_path / "data", 0)
+    # huggingface_hub tries again (from the bytes it had written: none of a file this small
+    # reached its 10 MB chunks, so it asks for the whole file).
+    ranges = [r.range for r in hub.requests if r.method == "GET" and r.path.endswith(remote(VAL))]
+    assert len(ranges) == 2 and ranges[1] in (None, f"bytes={len(whole) // 2}-")
+    assert (tmp_path / "data" / VAL).read_bytes() == whole and VAL in got.downloaded
 
 
-def test_a_bad_local_file_is_fetched_again(hub: Hub, tmp_path: Path):
-    fetch("sp1024", 1, tmp_path, hub.url)
-    local = tmp_path / "datasets" / NAME / "fineweb_train_000000.bin"
-    local.write_bytes(local.read_bytes()[:-10])  # short: header and size disagree
+def test_a_bad_local_file_is_fetched_again(hub: HubStandIn, tmp_path: Path):
+    out = tmp_path / "data"
+    get(hub, out, 1)
+    local = out / "datasets" / NAME / "fineweb_train_000000.bin"
+    local.write_bytes(local.read_bytes()[:-10])  # short: header and size disagree (the cache's link too)
     hub.requests.clear()
-    fetch("sp1024", 1, tmp_path, hub.url)
-    assert f"datasets/{NAME}/fineweb_train_000000.bin" in hub.fetched()
+    get(hub, out, 1)
+    assert remote(f"datasets/{NAME}/fineweb_train_000000.bin") in hub.gets()
     assert read_shard(local).size == 7000
 
 
-def test_short_empty_or_corrupt_remote_files_are_rejected(hub: Hub, tmp_path: Path):
-    shard = hub.file(f"datasets/{NAME}/fineweb_train_000000.bin")
+def test_short_empty_or_corrupt_remote_files_are_rejected(hub: HubStandIn, tmp_path: Path):
+    shard = hub.file(remote(f"datasets/{NAME}/fineweb_train_000000.bin"))
     shard.write_bytes(shard.read_bytes()[:2000])
     with pytest.raises(FetchError, match=r"fineweb_train_000000.bin.*header says 7000 tokens"):
-        fetch("sp1024", 1, tmp_path / "a", hub.url)
-    assert not (tmp_path / "a" / "datasets" / NAME / "fineweb_train_000000.bin").exists()
+        get(hub, tmp_path / "a" / "data", 1)
+    assert not (tmp_path / "a" / "data" / "datasets" / NAME / "fineweb_train_000000.bin").exists()
     assert not list((tmp_path / "a").rglob("*.part"))
     shard.write_bytes(b"")
     with pytest.raises(FetchError, match="shorter than the 1024-byte header"):
-        fetch("sp1024", 1, tmp_path / "b", hub.url)
-    hub.file("tokenizers/fineweb_1024_bpe.vocab").write_bytes(b"")
+        get(hub, tmp_path / "b" / "data", 1)
+    hub.file(remote("tokenizers/fineweb_1024_bpe.vocab")).write_bytes(b"")
     with pytest.raises(FetchError, match="downloaded file is empty"):
-        fetch("sp1024", 0, tmp_path / "c", hub.url)
+        get(hub, tmp_path / "c" / "data", 0)
 
 
-def test_requests_the_manifest_cannot_satisfy_name_the_option(hub: Hub, tmp_path: Path):
+def test_requests_the_dataset_cannot_satisfy_name_the_option(hub: HubStandIn, tmp_path: Path):
     with pytest.raises(FetchError, match="--train-shards=4: fineweb10B_sp1024 has 3"):
-        fetch("sp1024", 4, tmp_path, hub.url)
+        get(hub, tmp_path / "data", 4)
     with pytest.raises(FetchError, match="--variant=sp8192: fineweb10B_sp8192 is not in"):
-        fetch("sp8192", 1, tmp_path, hub.url)
-    with pytest.raises(FetchError, match="HTTP 404"):
-        fetch("sp1024", 1, tmp_path, hub.url + "/elsewhere")
+        fetch("sp8192", 1, tmp_path / "data", hub.url, cache_dir=tmp_path / "hf-cache")
+    where = f"dataset {REPO}@v9 on {hub.url}"
+    with pytest.raises(FetchError, match=f"--revision=v9: not a revision of {where}"):
+        get(hub, tmp_path / "data", 1, revision="v9")
+    with pytest.raises(FetchError, match="datasets/manifest.json: HTTP 401 from dataset someone/else@main"):
+        get(hub, tmp_path / "data", 1, repo="someone/else")
+    with pytest.raises(FetchError, match="elsewhere/manifest.json: not in dataset"):
+        fetch("sp1024", 1, tmp_path / "data", hub.url, root="elsewhere", cache_dir=tmp_path / "hf-cache")
 
 
-def test_the_command_line_prints_the_paths_and_fails_in_one_line(hub: Hub, tmp_path: Path):
-    done = trainer_cmd("data", "fetch", "--variant", "sp1024", "--train-shards", "1",
-                       "--out", str(tmp_path), "--base-url", hub.url)
+def test_a_pinned_revision_is_what_is_asked_for(hub: HubStandIn, tmp_path: Path):
+    get(hub, tmp_path / "data", 1, revision=COMMIT)
+    files = [r.path for r in hub.requests if "/resolve/" in r.path]
+    assert files and all(f"/datasets/{REPO}/resolve/{COMMIT}/" in p for p in files)
+
+
+def test_the_command_line_honours_hf_endpoint_and_token_and_fails_in_one_line(hub: HubStandIn, tmp_path: Path):
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_standin_token_123", "HF_HUB_CACHE": str(tmp_path / "cache")}
+    done = trainer_cmd("data", "fetch", "--variant", "sp1024", "--train-shards", "1", "--out", str(tmp_path),
+                       env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(tmp_path / "datasets" / NAME),
                                    str(tmp_path / "tokenizers" / "fineweb_1024_bpe.model")]
+    assert {r.authorization for r in hub.requests if "/resolve/" in r.path} == {"Bearer hf_standin_token_123"}
+    assert "hf_standin_token_123" not in done.stdout + done.stderr
+    assert any((tmp_path / "cache").rglob("blobs/*"))  # HF_HUB_CACHE is where it cached
     done = trainer_cmd("data", "fetch", "--train-shards", "9", "--out", str(tmp_path),
-                       env={"DATA_BASE_URL": hub.url})
+                       "--endpoint", hub.url, "--cache-dir", str(tmp_path / "cache"))
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --train-shards=9: fineweb10B_sp1024 has 3 training shards"
+
+
+def test_without_huggingface_hub_the_trainer_imports_and_the_fetch_says_what_is_missing(
+        hub: HubStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    for name in [m for m in sys.modules if m == "huggingface_hub" or m.startswith("huggingface_hub.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as on an image without it
+    monkeypatch.delitem(sys.modules, "trainer.hub")
+    hub_module = importlib.import_module("trainer.hub")
+    with pytest.raises(hub_module.FetchError, match="data fetch needs huggingface_hub: pip install huggingface_hub"):
+        hub_module.fetch("sp1024", 0, tmp_path / "data", hub.url)
+    assert hub.requests == []

@@ -1,8 +1,11 @@
 """A local stand-in for RunPod's API: REST v2 `/v2/pods` and the GraphQL calls Caddie makes.
 
 It answers as RunPod's published v2 schema says (docs/orchestration.md, "RunPod API facts"):
-Caddie creates through GraphQL, so v2's POST is not served (405); a new pod goes PROVISIONING → STARTING → RUNNING over successive GETs; `runtime` is null until
-RUNNING and then lists the port mappings, `22/tcp` as `{private: 22, public, type: "tcp", ip}`;
+v2's `POST /pods` refuses a body with a field `CreatePodRequest` does not know (422, problem+json
+naming it) and answers 201 with the pod; a new pod goes PROVISIONING → STARTING → RUNNING over
+successive GETs; `runtime` is null until RUNNING and then lists the port mappings, `22/tcp` as
+`{private: 22, public, type: "tcp", ip}`; `ssh` (required since the schema's 2026-08-13 update)
+is `{direct: null}` until then and `{direct: {host, port, username, command}}` once mapped;
 `cost` is $/hour and 0 once the pod has stopped; `DELETE` answers 204 and the pod is gone for
 good (GET, DELETE: 404; not listed); every error is `{title, status, detail}`. The "pod" it hands
 out is the test's real sshd: on RUNNING it writes the pod's PUBLIC_KEY into that sshd's
@@ -13,7 +16,8 @@ GraphQL's create, `podFindAndDeployOnDemand(input: $input)`, takes the input as 
 coerces it as a GraphQL server does: a field `PodFindAndDeployOnDemandInput` does not define, or a
 value of the wrong type, is refused with HTTP 400 and `errors: [{message}]`; "no capacity" comes
 as HTTP 200 with an `errors` list. It answers `{id, desiredStatus}`. The pod's `terminateAfter` is
-kept (`pod["terminate_after"]`), and a reaper ends every pod whose `terminateAfter` has passed on
+kept (`pod["terminate_after"]`) — unless `knows_terminate_after` is False, when GraphQL refuses
+the field as RunPod's released schema may (HTTP 400, "not defined by type") — and a reaper ends every pod whose `terminateAfter` has passed on
 the stand-in's clock, which a test may move forward (`clock_offset_s`); those are listed in
 `ended_by_deadline` with the clock's time then.
 
@@ -25,6 +29,10 @@ Faults are queued per operation and used once each ("create" serves both creates
 - "invalid" (create only): a validation error (HTTP 400);
 - "made-then-timeout" (create only): makes the pod, then answers too late;
 - "linger" (delete only): says 204 but leaves the pod running.
+
+`myself` answers clientBalance, currentSpendPerHr and `spend_limit` ($/hour); `gpuTypes(input:
+{id})` answers `{id, displayName, securePrice, lowestPrice(input: {gpuCount, dataCenterId}) {stockStatus,
+uninterruptablePrice}}` from `stock` ({data centre: stockStatus}; a centre not in it has none).
 
 `full_centers` lists data centres with no capacity (a create naming only those is refused as
 RunPod refuses it); `balance` is the account's clientBalance; `price` is every new pod's `cost`;
@@ -48,6 +56,9 @@ from tests.sshd import Sshd
 
 NO_CAPACITY = "There are no longer any instances available with the requested specifications."
 ENDED = ("EXITED", "ERROR", "TERMINATED")
+# CreatePodRequest's fields (its schema forbids any other: `unevaluatedProperties: false`).
+CREATE_FIELDS = {"name", "image", "args", "disk", "ports", "env", "registry", "mounts", "gpu", "cpu",
+                 "cloud", "dataCenterIds", "globalNetworking"}
 # PodFindAndDeployOnDemandInput's fields, as RunPod's SDK and clients send them (runpod-python
 # api/mutations/pods.py and apps/tasks.py; dstack; the Pulumi provider): any other is refused.
 DEPLOY_FIELDS = {"name", "imageName", "gpuTypeId", "gpuTypeIdList", "gpuCount", "cloudType", "containerDiskInGb",
@@ -98,6 +109,9 @@ class RunPodStandIn:
         self.price = 21.52
         self.ssh_public = True
         self.pod_key_rest = True
+        self.knows_terminate_after = True
+        self.spend_limit = 80.0
+        self.stock: dict[str, str] = {"EU-RO-1": "High", "US-KS-2": "Low"}
         self.clock_offset_s = 0.0  # the stand-in's clock runs this far ahead of the real one
         self.ended_by_deadline: dict[str, datetime] = {}  # pod id → the clock when terminateAfter ended it
         self.lock = threading.Lock()
@@ -182,6 +196,11 @@ class RunPodStandIn:
                 ports.append({"private": 22, "public": self.sshd.port if public else None, "type": "tcp",
                               "ip": self.sshd.host if public else None})
             view["runtime"] = {"uptime": pod["gets"], "ports": ports}
+        view["ssh"] = {"direct": None}
+        if pod["status"] == "RUNNING" and "22/tcp" in pod["ports"] and self.ssh_public:
+            host, port, user = self.sshd.host, self.sshd.port, self.sshd.user
+            view["ssh"]["direct"] = {"host": host, "port": port, "username": user,
+                                     "command": f"ssh {user}@{host} -p {port} -i ~/.ssh/id_ed25519"}
         return view
 
     def _boot(self, pod: dict[str, Any]) -> None:
@@ -222,6 +241,8 @@ class RunPodStandIn:
             return problem(401, "Unauthorized", "invalid api key")
         if parts[:2] != ["v2", "pods"]:
             return problem(404, "Not Found", "resource not found")
+        if len(parts) == 2 and method == "POST":
+            return self._create(body)
         if len(parts) == 2 and method == "GET":
             return self._faulty("list") or (200, {"pods": [self._public(p) for p in self.live()]})
         if len(parts) == 3 and method == "GET":
@@ -240,6 +261,41 @@ class RunPodStandIn:
             time.sleep(self.slow_s)
             return problem(500, "Internal Server Error", "too late")
         return None
+
+    def _invalid(self, body: Any) -> tuple[int, Any] | None:
+        """What v2's schema refuses in a create body."""
+        if not isinstance(body, dict):
+            return problem(400, "Bad Request", "request could not be processed")
+        errors = [f"$: additional properties '{k}' not allowed" for k in sorted(set(body) - CREATE_FIELDS)]
+        errors += [f"$: missing property '{k}'" for k in ("name", "image") if not body.get(k)]
+        if ("gpu" in body) == ("cpu" in body):
+            errors.append("$: exactly one of 'gpu' or 'cpu' must be set")
+        if not isinstance(body.get("env", {}), dict) or not isinstance(body.get("ports", []), list):
+            errors.append("$: 'env' must be an object and 'ports' an array")
+        if body.get("cloud", "SECURE") not in ("SECURE", "COMMUNITY"):
+            errors.append("$.cloud: value must be one of 'SECURE', 'COMMUNITY'")
+        return problem(422, "Unprocessable Entity", "Request validation failed.", errors) if errors else None
+
+    def _create(self, raw: bytes) -> tuple[int, Any]:
+        """REST v2's create: no terminateAfter in its schema."""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return problem(400, "Bad Request", "request could not be processed")
+        refused = self._invalid(body)
+        if refused:
+            return refused
+        fault = self._fault("create")
+        if fault in ("500", "429", "timeout"):
+            return self._faulty_now(fault)
+        if fault == "capacity" or (body.get("dataCenterIds") and set(body["dataCenterIds"]) <= self.full_centers):
+            return problem(400, "Bad Request", NO_CAPACITY)
+        with self.lock:
+            pod = self._new_pod(body)
+            view = self._public(pod)
+        if fault == "made-then-timeout":
+            time.sleep(self.slow_s)
+        return 201, view
 
     def _get(self, pod_id: str) -> tuple[int, Any]:
         with self.lock:
@@ -288,12 +344,26 @@ class RunPodStandIn:
             return self._deploy(variables.get("input"))
         if "myself" in query:
             spend = sum(p["cost"] for p in self.live())
-            return 200, {"data": {"myself": {"clientBalance": self.balance, "currentSpendPerHr": spend}}}
+            return 200, {"data": {"myself": {"clientBalance": self.balance, "currentSpendPerHr": spend,
+                                             "spendLimit": self.spend_limit}}}
+        if "gpuTypes" in query:
+            return self._gpu_types(variables)
         return 200, {"errors": [{"message": "Cannot query field on type \"Mutation\"."}], "data": None}
+
+    def _gpu_types(self, variables: dict[str, Any]) -> tuple[int, Any]:
+        """`gpuTypes(input: {id: $gpu})` with `lowestPrice(input: {gpuCount: $count, dataCenterId:
+        $center})`: stockStatus null where the centre has no such GPU free."""
+        gpu, center = variables.get("gpu"), variables.get("center")
+        if gpu != "NVIDIA H100 80GB HBM3":
+            return 200, {"data": {"gpuTypes": []}}
+        stock = self.stock.get(center) if center else next(iter(self.stock.values()), None)
+        price = {"stockStatus": stock, "uninterruptablePrice": 2.69 if stock else None}
+        return 200, {"data": {"gpuTypes": [{"id": gpu, "displayName": "H100 SXM", "securePrice": 2.69,
+                                            "lowestPrice": price}]}}
 
     def _deploy(self, pod_input: Any) -> tuple[int, Any]:
         """GraphQL's create: the input coerced as PodFindAndDeployOnDemandInput, then a pod."""
-        refused = _uncoercible(pod_input)
+        refused = _uncoercible(pod_input, self.knows_terminate_after)
         if refused:
             return 400, {"errors": [{"message": f'Variable "$input" got invalid value; {refused}',
                                      "extensions": {"code": "BAD_USER_INPUT"}}]}
@@ -370,12 +440,13 @@ class RunPodStandIn:
         return Handler
 
 
-def _uncoercible(pod_input: Any) -> str | None:
+def _uncoercible(pod_input: Any, knows_terminate_after: bool = True) -> str | None:
     """Why a GraphQL server would refuse this value as PodFindAndDeployOnDemandInput; None: fine."""
     if not isinstance(pod_input, dict):
         return 'Expected type "PodFindAndDeployOnDemandInput" to be an object.'
+    fields = DEPLOY_FIELDS if knows_terminate_after else DEPLOY_FIELDS - {"terminateAfter"}
     for key in sorted(pod_input):
-        if key not in DEPLOY_FIELDS:
+        if key not in fields:
             return f'Field "{key}" is not defined by type "PodFindAndDeployOnDemandInput".'
         kind, value = DEPLOY_TYPES.get(key), pod_input[key]
         if value is not None and kind is not None and (not isinstance(value, kind) or

@@ -497,3 +497,48 @@ def test_the_watchdog_falls_back_to_graphql_when_rest_refuses_the_pod_key(runpod
     assert rest.status == 403 and graphql.status == 200
     assert graphql.headers["authorization"] == f"Bearer {runpod.pod_keys[pod_id]}"
     assert json.loads(graphql.body) == {"query": f'mutation {{ podTerminate(input: {{podId: "{pod_id}"}}) }}'}
+
+
+def test_the_login_user_is_read_from_the_pods_ssh_direct(runpod_director, runpod, engine, runpod_settings):
+    # The setting is only the fallback for an answer without `ssh.direct.username`.
+    runpod_director.settings = runpod_settings.model_copy(update={"runpod_ssh_user": "no-such-user"})
+    run = drive(runpod_director, new_run(engine, provider="runpod"), until=FINAL)
+    assert run.status == "succeeded", run.reason
+    (pod,) = pod_rows(engine)
+    assert pod.username == runpod.sshd.user != "no-such-user"
+
+
+def test_a_graphql_that_refuses_terminate_after_falls_back_to_the_rest_create(runpod_director, runpod, engine,
+                                                                                 runpod_settings, caplog):
+    runpod.knows_terminate_after = False
+    runpod.faults["create"] = ["capacity"]  # the first REST create finds no machine: the step tries again
+    run_id = new_run(engine, provider="runpod")
+    drive(runpod_director, run_id, until={RunStatus.connecting})
+    refused = runpod.deploys()  # each try asks GraphQL first, refused for the field ...
+    assert len(refused) == 2 and all("terminateAfter" in r for r in refused)
+    assert runpod.count("POST", "/v2/pods") == 2  # ... then REST v2's create, in its own names
+    (made,) = runpod.live()
+    assert made["terminate_after"] is None and made["body"]["gpu"] == {"id": "NVIDIA H100 80GB HBM3", "count": 8}
+    assert made["env"]["PUBLIC_KEY"].startswith("ssh-ed25519 ")
+    provider = RunPodProvider(runpod_settings)
+    assert provider.stop_at(pod_rows(engine)[0]) is None  # no provider deadline is assumed
+    with Session(engine) as session:
+        notes = [e.reason for e in session.exec(select(RunEvent).where(RunEvent.run_id == run_id)).all()
+                 if e.reason and "terminateAfter" in e.reason]
+    assert len(notes) == 1 and "REST v2" in notes[0] and "watchdog and the reconciler" in notes[0]  # once a run
+    assert any(r.levelname == "WARNING" and "refused terminateAfter" in r.getMessage() for r in caplog.records)
+    run = drive(runpod_director, run_id, until=FINAL)
+    assert run.status == "succeeded", run.reason
+    assert runpod.live() == [] and ACCOUNT_KEY not in notes[0]
+
+
+def test_the_rest_fallback_still_moves_through_the_data_centres(runpod_director, runpod, engine, runpod_settings):
+    runpod.knows_terminate_after = False
+    runpod.full_centers = {"EU-RO-1"}
+    runpod_director.settings = runpod_settings.model_copy(update={"runpod_data_centers": "EU-RO-1,US-KS-2"})
+    run_id = new_run(engine, provider="runpod")
+    drive(runpod_director, run_id, until={RunStatus.connecting})
+    assert len(runpod.deploys()) == 1  # GraphQL is not asked again once it refused the field
+    bodies = [json.loads(r.body) for r in runpod.requests if r.method == "POST" and r.path == "/v2/pods"]
+    assert [b["dataCenterIds"] for b in bodies] == [["EU-RO-1"], ["US-KS-2"]]
+    assert [p["dataCenterId"] for p in runpod.live()] == ["US-KS-2"]

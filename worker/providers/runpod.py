@@ -2,9 +2,12 @@
 
 A pod is created with GraphQL's `podFindAndDeployOnDemand` (settings.runpod_graphql_url), the one
 create that takes RunPod's server-side deadline, `terminateAfter`: RunPod itself ends the pod then,
-whatever became of Caddie. REST API v2 (settings.runpod_api_url) reads, lists and deletes pods; a
-new pod goes PROVISIONING → STARTING → RUNNING, and once RUNNING its `runtime.ports` maps `22/tcp`
-to a public `ip:public`. GraphQL also gives the account balance. `terminateAfter` cannot be moved
+whatever became of Caddie. Where RunPod's GraphQL refuses that field (so far it is only in
+unreleased branches of RunPod's SDK), the pod is created through REST v2's `POST /pods` without
+it, the run's events and the worker's log say so, and the pod's watchdog and the reconciler are
+its stops. REST API v2 (settings.runpod_api_url) reads, lists and deletes pods; a new pod goes
+PROVISIONING → STARTING → RUNNING, and once RUNNING its `ssh.direct {host, port, username}` (else
+`runtime.ports`' `22/tcp`) is the SSH endpoint. GraphQL also gives the account balance. `terminateAfter` cannot be moved
 once set, so it is written down (data_dir/keys/<pod>.stop) for the director, which gives a shared
 pod back rather than seat a seed that would outlive it (docs/orchestration.md, "RunPod API facts").
 
@@ -32,8 +35,9 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from server import costs
-from server.models import Experiment, Pod, Run, as_utc, utcnow
-from server.states import FINAL_RUN_STATUSES, PodStatus
+from server.models import Experiment, Pod, Run, RunEvent, as_utc, utcnow
+from server.states import FINAL_RUN_STATUSES, PodStatus, RunStatus
+from trainer.contract import MIN_TORCH  # noqa: F401  (the oldest torch an image may carry; cli doctor reads it here)
 from worker.errors import ConnectError, HostKeyMismatch, StepFailed
 from worker.providers import ListedPod, Provider, RetryLater
 from worker.remote import Remote
@@ -53,6 +57,10 @@ _NO_CAPACITY = re.compile(r"no longer any instances|no (gpu )?capacity|not enoug
 _AUTH = re.compile(r"unauthori[sz]ed|unauthenticated|forbidden|invalid api key|permission denied", re.IGNORECASE)
 _TRANSIENT = re.compile(r"try again|internal server error|something went wrong|timed? ?out", re.IGNORECASE)
 BALANCE = "query { myself { clientBalance currentSpendPerHr } }"
+_NO_DEADLINE_NOTE = "RunPod's GraphQL refused terminateAfter"
+# How a GraphQL server refuses an input field its schema lacks, said of terminateAfter.
+_NO_TERMINATE_AFTER = re.compile(r"terminateAfter\b.*(not defined|unknown|does not exist|not a valid)|"
+                                 r"(unknown|not defined).*\bterminateAfter", re.IGNORECASE)
 # The input goes as a variable, so no value (an env var, say) is ever spliced into the query text.
 CREATE = ("mutation rent($input: PodFindAndDeployOnDemandInput) "
           "{ podFindAndDeployOnDemand(input: $input) { id desiredStatus } }")
@@ -78,6 +86,11 @@ class RunPodAPI:
         """GraphQL `podFindAndDeployOnDemand`: `{id, desiredStatus}` of the new pod."""
         data = self.graphql(CREATE, {"input": pod_input}, what="podFindAndDeployOnDemand")
         return data.get("podFindAndDeployOnDemand") or {}
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """REST v2 `POST /pods` (`CreatePodRequest`): the new pod, `id` among its fields."""
+        data = self._request("POST", "/pods", body=body)
+        return data if isinstance(data, dict) else {}
 
     def get(self, pod_id: str) -> dict[str, Any] | None:
         """The pod, or None when RunPod no longer knows it."""
@@ -221,8 +234,8 @@ class RunPodProvider(Provider):
             raise StepFailed(f"RunPod pod {pod.external_id} ended while starting (status {status})")
         endpoint = _ssh_endpoint(data) if status == "RUNNING" else None
         if endpoint is not None:
-            pod.host, pod.port = endpoint
-            pod.username = self.settings.runpod_ssh_user
+            pod.host, pod.port, username = endpoint
+            pod.username = username or self.settings.runpod_ssh_user
             pod.cost_per_hour = _price(data)
             pod.status, pod.updated_at = PodStatus.ready.value, utcnow()
             session.add(pod)
@@ -243,7 +256,7 @@ class RunPodProvider(Provider):
             stop_at = self.terminate_after(session, pod)
             self.afford(pod, stop_at)
             self._write_stop(pod, stop_at)  # before the create: an answer lost in transit is still known
-            found = self._create(pod, *self.hardware(session, pod), terminate_after=stop_at)
+            found = self._create(session, pod, *self.hardware(session, pod), terminate_after=stop_at)
             if not found.get("id"):
                 raise StepFailed("RunPod created a pod but did not say its id")
         else:  # made by an earlier try, whose terminateAfter stands: the row's deadline follows it
@@ -255,14 +268,26 @@ class RunPodProvider(Provider):
         session.add(pod)
         session.commit()
 
-    def _create(self, pod: Pod, gpu_type: str, gpu_count: int, *, terminate_after: datetime) -> dict[str, Any]:
+    def _create(self, session: Session, pod: Pod, gpu_type: str, gpu_count: int, *,
+                terminate_after: datetime) -> dict[str, Any]:
         """Deploy the pod to each data centre in turn while RunPod answers "no capacity"."""
         centers: list[str | None] = list(self.data_centers()) or [None]
         last: NoCapacity | None = None
+        with_deadline = True
         for center in centers:
             try:
-                return self.api.deploy(self.create_input(pod, gpu_type=gpu_type, gpu_count=gpu_count,
-                                                         data_center=center, terminate_after=terminate_after))
+                if with_deadline:
+                    try:
+                        return self.api.deploy(self.create_input(
+                            pod, gpu_type=gpu_type, gpu_count=gpu_count, data_center=center,
+                            terminate_after=terminate_after))
+                    except StepFailed as exc:
+                        if not _NO_TERMINATE_AFTER.search(exc.reason):
+                            raise
+                        with_deadline = False
+                        self._without_deadline(session, pod, exc.reason)
+                return self.api.create(self.create_body(pod, gpu_type=gpu_type, gpu_count=gpu_count,
+                                                        data_center=center))
             except NoCapacity as exc:
                 log.info("pod %s: no capacity%s", pod.name, f" in {center}" if center else "")
                 last = exc
@@ -271,6 +296,38 @@ class RunPodProvider(Provider):
         raise NoCapacity(f"RunPod has no capacity for {gpu_count} x {gpu_type} on {self.settings.runpod_cloud} "
                          f"cloud{where}: {last.message}", last.message, attempts=last.attempts,
                          backoff_s=last.backoff_s)
+
+    def _without_deadline(self, session: Session, pod: Pod, refusal: str) -> None:
+        """RunPod's GraphQL refused terminateAfter: say so in the run's events and the log, and
+        forget the provider deadline written down before the create (there is none)."""
+        self._stop_path(pod).unlink(missing_ok=True)
+        note = (f"{_NO_DEADLINE_NOTE}, so the pod is created through REST v2 without RunPod's own "
+                f"deadline; the pod's watchdog and the reconciler end it (RunPod said: {refusal[-200:]})")
+        log.warning("pod %s: %s", pod.name, note)
+        said = select(RunEvent.id).where(RunEvent.run_id == pod.run_id,
+                                         col(RunEvent.reason).startswith(_NO_DEADLINE_NOTE))
+        if pod.run_id is not None and session.exec(said).first() is None:  # once per run, not per try
+            status = RunStatus.provisioning.value
+            session.add(RunEvent(run_id=pod.run_id, from_status=status, to_status=status, reason=note))
+            session.commit()
+
+    def create_body(self, pod: Pod, *, gpu_type: str | None = None, gpu_count: int | None = None,
+                    data_center: str | None = None) -> dict[str, Any]:
+        """What REST v2's `POST /pods` gets when GraphQL will not take terminateAfter: the same pod
+        in `CreatePodRequest`'s names (docs/orchestration.md, "RunPod API facts")."""
+        body: dict[str, Any] = {
+            "name": pod.name,
+            "image": self.settings.runpod_image,
+            "gpu": {"id": gpu_type or self.settings.runpod_gpu_type,
+                    "count": gpu_count or self.settings.runpod_gpu_count},
+            "cloud": self.settings.runpod_cloud,
+            "disk": self.settings.runpod_disk_gb,
+            "ports": ["22/tcp"],
+            "env": {"PUBLIC_KEY": self.public_key(pod)},
+        }
+        if data_center:
+            body["dataCenterIds"] = [data_center]
+        return body
 
     def data_centers(self) -> list[str]:
         return [c.strip() for c in self.settings.runpod_data_centers.split(",") if c.strip()]
@@ -515,17 +572,18 @@ def _price(data: dict[str, Any]) -> float | None:
     return None
 
 
-def _ssh_endpoint(data: dict[str, Any]) -> tuple[str, int] | None:
-    """(public ip, public port) of the pod's 22/tcp from v2's `runtime.ports`; None until RunPod
-    has mapped it (ports can come after RUNNING). `ssh.direct {host, port}`, which some clients
-    read first, is taken when a response carries it, though v2's schema does not list it."""
+def _ssh_endpoint(data: dict[str, Any]) -> tuple[str, int, str | None] | None:
+    """(host, port, login user) of the pod's direct SSH: v2's `ssh.direct {host, port, username,
+    command}` (required in the schema since its 2026-08-13 update), else `runtime.ports`' 22/tcp
+    at `ip:public` with no user (older answers); None until RunPod has mapped it (ports can
+    come after RUNNING)."""
     direct = (data.get("ssh") or {}).get("direct") or {}
     if direct.get("host") and direct.get("port"):
-        return str(direct["host"]), int(direct["port"])
+        return str(direct["host"]), int(direct["port"]), str(direct.get("username") or "") or None
     for port in (data.get("runtime") or {}).get("ports") or []:
         if (isinstance(port, dict) and port.get("private") == 22 and port.get("type") == "tcp"
                 and port.get("ip") and port.get("public")):
-            return str(port["ip"]), int(port["public"])
+            return str(port["ip"]), int(port["public"]), None
     return None
 
 

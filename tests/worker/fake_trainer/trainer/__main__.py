@@ -30,7 +30,9 @@ def fetch(argv: list[str]) -> int:
     parser.add_argument("--variant", default="sp1024")
     parser.add_argument("--train-shards", type=int, default=1)
     parser.add_argument("--out", default="./data")
-    parser.add_argument("--base-url")
+    parser.add_argument("--endpoint")
+    parser.add_argument("--revision")
+    parser.add_argument("--cache-dir")
     args = parser.parse_args(argv)
     out = Path(args.out)
     folder = out / "datasets" / f"fineweb10B_{args.variant}"
@@ -41,7 +43,7 @@ def fetch(argv: list[str]) -> int:
         shard(folder / f"fineweb_train_{i:06d}.bin", 128)
     (out / "tokenizers" / f"fineweb_{args.variant}.model").write_bytes(b"fake tokenizer")
     with open(out / "fetches", "a") as fetches:
-        fetches.write(f"{args.variant} {args.train_shards} {args.base_url or ''}\n")
+        fetches.write(f"{args.variant} {args.train_shards} {args.endpoint or ''}\n")
     print(folder)
     return 0
 
