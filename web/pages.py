@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import auth, experiments, logs, presets, queueing, records, scripts
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
+from server.config import get_settings
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
 from server.reference import reference_bpb
@@ -296,6 +297,10 @@ def submit_experiment_page(
     """Create the experiment and show it; or show the form again with each problem next to
     its field (422)."""
     spec, entered = submission.read_form(form, uploads)
+    refusal = spec and experiments.provider_refusal(spec.provider, admin=principal.is_admin, settings=get_settings())
+    if refusal:
+        entered.errors["provider"] = refusal[1]
+        return submit_form(request, entered, status_code=refusal[0])
     if spec is None:
         return submit_form(request, entered, status_code=422)
     experiment = experiments.create_experiment(session, spec, owner=principal.name)
