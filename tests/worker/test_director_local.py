@@ -301,3 +301,31 @@ def test_a_log_past_the_cap_keeps_its_head_a_marker_and_its_final_lines(director
             assert piece.next_offset > offset
             read, offset = read + piece.text.encode(), piece.next_offset
     assert read == stored
+
+
+def test_local_runs_past_the_cap_wait_in_line_with_their_place(director, engine, settings):
+    director.settings = settings.model_copy(update={"local_max_runs": 1})
+    first, second, third = (new_run(engine, fake_mode="sleep", seed=s) for s in (1, 2, 3))
+    drive(director, first, until={RunStatus.running})
+    for _ in range(3):
+        director.advance(second)
+        director.advance(third)
+
+    waiting = [read_run(engine, r) for r in (second, third)]
+    assert [r.status for r in waiting] == ["provisioning", "provisioning"]
+    assert [r.reason for r in waiting] == [
+        f"waiting for a local slot: 1 local runs are running (the cap is 1, CADDIE_LOCAL_MAX_RUNS); number {n} in line"
+        for n in (1, 2)]
+    with Session(engine) as session:
+        update_run(session, first, fence=None, cancel_requested=True)
+    assert drive(director, first, until=FINAL, timeout_s=15).status == "cancelled"
+    for _ in range(3):
+        director.advance(third)  # the third may not pass the second, which is ahead of it
+    assert read_run(engine, third).status == "provisioning"
+    run = drive(director, second, until={RunStatus.running})
+    assert run.reason is None
+    with Session(engine) as session:
+        update_run(session, second, fence=None, cancel_requested=True)
+        update_run(session, third, fence=None, cancel_requested=True)
+    drive(director, second, until=FINAL, timeout_s=15)
+    drive(director, third, until=FINAL, timeout_s=15)
