@@ -234,6 +234,8 @@ class ExperimentPublic(BaseModel):
     share_pods: bool
     variants: list[dict[str, Any]]
     source: dict[str, Any] | None  # where an imported experiment came from
+    reproduces_id: int | None = None  # the imported record a re-run reproduces
+    seed_env: dict[str, dict[str, str]] = Field(default_factory=dict)  # a re-run's env per seed
     cost_usd: float | None = None  # dollars its pods have cost so far
 
 
@@ -507,6 +509,9 @@ def _wake(run_id: int | None) -> None:
         # The row is stored; the periodic reconcile advances runs nobody woke.
         log.warning("could not enqueue run %s; the reconcile will pick it up", run_id,
                     exc_info=True)
+
+
+wake = _wake  # for services that queue runs of their own (server/reproduce.py)
 
 
 def finalize_experiment(session: Session, experiment_id: int, *, announce: bool = True) -> bool:

@@ -64,6 +64,11 @@ class Experiment(SQLModel, table=True):
     variants: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # Where an imported experiment came from (`caddie import records`); None if run here.
     source: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # A re-run of a submission (server/reproduce.py): the imported record it reproduces, if any
+    # (the claims it is judged against are in `source["reproduce"]`), and the env of each
+    # seed where the submission's commands differ per seed ({"42": {"NAME": "value"}}).
+    reproduces_id: int | None = Field(default=None, foreign_key="experiment.id", index=True)
+    seed_env: dict[str, dict[str, str]] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class ExperimentFile(SQLModel, table=True):

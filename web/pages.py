@@ -33,6 +33,7 @@ from server.reference import reference_bpb
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
 from web import comparison, csrf, downloads, experiment_view, signin, submission
+from web import reproduce as reproduce_pages
 from web.board import (
     DEFAULT_PER_PAGE,
     DEFAULT_SORT,
@@ -90,6 +91,7 @@ open_router = APIRouter(route_class=PageRoute, include_in_schema=False,
                         default_response_class=HTMLResponse)
 Csrf = Depends(csrf.verify)  # on every POST of a page form
 templates.env.globals.update(csrf_field=csrf.hidden_field)
+reproduce_pages.register(router, Csrf)
 
 
 def include_pages(app: FastAPI) -> None:
@@ -202,7 +204,8 @@ def experiment_page(request: Request, session: Session, experiment_id: int, *,
         "ablation": experiment_view.ablation_table(experiment.stats),
         "view": experiment_view, "seeds_entered": seeds_entered, "seeds_error": seeds_error,
         "can_add_seeds": experiment.status != ExperimentStatus.cancelled,
-        "cancellable": ExperimentStatus(experiment.status) not in ENDED_EXPERIMENT_STATUSES},
+        "cancellable": ExperimentStatus(experiment.status) not in ENDED_EXPERIMENT_STATUSES,
+        **reproduce_pages.verdict_context(session, experiment_id)},
         status_code=status_code)
 
 
