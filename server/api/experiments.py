@@ -27,13 +27,14 @@ def create_experiment(
     session: SessionDep, principal: PrincipalDep, experiment_in: ExperimentCreate
 ) -> ExperimentPublicWithRuns:
     """Submit an experiment: one run per seed, queued at once."""
-    _check_provider(principal, experiment_in.provider)
+    check_provider(principal, experiment_in.provider)
     _check_reference(session, experiment_in.reference_experiment_id)
     experiment = experiments.create_experiment(session, experiment_in, owner=principal.name)
     return experiments.experiment_with_runs(session, experiment)
 
 
-def _check_provider(principal: PrincipalDep, provider: str) -> None:
+def check_provider(principal: auth.Principal, provider: str) -> None:
+    """403 or 422 naming `provider` when this principal may not run there (local, mostly)."""
     refusal = experiments.provider_refusal(provider, admin=principal.is_admin, settings=get_settings())
     if refusal is None:
         return

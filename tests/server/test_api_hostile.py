@@ -75,3 +75,16 @@ def test_local_when_admin_only_refuses_members_and_takes_admins(
     _set_local(monkeypatch, "members")
     taken = client.post("/api/experiments", json=spec, headers={"Authorization": f"Bearer {member}"})
     assert taken.status_code == 201, taken.text
+
+
+def test_a_rerun_on_local_is_refused_like_a_submit(client: TestClient, engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fixture_files import FIXTURES
+    _set_local(monkeypatch, "off")
+    body = {"source": {"path": str(FIXTURES / "reproduce" / "records" / "good")}, "overrides": {"provider": "local"}}
+
+    refused = client.post("/api/reproduce", json=body)
+
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"][0]["loc"][:2] == ["body", "provider"]
+    with Session(engine) as session:
+        assert session.exec(select(Experiment)).all() == []
