@@ -128,6 +128,17 @@ class Settings(BaseSettings):
 
     # Reading (leaderboard, experiments, runs, logs) without a token; changes always need one.
     public_read: bool = True
+    # Request bodies: at most this many bytes from anyone (a records folder's zip to reproduce
+    # may be 50,000,000 bytes); at most anonymous_body_bytes from a request without a known
+    # token (the sign-in form). Larger: 413 before parsing.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    anonymous_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A member's (not an admin's) limits: experiments submitted per hour, and runs not yet
+    # ended (queued or live) at once; over either, a 429 naming it.
+    member_experiments_per_hour: int = Field(default=30, ge=1)
+    member_max_active_runs: int = Field(default=192, ge=1)
+    # Seconds a page form's CSRF token stays valid (it is also bound to the signed-in session).
+    csrf_ttl_s: float = Field(default=12 * 3600.0, ge=60)
 
     # Slack-compatible incoming webhook: runs and experiments that end, pods stopped by a
     # safety stop, budgets hit. None: no notifications.

@@ -28,7 +28,7 @@ from server.config import Settings
 from server.errors import Conflict, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
-from server.runs import get_run, transition, update_run
+from server.runs import get_run, transition, transition_free, update_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
 from server.statistics import Significance
 
@@ -317,6 +317,16 @@ def provider_refusal(provider: str, *, admin: bool, settings: Settings) -> tuple
     return None
 
 
+def run_count(spec: ExperimentCreate) -> int:
+    """Runs the spec queues at once: every seed in the control and each variant."""
+    return len(spec.seeds) * (1 + len(spec.variants))
+
+
+def added_runs(session: Session, experiment_id: int, seeds: list[int]) -> int:
+    """Runs that adding `seeds` queues: each seed in every arm."""
+    return len(seeds) * len(policies.arms(get_experiment(session, experiment_id)))
+
+
 def create_experiment(session: Session, spec: ExperimentCreate, *, owner: str = "") -> Experiment:
     """Store the experiment with one queued run per seed (and per ablation variant), then
     wake each run."""
@@ -462,6 +472,9 @@ def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
     experiment = get_experiment(session, experiment_id)
     if experiment.status in FINISHED_EXPERIMENT_STATUSES:
         raise Conflict(f"experiment {experiment_id} is already {experiment.status}")
+    # Queued runs no worker holds end in one statement; the few live ones are asked to stop.
+    transition_free(session, experiment_id, RunStatus.queued, RunStatus.cancelled,
+                    reason="cancelled by user")
     for run in list_runs(session, experiment_id):
         if RunStatus(run.status) not in FINAL_RUN_STATUSES:
             _cancel_live_or_queued(session, run)

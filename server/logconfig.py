@@ -150,7 +150,7 @@ async def bind_path_ids(request: Request) -> None:
     """An app-wide dependency: bind the ids named in a request's path (/api/runs/{run_id})."""
     for name in IDS:
         value = request.path_params.get(name)
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isascii() and value.isdigit():  # not "¹"
             _CONTEXT[name].set(int(value))
 
 

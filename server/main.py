@@ -5,13 +5,17 @@ server's services). The schema is migrations' job.
 """
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
-from server import logconfig, redaction
+from server import body_limits, logconfig, logstream, redaction, security_headers
 from server.api import health
+from server.api.deps import read_access
 from server.api.main import api_router
 from server.config import get_settings
 from server.errors import CaddieError
@@ -25,10 +29,15 @@ def create_app() -> FastAPI:
         title="Caddie",
         summary="Runs OpenAI's Parameter Golf challenge: seeds, pods, verification, leaderboard.",
         version="0.1.0",
-        lifespan=logconfig.api_lifespan,
+        lifespan=_lifespan,
         dependencies=[Depends(logconfig.bind_path_ids)],
+        # Served by _docs_router instead, so that they follow CADDIE_PUBLIC_READ.
+        openapi_url=None, docs_url=None, redoc_url=None,
     )
+    app.add_middleware(body_limits.BodyLimit)
+    app.add_middleware(security_headers.SecurityHeaders)
     app.include_router(api_router)
+    app.include_router(_docs_router(app))
     app.include_router(health.router)
     app.add_exception_handler(CaddieError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
@@ -37,6 +46,32 @@ def create_app() -> FastAPI:
     for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
         redaction.install(get_settings(), logging.getLogger(name))
     return app
+
+
+def _docs_router(app: FastAPI) -> APIRouter:
+    """/openapi.json, /docs and /redoc, readable by whoever may read the API."""
+    router = APIRouter(include_in_schema=False, dependencies=[Depends(read_access)])
+
+    @router.get("/openapi.json")
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @router.get("/docs")
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API")
+
+    @router.get("/redoc")
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - API")
+
+    return router
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async with logconfig.api_lifespan(app):
+        with logstream.closed_on_stop():
+            yield
 
 
 async def _domain_error(_request: Request, exc: CaddieError) -> JSONResponse:

@@ -17,12 +17,18 @@ from server.states import RunStatus
 log = logging.getLogger(__name__)
 
 
+def slack_text(text: str) -> str:
+    """`text` as Slack shows it literally: &, < and > escaped as Slack's message formatting
+    asks, so a name such as `<!channel>` or `<https://x|y>` pings no one and links nowhere."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def notify(event: str, text: str, **fields: Any) -> None:
     """Queue a notification; never raises (a lost notification must not fail a run)."""
     if get_settings().webhook_url is None:
         return
     try:
-        enqueue_notification({"text": text, "event": event, **fields})
+        enqueue_notification({"text": slack_text(text), "event": event, **fields})
     except Exception:  # noqa: BLE001 - the broker being down must not fail the caller
         log.warning("could not queue the %s notification", event, exc_info=True)
 

@@ -2,9 +2,12 @@
 
 Secrets (provider API keys, SSH private keys) should never reach a log line in the first
 place; this is the net under that rule, for a message or traceback that carries one anyway.
+Caddie's own API tokens (`cad_...`) are not known values but have a shape: any of them is
+redacted too, e.g. in an access-log line of a URL carrying `?token=cad_...`.
 """
 
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,6 +17,9 @@ from server.config import Settings
 
 REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 8  # shorter values would redact ordinary words
+# server.auth.TOKEN_PREFIX + secrets.token_urlsafe(32) (43 characters); 16 on catches cut ones.
+API_TOKEN = re.compile(r"cad_[A-Za-z0-9_-]{16,}")
+API_TOKEN_REDACTED = "cad_" + REDACTED
 
 
 def secret_values(settings: Settings) -> list[str]:
@@ -46,9 +52,13 @@ class SecretRedactor(logging.Filter):
     def redact(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
-        return text
+        return API_TOKEN.sub(API_TOKEN_REDACTED, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            # Arguments one by one first: formatters such as uvicorn's access-log one read
+            # the tuple back (client, method, path, version, status).
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format call must not raise into the caller

@@ -7,7 +7,7 @@ they were given, so a worker whose lease expired and was taken over can change n
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import and_, insert, or_, update
 from sqlmodel import Session, select
 
 from server import notify
@@ -69,6 +69,34 @@ def update_run(session: Session, run_id: int, *, fence: int | None, **fields: An
         session.rollback()
         raise LeaseLost(f"run {run_id}: lease lost (fence {fence})")
     session.commit()
+
+
+def transition_free(session: Session, experiment_id: int, from_status: RunStatus,
+                    to_status: RunStatus, *, reason: str) -> list[int]:
+    """The bulk form of `transition()`: every run of the experiment in `from_status` that no
+    worker holds a live lease on moves to `to_status` in one UPDATE, each with its RunEvent,
+    in one transaction; returns the ids moved. (Cancelling 19,072 queued runs one
+    transition at a time took minutes.) No per-run webhook: the experiment's says it."""
+    if to_status not in allowed_next(from_status):
+        raise InvalidTransition(f"{from_status} -> {to_status} is not allowed")
+    now = utcnow()
+    values: dict[str, Any] = {"status": to_status.value, "updated_at": now, "reason": reason}
+    if to_status in FINAL_RUN_STATUSES:
+        values.update(ended_at=now, lease_owner=None, lease_expires_at=None, next_check_at=None)
+    table = Run.__table__  # type: ignore[attr-defined]
+    free = or_(table.c.lease_owner.is_(None),
+               and_(table.c.lease_expires_at.is_not(None), table.c.lease_expires_at < now))
+    moved = [row[0] for row in session.execute(
+        update(table)
+        .where(table.c.experiment_id == experiment_id, table.c.status == from_status.value, free)
+        .values(**values).returning(table.c.id))]
+    if moved:
+        session.execute(insert(RunEvent.__table__), [  # type: ignore[attr-defined]
+            {"run_id": run_id, "from_status": from_status.value, "to_status": to_status.value,
+             "reason": reason, "created_at": now} for run_id in moved])
+    session.commit()
+    session.expire_all()
+    return moved
 
 
 def transition(

@@ -9,7 +9,7 @@ token (web/csrf.py).
 
 import logging
 import statistics
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from functools import partial
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -18,21 +18,38 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import auth, experiments, logs, presets, queueing, records, scripts
+from server import (
+    auth,
+    comparison,
+    experiments,
+    export,
+    logs,
+    presets,
+    queueing,
+    quotas,
+    scripts,
+)
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.config import get_settings
+from server.db import read_session
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
 from server.reference import reference_bpb
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
-from web import comparison, csrf, downloads, experiment_view, signin, submission
+from web import csrf, downloads, experiment_view, signin, submission
 from web import reproduce as reproduce_pages
 from web.board import (
     DEFAULT_PER_PAGE,
@@ -44,7 +61,7 @@ from web.board import (
 )
 from web.charts import seed_plot
 from web.checklist import run_checks
-from web.curves import loss_points
+from web.curves import run_curves
 from web.rendering import STATIC_DIR, as_utc, templates
 
 log = logging.getLogger(__name__)
@@ -98,7 +115,6 @@ def include_pages(app: FastAPI) -> None:
     """Add the pages to `app`, and HTML 404 pages for unknown URLs outside /api."""
     app.include_router(router)
     app.include_router(open_router)
-    app.include_router(comparison.api_router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
 
 
@@ -248,6 +264,8 @@ def add_seeds_page(request: Request, session: SessionDep, principal: PrincipalDe
     try:
         if isinstance(parsed, str):
             raise ValueError(parsed)
+        quotas.check_more_runs(session, principal,
+                               experiments.added_runs(session, experiment_id, parsed))
         experiments.add_seeds(session, experiment_id, parsed)
     except ValueError as exc:
         message = str(exc).removeprefix("seeds: ")
@@ -262,8 +280,8 @@ def export_experiment_page(session: SessionDep, principal: PrincipalDep,
     """The experiment's records folder (README.md, submission.json, logs, code) as a .zip."""
     auth.authorize_experiment(session, principal, experiment_id)
     experiment = experiments.get_experiment(session, experiment_id)
-    data = records.export_zip(session, experiment_id)
-    name = records.folder_name(experiment)
+    data = export.export_zip(session, experiment_id)
+    name = export.folder_name(experiment)
     return Response(data, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{name}.zip"'})
 
@@ -306,6 +324,8 @@ def submit_experiment_page(
         return submit_form(request, entered, status_code=refusal[0])
     if spec is None:
         return submit_form(request, entered, status_code=422)
+    quotas.check_submission(session, principal, runs=experiments.run_count(spec),
+                            priority=spec.priority)
     experiment = experiments.create_experiment(session, spec, owner=principal.name)
     return RedirectResponse(f"/experiments/{experiment.id}", status_code=303)
 
@@ -335,20 +355,22 @@ def read_run_page(request: Request, session: SessionDep, run_id: IdPath) -> HTML
         "run": run, "experiment": experiment, "checks": run_checks(run),
         "timeline": timeline(run.events), "log_text": _whole_lines(tail.text, tail_from),
         "log_cut": tail_from > 0, "log_end": tail.next_offset,
-        "curves": loss_points(whole_log(session, run_id)),
+        "curves": run_curves(session, run_id, run.log_offset),
         "downloads": downloads.available(run_id, run.results),
         "final": RunStatus(run.status) in FINAL_RUN_STATUSES,
         "cancellable": RunStatus(run.status) not in FINAL_RUN_STATUSES})
 
 
-def whole_log(session: Session, run_id: int) -> str:
-    """The run's whole stored train.log."""
-    pieces, offset = [], 0
+def log_file(run_id: int) -> Iterator[bytes]:
+    """The run's stored train.log, a read (and a short read-only session) at a time, so a
+    download holds one batch in memory whatever the log's size."""
+    offset = 0
     while True:
-        piece = logs.read_log(session, run_id, offset=offset, limit=logs.MAX_READ_BYTES)
+        with read_session() as session:
+            piece = logs.read_log(session, run_id, offset=offset, limit=logs.MAX_READ_BYTES)
         if piece.next_offset == offset:
-            return "".join(pieces)
-        pieces.append(piece.text)
+            return
+        yield piece.text.encode("utf-8")
         offset = piece.next_offset
 
 
@@ -362,9 +384,11 @@ def cancel_run_page(session: SessionDep, principal: PrincipalDep, run_id: IdPath
 
 @router.get("/runs/{run_id}/train.log")
 def read_run_log_file(session: SessionDep, run_id: IdPath) -> Response:
-    """The run's whole stored train.log as plain text."""
-    return Response(whole_log(session, run_id), media_type="text/plain; charset=utf-8",
-                    headers={"Content-Disposition": f'inline; filename="run-{run_id}-train.log"'})
+    """The run's whole stored train.log as plain text, streamed (404 for an unknown run)."""
+    get_run(session, run_id)
+    session.commit()  # end the read before the stream's own reads
+    return StreamingResponse(log_file(run_id), media_type="text/plain; charset=utf-8",
+                             headers={"Content-Disposition": f'inline; filename="run-{run_id}-train.log"'})
 
 
 @router.get("/runs/{run_id}/results.json")

@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from server import experiments, records, reproduce, rerun
+from server import experiments, quotas, records, reproduce, rerun
 from server.api.deps import IdPath, PrincipalDep, SessionDep
 from server.config import get_settings
 from server.models import Experiment
@@ -67,6 +67,7 @@ def create_rerun_page(request: Request, session: SessionDep, principal: Principa
         refusal = experiments.provider_refusal(overrides.provider, admin=principal.is_admin, settings=get_settings())
         if refusal is not None:
             raise ValueError(refusal[1])
+        quotas.check_submission(session, principal, runs=len(plan.seeds))
         created = reproduce.create_rerun(session, plan, overrides, owner=principal.name)
     except (ValueError, SourceError) as error:
         session.rollback()

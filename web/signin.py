@@ -8,6 +8,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from server.api.deps import TOKEN_COOKIE
+from web import csrf
 from web.rendering import templates
 
 COOKIE_MAX_AGE_S = 30 * 24 * 3600
@@ -37,4 +38,5 @@ def signed_in(request: Request, token: str, next_path: str) -> Response:
 def signed_out() -> Response:
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(TOKEN_COOKIE)
+    response.delete_cookie(csrf.COOKIE)  # bound to the session that ended
     return response

@@ -9,6 +9,7 @@ from sqlmodel import Session
 from server import auth
 from server.config import get_settings
 from server.db import get_session
+from server.errors import Unauthorized
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
@@ -27,6 +28,22 @@ def current_principal(
 
 
 PrincipalDep = Annotated[auth.Principal, Depends(current_principal)]
+
+
+def api_principal(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> auth.Principal:
+    """Who an API change acts for: the bearer token only. The sign-in cookie is not taken
+    here: a browser sends it along with any site's request, and only the pages' forms carry
+    the CSRF token that tells the user's own requests apart."""
+    if credentials is None:
+        raise Unauthorized("an API token is required (Authorization: Bearer <token>); the "
+                           "sign-in cookie is accepted by the pages' forms, not by the API")
+    return auth.authenticate(session, credentials.credentials)
+
+
+ApiPrincipalDep = Annotated[auth.Principal, Depends(api_principal)]
 
 
 def read_access(

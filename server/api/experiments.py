@@ -5,8 +5,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
-from server import auth, experiments, reference
-from server.api.deps import FilterText, IdPath, Limit, Offset, PrincipalDep, SessionDep
+from server import auth, experiments, quotas, reference
+from server.api.deps import ApiPrincipalDep, FilterText, IdPath, Limit, Offset, SessionDep
 from server.config import get_settings
 from server.errors import Forbidden, NotFound
 from server.experiments import (
@@ -24,11 +24,13 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 @router.post("", status_code=201)
 def create_experiment(
-    session: SessionDep, principal: PrincipalDep, experiment_in: ExperimentCreate
+    session: SessionDep, principal: ApiPrincipalDep, experiment_in: ExperimentCreate
 ) -> ExperimentPublicWithRuns:
     """Submit an experiment: one run per seed, queued at once."""
     check_provider(principal, experiment_in.provider)
     _check_reference(session, experiment_in.reference_experiment_id)
+    quotas.check_submission(session, principal, runs=experiments.run_count(experiment_in),
+                            priority=experiment_in.priority)
     experiment = experiments.create_experiment(session, experiment_in, owner=principal.name)
     return experiments.experiment_with_runs(session, experiment)
 
@@ -78,7 +80,7 @@ def read_experiment(session: SessionDep, experiment_id: IdPath) -> ExperimentPub
 
 
 @router.post("/{experiment_id}/cancel")
-def cancel_experiment(session: SessionDep, principal: PrincipalDep,
+def cancel_experiment(session: SessionDep, principal: ApiPrincipalDep,
                       experiment_id: IdPath) -> ExperimentPublicWithRuns:
     """Cancel every run of the experiment that has not ended (its owner or an admin)."""
     auth.authorize_experiment(session, principal, experiment_id)
@@ -88,11 +90,13 @@ def cancel_experiment(session: SessionDep, principal: PrincipalDep,
 
 
 @router.post("/{experiment_id}/seeds")
-def add_seeds(session: SessionDep, principal: PrincipalDep, experiment_id: IdPath,
+def add_seeds(session: SessionDep, principal: ApiPrincipalDep, experiment_id: IdPath,
               seeds_in: SeedsAdd) -> ExperimentPublicWithRuns:
     """Run more seeds, each in every arm (its owner or an admin). A finished experiment runs
     again until they end; 409 if it was cancelled; 422 for a seed it already used."""
     auth.authorize_experiment(session, principal, experiment_id)
+    quotas.check_more_runs(session, principal, experiments.added_runs(
+        session, experiment_id, seeds_in.seeds))
     try:
         experiment = experiments.add_seeds(session, experiment_id, seeds_in.seeds)
     except ValueError as exc:

@@ -1,12 +1,12 @@
 """Liveness, readiness and metrics, for load balancers, Prometheus and `caddie up`."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from server import metrics
-from server.api.deps import SessionDep
+from server.api.deps import SessionDep, read_access
 from server.errors import CaddieError
 from server.migrate import head_revision
 
@@ -39,7 +39,9 @@ def read_readiness(session: SessionDep) -> dict[str, str]:
     return {"status": "ok", "migration": str(current)}
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+# Metrics name runs and pods: private like every other read when CADDIE_PUBLIC_READ is off
+# (Prometheus then scrapes with `authorization: {credentials: <token>}`).
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(read_access)])
 def read_metrics(session: SessionDep) -> PlainTextResponse:
     """Prometheus metrics: runs by state, queue depth, pods alive, log lag."""
     return PlainTextResponse(metrics.render(session), media_type="text/plain; version=0.0.4")

@@ -10,8 +10,8 @@ from fastapi import APIRouter, File, Form, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from server import auth, experiments, reproduce, rerun
-from server.api.deps import IdPath, PrincipalDep, SessionDep
+from server import auth, experiments, quotas, reproduce, rerun
+from server.api.deps import ApiPrincipalDep, IdPath, SessionDep
 from server.api.experiments import check_provider
 from server.experiments import ExperimentPublicWithRuns
 from server.reproduce import GitSource, Overrides, Plan, SourceError
@@ -79,6 +79,7 @@ def _plan(folder: Path, origin: dict[str, Any], overrides: Overrides) -> Plan:
 
 def _create(session: SessionDep, principal: auth.Principal, plan: Plan, overrides: Overrides) -> RerunCreated:
     check_provider(principal, overrides.provider)
+    quotas.check_submission(session, principal, runs=len(plan.seeds))
     try:
         experiment = reproduce.create_rerun(session, plan, overrides, owner=principal.name)
     except ValueError as error:
@@ -95,7 +96,7 @@ def _origin(source: Source) -> dict[str, Any]:
 
 
 @router.post("/reproduce/preview")
-def preview(principal: PrincipalDep, request: ReproduceRequest) -> dict[str, Any]:
+def preview(principal: ApiPrincipalDep, request: ReproduceRequest) -> dict[str, Any]:
     """Everything the re-run would use, shown before anything is rented."""
     with _folder(request.source, principal) as folder:
         plan = _plan(folder, _origin(request.source), request.overrides)
@@ -103,7 +104,7 @@ def preview(principal: PrincipalDep, request: ReproduceRequest) -> dict[str, Any
 
 
 @router.post("/reproduce", status_code=201)
-def create(session: SessionDep, principal: PrincipalDep, request: ReproduceRequest) -> RerunCreated:
+def create(session: SessionDep, principal: ApiPrincipalDep, request: ReproduceRequest) -> RerunCreated:
     """Create the script experiment that re-runs the folder, with the plan's values."""
     with _folder(request.source, principal) as folder:
         plan = _plan(folder, _origin(request.source), request.overrides)
@@ -131,14 +132,14 @@ OverridesForm = Annotated[str, Form(max_length=200_000, description="Overrides a
 
 
 @router.post("/reproduce/zip/preview")
-def preview_zip(_principal: PrincipalDep, file: ZipFile, path: ZipPath = "",
+def preview_zip(_principal: ApiPrincipalDep, file: ZipFile, path: ZipPath = "",
                 overrides: OverridesForm = "{}") -> dict[str, Any]:
     settings = _overrides(overrides)
     return _zip_plan(file, path, settings).public(settings.provider, settings.budget_usd)
 
 
 @router.post("/reproduce/zip", status_code=201)
-def create_zip(session: SessionDep, principal: PrincipalDep, file: ZipFile, path: ZipPath = "",
+def create_zip(session: SessionDep, principal: ApiPrincipalDep, file: ZipFile, path: ZipPath = "",
                overrides: OverridesForm = "{}") -> RerunCreated:
     settings = _overrides(overrides)
     return _create(session, principal, _zip_plan(file, path, settings), settings)
@@ -152,7 +153,7 @@ def record_plan(session: SessionDep, experiment_id: int, overrides: Overrides) -
 
 
 @router.post("/experiments/{experiment_id}/reproduce/preview")
-def preview_record(session: SessionDep, _principal: PrincipalDep, experiment_id: IdPath,
+def preview_record(session: SessionDep, _principal: ApiPrincipalDep, experiment_id: IdPath,
                    overrides: Overrides | None = None) -> dict[str, Any]:
     """The plan of a re-run of an imported record."""
     settings = overrides or Overrides()
@@ -160,7 +161,7 @@ def preview_record(session: SessionDep, _principal: PrincipalDep, experiment_id:
 
 
 @router.post("/experiments/{experiment_id}/reproduce", status_code=201)
-def reproduce_record(session: SessionDep, principal: PrincipalDep, experiment_id: IdPath,
+def reproduce_record(session: SessionDep, principal: ApiPrincipalDep, experiment_id: IdPath,
                      overrides: Overrides | None = None) -> RerunCreated:
     """Re-run an imported record: a linked script experiment (`reproduces_id`)."""
     settings = overrides or Overrides()

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from server import auth, experiments, logs, logstream
-from server.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
+from server.api.deps import MAX_ID, ApiPrincipalDep, IdPath, SessionDep
 from server.db import get_engine
 from server.experiments import RunPublic, RunPublicWithEvents
 from server.logs import LogSlice
@@ -79,7 +79,7 @@ async def stream_run_log(
 
 
 @router.post("/{run_id}/cancel")
-def cancel_run(session: SessionDep, principal: PrincipalDep, run_id: IdPath) -> RunPublic:
+def cancel_run(session: SessionDep, principal: ApiPrincipalDep, run_id: IdPath) -> RunPublic:
     """Cancel a run: a queued one ends now, a live one is stopped by the worker."""
     auth.authorize_run(session, principal, run_id)
     return RunPublic.model_validate(experiments.cancel_run(session, run_id))

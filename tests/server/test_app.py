@@ -56,6 +56,10 @@ def test_openapi_lists_every_operation(client: TestClient) -> None:
         "/api/runs/{run_id}",
         "/api/runs/{run_id}/log", "/api/runs/{run_id}/logs/stream", "/api/runs/{run_id}/cancel",
         "/api/leaderboard", "/api/compare", "/healthz", "/readyz", "/metrics",
+        "/api/reproduce/preview", "/api/reproduce", "/api/reproduce/zip/preview",
+        "/api/reproduce/zip", "/api/experiments/{experiment_id}/reproduce/preview",
+        "/api/experiments/{experiment_id}/reproduce", "/api/experiments/{experiment_id}/verdict",
+        "/api/experiments/{experiment_id}/evidence",
     }
     assert set(paths["/api/experiments"]) == {"get", "post"}
     assert client.get("/docs").status_code == 200

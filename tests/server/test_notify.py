@@ -95,3 +95,18 @@ def test_the_worker_posts_the_payload(monkeypatch: pytest.MonkeyPatch, tmp_path:
         assert raised.value.__cause__ is None and raised.value.__suppress_context__
     finally:
         get_settings.cache_clear()
+
+
+def test_names_cannot_ping_or_link_in_slack(webhook_env: None, session: Session,
+                                            data_dir: Path) -> None:
+    experiment = make_experiment(session, name="<!channel> & <https://evil.example|docs>",
+                                 seeds=[7])
+    run = make_run(session, experiment, seed=7, status="verifying")
+    assert run.id is not None and experiment.id is not None
+    transition(session, run.id, RunStatus.failed, fence=None, reason="crashed <!here>")
+    assert finalize_experiment(session, experiment.id)
+
+    texts = [str(note["text"]) for note in notifications(data_dir)]
+    assert all("<" not in text and ">" not in text for text in texts)
+    assert "crashed &lt;!here&gt;" in texts[0]
+    assert "'&lt;!channel&gt; &amp; &lt;https://evil.example|docs&gt;'" in texts[1]

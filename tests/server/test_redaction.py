@@ -2,7 +2,10 @@
 
 import io
 import logging
+import secrets
 from pathlib import Path
+
+from uvicorn.logging import AccessFormatter
 
 from server.config import Settings
 from server.redaction import REDACTED, install, secret_values
@@ -60,3 +63,19 @@ def test_a_bad_format_call_is_logged_redacted_not_raised(tmp_path: Path) -> None
     logger.warning("key %s for pod %s", "rpa_SECRETSECRET123")
     text = stream.getvalue()
     assert "rpa_SECRETSECRET123" not in text and REDACTED in text
+
+
+def test_api_tokens_in_an_access_log_line_are_redacted(tmp_path: Path) -> None:
+    """uvicorn logs each request's path with its query: an EventSource given ?token= would
+    write the token verbatim. The line keeps its shape (uvicorn's formatter reads the args)."""
+    logger, stream = logger_with_handler("caddie.test.access")
+    logger.handlers[0].setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" '
+                                                    '%(status_code)s', use_colors=False))
+    install(make_settings(tmp_path), logger)
+    token = "cad_" + secrets.token_urlsafe(32)
+
+    logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET",
+                f"/api/runs/3/logs/stream?token={token}&offset=0", "1.1", 200)
+
+    assert stream.getvalue() == ('127.0.0.1:5000 - "GET /api/runs/3/logs/stream?token='
+                                 f'cad_{REDACTED}&offset=0 HTTP/1.1" 200 OK\n')

@@ -1,11 +1,12 @@
 """The pages in a real headless Chromium (Debian `chromium`, driven by Playwright) against
 the app on uvicorn over PostgreSQL. Screenshots go to test-artifacts/."""
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -39,8 +40,12 @@ def page(browser: Browser, live_server: LiveServer) -> Iterator[Page]:
                                                                        "height": 900})
     tab = context.new_page()
     tab.set_default_timeout(5000)
+    refused: list[str] = []  # what the pages' Content-Security-Policy blocked
+    tab.on("console", lambda message: refused.append(message.text)
+           if "Content Security Policy" in message.text else None)
     yield tab
     context.close()
+    assert refused == []
 
 
 def screenshot(page: Page, name: str) -> None:
@@ -93,8 +98,8 @@ def test_run_page_shows_new_lines_within_a_second_and_plots_them(page: Page,
     assert page.locator("polyline.series.train").get_attribute("data-count") == "2"
 
     append(run.id, line(3))
-    page.wait_for_function("document.querySelector('pre.log').textContent.includes('step:3/40')",
-                           timeout=1000)
+    # Locator assertions, not wait_for_function: the pages' CSP forbids evaluating strings.
+    expect(page.locator("pre.log")).to_contain_text("step:3/40", timeout=1000)
     append(run.id, "step:3/40 val_loss:6.5000 val_bpb:3.9000 train_time:30ms\n")
     page.wait_for_selector("circle.dot.val", timeout=1000)
     assert page.locator("polyline.series.train").get_attribute("data-count") == "3"
@@ -168,9 +173,7 @@ def test_run_page_resumes_the_log_after_a_dropped_connection(
     page.wait_for_selector("text=Live:")
     for n in (2, 3, 4):
         append(run.id, line(n))
-        page.wait_for_function(
-            f"document.querySelector('pre.log').textContent.includes('step:{n}/40')",
-            timeout=4000)
+        expect(page.locator("pre.log")).to_contain_text(f"step:{n}/40", timeout=4000)
 
     text = page.locator("pre.log").inner_text()
     assert [text.count(f"step:{n}/40 ") for n in (1, 2, 3, 4)] == [1, 1, 1, 1]
@@ -190,13 +193,11 @@ def test_submit_page_estimate_follows_the_fields(page: Page, live_server: LiveSe
     page.select_option("#f-provider", "runpod")
     page.fill("#f-seeds", "1, 2")
     # 2 seeds of 40 min (600 s + 600 s + 300 s grace + 900 s pod margin) at $21.52/hour.
-    page.wait_for_function("document.querySelector('[data-estimate-text]').textContent"
-                           ".startsWith('$28.69 for 2 seeds')", timeout=3000)
+    expect(estimate).to_have_text(re.compile(r"^\$28\.69 for 2 seeds"), timeout=3000)
     assert "40 min 00 s of pod time each" in estimate.inner_text()
     page.locator("details.overrides summary").click()
     page.fill("[id='f-config.max_wallclock_seconds']", "1200")
-    page.wait_for_function("document.querySelector('[data-estimate-text]').textContent"
-                           ".startsWith('$35.87 for 2 seeds')", timeout=3000)
+    expect(estimate).to_have_text(re.compile(r"^\$35\.87 for 2 seeds"), timeout=3000)
     assert "50 min 00 s of pod time each" in estimate.inner_text()
     screenshot(page, "submit-estimate")
 

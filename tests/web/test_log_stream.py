@@ -1,14 +1,23 @@
 """GET /api/runs/{id}/logs/stream: Server-Sent Events of a run's stored log, resumable by
 byte offset, against a real uvicorn on SQLite and PostgreSQL (and Redis for the wake-up)."""
 
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from server import logstream
@@ -222,3 +231,99 @@ def test_a_client_that_leaves_frees_its_subscription(
     finally:
         server.stop()
         watcher.close()
+
+
+def test_reads_do_not_wait_for_the_write_lock(
+        client: TestClient, session: Session, database_url: str) -> None:
+    """Pages, GETs and streams read a snapshot (on SQLite a deferred BEGIN under WAL); when
+    every read took SQLite's BEGIN IMMEDIATE they waited for a writer's lock (30 s, then
+    "database is locked")."""
+    run = make_run(session, make_experiment(session), seed=1, status="succeeded")
+    make_log(session, run, [line(1)])
+    writer = create_engine(database_url).connect()  # a worker in the middle of a write
+    writer.execute(text("UPDATE run SET attempts = attempts WHERE id = :id"), {"id": run.id})
+    answers: list[int] = []
+    reader = threading.Thread(target=lambda: answers.extend([
+        client.get(f"/api/runs/{run.id}").status_code,
+        client.get(f"/api/runs/{run.id}/logs/stream").status_code,
+        client.get("/healthz").status_code]))
+    try:
+        reader.start()
+        reader.join(timeout=5)
+        assert answers == [200, 200, 200]
+    finally:
+        writer.rollback()
+        writer.close()
+        writer.engine.dispose()
+        reader.join()
+
+
+def test_streams_of_one_run_share_one_tail(
+        live_server: LiveServer, session: Session, engine: Engine) -> None:
+    """30 followers of one run cost one log read per change, not one per follower."""
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+    make_log(session, run, [line(1)])
+    url = f"{live_server.url}/api/runs/{run.id}/logs/stream?offset={run.log_offset}"
+    log_reads = 0
+
+    def count(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        nonlocal log_reads
+        log_reads += "FROM logchunk" in statement
+
+    texts: list[str] = []
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=40)) as http:
+        streams = [http.stream("GET", url) for _ in range(30)]
+        responses = [stream.__enter__() for stream in streams]
+        sqlalchemy_event.listen(engine, "before_cursor_execute", count)
+        try:
+            for n in range(2, 6):
+                offset = append(run.id, line(n))
+            set_status(run.id, "succeeded")
+            for response in responses:
+                events = list(read_events(response))
+                texts.append("".join(e.data["text"] for e in events if e.kind == "log"))
+                assert events[-1].data == {"status": "succeeded", "offset": offset}
+        finally:
+            sqlalchemy_event.remove(engine, "before_cursor_execute", count)
+            for stream in streams:
+                stream.__exit__(None, None, None)
+
+    assert texts == ["".join(line(n) for n in range(2, 6))] * 30
+    # Polled every 0.5 s by one tail: a handful of reads; one per stream per poll was hundreds.
+    assert log_reads < 30
+
+
+def test_a_graceful_stop_ends_open_streams(
+        settings_env: None, session: Session, tmp_path: Path) -> None:
+    """SIGTERM: uvicorn waits for open responses, so each stream ends itself (the browser's
+    EventSource resumes elsewhere); before, the stop waited as long as any run lived."""
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+    make_log(session, run, [line(1)])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "server.main:app", "--port", str(port),
+         "--log-level", "warning"], cwd=Path(__file__).parents[2])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert wait_for(lambda: _answers(f"{base}/healthz"), seconds=90)  # a loaded machine
+        with httpx.Client(timeout=10) as http, http.stream(
+                "GET", f"{base}/api/runs/{run.id}/logs/stream") as response:
+            events = read_events(response)
+            assert next(events).data["text"] == line(1)
+            server.send_signal(signal.SIGTERM)
+            assert list(events) == []  # the stream ended without an `end` event
+        # uvicorn stops gracefully, then dies of the signal it caught, as it was sent.
+        assert server.wait(timeout=10) in (0, -signal.SIGTERM)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

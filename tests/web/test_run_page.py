@@ -14,6 +14,7 @@ from server.runs import transition
 from server.states import RunStatus
 from tests.factories import make_experiment, make_log, make_pod, make_run, make_scored_run
 from tests.web.dom import Element, cells, fetch, form_token
+from web import curves
 from web.pages import LOG_TAIL_BYTES
 
 LOG = ["step:1/20 train_loss:6.93 train_time:10ms step_avg:10.00ms\n",
@@ -278,3 +279,70 @@ def test_cost_so_far_of_a_rented_pod(client: TestClient, session: Session) -> No
 
     assert fetch(client, f"/runs/{rented.id}").find("dd", class_="cost").text() == "$10.76"
     assert fetch(client, f"/runs/{local.id}").find("dd", class_="cost").text() == "—"
+
+
+def test_pages_and_api_answers_carry_the_security_headers(
+        client: TestClient, session: Session) -> None:
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+    for path in (f"/runs/{run.id}", f"/api/runs/{run.id}", "/static/app.js", "/nowhere"):
+        headers = client.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["referrer-policy"] == "same-origin"
+        policy = headers["content-security-policy"]
+        # Only this site's own script and style files run: no inline code, no framing.
+        assert "script-src 'self';" in policy and "'unsafe-inline'" not in policy
+        assert "frame-ancestors 'none'" in policy
+
+
+def test_curves_come_from_the_downloaded_metrics_file(client: TestClient, session: Session,
+                                                      data_dir: Path) -> None:
+    run = make_run(session, make_experiment(session), seed=1, status="succeeded")
+    make_log(session, run, ["step:1/2 train_loss:9.0000 train_time:1ms\n"])  # not read
+    folder = data_dir / "runs" / str(run.id)
+    folder.mkdir(parents=True)
+    events = [{"event": "phase", "phase": "train", "state": "start", "elapsed_ms": 0},
+              {"event": "train_step", "step": 1, "train_loss": 6.5, "train_time_ms": 10},
+              {"event": "val", "step": 2, "val_loss": 5.25, "val_bpb": 3.1},
+              {"event": "train_step", "step": 2, "train_loss": float("nan")}]
+    (folder / "metrics.jsonl").write_text(
+        "".join(json.dumps(e) + "\n" for e in events) + '{"event": "train_st')  # cut short
+
+    page = fetch(client, f"/runs/{run.id}")
+
+    points = json.loads(page.find("script", id="loss-points").raw_text())
+    assert points == {"train": [[1, 6.5]], "val": [[2, 5.25]]}
+
+
+def test_curves_of_a_huge_log_read_only_its_ends(client: TestClient, session: Session,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without metrics.jsonl, a log over twice the window gives the points of its first and
+    last LOG_SCAN_BYTES: a page view no longer reads a 197 MB log whole."""
+    monkeypatch.setattr(curves, "LOG_SCAN_BYTES", 2000)
+    lines = [f"step:{i}/400 train_loss:{8 - i / 100:.4f} train_time:{i}ms\n" for i in range(1, 401)]
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+    make_log(session, run, ["".join(lines[:200]), "".join(lines[200:])])
+    read: list[int] = []
+    read_log = logs.read_log
+    monkeypatch.setattr(logs, "read_log", lambda s, r, offset, limit: (
+        read.append(limit), read_log(s, r, offset=offset, limit=limit))[1])
+
+    page = fetch(client, f"/runs/{run.id}")
+
+    steps = [step for step, _ in json.loads(page.find("script", id="loss-points").raw_text())["train"]]
+    assert steps[0] == 1 and steps[-1] == 400 and 200 not in steps
+    assert steps == sorted(steps) and len(steps) > 40
+    assert sum(read) <= 2 * 2000 + LOG_TAIL_BYTES  # the curves' two windows and the tail
+
+
+def test_the_log_download_is_streamed(client: TestClient, session: Session,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "MAX_READ_BYTES", 50)
+    run = make_run(session, make_experiment(session), seed=1, status="running")
+    make_log(session, run, LOG * 3)
+
+    with client.stream("GET", f"/runs/{run.id}/train.log") as response:
+        assert "content-length" not in response.headers  # sent as it is read, not built whole
+        pieces = list(response.iter_raw())
+    assert b"".join(pieces) == ("".join(LOG) * 3).encode()
+    assert client.get("/runs/4242/train.log").status_code == 404

@@ -1,5 +1,6 @@
 """Signing in to the pages with an API token, and forms refusing anyone not signed in."""
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -7,7 +8,9 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from server.auth import create_token
+from server.config import get_settings
 from server.main import create_app
+from tests.factories import make_experiment, make_run
 from tests.web.dom import form_token, parse
 
 
@@ -51,3 +54,43 @@ def test_forms_need_a_signed_in_user(browser: TestClient) -> None:
     assert page.status_code == 401
     link = parse(page.text).find("a", href="/signin?next=/submit")
     assert link is not None
+
+
+def signed_in_browser(token: str) -> TestClient:
+    return TestClient(create_app(), headers={"accept": "text/html"},
+                      cookies={"caddie_token": token})
+
+
+def cancel_with(browser: TestClient, run_id: int, csrf: str) -> int:
+    browser.cookies.set("caddie_csrf", csrf)
+    return browser.post(f"/runs/{run_id}/cancel", data={"csrf_token": csrf},
+                        follow_redirects=False).status_code
+
+
+def test_a_form_token_is_bound_to_the_signed_in_session(
+        settings_env: None, session: Session) -> None:
+    """Alice's token pair does not work with Bob's cookie, nor once she signed out."""
+    alice, bob = create_token(session, name="alice")[1], create_token(session, name="bob")[1]
+    run = make_run(session, make_experiment(session, owner="bob"), seed=1, status="queued")
+    with signed_in_browser(alice) as browser:
+        alices = form_token(browser, f"/runs/{run.id}")
+        browser.post("/signout", data={"csrf_token": alices})
+        assert "caddie_csrf" not in browser.cookies  # signing out drops it
+    with signed_in_browser(bob) as browser:
+        assert cancel_with(browser, run.id, alices) == 403
+    with TestClient(create_app(), headers={"accept": "text/html"}) as browser:  # signed out
+        assert cancel_with(browser, run.id, alices) == 403
+    with signed_in_browser(bob) as browser:
+        assert cancel_with(browser, run.id, form_token(browser, f"/runs/{run.id}")) == 303
+
+
+def test_a_form_token_expires(settings_env: None, session: Session,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    token = create_token(session, name="bob")[1]
+    run = make_run(session, make_experiment(session, owner="bob"), seed=1, status="queued")
+    with signed_in_browser(token) as browser:
+        csrf = form_token(browser, f"/runs/{run.id}")
+        later = time.time() + get_settings().csrf_ttl_s + 1
+        monkeypatch.setattr(time, "time", lambda: later)
+        assert cancel_with(browser, run.id, csrf) == 403
+        assert form_token(browser, f"/runs/{run.id}") != csrf  # the page hands out a new one

@@ -1,14 +1,14 @@
 """Two experiments side by side, with Welch's test of whether the first beats the second
-by the record margin (0.005 nats), for the compare page and its JSON twin /api/compare."""
+by the record margin (0.005 nats): the service behind /api/compare and the compare page."""
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from pydantic import BaseModel
 from sqlmodel import Session
 
 from server import experiments, statistics
-from server.api.deps import MAX_ID, SessionDep
+from server.api.deps import MAX_ID
 from server.experiments import ExperimentPublic
 from server.states import RunStatus
 
@@ -41,13 +41,3 @@ def _compared(session: Session, experiment_id: int) -> ComparedExperiment:
               if run.status == RunStatus.succeeded and run.val_bpb is not None]
     summary = ExperimentPublic.model_validate(dict(experiment))
     return ComparedExperiment(experiment=summary, scores=scores)
-
-
-api_router = APIRouter(prefix="/api", tags=["compare"])
-
-
-@api_router.get("/compare")
-def read_comparison(session: SessionDep, a: ExperimentId, b: ExperimentId) -> ComparisonPublic:
-    """Experiment `a` against `b`: their seeds' val_bpb and a one-sided Welch's t-test of
-    mean(a) < mean(b) − 0.005 nats (in bits per byte)."""
-    return compare(session, a, b)
