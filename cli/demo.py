@@ -6,6 +6,7 @@ progress while it runs → the leaderboard of seeds with the reasons it is not a
 """
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +18,7 @@ from sqlmodel import Session
 from cli.corpus import prepare_dataset, write_corpus
 from cli.ports import free_port, holder, port_is_free
 from cli.stack import Stack
-from server.auth import create_token
+from server.auth import Role, create_token
 from server.config import Settings
 from server.db import get_engine
 
@@ -88,14 +89,18 @@ def _num(value: float | int | None, digits: int) -> str:
 
 
 def demo_token() -> str:
-    """A fresh member token for the demo's submission (its sha256 alone is stored)."""
+    """A fresh admin token for the demo's submission (its sha256 alone is stored): the demo
+    runs on the local provider, which is for admins."""
     with Session(get_engine()) as session:
-        return create_token(session, name="caddie-demo")[1]
+        return create_token(session, name="caddie-demo", role=Role.admin)[1]
 
 
 def run_demo(settings: Settings, *, seeds: list[int], port: int, timeout_s: float) -> int:
     work = settings.data_dir.resolve() / "demo"
     data_path, tokenizer = prepare_data(work, vocab_size=512)
+    # The demo runs on this machine: its stack turns the local provider on for admins, unless
+    # the operator chose otherwise (CADDIE_LOCAL_PROVIDER).
+    os.environ.setdefault("CADDIE_LOCAL_PROVIDER", "admin")
     stack = Stack(settings, port=port, log_dir=settings.data_dir.resolve() / "logs")
     if not port_is_free(stack.host, port):  # the demo's server is throwaway: any free port will do
         stack.port = free_port(stack.host)

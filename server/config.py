@@ -35,10 +35,22 @@ class Settings(BaseSettings):
     ssh_workdir: str = "/tmp/caddie-runs"
     # Python on the host that runs the trainer (needs the trainer extra installed).
     remote_python: str = "python3"
+    # The local provider runs pods on this machine, the server's own host: for one person's
+    # machine. "off": refused at submit; "admin": admins only; "members": any token holder.
+    local_provider: Literal["off", "admin", "members"] = "off"
+    # Unprivileged account a participant's script runs as on the local provider (the worker
+    # must run as root to switch to it; scripts/install.sh --run-user creates it).
+    local_run_user: str = "caddie-run"
+    # Where the worker cannot switch to local_run_user, scripts on local are refused unless
+    # this is true: then they run as the worker's own user, which isolates nothing.
+    local_scripts_unisolated: bool = False
     # Python that runs the trainer for the local provider; default: this interpreter.
     local_python: str = ""
     # Torch threads per trainer on the local provider, whose runs share this machine's cores.
     local_threads: int = Field(default=1, ge=1)
+    # Runs on the local provider at once; the rest wait in provisioning with their place in
+    # line as their reason. None: as many as the machine's cores hold (cores / local_threads).
+    local_max_runs: int | None = Field(default=None, ge=1)
 
     # Every pod's name starts with this and ends with its run id; the reconciler ends any pod
     # with this prefix that the database does not expect (one prefix per Caddie installation).
@@ -105,6 +117,12 @@ class Settings(BaseSettings):
     # seeds is flagged "slow node" (informational; eligibility is unchanged).
     slow_node_ratio: float = Field(default=1.15, gt=1)
 
+    # A run's train.log is stored (and shown, streamed, exported) up to this many bytes; past
+    # it the stored log keeps a marker line and the file's last log_tail_bytes (its final
+    # metrics). The whole file is still downloaded into the run's folder on the worker.
+    log_cap_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    log_tail_bytes: int = Field(default=256 * 1024, ge=4096)
+
     # Extra seconds a run may take beyond its training and eval caps before it is killed.
     run_grace_s: float = Field(default=300.0, ge=0)
     # How far the trainer's own train time may exceed what the worker observed.
@@ -136,7 +154,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     @field_validator("database_url", "redis_url", "budget_usd", "experiment_budget_usd",
-                     "max_running_experiments", mode="before")
+                     "max_running_experiments", "local_max_runs", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -24,7 +24,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from server import ablation, costs, notify, policies, presets, reference, scripts
-from server.config import get_settings
+from server.config import Settings, get_settings
 from server.errors import Conflict, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
@@ -341,6 +341,21 @@ class RunPublicWithEvents(RunPublic):
     last_log_lines: str | None
     results: dict[str, Any] | None  # results.json as the trainer wrote it
     events: list[RunEventPublic]
+
+
+def provider_refusal(provider: str, *, admin: bool, settings: Settings) -> tuple[int, str] | None:
+    """(HTTP status, message) when this principal may not run on `provider`, else None: the local provider runs code on the
+    server's own host, so it is off unless the operator turns it on, and then for admins only
+    unless CADDIE_LOCAL_PROVIDER=members (docs/security.md)."""
+    if provider != "local" or settings.local_provider == "members":
+        return None
+    if settings.local_provider == "off":
+        return 422, ("provider: the local provider is off on this server (CADDIE_LOCAL_PROVIDER=off); "
+                     "use ssh or runpod")
+    if not admin:
+        return 403, ("provider: the local provider is for admins on this server "
+                     "(CADDIE_LOCAL_PROVIDER=admin); use ssh or runpod")
+    return None
 
 
 def run_count(spec: ExperimentCreate) -> int:

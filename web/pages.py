@@ -42,6 +42,7 @@ from server import (
     scripts,
 )
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
+from server.config import get_settings
 from server.db import read_session
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
@@ -344,6 +345,10 @@ def submit_experiment_page(
     """Create the experiment and show it; or show the form again with each problem next to
     its field (422)."""
     spec, entered = submission.read_form(form, uploads)
+    refusal = spec and experiments.provider_refusal(spec.provider, admin=principal.is_admin, settings=get_settings())
+    if refusal:
+        entered.errors["provider"] = refusal[1]
+        return submit_form(request, entered, status_code=refusal[0])
     if spec is None:
         return submit_form(request, entered, status_code=422)
     quotas.check_submission(session, principal, runs=experiments.run_count(spec),

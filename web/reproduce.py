@@ -10,6 +10,7 @@ from sqlmodel import Session
 
 from server import experiments, quotas, records, reproduce, rerun
 from server.api.deps import IdPath, PrincipalDep, SessionDep
+from server.config import get_settings
 from server.models import Experiment
 from server.reproduce import Overrides, SourceError
 from web.rendering import templates
@@ -63,6 +64,9 @@ def create_rerun_page(request: Request, session: SessionDep, principal: Principa
                               seeds=parse_seeds(seeds), provider=provider,  # type: ignore[arg-type]
                               budget_usd=float(budget_usd) if budget_usd.strip() else None)
         plan = reproduce.apply(reproduce.plan_record(session, experiment_id), overrides)
+        refusal = experiments.provider_refusal(overrides.provider, admin=principal.is_admin, settings=get_settings())
+        if refusal is not None:
+            raise ValueError(refusal[1])
         quotas.check_submission(session, principal, runs=len(plan.seeds))
         created = reproduce.create_rerun(session, plan, overrides, owner=principal.name)
     except (ValueError, SourceError) as error:

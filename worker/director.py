@@ -171,6 +171,9 @@ class RunDirector:
                 pod.created_at, pod.deadline_at = utcnow(), deadline_at
             if pod.host is None and not provider.assign_host(session, pod):
                 log.info("run %s: no %s host free yet", run.id, provider.name)
+                waiting = provider.wait_reason(session, pod)
+                if waiting is not None and waiting != run.reason:
+                    update_run(session, run.id, fence=fence, reason=waiting)
                 return self.settings.poll_interval_s
             update_run(session, run.id, fence=fence, attempts=0, reason=None,
                        results=_with_worker(run.results, pod=self._pod_facts(provider, pod)))
@@ -213,7 +216,8 @@ class RunDirector:
                 update_run(session, run.id, fence=fence, remote_dir=run_dir, code_bytes=code_bytes,
                            code_sha256=code_sha256, started_at=run.started_at or utcnow(),
                            results=_with_worker(self._load(Run, run.id).results, **ran))
-            if not launcher.launch(remote, run_dir):
+            user = provider.script_user() if experiment.kind == "script" else None
+            if not launcher.launch(remote, run_dir, user=user):
                 log.info("run %s: trainer already launched; not starting another", run.id)
         self._set_pod_status(run, PodStatus.busy)
         self._move(run, fence, RunStatus.running, attempts=0)
@@ -249,7 +253,8 @@ class RunDirector:
         local = self._local_dir(run)
         kind = self._load(Experiment, run.experiment_id).kind
         with self._remote(run, fence) as (remote, _):
-            self._pull_log(remote, run, fence, final=True)
+            if self._pull_log(remote, run, fence, final=True):
+                return 0  # more of the log is waiting: the next step stores it, to its end
             for name in (contract.TRAIN_LOG, contract.RESULTS, contract.METRICS, MANIFEST):
                 _get_if_there(remote, f"{run.remote_dir}/{name}", local / name)
             if kind == "script":
@@ -339,13 +344,16 @@ class RunDirector:
         return None
 
     def cancel(self, run: Run, fence: int) -> Delay:
+        reason = "cancelled on request"
         if run.remote_dir and run.pod_id is not None:
             try:
                 with self._remote(run, fence) as (remote, _):
-                    launcher.stop(remote, run.remote_dir)
+                    left = launcher.stop(remote, run.remote_dir)
+                if left:
+                    reason += f"; {len(left)} of its processes could not be killed (pids {left[:10]})"
             except StepFailed as exc:  # unreachable or already ended; finish() tries again if it is there
                 log.warning("run %s: cancel could not reach the pod: %s", run.id, exc.reason)
-        self._move(run, fence, RunStatus.cancelled, reason="cancelled on request")
+        self._move(run, fence, RunStatus.cancelled, reason=reason)
         return None
 
     # --- after the end ------------------------------------------------------------------
@@ -356,7 +364,7 @@ class RunDirector:
         pod = self._load(Pod, run.pod_id) if run.pod_id is not None else None
         if pod is not None and pod.status in LIVE_POD_STATUS_VALUES and pod.run_id in (None, run.id):
             provider = get_provider(pod.provider, self.settings)
-            if run.remote_dir and run.exit_code is None:
+            if run.remote_dir:  # whatever the run started, even after it exited 0, goes before the pod is handed on
                 self._stop_leftovers(run, pod, provider)
             if self._hand_over(run, pod):
                 self._set_pod_status(run, PodStatus.ready)  # free for the experiment's next seed
@@ -379,9 +387,11 @@ class RunDirector:
         try:
             remote = provider.connect(pod, pinned_host_key=run.host_key)
             try:
-                launcher.stop(remote, run.remote_dir)
+                left = launcher.stop(remote, run.remote_dir)
             finally:
                 remote.close()
+            if left:
+                log.error("run %s: processes %s on pod %s outlived every kill", run.id, left, pod.id)
         except Exception as exc:
             log.warning("run %s: could not stop leftovers on pod %s: %s", run.id, pod.id, exc)
 
@@ -600,39 +610,71 @@ class RunDirector:
             raise StepFailed(str(exc)) from None
 
     def _pull_log(self, remote: Remote, run: Run, fence: int, *, final: bool) -> bool:
-        """Store new whole lines of train.log (and a last partial line when final).
+        """Store new whole lines of train.log (and a last partial line when final), up to the
+        log cap; when final, a log past the cap gets a marker and its last bytes (`_store_tail`).
 
         Returns True when more bytes are waiting than one step reads.
         """
         assert run.remote_dir is not None
         path, offset = f"{run.remote_dir}/{contract.TRAIN_LOG}", self._load(Run, run.id).log_offset
+        cap = self.settings.log_cap_bytes
         for _ in range(LOG_CHUNKS_PER_STEP):
-            data = remote.read_from(path, offset, LOG_CHUNK_BYTES)
+            room = cap - offset
+            data = remote.read_from(path, offset, min(LOG_CHUNK_BYTES, room)) if room > 0 else b""
             whole = data.rfind(b"\n") + 1
-            if len(data) < LOG_CHUNK_BYTES:  # up to the end of the file: its tail only when final
+            capped = len(data) >= room  # the head reached the cap: it ends at its last whole line
+            if capped:
+                end = whole
+            elif len(data) < LOG_CHUNK_BYTES:  # the end of the file: its tail only when final
                 end = len(data) if final else whole
             else:  # a full chunk: up to its last line, or all of a line longer than a chunk
                 end = whole or len(data)
-            if end == 0:
+            if end:
+                self._store_log(run.id, fence, offset, data[:end])
+                offset += end
+            if capped:  # the rest waits for the end of the run, when its last bytes are stored
+                if final:
+                    self._store_tail(remote, run, fence, path, offset)
                 return False
-            self._store_log(run.id, fence, offset, data[:end])
-            offset += end
-            if len(data) < LOG_CHUNK_BYTES:
+            if end == 0 or len(data) < LOG_CHUNK_BYTES:
                 return False
         return True
 
-    def _store_log(self, run_id: int, fence: int, offset: int, data: bytes) -> None:
+    def _store_tail(self, remote: Remote, run: Run, fence: int, path: str, offset: int) -> None:
+        """A log longer than the cap: one marker chunk standing for the bytes not stored, then
+        the file's last `log_tail_bytes` from a line start (where the final metrics are). The
+        whole file is downloaded into the run's folder by the collecting step."""
+        size = _file_size(remote, path)
+        if size is None or size <= offset:
+            return
+        start = max(offset, size - self.settings.log_tail_bytes)
+        tail = remote.read_from(path, start, size - start)
+        if start > offset:  # begin the tail at a line start
+            cut = tail.find(b"\n") + 1
+            start, tail = start + cut, tail[cut:]
+        if start > offset:
+            marker = (f"[caddie: {start - offset:,} bytes of train.log not stored here: the stored log "
+                      f"keeps its first {offset:,} bytes (CADDIE_LOG_CAP_BYTES) and its last "
+                      f"{size - start:,}; the whole file is in the run's folder on the worker]\n")
+            self._store_log(run.id, fence, offset, marker.encode(), nbytes=start - offset)
+        if tail:
+            self._store_log(run.id, fence, start, tail)
+
+    def _store_log(self, run_id: int, fence: int, offset: int, data: bytes, *, nbytes: int | None = None) -> None:
+        """One chunk covering bytes [offset, offset + nbytes) of train.log; nbytes differs from
+        len(data) only for the marker that stands for bytes past the log cap."""
         # Chunks are split after "\n", so no UTF-8 sequence is cut; NUL cannot go into TEXT.
         text = data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+        nbytes = len(data) if nbytes is None else nbytes
         with Session(self.engine) as session:
             try:
-                session.add(LogChunk(run_id=run_id, offset=offset, nbytes=len(data), text=text))
+                session.add(LogChunk(run_id=run_id, offset=offset, nbytes=nbytes, text=text))
                 session.flush()
             except IntegrityError:
                 session.rollback()
                 raise LeaseLost(f"run {run_id}: log offset {offset} was stored by another worker") from None
-            update_run(session, run_id, fence=fence, log_offset=offset + len(data))
-        publish_log(run_id, offset + len(data))  # wakes log streams; after the commit
+            update_run(session, run_id, fence=fence, log_offset=offset + nbytes)
+        publish_log(run_id, offset + nbytes)  # wakes log streams; after the commit
 
     def _measure_code(self, local: Path) -> tuple[int, str]:
         files: dict[str, bytes] = {}
@@ -877,6 +919,11 @@ def _read_json(path: Path) -> Any:
         return None
     except (ValueError, UnicodeDecodeError):
         raise StepFailed(f"{path.name} is corrupt: not valid JSON") from None
+
+
+def _file_size(remote: Remote, path: str) -> int | None:
+    found = remote.run(f"stat -c %s {shlex.quote(path)}", timeout_s=30).stdout.strip()
+    return int(found) if found.isdigit() else None
 
 
 def _get_if_there(remote: Remote, path: str, local: Path) -> None:

@@ -50,6 +50,10 @@ if [ $code != 0 ]; then touch "$run/{marker}"; finish $code; fi
 """
 SETUP_FAILED = "setup_failed"  # written by launch.sh when pip install fails
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Set to the run directory in the environment of everything the trainer or script starts:
+# stop() finds what a run left behind by it (and by a working folder inside the run
+# directory), including children that left its process groups with setsid.
+RUN_MARKER = "PGOLF_RUN_DIR"
 
 # Signal both process groups (launcher's and trainer's); $1 is the signal.
 _SIGNAL_GROUPS = 'for f in pid trainer_pid; do [ -f $f ] && kill -{sig} -- -$(cat $f) 2>/dev/null; done'
@@ -78,7 +82,7 @@ def launch_script(*, run_dir: str, argv: list[str], deadline_s: float, cwd: str 
     prefix = [f"OMP_NUM_THREADS={int(cpu_threads)}"] if cpu_threads else []
     if pythonpath is not None:
         prefix.append(f"PYTHONPATH={q(pythonpath)}")
-    prefix += ["PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"]
+    prefix += ["PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", f"{RUN_MARKER}={q(run_dir)}"]
     if env:
         prefix += ["env", *env_words(env)]
     command = " ".join([*prefix, "timeout", "--kill-after=30", f"{int(deadline_s)}s", *map(q, argv)])
@@ -87,7 +91,9 @@ def launch_script(*, run_dir: str, argv: list[str], deadline_s: float, cwd: str 
         pip = [*prefix, "timeout", "--foreground", "--kill-after=30", f"{int(setup_deadline_s)}s", *map(q, setup)]
         setup_block = _SETUP.format(command=" ".join(pip), marker=SETUP_FAILED)
     # Its own session: stopping the trainer's groups must not stop the pod's last stop.
-    guard = f"setsid bash {WATCHDOG_SCRIPT} </dev/null >watchdog.out 2>&1 &\n" if watchdog else ""
+    # stop() spares its session (watchdog_pid), which outlives the run on purpose.
+    guard = (f"setsid bash {WATCHDOG_SCRIPT} </dev/null >watchdog.out 2>&1 &\n"
+             "echo $! > watchdog_pid.tmp && mv watchdog_pid.tmp watchdog_pid\n") if watchdog else ""
     return _SCRIPT.format(run_dir=q(run_dir), cwd=q(cwd or run_dir), setup=setup_block,
                           command=command, output=f'"$run"/{q(output)}', watchdog=guard)
 
@@ -105,14 +111,25 @@ def env_words(env: dict[str, str]) -> list[str]:
     return words
 
 
-def launch(remote: Remote, run_dir: str) -> bool:
-    """Start launch.sh detached with a clean environment; False if this run was launched before."""
+def launch(remote: Remote, run_dir: str, *, user: str | None = None) -> bool:
+    """Start launch.sh detached with a clean environment; False if this run was launched before.
+
+    `user`: the account it runs as (the caller is root): the run directory becomes its own
+    and its HOME, and setpriv drops every privilege and group of the caller.
+    """
+    q = shlex.quote
+    home, switch = '"$HOME"', ""
+    if user is not None:
+        home = q(run_dir)
+        switch = (f"setpriv --reuid={q(user)} --regid={q(user)} --clear-groups --no-new-privs "
+                  "--inh-caps=-all --bounding-set=-all ")
     # `&` must apply to the redirected setsid command alone: a backgrounded list would keep
     # a subshell holding this command's stdout open for as long as the trainer runs.
     command = (
-        f"cd {shlex.quote(run_dir)} || exit 1\n"
+        f"cd {q(run_dir)} || exit 1\n"
         "mkdir launched 2>/dev/null || { echo again; exit 0; }\n"
-        f'setsid env -i PATH="$PATH" HOME="$HOME" LANG=C.UTF-8 bash {LAUNCH_SCRIPT} '
+        + (f"chown -R {q(user)}: . && chmod 0700 . || exit 1\n" if user is not None else "")
+        + f'setsid env -i PATH="$PATH" HOME={home} LANG=C.UTF-8 {switch}bash {LAUNCH_SCRIPT} '
         "</dev/null >/dev/null 2>&1 &\n"
         "echo started"
     )
@@ -150,15 +167,38 @@ def trainer_state(remote: Remote, run_dir: str) -> TrainerState:
     return TrainerState("gone")
 
 
-def stop(remote: Remote, run_dir: str, *, grace_s: float = 5.0) -> None:
-    """TERM both process groups, wait up to grace_s for them to go, then KILL what is left."""
+# Processes of the run (not this shell, not the pod's watchdog session): its marker in their
+# environment, or a working folder inside the run directory. Prints their pids. $r is the
+# run directory. One grep and one find over /proc, so a sweep costs the same on a busy host.
+# Field 4 after the ") " that ends a process's name in /proc/<pid>/stat is its session.
+_LEFTOVERS = (
+    'w=$(cat "$r/watchdog_pid" 2>/dev/null); '
+    f'{{ grep -lzx -F "{RUN_MARKER}=$r" /proc/[0-9]*/environ 2>/dev/null; '
+    'find /proc -mindepth 2 -maxdepth 2 -name cwd \\( -lname "$r" -o -lname "$r/*" \\) 2>/dev/null; } '
+    '| cut -d/ -f3 | sort -u | while read -r n; do [ "$n" = $$ ] && continue; '
+    '[ -n "$w" ] && [ "$(sed "s/.*) //" /proc/$n/stat 2>/dev/null | cut -d" " -f4)" = "$w" ] && continue; '
+    'echo $n; done'
+)
+
+
+def stop(remote: Remote, run_dir: str, *, grace_s: float = 5.0) -> list[int]:
+    """TERM both process groups, wait up to grace_s for them to go, then KILL what is left,
+    and then every process the run started elsewhere (see RUN_MARKER) until none is left.
+
+    Returns the pids still alive after that (empty when the run is wholly gone)."""
     ticks = max(1, int(grace_s * 10))
+    run = shlex.quote(run_dir)
     command = (
-        f"cd {shlex.quote(run_dir)} 2>/dev/null || exit 0; {_SIGNAL_GROUPS.format(sig='TERM')}; "
-        f"for i in $(seq {ticks}); do {_ANY_ALIVE}; [ $alive = 0 ] && exit 0; sleep 0.1; done; "
-        f"{_SIGNAL_GROUPS.format(sig='KILL')}; exit 0"
+        f"r={run}; leftovers() {{ {_LEFTOVERS}; }}\n"
+        f"if cd {run} 2>/dev/null; then {_SIGNAL_GROUPS.format(sig='TERM')}; "
+        f"for i in $(seq {ticks}); do {_ANY_ALIVE}; [ $alive = 0 ] && break; sleep 0.1; done; "
+        f"{_SIGNAL_GROUPS.format(sig='KILL')}; cd /; fi\n"
+        "for i in $(seq 50); do left=$(leftovers); [ -z \"$left\" ] && exit 0; "
+        "kill -KILL $left 2>/dev/null; sleep 0.1; done\n"
+        "echo $(leftovers)"
     )
-    remote.run(command, timeout_s=grace_s + 30)
+    out = remote.run(command, timeout_s=grace_s + 60).stdout.split()
+    return [int(word) for word in out if word.isdigit()]
 
 
 def last_lines(remote: Remote, run_dir: str, files: tuple[str, ...], *, lines: int = 40) -> str:

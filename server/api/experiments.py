@@ -7,7 +7,8 @@ from fastapi.exceptions import RequestValidationError
 
 from server import auth, experiments, quotas, reference
 from server.api.deps import ApiPrincipalDep, FilterText, IdPath, Limit, Offset, SessionDep
-from server.errors import NotFound
+from server.config import get_settings
+from server.errors import Forbidden, NotFound
 from server.experiments import (
     ExperimentCreate,
     ExperimentPublic,
@@ -26,11 +27,23 @@ def create_experiment(
     session: SessionDep, principal: ApiPrincipalDep, experiment_in: ExperimentCreate
 ) -> ExperimentPublicWithRuns:
     """Submit an experiment: one run per seed, queued at once."""
+    check_provider(principal, experiment_in.provider)
     _check_reference(session, experiment_in.reference_experiment_id)
     quotas.check_submission(session, principal, runs=experiments.run_count(experiment_in),
                             priority=experiment_in.priority)
     experiment = experiments.create_experiment(session, experiment_in, owner=principal.name)
     return experiments.experiment_with_runs(session, experiment)
+
+
+def check_provider(principal: auth.Principal, provider: str) -> None:
+    """403 or 422 naming `provider` when this principal may not run there (local, mostly)."""
+    refusal = experiments.provider_refusal(provider, admin=principal.is_admin, settings=get_settings())
+    if refusal is None:
+        return
+    status, message = refusal
+    if status == 403:
+        raise Forbidden(message)
+    raise RequestValidationError([{"loc": ("body", "provider"), "type": "value_error", "msg": message}])
 
 
 def _check_reference(session: SessionDep, reference_id: int | None) -> None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from server import auth, experiments, quotas, reproduce, rerun
 from server.api.deps import ApiPrincipalDep, IdPath, SessionDep
+from server.api.experiments import check_provider
 from server.experiments import ExperimentPublicWithRuns
 from server.reproduce import GitSource, Overrides, Plan, SourceError
 
@@ -77,6 +78,7 @@ def _plan(folder: Path, origin: dict[str, Any], overrides: Overrides) -> Plan:
 
 
 def _create(session: SessionDep, principal: auth.Principal, plan: Plan, overrides: Overrides) -> RerunCreated:
+    check_provider(principal, overrides.provider)
     quotas.check_submission(session, principal, runs=len(plan.seeds))
     try:
         experiment = reproduce.create_rerun(session, plan, overrides, owner=principal.name)

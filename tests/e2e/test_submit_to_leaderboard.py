@@ -168,7 +168,7 @@ def test_embedded_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                           dataset: dict[str, str]) -> None:
     monkeypatch.delenv("CADDIE_DATABASE_URL", raising=False)
     monkeypatch.delenv("CADDIE_REDIS_URL", raising=False)
-    stack = start_stack(monkeypatch, tmp_path, {})
+    stack = start_stack(monkeypatch, tmp_path, {"CADDIE_LOCAL_PROVIDER": "members"})
     try:
         assert stack.settings.resolved_database_url().startswith("sqlite:///")
         assert stack.settings.broker_url() == "filesystem://"

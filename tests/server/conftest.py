@@ -65,6 +65,7 @@ def settings_env(database_url: str, data_dir: Path,
     monkeypatch.setenv("CADDIE_DATA_DIR", str(data_dir))
     monkeypatch.setenv("CADDIE_DATABASE_URL", database_url)
     monkeypatch.setenv("CADDIE_REDIS_URL", "")
+    monkeypatch.setenv("CADDIE_LOCAL_PROVIDER", "members")  # most tests submit to local; it is off by default
     _clear_caches()
     yield
     get_engine().dispose()

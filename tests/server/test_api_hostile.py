@@ -40,6 +40,61 @@ def test_an_existing_reference_experiment_is_accepted(client: TestClient) -> Non
     assert second.status_code == 201, second.text
 
 
+def _set_local(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from server.config import get_settings
+    monkeypatch.setenv("CADDIE_LOCAL_PROVIDER", value)
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("provider", ["local", None])  # None: the spec's default provider, local
+def test_local_is_refused_at_submit_unless_the_operator_turns_it_on(
+        client: TestClient, session: Session, engine, monkeypatch: pytest.MonkeyPatch, provider: str | None) -> None:
+    _set_local(monkeypatch, "off")
+    spec = {"name": "on-the-host", "kind": "script", "files": {"train_gpt.py": "import os\n"}, "seeds": [1]}
+    if provider:
+        spec["provider"] = provider
+
+    refused = client.post("/api/experiments", json=spec)  # even an admin
+
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"][0]
+    assert detail["loc"][:2] == ["body", "provider"] and "CADDIE_LOCAL_PROVIDER=off" in detail["msg"]
+    assert session.exec(select(Experiment)).all() == [] and session.exec(select(Run)).all() == []
+
+
+def test_local_when_admin_only_refuses_members_and_takes_admins(
+        client: TestClient, engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.auth import create_token
+    _set_local(monkeypatch, "admin")
+    with Session(engine) as own:
+        member = create_token(own, name="mallory")[1]
+    spec = {"name": "on-the-host", "preset": "tiny", "seeds": [1], "provider": "local"}
+
+    refused = client.post("/api/experiments", json=spec, headers={"Authorization": f"Bearer {member}"})
+    assert refused.status_code == 403, refused.text
+    assert "provider" in refused.text and "CADDIE_LOCAL_PROVIDER=admin" in refused.text
+    with Session(engine) as session:
+        assert session.exec(select(Experiment)).all() == []
+
+    assert client.post("/api/experiments", json=spec).status_code == 201  # the admin's
+    _set_local(monkeypatch, "members")
+    taken = client.post("/api/experiments", json=spec, headers={"Authorization": f"Bearer {member}"})
+    assert taken.status_code == 201, taken.text
+
+
+def test_a_rerun_on_local_is_refused_like_a_submit(client: TestClient, engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fixture_files import FIXTURES
+    _set_local(monkeypatch, "off")
+    body = {"source": {"path": str(FIXTURES / "reproduce" / "records" / "good")}, "overrides": {"provider": "local"}}
+
+    refused = client.post("/api/reproduce", json=body)
+
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"][0]["loc"][:2] == ["body", "provider"]
+    with Session(engine) as session:
+        assert session.exec(select(Experiment)).all() == []
+
+
 def test_a_cross_site_form_post_with_the_sign_in_cookie_changes_nothing(
         anonymous: TestClient, session: Session, admin_token: str) -> None:
     """A page on another site can make a signed-in browser POST a form to the API with its

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, select
 
+from server.logs import read_log
 from server.models import LogChunk, Pod, Run, RunEvent, utcnow
 from server.runs import acquire_lease, release_lease, update_run
 from server.states import FINAL_RUN_STATUSES, RUN_PATH, RunStatus
@@ -255,3 +256,76 @@ def test_stop_is_bounded_and_kills_a_trainer_that_ignores_term(tmp_path):
         time.sleep(0.05)
     assert process_gone(pid)
     assert os.path.exists(tmp_path / "run" / "pid")
+
+
+def _stored(engine, run_id: int) -> bytes:
+    with Session(engine) as session:
+        chunks = session.exec(select(LogChunk).where(LogChunk.run_id == run_id).order_by(LogChunk.offset)).all()
+    return b"".join(c.text.encode() for c in chunks)
+
+
+def test_a_large_log_printed_just_before_a_fast_exit_is_stored_to_its_end(director, engine, settings):
+    # ~27 MB written at once, then exit: more than the 8 MB one step reads, in running and collecting.
+    run = drive(director, new_run(engine, fake_log_lines=400_000), until=set(FINAL_RUN_STATUSES), timeout_s=120)
+
+    assert run.status == "succeeded", run.reason
+    pod_log = Path(run.remote_dir, "train.log").read_bytes()
+    assert len(pod_log) > 3 * 8 * 1024 * 1024
+    assert run.log_offset == len(pod_log)
+    stored = _stored(engine, run.id)
+    assert stored == pod_log
+    assert stored.endswith(b"final_int8_zlib_roundtrip_exact val_loss:2.5 val_bpb:1.48\nno newline at the end")
+
+
+def test_a_log_past_the_cap_keeps_its_head_a_marker_and_its_final_lines(director, engine, settings):
+    cap, tail = 1024 * 1024, 8192
+    director.settings = settings.model_copy(update={"log_cap_bytes": cap, "log_tail_bytes": tail})
+    run = drive(director, new_run(engine, fake_log_lines=100_000), until=set(FINAL_RUN_STATUSES), timeout_s=120)
+
+    assert run.status == "succeeded", run.reason
+    pod_log = Path(run.remote_dir, "train.log").read_bytes()
+    stored = _stored(engine, run.id)
+    at = stored.index(b"[caddie: ")
+    head, (marker, rest) = stored[:at], stored[at:].split(b"\n", 1)
+    assert head == pod_log[:at] and head.endswith(b"\n") and cap - 200 < len(head) <= cap  # whole lines
+    assert marker.startswith(b"[caddie: ") and b"CADDIE_LOG_CAP_BYTES" in marker
+    assert tail - 200 < len(rest) <= tail and pod_log.endswith(rest)
+    assert rest.startswith(b"step:")  # from a line's start
+    assert rest.endswith(b"val_bpb:1.48\nno newline at the end")  # the final metric survives
+    assert run.log_offset == len(pod_log)  # offsets still count the pod's bytes
+    assert (settings.runs_dir() / str(run.id) / "train.log").read_bytes() == pod_log  # the whole file kept
+    read, offset = b"", 0  # as a log reader does, from next_offset to next_offset
+    with Session(engine) as session:
+        while offset < run.log_offset:
+            piece = read_log(session, run.id, offset=offset, limit=cap)
+            assert piece.next_offset > offset
+            read, offset = read + piece.text.encode(), piece.next_offset
+    assert read == stored
+
+
+def test_local_runs_past_the_cap_wait_in_line_with_their_place(director, engine, settings):
+    director.settings = settings.model_copy(update={"local_max_runs": 1})
+    first, second, third = (new_run(engine, fake_mode="sleep", seed=s) for s in (1, 2, 3))
+    drive(director, first, until={RunStatus.running})
+    for _ in range(3):
+        director.advance(second)
+        director.advance(third)
+
+    waiting = [read_run(engine, r) for r in (second, third)]
+    assert [r.status for r in waiting] == ["provisioning", "provisioning"]
+    assert [r.reason for r in waiting] == [
+        f"waiting for a local slot: 1 local runs are running (the cap is 1, CADDIE_LOCAL_MAX_RUNS); number {n} in line"
+        for n in (1, 2)]
+    with Session(engine) as session:
+        update_run(session, first, fence=None, cancel_requested=True)
+    assert drive(director, first, until=FINAL, timeout_s=15).status == "cancelled"
+    for _ in range(3):
+        director.advance(third)  # the third may not pass the second, which is ahead of it
+    assert read_run(engine, third).status == "provisioning"
+    run = drive(director, second, until={RunStatus.running})
+    assert run.reason is None
+    with Session(engine) as session:
+        update_run(session, second, fence=None, cancel_requested=True)
+        update_run(session, third, fence=None, cancel_requested=True)
+    drive(director, second, until=FINAL, timeout_s=15)
+    drive(director, third, until=FINAL, timeout_s=15)

@@ -70,9 +70,18 @@ class Provider(ABC):
         """Threads per trainer process (OMP_NUM_THREADS) where runs share CPU cores; None: leave it."""
         return None
 
+    def script_user(self) -> str | None:
+        """The account a participant's script is switched to on the pod; None: it runs as the
+        account the worker logs in with (a pod of its own, or a host the operator lends)."""
+        return None
+
     @abstractmethod
     def assign_host(self, session: Session, pod: Pod) -> bool:
         """Give the pod row a host (and commit it); False when none is free yet."""
+
+    def wait_reason(self, session: Session, pod: Pod) -> str | None:
+        """What a run whose pod got no host (assign_host False) waits for, shown as its reason."""
+        return None
 
     @abstractmethod
     def connect(self, pod: Pod, *, pinned_host_key: str | None) -> Remote:

@@ -1,21 +1,25 @@
 """The `local` provider: the pod is this machine and commands are subprocesses.
 
-The embedded default and the test double of a GPU pod. Commands run with a scrubbed
-environment so that the worker's settings (CADDIE_*) never reach the trainer.
+For one person's machine and the test double of a GPU pod; off unless the operator turns it
+on (CADDIE_LOCAL_PROVIDER). Commands run with a scrubbed environment so that the worker's
+settings (CADDIE_*) never reach the trainer. A participant's script runs as another,
+unprivileged account (CADDIE_LOCAL_RUN_USER) that can read nothing of the data dir but its
+run's own folder (docs/security.md).
 """
 
 import hashlib
 import os
+import pwd
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from server.models import Pod, utcnow
-from server.states import PodStatus
-from worker.errors import CommandTimeout, RemoteError
+from server.states import LIVE_POD_STATUS_VALUES, PodStatus
+from worker.errors import CommandTimeout, RemoteError, StepFailed
 from worker.providers import Provider
 from worker.remote import CommandResult, Remote
 
@@ -89,15 +93,87 @@ class LocalProvider(Provider):
         # in every process oversubscribes them and slows all runs several times over.
         return self.settings.local_threads
 
+    @property
+    def max_runs(self) -> int:
+        """Runs at once on this machine: CADDIE_LOCAL_MAX_RUNS, else as many as its cores hold."""
+        return self.settings.local_max_runs or max(1, (os.cpu_count() or 1) // self.settings.local_threads)
+
     def assign_host(self, session: Session, pod: Pod) -> bool:
+        """This machine, while fewer than max_runs runs hold it; the rest wait in pod order."""
+        running, ahead = self._line(session, pod)
+        if running + ahead >= self.max_runs:
+            return False
         pod.host, pod.status, pod.updated_at = "localhost", PodStatus.ready.value, utcnow()
         session.add(pod)
         session.commit()
+        # Two workers may admit two runs at once: the later pod gives its place back.
+        if self._line(session, pod, before_only=True)[0] >= self.max_runs:
+            pod.host, pod.status = None, PodStatus.requested.value
+            session.add(pod)
+            session.commit()
+            return False
         return True
+
+    def wait_reason(self, session: Session, pod: Pod) -> str | None:
+        running, ahead = self._line(session, pod)
+        return (f"waiting for a local slot: {running} local runs are running (the cap is {self.max_runs}, "
+                f"CADDIE_LOCAL_MAX_RUNS); number {ahead + 1} in line")
+
+    def _line(self, session: Session, pod: Pod, *, before_only: bool = False) -> tuple[int, int]:
+        """(local pods holding this machine, local pods waiting ahead of `pod`); with
+        before_only, holders counted only among pods older than `pod`."""
+        live = select(Pod).where(Pod.provider == self.name, col(Pod.status).in_(LIVE_POD_STATUS_VALUES),
+                                 Pod.id != pod.id)
+        pods = list(session.exec(live).all())
+        holders = [p for p in pods if p.host is not None and (not before_only or p.id < pod.id)]  # type: ignore[operator]
+        ahead = [p for p in pods if p.host is None and p.id < pod.id]  # type: ignore[operator]
+        return len(holders), len(ahead)
 
     def connect(self, pod: Pod, *, pinned_host_key: str | None) -> Remote:
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
+        seal_data_dir(self.settings.data_dir, keep_open=Path(self.workdir))
         return LocalRemote()
+
+    def script_user(self) -> str | None:
+        user = self.settings.local_run_user
+        if user and os.geteuid() == 0:
+            _ensure_account(user)
+            return user
+        if self.settings.local_scripts_unisolated:
+            return None  # the operator accepted scripts running as the worker itself
+        why = "the worker does not run as root" if user else "CADDIE_LOCAL_RUN_USER is empty"
+        raise StepFailed(f"scripts on the local provider run as their own account, but {why}, so this one "
+                         f"cannot be switched to CADDIE_LOCAL_RUN_USER={user!r}; run the worker as root, or set "
+                         "CADDIE_LOCAL_SCRIPTS_UNISOLATED=true to accept scripts running as the worker's own user")
 
     def release(self, pod: Pod) -> PodStatus:
         return PodStatus.terminated  # nothing was rented
+
+
+def seal_data_dir(data_dir: Path, *, keep_open: Path) -> None:
+    """Nobody but the worker's own account may read the data dir (database, csrf.key, keys,
+    run files): it becomes 0711 (passable, not listable) and each entry in it 0700/0600, but
+    the pods folder `keep_open` (0711), whose run folders belong to their runs."""
+    root = data_dir.resolve()
+    keep = keep_open.resolve()
+    root.chmod(0o711)
+    for entry in root.iterdir():
+        if entry.resolve() == keep or entry.is_symlink():
+            continue
+        entry.chmod(0o700 if entry.is_dir() else 0o600)
+    if keep.parent == root:
+        keep.chmod(0o711)
+
+
+def _ensure_account(user: str) -> None:
+    """Create the unprivileged account scripts run as, where it is missing (the worker is root)."""
+    try:
+        pwd.getpwnam(user)
+        return
+    except KeyError:
+        pass
+    made = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                           "--shell", "/usr/sbin/nologin", user], capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        raise StepFailed(f"could not create the account CADDIE_LOCAL_RUN_USER={user!r} for scripts: "
+                         f"{made.stderr.strip()[-200:]}")
