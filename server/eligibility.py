@@ -4,9 +4,11 @@ Facts of the challenge: code + compressed model <= 16,000,000 bytes (decimal); t
 <= 600 s and evaluation <= 600 s on 8×H100 SXM; the full validation split is scored.
 
 The time caps are judged as the challenge's own `train_gpt.py` keeps them: it reads its wall
-clock after each step and stops once the cap is reached, so a run legally ends up to one step
-past 600 s. A time is over the cap only when the time before its last step already was
-(`time_reason`); without a known step time the plain cap applies.
+clock after each step, without waiting for the GPU, and stops after the step whose reading
+reached the cap; the time it logs at the end is read after waiting for the GPU. So a run
+legally ends up to its last step past 600 s, plus the step before it that the GPU may still
+have been running when the clock was read (`STEPS_ALLOWED`). A time is over the cap only when
+it is more than that past (`time_reason`); without a known step time the plain cap applies.
 """
 
 from dataclasses import dataclass
@@ -14,6 +16,9 @@ from dataclasses import dataclass
 MAX_BYTES_TOTAL = 16_000_000
 MAX_TRAIN_SECONDS = 600.0
 MAX_EVAL_SECONDS = 600.0
+# Steps a logged time may run past a cap: the last one, and one still on the GPU when the
+# official script read its clock (train_gpt.py: no synchronize before its cap check).
+STEPS_ALLOWED = 2
 RECORD_GPU_NAME = "H100"  # must appear in nvidia-smi's name, e.g. "NVIDIA H100 80GB HBM3"
 RECORD_GPU_COUNT = 8
 # Target tokens in the official validation split (first 50,000 documents), per tokenizer.
@@ -79,15 +84,16 @@ def _time_reasons(m: Measurements, clock_tolerance_s: float) -> list[str]:
 
 def time_reason(what: str, seconds: float, step_s: float | None, cap: float) -> str | None:
     """Why `seconds` of `what` (train or eval) break the cap, or None. The official script
-    checks its clock after each step, so the last step may end past the cap: the time is over
-    only when the time without that step (`step_s`) is past the cap."""
+    checks its clock after each step, so the last step may end past the cap (with the step
+    the GPU was still running): over only when more than STEPS_ALLOWED steps (`step_s`
+    each) past the cap."""
     if seconds <= cap:
         return None
     if step_s is None or not step_s > 0:
         return f"{what} time {seconds:.3f} s > {cap:.0f} s (step time unknown)"
-    before = seconds - step_s
-    if before <= cap:
+    over = seconds - cap
+    if over <= STEPS_ALLOWED * step_s + 1e-9:  # logs print whole milliseconds
         return None
-    return (f"{what} time {seconds:.3f} s > {cap:.0f} s: {before - cap:.3f} s over the cap before "
-            f"its last step ({step_s * 1000:.1f} ms a step), more than the one step the official "
-            f"script allows")
+    return (f"{what} time {seconds:.3f} s > {cap:.0f} s: {over:.3f} s over, {over / step_s:.1f} "
+            f"steps of {step_s * 1000:.1f} ms, more than the last step (and the one the GPU "
+            f"was still running) that the official script lets pass the cap")

@@ -98,6 +98,8 @@ class _Run:
     steps: int | None = None
     train_time_ms: float | None = None
     step_avg_ms: float | None = None
+    # (step, train_time_ms) of the last two logged steps: the recent pace of a step.
+    timed_steps: list[tuple[int, float]] = field(default_factory=list)
     code_bytes: int | None = None
     code_bytes_compressed: int | None = None
     model_bytes: int | None = None
@@ -208,6 +210,7 @@ def _on_step(run: _Run, m: re.Match[str], _number: int) -> None:
     train_time, step_avg = _STEP_TIME.search(rest), _STEP_AVG.search(rest)
     if train_time:
         run.train_time_ms = float(train_time[1])
+        run.timed_steps = [*run.timed_steps[-1:], (run.steps, run.train_time_ms)]
     if step_avg:
         run.step_avg_ms = float(step_avg[1])
 
@@ -300,8 +303,12 @@ def _report(run: _Run, run_count: int, warnings: list[str]) -> dict[str, Any]:
 
 
 def _step_ms(run: _Run) -> float | None:
-    """How long a training step took, for the one-step time rule: the last logged
-    `step_avg`, else the training time over the steps."""
+    """How long a training step took, for the time rule: the pace between the last two
+    logged steps (the last steps of a run are often slower than its mean), else the last
+    logged `step_avg`, else the training time over the steps."""
+    if len(run.timed_steps) == 2 and run.timed_steps[1][0] > run.timed_steps[0][0]:
+        (first, first_ms), (last, last_ms) = run.timed_steps
+        return round((last_ms - first_ms) / (last - first), 3)
     if run.step_avg_ms is not None:
         return run.step_avg_ms
     if run.train_time_ms is not None and run.steps:

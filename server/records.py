@@ -32,11 +32,11 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from server import experiments, policies, scripts, tracks
+from server import experiments, officialboard, policies, scripts, tracks
 from server.config import get_settings
-from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
+from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS, time_reason
 from server.logparse import parse_log
-from server.models import Experiment, LogChunk, Run, RunEvent
+from server.models import Experiment, LogChunk, Run, RunEvent, as_utc
 from server.states import ExperimentStatus, RunStatus
 
 IMPORT_PROVIDER = "import"
@@ -105,6 +105,12 @@ class ImportResult:
     reasons: list[str] = field(default_factory=list)
     disagreements: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    track: str = ""
+    date: str = ""  # the record's date, YYYY-MM-DD
+    accepted: bool | None = None  # listed on the challenge's leaderboard; None: not known
+    official_score: float | None = None  # the leaderboard's score for it
+    stated_val_bpb: float | None = None  # submission.json's val_bpb
+    test: dict[str, Any] | None = None  # the record test: units, delta, p, and its reference
 
 
 # --- reading a records tree ------------------------------------------------------------
@@ -533,22 +539,31 @@ def log_reasons(parsed: dict[str, Any]) -> list[str]:
         reasons.append("artifact size not stated in the log")
     elif total > MAX_BYTES_TOTAL:
         reasons.append(f"bytes_total {total:,} > {MAX_BYTES_TOTAL:,}")
-    for what, ms, cap in (("train", parsed["train_time_ms"], MAX_TRAIN_SECONDS),
-                          ("eval", parsed["eval_time_ms"], MAX_EVAL_SECONDS)):
+    step_ms = parsed.get("step_ms")
+    for what, ms, step, cap in (("train", parsed["train_time_ms"], step_ms, MAX_TRAIN_SECONDS),
+                                ("eval", parsed["eval_time_ms"], None, MAX_EVAL_SECONDS)):
         if ms is None:
             reasons.append(f"{what} time not stated in the log")
-        elif ms / 1000 > cap:
-            reasons.append(f"{what} time {ms / 1000:.3f} s > {cap:.0f} s")
+            continue
+        # The official script stops after the step that reaches the cap: one step may pass it.
+        why = time_reason(what, ms / 1000, None if step is None else step / 1000, cap)
+        if why:
+            reasons.append(why)
     return reasons
 
 
 # --- import --------------------------------------------------------------------------
 
 
-def import_records(session: Session, root: Path, *,
-                   reference_bpb: float | None = None) -> list[ImportResult]:
-    """Import every records folder under `root`; folders imported before are left as they are."""
+def import_records(session: Session, root: Path, *, reference_bpb: float | None = None,
+                   readme: Path | None = None) -> list[ImportResult]:
+    """Import every records folder under `root`; folders imported before are left as they are.
+    Folders are read in path order (their dates within a track), so each is judged against
+    the records before it. `readme`: the challenge's README.md whose leaderboard tables say
+    which folders it accepted (default: found in `root` or above it; none: unknown)."""
     folders = find_record_folders(root)
+    readme = readme or officialboard.find_readme(root)
+    rows = officialboard.read_rows(readme) if readme is not None else None
     imported = _imported_keys(session)
     session.commit()  # ends the read: on SQLite an open transaction holds the write lock
     results = []
@@ -557,7 +572,8 @@ def import_records(session: Session, root: Path, *,
         if record.key in imported:
             results.append(_already(session, record.key, imported[record.key]))
         else:
-            results.append(import_record(session, record, reference_bpb=reference_bpb))
+            results.append(import_record(session, record, reference_bpb=reference_bpb,
+                                         official_rows=rows))
             if results[-1].experiment_id is not None:
                 imported[record.key] = results[-1].experiment_id
         session.commit()
@@ -578,17 +594,38 @@ def _already(session: Session, key: str, experiment_id: int) -> ImportResult:
                         n_seeds=experiment.n_succeeded, mean_val_bpb=experiment.mean_val_bpb,
                         eligible=experiment.eligible, reasons=list(experiment.reasons),
                         disagreements=list(source.get("disagreements", [])),
-                        notes=[f"already imported as experiment {experiment_id}"])
+                        notes=[f"already imported as experiment {experiment_id}"],
+                        **_verdict_fields(experiment))
 
 
-def import_record(session: Session, record: RecordFolder, *,
-                  reference_bpb: float | None = None) -> ImportResult:
-    """One finished experiment from one records folder, in one transaction."""
+def _verdict_fields(experiment: Experiment) -> dict[str, Any]:
+    """The experiment's verdict beside the challenge's, for ImportResult."""
+    source = experiment.source or {}
+    stats = experiment.stats or {}
+    test = stats.get("record_test") or stats
+    keep = ("units", "delta", "delta_bpb", "p", "threshold", "n", "bytes_per_token", "reference", "note")
+    return {"track": experiment.track, "date": as_utc(experiment.record_date).date().isoformat(),
+            "accepted": experiment.accepted,
+            "official_score": (source.get("official") or {}).get("score"),
+            "stated_val_bpb": _float((source.get("submission") or {}).get("val_bpb")),
+            "test": {key: test.get(key) for key in keep} if test else None}
+
+
+def import_record(session: Session, record: RecordFolder, *, reference_bpb: float | None = None,
+                  official_rows: list[officialboard.Row] | None = None) -> ImportResult:
+    """One finished experiment from one records folder, in one transaction. With the
+    official leaderboard's rows, `accepted` says whether it lists the folder."""
     if not record.logs:
         return ImportResult(key=record.key, experiment_id=None, created=False,
                             notes=[*record.notes, "no train log: nothing imported"])
     found = disagreements(record.submission, record.logs) + _duplicate_disagreements(record)
     experiment = _new_experiment(record, found, reference_bpb)
+    if official_rows is not None:
+        row = _official_row(record, experiment, official_rows)
+        experiment.accepted = row is not None
+        if row is not None:
+            experiment.source = {**(experiment.source or {}), "official": {
+                "run": row.run, "score": row.score, "date": row.date, "author": row.author}}
     session.add(experiment)
     session.flush()
     assert experiment.id is not None
@@ -601,7 +638,8 @@ def import_record(session: Session, record: RecordFolder, *,
     return ImportResult(key=record.key, experiment_id=experiment.id, created=True,
                         name=experiment.name, n_seeds=experiment.n_succeeded,
                         mean_val_bpb=experiment.mean_val_bpb, eligible=experiment.eligible,
-                        reasons=list(experiment.reasons), disagreements=found, notes=record.notes)
+                        reasons=list(experiment.reasons), disagreements=found, notes=record.notes,
+                        **_verdict_fields(experiment))
 
 
 def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
@@ -622,6 +660,17 @@ def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
         status=ExperimentStatus.running.value, created_at=date, record_date=date,
         track=tracks.from_folder(record.path.parent.name), reference_bpb=reference_bpb,
         source=source)
+
+
+def _official_row(record: RecordFolder, experiment: Experiment,
+                  rows: list[officialboard.Row]) -> officialboard.Row | None:
+    stated = _float(record.submission.get("val_bpb"))
+    scores = [log.val_bpb for log in record.logs if log.val_bpb is not None]
+    score = stated if stated is not None else (statistics.fmean(scores) if scores else None)
+    authors = {experiment.author, _text(record.submission.get("github_id"))}
+    return officialboard.accepted_row(rows, key=record.key, track=experiment.track, val_bpb=score,
+                                      date=as_utc(experiment.record_date).date().isoformat(),
+                                      authors=authors)
 
 
 def _add_run(session: Session, experiment_id: int, log: SeedLog) -> None:
