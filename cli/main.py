@@ -1,6 +1,7 @@
 """Entry point of the `caddie` console command."""
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -82,7 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        # The reader went away (`caddie import ... | head`): not an error worth a word.
+        # Python would flush stdout again at exit and complain, so point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (RuntimeError, ValueError, OSError) as error:
         print(f"caddie: {error}", file=sys.stderr)
         return 1

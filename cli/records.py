@@ -25,6 +25,12 @@ def register(subparsers: Any) -> None:
     tree.add_argument("--reference-bpb", type=reference_bpb, default=None,
                       help="judge significance against this val_bpb (default: the usual reference)")
     tree.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    tree.add_argument("--table", action="store_true",
+                      help="print one line per folder: record, official score, Caddie's score, "
+                           "the challenge's word, Caddie's verdict and its reasons, then counts")
+    tree.add_argument("--readme", type=Path, default=None,
+                      help="the challenge's README.md with the official leaderboard "
+                           "(default: found in DIR or above it)")
     tree.set_defaults(func=cmd_import)
     writing = subparsers.add_parser(
         "export", help="write an experiment as a records folder a reviewer can run")
@@ -50,9 +56,13 @@ def reference_bpb(text: str) -> float:
 
 def cmd_import(args: argparse.Namespace) -> int:
     with Session(get_engine()) as session:
-        results = records.import_records(session, args.dir, reference_bpb=args.reference_bpb)
+        results = records.import_records(session, args.dir, reference_bpb=args.reference_bpb,
+                                         readme=args.readme)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
+        return 0
+    if args.table:
+        print(verdict_table(results))
         return 0
     for result in results:
         print(summary(result))
@@ -77,6 +87,54 @@ def summary(result: records.ImportResult) -> str:
               for d in result.disagreements]
     lines += [f"  note: {note}" for note in result.notes]
     return "\n".join(lines)
+
+
+def verdict_table(results: list[records.ImportResult]) -> str:
+    """Tab-separated: track, folder, the challenge's word and score, Caddie's score and
+    verdict, the record test (Δ in its units, p, against which record), the reasons; then
+    the counts per track."""
+    head = ("track\tfolder\tchallenge\tofficial\tstated\tcaddie_mean\tn\tverdict\t"
+            "delta\tp\tagainst\treasons")
+    lines = [head]
+    for result in results:
+        test = result.test or {}
+        against = test.get("reference") or {}
+        lines.append("\t".join([
+            result.track, result.key.split("/", 1)[-1], _challenge_word(result.accepted),
+            _cell(result.official_score, 4), _cell(result.stated_val_bpb, 5),
+            _cell(result.mean_val_bpb, 5), str(result.n_seeds),
+            "eligible" if result.eligible else "not eligible",
+            f"{_cell(test.get('delta'), 5)} {test.get('units') or ''}".strip(), _cell(test.get("p"), 3),
+            _against(against), "; ".join(result.reasons)]))
+    return "\n".join(lines + ["", *verdict_counts(results)])
+
+
+def verdict_counts(results: list[records.ImportResult]) -> list[str]:
+    """Per track: folders, accepted by the challenge, eligible by Caddie, and both."""
+    lines = []
+    for track in sorted({result.track for result in results if result.track}):
+        mine = [r for r in results if r.track == track and r.experiment_id is not None]
+        accepted = [r for r in mine if r.accepted]
+        lines.append(f"{track}: {len(mine)} folders, {len(accepted)} accepted by the challenge, "
+                     f"{sum(r.eligible for r in mine)} record-eligible by Caddie, "
+                     f"{sum(r.eligible for r in accepted)} of the accepted eligible")
+    return lines
+
+
+def _challenge_word(accepted: bool | None) -> str:
+    return "unknown" if accepted is None else "accepted" if accepted else "not listed"
+
+
+def _cell(value: Any, decimals: int) -> str:
+    return f"{value:.{decimals}f}" if isinstance(value, (int, float)) else "-"
+
+
+def _against(reference: dict[str, Any]) -> str:
+    if reference.get("kind") in ("record", "experiment"):
+        return f"{reference.get('name')} {_cell(reference.get('val_bpb'), 5)} {reference.get('date')}"
+    if reference.get("kind") == "value":
+        return f"{_cell(reference.get('val_bpb'), 5)} ({reference.get('source')})"
+    return "nothing before it" if reference.get("kind") == "none" else "-"
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -2,6 +2,13 @@
 
 Facts of the challenge: code + compressed model <= 16,000,000 bytes (decimal); training
 <= 600 s and evaluation <= 600 s on 8×H100 SXM; the full validation split is scored.
+
+The time caps are judged as the challenge's own `train_gpt.py` keeps them: it reads its wall
+clock after each step, without waiting for the GPU, and stops after the step whose reading
+reached the cap; the time it logs at the end is read after waiting for the GPU. So a run
+legally ends up to its last step past 600 s, plus the step before it that the GPU may still
+have been running when the clock was read (`STEPS_ALLOWED`). A time is over the cap only when
+it is more than that past (`time_reason`); without a known step time the plain cap applies.
 """
 
 from dataclasses import dataclass
@@ -9,6 +16,9 @@ from dataclasses import dataclass
 MAX_BYTES_TOTAL = 16_000_000
 MAX_TRAIN_SECONDS = 600.0
 MAX_EVAL_SECONDS = 600.0
+# Steps a logged time may run past a cap: the last one, and one still on the GPU when the
+# official script read its clock (train_gpt.py: no synchronize before its cap check).
+STEPS_ALLOWED = 2
 RECORD_GPU_NAME = "H100"  # must appear in nvidia-smi's name, e.g. "NVIDIA H100 80GB HBM3"
 RECORD_GPU_COUNT = 8
 # Target tokens in the official validation split (first 50,000 documents), per tokenizer.
@@ -31,6 +41,8 @@ class Measurements:
     gpu_name: str | None
     gpu_count: int | None
     val_bpb: float | None
+    train_step_s: float | None = None  # how long a training step took (the last, or the mean)
+    eval_step_s: float | None = None  # how long an evaluation step took, where known
 
 
 def run_reasons(m: Measurements, *, clock_tolerance_s: float) -> list[str]:
@@ -57,14 +69,14 @@ def run_reasons(m: Measurements, *, clock_tolerance_s: float) -> list[str]:
 
 def _time_reasons(m: Measurements, clock_tolerance_s: float) -> list[str]:
     reasons: list[str] = []
-    if m.train_time_s is None:
-        reasons.append("train time unknown")
-    elif m.train_time_s > MAX_TRAIN_SECONDS:
-        reasons.append(f"train time {m.train_time_s:.1f} s > {MAX_TRAIN_SECONDS:.0f} s")
-    if m.eval_time_s is None:
-        reasons.append("eval time unknown")
-    elif m.eval_time_s > MAX_EVAL_SECONDS:
-        reasons.append(f"eval time {m.eval_time_s:.1f} s > {MAX_EVAL_SECONDS:.0f} s")
+    for what, seconds, step_s, cap in (("train", m.train_time_s, m.train_step_s, MAX_TRAIN_SECONDS),
+                                       ("eval", m.eval_time_s, m.eval_step_s, MAX_EVAL_SECONDS)):
+        if seconds is None:
+            reasons.append(f"{what} time unknown")
+            continue
+        why = time_reason(what, seconds, step_s, cap)
+        if why:
+            reasons.append(why)
     reported = (m.train_time_s or 0.0) + (m.eval_time_s or 0.0)
     if m.observed_wall_s is not None and reported > m.observed_wall_s + clock_tolerance_s:
         reasons.append(
@@ -72,3 +84,20 @@ def _time_reasons(m: Measurements, clock_tolerance_s: float) -> list[str]:
             f"the worker saw the process run {m.observed_wall_s:.1f} s"
         )
     return reasons
+
+
+def time_reason(what: str, seconds: float, step_s: float | None, cap: float) -> str | None:
+    """Why `seconds` of `what` (train or eval) break the cap, or None. The official script
+    checks its clock after each step, so the last step may end past the cap (with the step
+    the GPU was still running): over only when more than STEPS_ALLOWED steps (`step_s`
+    each) past the cap."""
+    if seconds <= cap:
+        return None
+    if step_s is None or not step_s > 0:
+        return f"{what} time {seconds:.3f} s > {cap:.0f} s (step time unknown)"
+    over = seconds - cap
+    if over <= STEPS_ALLOWED * step_s + 1e-9:  # logs print whole milliseconds
+        return None
+    return (f"{what} time {seconds:.3f} s > {cap:.0f} s: {over:.3f} s over, {over / step_s:.1f} "
+            f"steps of {step_s * 1000:.1f} ms, more than the last step (and the one the GPU "
+            f"was still running) that the official script lets pass the cap")

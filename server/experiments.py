@@ -23,14 +23,14 @@ from pydantic import (
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from server import ablation, costs, notify, policies, presets, reference, scripts
+from server import ablation, costs, notify, policies, presets, reference, scripts, tracks
 from server.config import Settings, get_settings
 from server.errors import Conflict, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
 from server.runs import get_run, transition, transition_free, update_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
-from server.statistics import Significance
+from server.statistics import Significance, bytes_per_token
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +265,9 @@ class ExperimentPublic(BaseModel):
     share_pods: bool
     variants: list[dict[str, Any]]
     source: dict[str, Any] | None  # where an imported experiment came from
+    track: str  # track_10min_16mb (the record track) or track_non_record_16mb
+    accepted: bool | None  # an import: listed on the challenge's leaderboard; None: our own
+    record_date: datetime  # an import's record date; our own: its submission time
     reproduces_id: int | None = None  # the imported record a re-run reproduces
     seed_env: dict[str, dict[str, str]] = Field(default_factory=dict)  # a re-run's env per seed
     cost_usd: float | None = None  # dollars its pods have cost so far
@@ -377,7 +380,10 @@ def create_experiment(session: Session, spec: ExperimentCreate, *, owner: str = 
     # A stored arm keeps what it changes: {"name", "config"} or, for a script, {"name", "env"}.
     fields["variants"] = [{"name": v.name, **({"env": v.env} if spec.kind == "script" else {"config": v.config})}
                           for v in spec.variants]
-    experiment = Experiment(**fields, owner=owner)
+    track = tracks.from_limits(kind=spec.kind, preset=spec.preset, config=spec.config, env=spec.env,
+                               gpu_count=spec.gpu_count)
+    experiment = Experiment(**fields, owner=owner, track=track)
+    experiment.record_date = experiment.created_at
     session.add(experiment)
     session.flush()
     assert experiment.id is not None
@@ -633,7 +639,52 @@ def _significance(session: Session, experiment: Experiment,
     if not scores:
         return None
     # Adaptive seeding aims at the experiment's own alpha; the stored result keeps the record's.
-    return reference.test_against_reference(session, experiment, scores, alpha=experiment.alpha)[0]
+    return reference.test_against_reference(session, experiment, scores, alpha=experiment.alpha,
+                                            per_token_bytes=_bytes_per_token(runs))[0]
+
+
+def _bytes_per_token(runs: list[Run]) -> float | None:
+    """Bytes per token of the validation set the counted seeds scored (per-token margin)."""
+    return bytes_per_token((run.val_loss, run.val_bpb) for run in policies.counted_runs(runs)
+                           if run.status == RunStatus.succeeded)
+
+
+def _tests(session: Session, experiment: Experiment,
+           runs: list[Run]) -> tuple[dict[str, Any] | None, str | None]:
+    """The stored tests and the reason the record test gives (None when it passes or was not
+    made). Eligibility is only ever against the standing record of the experiment's track; a
+    reference chosen at submission is the test shown, with the record test beside it."""
+    scores = _control_scores(runs)
+    if not scores:
+        return None, None
+    per_token = _bytes_per_token(runs)
+    record_against = reference.record_reference(session, experiment)
+    record, record_against = reference.test_against_reference(
+        session, experiment, scores, against=record_against, per_token_bytes=per_token)
+    record_stats = (reference.stored(record, record_against) if record is not None
+                    else {"reference": record_against, "note": record_against["source"]})
+    why = record.reason() if record is not None else None
+    if why and record is not None and record.p is None and len(scores) < MIN_RECORD_SEEDS:
+        why = None  # below the seed minimum an undefined test adds nothing the count does not say
+    if why:
+        why = f"{why}, against {_against_text(record_against)}"
+    chosen = reference.chosen_reference(session, experiment)
+    if chosen is None:
+        return record_stats, why
+    shown, chosen = reference.test_against_reference(
+        session, experiment, scores, against=chosen, per_token_bytes=per_token)
+    assert shown is not None  # a chosen reference is never "none"
+    return {**reference.stored(shown, chosen), "record_test": record_stats}, why
+
+
+def _against_text(against: dict[str, Any]) -> str:
+    """The reference in words, as a reason states it: name, id, score and date."""
+    score = against.get("val_bpb")
+    shown = f"val_bpb {score:.5f}" if isinstance(score, (int, float)) else "no score"
+    if against["kind"] in ("record", "experiment"):
+        return (f"{against.get('name')} (experiment {against['experiment_id']}, {shown}, "
+                f"{against.get('date')})")
+    return f"{shown} ({against['source']})"
 
 
 def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run]) -> None:
@@ -645,13 +696,9 @@ def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run])
     experiment.mean_val_bpb = statistics.fmean(scores) if scores else None
     experiment.std_val_bpb = statistics.stdev(scores) if len(scores) >= 2 else None
     experiment.reasons = experiment_reasons(runs)
-    if scores:
-        significance, against = reference.test_against_reference(session, experiment, scores)
-        experiment.stats = {**significance.to_dict(), "reference": against}
-        why = significance.reason()
-        # Below the seed minimum an undefined test adds nothing the seed count does not say.
-        if why and (significance.p is not None or len(scores) >= MIN_RECORD_SEEDS):
-            experiment.reasons = [*experiment.reasons, why]
+    experiment.stats, why = _tests(session, experiment, runs)
+    if why:
+        experiment.reasons = [*experiment.reasons, why]
     if experiment.variants:
         summary = ablation.summarize(experiment, all_runs)
         experiment.stats = {**(experiment.stats or {}), "ablation": summary}
@@ -659,7 +706,8 @@ def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run])
     all_cancelled = all(run.status == RunStatus.cancelled for run in all_runs)
     experiment.status = (ExperimentStatus.cancelled if all_cancelled
                          else ExperimentStatus.finished).value
-    experiment.finished_at = utcnow()
+    # An imported record finished on its record's date, not on the day it was imported.
+    experiment.finished_at = experiment.record_date if experiment.source is not None else utcnow()
 
 
 def experiment_reasons(runs: list[Run]) -> list[str]:

@@ -76,7 +76,9 @@ class LeaderboardEntry(BaseModel):
     max_bytes_total: int | None  # over succeeded seeds
     max_train_time_s: float | None
     max_eval_time_s: float | None
-    delta_nats: float | None  # mean − reference, nats per byte; the record rule wants <= −0.005
+    delta_nats: float | None  # mean − reference in delta_units; the record rule wants < −0.005
+    delta_units: str | None  # nats_per_token (the challenge's), or nats_per_byte
+    against: dict[str, Any] | None  # what Δ and p are against (server/reference.py)
     p: float | None  # one-sided p of the improvement over the reference (server/reference.py)
     cost_usd: float | None  # spent on its pods so far; None when no pod had a price
     eligible: bool
@@ -163,10 +165,10 @@ def _experiment_key(order: LeaderboardOrder) -> ColumnElement[Any]:
     stats = col(Experiment.stats)
     mean = col(Experiment.mean_val_bpb)
     if order is LeaderboardOrder.delta:
-        # As _delta_nats: the Welch reference's mean, else the reference value.
-        reference = func.coalesce(stats["reference_mean"].as_float(),
-                                  stats[("reference", "val_bpb")].as_float())
-        return (mean - reference) * math.log(2)
+        # As _delta_nats: the stored difference, else (older stats) per byte from the reference.
+        reference = func.coalesce(stats[("reference", "val_bpb")].as_float(),
+                                  stats["reference_mean"].as_float())
+        return func.coalesce(stats["delta"].as_float(), (mean - reference) * math.log(2))
     columns: dict[LeaderboardOrder, ColumnElement[Any]] = {
         LeaderboardOrder.rank: mean,
         LeaderboardOrder.p: stats["p"].as_float(),
@@ -211,6 +213,8 @@ def _entry(experiment: Experiment, runs: list[Run], position: int,
         max_train_time_s=_max(run.train_time_s for run in succeeded),
         max_eval_time_s=_max(run.eval_time_s for run in succeeded),
         delta_nats=_delta_nats(experiment),
+        delta_units=(experiment.stats or {}).get("units", "nats_per_byte") if experiment.stats else None,
+        against=(experiment.stats or {}).get("reference"),
         p=(experiment.stats or {}).get("p"),
         cost_usd=cost_usd,
         eligible=experiment.eligible,
@@ -220,7 +224,12 @@ def _entry(experiment: Experiment, runs: list[Run], position: int,
 
 
 def _delta_nats(experiment: Experiment) -> float | None:
-    """Mean minus the reference, in nats per byte (negative: better than the reference)."""
+    """Mean minus the reference (negative: better than the reference), in the units of the
+    stored test (`delta_units`: nats per token unless the seeds gave no val_loss); stats
+    stored before the per-token unit: nats per byte."""
+    stored = (experiment.stats or {}).get("delta")
+    if isinstance(stored, (int, float)):
+        return float(stored)
     reference = reference_bpb(experiment.stats)
     if reference is None or experiment.mean_val_bpb is None:
         return None

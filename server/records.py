@@ -27,10 +27,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from server import experiments, policies, scripts
-from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
+from server import experiments, officialboard, policies, scripts, tracks
+from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS, time_reason
 from server.logparse import parse_log
-from server.models import Experiment, LogChunk, Run, RunEvent
+from server.models import Experiment, LogChunk, Run, RunEvent, as_utc
 from server.states import ExperimentStatus, RunStatus
 
 IMPORT_PROVIDER = "import"
@@ -57,6 +57,10 @@ class SeedLog:
     parsed: dict[str, Any]
     seed: int = -1  # filled by _assign_seeds
     seed_from: str = "log"  # where the seed came from: log, file name, submission, order
+    # The seed's one counted log: why it was chosen over the seed's other logs ("" if alone);
+    # and, when it was an eval-only re-run, the log its training numbers come from.
+    chosen_why: str = ""
+    training_from: str | None = None
 
     @property
     def scored(self) -> bool:
@@ -79,6 +83,8 @@ class RecordFolder:
     logs: list[SeedLog]
     code: dict[str, str]  # file name -> text, the code the submission counted
     notes: list[str] = field(default_factory=list)
+    # Logs of a seed that already has its counted log: {"file", "seed", "counted", "why"}.
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -93,6 +99,12 @@ class ImportResult:
     reasons: list[str] = field(default_factory=list)
     disagreements: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    track: str = ""
+    date: str = ""  # the record's date, YYYY-MM-DD
+    accepted: bool | None = None  # listed on the challenge's leaderboard; None: not known
+    official_score: float | None = None  # the leaderboard's score for it
+    stated_val_bpb: float | None = None  # submission.json's val_bpb
+    test: dict[str, Any] | None = None  # the record test: units, delta, p, and its reference
 
 
 # --- reading a records tree ------------------------------------------------------------
@@ -155,6 +167,7 @@ def read_record_folder(folder: Path) -> RecordFolder:
                           submission=_read_submission(folder, notes), logs=_read_logs(folder, notes),
                           code=_read_code(folder, notes), notes=notes)
     _assign_seeds(record)
+    _one_log_per_seed(record)
     return record
 
 
@@ -260,6 +273,72 @@ def _assign_seeds(record: RecordFolder) -> None:
             record.notes.append(f"{log.file} states no seed; numbered {log.seed}")
 
 
+def _one_log_per_seed(record: RecordFolder) -> None:
+    """A seed is one sample, however many logs it left (re-runs, eval-only re-scorings of
+    the same artifact): keep one log per seed and list the others as duplicates.
+
+    The counted log is, in order: the one whose score the submission states for that seed
+    (`seed_results`), the one whose score is the submission's `val_bpb`, else the last full
+    run (a log that shows training) in file order, else the last scored one. An eval-only
+    re-run that is counted takes its training numbers (time, steps, sizes) from the seed's
+    training log, since it scored that run's artifact."""
+    by_seed: dict[int, list[SeedLog]] = {}
+    for log in record.logs:
+        by_seed.setdefault(log.seed, []).append(log)
+    kept: list[SeedLog] = []
+    for seed, logs in by_seed.items():
+        if len(logs) == 1:
+            kept.append(logs[0])
+            continue
+        chosen, why = _counted_log(record.submission, seed, logs)
+        chosen.chosen_why = why
+        _borrow_training(chosen, logs)
+        kept.append(chosen)
+        others = [log for log in logs if log is not chosen]
+        record.duplicates += [{"file": log.file, "seed": seed, "counted": chosen.file,
+                               "val_bpb": log.val_bpb, "why": why} for log in others]
+        record.notes.append(f"seed {seed} has {len(logs)} logs; counted once, from {chosen.file} "
+                            f"({why}); not counted: {', '.join(log.file for log in others)}")
+    record.logs = kept
+
+
+def _counted_log(submission: dict[str, Any], seed: int, logs: list[SeedLog]) -> tuple[SeedLog, str]:
+    scored = [log for log in logs if log.scored]
+    if not scored:
+        return logs[-1], "none of them has a final score; the last in file order"
+    for source_name, stated_seed, entry in _seed_entries(submission):
+        stated = entry.get("val_bpb")
+        match = [log for log in scored if stated_seed == seed and _float(stated) is not None
+                 and _close(_float(stated), log.val_bpb or 0.0, stated)]
+        if match:
+            return match[-1], f"its val_bpb is the one submission.json's {source_name} states"
+    stated = submission.get("val_bpb")
+    match = [log for log in scored
+             if _float(stated) is not None and _close(_float(stated), log.val_bpb or 0.0, stated)]
+    if match:
+        return match[-1], "its val_bpb is submission.json's val_bpb"
+    trained = [log for log in scored if log.parsed["train_time_ms"] is not None]
+    if trained:
+        return trained[-1], "the last full run (training and score) in file order"
+    return scored[-1], "the last scored log in file order"
+
+
+_TRAINING_FIELDS = ("train_time_ms", "steps", "step_ms", "step_avg_ms", "bytes_total",
+                    "code_bytes", "model_bytes", "val_tokens")
+
+
+def _borrow_training(chosen: SeedLog, logs: list[SeedLog]) -> None:
+    if chosen.parsed["train_time_ms"] is not None:
+        return
+    trained = [log for log in logs if log is not chosen and log.parsed["train_time_ms"] is not None]
+    if not trained:
+        return
+    source = trained[-1]
+    chosen.parsed = {**chosen.parsed, **{key: source.parsed.get(key) for key in _TRAINING_FIELDS
+                                          if chosen.parsed.get(key) is None}}
+    chosen.training_from = source.file
+
+
 def _seed_or_none(value: Any) -> int | None:
     """A seed the run table can hold (non-negative int32, as the API takes them)."""
     seed = _int(value)
@@ -355,6 +434,21 @@ def _seed_set_disagreement(submission: dict[str, Any], scored: list[SeedLog]) ->
     return [_disagreement("seeds", sorted(stated), sorted(logged), "; ".join(parts))]
 
 
+def _duplicate_disagreements(record: RecordFolder) -> list[dict[str, Any]]:
+    """Each seed with more than one log, as a disagreement: which log counted and why."""
+    seeds: dict[int, list[str]] = {}
+    for duplicate in record.duplicates:
+        seeds.setdefault(duplicate["seed"], []).append(duplicate["file"])
+    found = []
+    for log in record.logs:
+        if log.seed in seeds:
+            found.append(_disagreement(
+                f"seeds.{log.seed}.logs", log.file, seeds[log.seed],
+                f"{len(seeds[log.seed]) + 1} logs of seed {log.seed}, one sample: counted "
+                f"{log.file} ({log.chosen_why}), not the others"))
+    return found
+
+
 # Per-seed fields of submission.json and the parser's name for each.
 _SEED_FIELDS = (("val_bpb", "val_bpb"), ("val_loss", "val_loss"), ("bytes_total", "bytes_total"),
                 ("artifact_bytes", "bytes_total"), ("steps", "steps"))
@@ -439,22 +533,31 @@ def log_reasons(parsed: dict[str, Any]) -> list[str]:
         reasons.append("artifact size not stated in the log")
     elif total > MAX_BYTES_TOTAL:
         reasons.append(f"bytes_total {total:,} > {MAX_BYTES_TOTAL:,}")
-    for what, ms, cap in (("train", parsed["train_time_ms"], MAX_TRAIN_SECONDS),
-                          ("eval", parsed["eval_time_ms"], MAX_EVAL_SECONDS)):
+    step_ms = parsed.get("step_ms")
+    for what, ms, step, cap in (("train", parsed["train_time_ms"], step_ms, MAX_TRAIN_SECONDS),
+                                ("eval", parsed["eval_time_ms"], None, MAX_EVAL_SECONDS)):
         if ms is None:
             reasons.append(f"{what} time not stated in the log")
-        elif ms / 1000 > cap:
-            reasons.append(f"{what} time {ms / 1000:.3f} s > {cap:.0f} s")
+            continue
+        # The official script stops after the step that reaches the cap: one step may pass it.
+        why = time_reason(what, ms / 1000, None if step is None else step / 1000, cap)
+        if why:
+            reasons.append(why)
     return reasons
 
 
 # --- import --------------------------------------------------------------------------
 
 
-def import_records(session: Session, root: Path, *,
-                   reference_bpb: float | None = None) -> list[ImportResult]:
-    """Import every records folder under `root`; folders imported before are left as they are."""
+def import_records(session: Session, root: Path, *, reference_bpb: float | None = None,
+                   readme: Path | None = None) -> list[ImportResult]:
+    """Import every records folder under `root`; folders imported before are left as they are.
+    Folders are read in path order (their dates within a track), so each is judged against
+    the records before it. `readme`: the challenge's README.md whose leaderboard tables say
+    which folders it accepted (default: found in `root` or above it; none: unknown)."""
     folders = find_record_folders(root)
+    readme = readme or officialboard.find_readme(root)
+    rows = officialboard.read_rows(readme) if readme is not None else None
     imported = _imported_keys(session)
     session.commit()  # ends the read: on SQLite an open transaction holds the write lock
     results = []
@@ -463,7 +566,8 @@ def import_records(session: Session, root: Path, *,
         if record.key in imported:
             results.append(_already(session, record.key, imported[record.key]))
         else:
-            results.append(import_record(session, record, reference_bpb=reference_bpb))
+            results.append(import_record(session, record, reference_bpb=reference_bpb,
+                                         official_rows=rows))
             if results[-1].experiment_id is not None:
                 imported[record.key] = results[-1].experiment_id
         session.commit()
@@ -484,17 +588,38 @@ def _already(session: Session, key: str, experiment_id: int) -> ImportResult:
                         n_seeds=experiment.n_succeeded, mean_val_bpb=experiment.mean_val_bpb,
                         eligible=experiment.eligible, reasons=list(experiment.reasons),
                         disagreements=list(source.get("disagreements", [])),
-                        notes=[f"already imported as experiment {experiment_id}"])
+                        notes=[f"already imported as experiment {experiment_id}"],
+                        **_verdict_fields(experiment))
 
 
-def import_record(session: Session, record: RecordFolder, *,
-                  reference_bpb: float | None = None) -> ImportResult:
-    """One finished experiment from one records folder, in one transaction."""
+def _verdict_fields(experiment: Experiment) -> dict[str, Any]:
+    """The experiment's verdict beside the challenge's, for ImportResult."""
+    source = experiment.source or {}
+    stats = experiment.stats or {}
+    test = stats.get("record_test") or stats
+    keep = ("units", "delta", "delta_bpb", "p", "threshold", "n", "bytes_per_token", "reference", "note")
+    return {"track": experiment.track, "date": as_utc(experiment.record_date).date().isoformat(),
+            "accepted": experiment.accepted,
+            "official_score": (source.get("official") or {}).get("score"),
+            "stated_val_bpb": _float((source.get("submission") or {}).get("val_bpb")),
+            "test": {key: test.get(key) for key in keep} if test else None}
+
+
+def import_record(session: Session, record: RecordFolder, *, reference_bpb: float | None = None,
+                  official_rows: list[officialboard.Row] | None = None) -> ImportResult:
+    """One finished experiment from one records folder, in one transaction. With the
+    official leaderboard's rows, `accepted` says whether it lists the folder."""
     if not record.logs:
         return ImportResult(key=record.key, experiment_id=None, created=False,
                             notes=[*record.notes, "no train log: nothing imported"])
-    found = disagreements(record.submission, record.logs)
+    found = disagreements(record.submission, record.logs) + _duplicate_disagreements(record)
     experiment = _new_experiment(record, found, reference_bpb)
+    if official_rows is not None:
+        row = _official_row(record, experiment, official_rows)
+        experiment.accepted = row is not None
+        if row is not None:
+            experiment.source = {**(experiment.source or {}), "official": {
+                "run": row.run, "score": row.score, "date": row.date, "author": row.author}}
     session.add(experiment)
     session.flush()
     assert experiment.id is not None
@@ -507,22 +632,39 @@ def import_record(session: Session, record: RecordFolder, *,
     return ImportResult(key=record.key, experiment_id=experiment.id, created=True,
                         name=experiment.name, n_seeds=experiment.n_succeeded,
                         mean_val_bpb=experiment.mean_val_bpb, eligible=experiment.eligible,
-                        reasons=list(experiment.reasons), disagreements=found, notes=record.notes)
+                        reasons=list(experiment.reasons), disagreements=found, notes=record.notes,
+                        **_verdict_fields(experiment))
 
 
 def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
                     reference_bpb: float | None) -> Experiment:
     stated = record.submission
     name = _text(stated.get("name")) or record.path.name
+    date = _date(stated.get("date"), record.path.name)
     source = {"key": record.key, "path": str(record.path.resolve()), "submission": stated,
               "disagreements": found, "notes": record.notes,
               "logs": [{"file": log.file, "sha256": log.sha256, "seed": log.seed,
-                        "seed_from": log.seed_from} for log in record.logs]}
+                        "seed_from": log.seed_from, "counted": True,
+                        "why": log.chosen_why or None, "training_from": log.training_from}
+                       for log in record.logs],
+              "duplicate_logs": record.duplicates}
     return Experiment(
         name=name[:200], author=_text(stated.get("author"))[:100], preset=IMPORT_PRESET,
         seeds=[log.seed for log in record.logs], provider=IMPORT_PROVIDER, kind="script",
-        status=ExperimentStatus.running.value, created_at=_date(stated.get("date"), record.path.name),
-        reference_bpb=reference_bpb, source=source)
+        status=ExperimentStatus.running.value, created_at=date, record_date=date,
+        track=tracks.from_folder(record.path.parent.name), reference_bpb=reference_bpb,
+        source=source)
+
+
+def _official_row(record: RecordFolder, experiment: Experiment,
+                  rows: list[officialboard.Row]) -> officialboard.Row | None:
+    stated = _float(record.submission.get("val_bpb"))
+    scores = [log.val_bpb for log in record.logs if log.val_bpb is not None]
+    score = stated if stated is not None else (statistics.fmean(scores) if scores else None)
+    authors = {experiment.author, _text(record.submission.get("github_id"))}
+    return officialboard.accepted_row(rows, key=record.key, track=experiment.track, val_bpb=score,
+                                      date=as_utc(experiment.record_date).date().isoformat(),
+                                      authors=authors)
 
 
 def _add_run(session: Session, experiment_id: int, log: SeedLog) -> None:

@@ -7,6 +7,9 @@ from pathlib import Path
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RECORD_LOGS = FIXTURES / "record-logs"
 TOKENIZERS = FIXTURES / "tokenizers"
+# A small challenge repository of our own in the real layout: README.md with the two
+# leaderboard tables, records/<track>/<date>_<name>/ folders (tests/fixtures/README.md).
+RECORDS_TREE = FIXTURES / "records-tree"
 SP1024 = TOKENIZERS / "fineweb_1024_bpe.model"
 SP8192 = TOKENIZERS / "fineweb_8192_bpe.model"
 
@@ -21,3 +24,9 @@ def fixture_bytes(path: Path) -> bytes:
 def record_log(name: str) -> bytes:
     """A record log of `tests/fixtures/record-logs/` by file name."""
     return fixture_bytes(RECORD_LOGS / name)
+
+
+def records_tree() -> Path:
+    """The root of `tests/fixtures/records-tree/`; FileNotFoundError when the checkout lacks it."""
+    fixture_bytes(RECORDS_TREE / "README.md")
+    return RECORDS_TREE

@@ -30,7 +30,8 @@ class AblationTable:
 
 
 def threshold_bpb(stats: dict[str, Any] | None) -> float | None:
-    """The mean a record must be below, in val_bpb; None when the test was per token."""
+    """The mean a record must be below, in val_bpb (a per-token threshold through the bytes
+    per token the test used); None when it cannot be said."""
     stats = stats or {}
     threshold = stats.get("threshold")
     if not isinstance(threshold, (int, float)):
@@ -40,7 +41,26 @@ def threshold_bpb(stats: dict[str, Any] | None) -> float | None:
         return float(threshold)
     if units == Units.NATS_PER_BYTE:
         return threshold / math.log(2)
+    per_token = stats.get("bytes_per_token")
+    if isinstance(per_token, (int, float)) and per_token > 0:
+        return threshold / (math.log(2) * per_token)
     return None
+
+
+def against_text(reference: dict[str, Any] | None) -> str:
+    """What a test was against, in words: the record's name, val_bpb and date, or the value
+    and where it came from."""
+    if not isinstance(reference, dict):
+        return MISSING
+    score = reference.get("val_bpb")
+    shown = f"val_bpb {score:.5f}" if isinstance(score, (int, float)) else ""
+    if reference.get("kind") in ("record", "experiment"):
+        parts = [str(reference.get("name") or f"experiment {reference.get('experiment_id')}"),
+                 shown, str(reference.get("date") or "")]
+        return ", ".join(part for part in parts if part) + f" ({reference.get('source')})"
+    if reference.get("kind") == "none":
+        return f"nothing: {reference.get('source')}"
+    return f"{shown} ({reference.get('source')})"
 
 
 def number(value: Any, digits: int = 4) -> str:

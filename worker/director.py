@@ -285,7 +285,7 @@ class RunDirector:
             bytes_total=code_bytes + artifact_bytes, train_time_s=numbers["train_time_s"],
             eval_time_s=numbers["eval_time_s"], observed_wall_s=_wall_s(run),
             val_tokens=numbers["val_tokens"], gpu_name=run.gpu_name, gpu_count=run.gpu_count,
-            val_bpb=numbers["val_bpb"])
+            val_bpb=numbers["val_bpb"], train_step_s=_step_s(numbers))
         reasons = run_reasons(measured, clock_tolerance_s=self.settings.clock_tolerance_s)
         if code_bytes != run.code_bytes:
             reasons.append(f"code on the pod is {code_bytes:,} bytes, {run.code_bytes:,} were uploaded")
@@ -329,7 +329,8 @@ class RunDirector:
         measured = Measurements(
             bytes_total=code_bytes + len(artifact), train_time_s=numbers["train_time_s"],
             eval_time_s=numbers["eval_time_s"], observed_wall_s=_wall_s(run), val_tokens=numbers["val_tokens"],
-            gpu_name=run.gpu_name, gpu_count=run.gpu_count, val_bpb=numbers["val_bpb"])
+            gpu_name=run.gpu_name, gpu_count=run.gpu_count, val_bpb=numbers["val_bpb"],
+            train_step_s=parsed["step_ms"] / 1000 if parsed.get("step_ms") else _step_s(numbers))
         reasons = run_reasons(measured, clock_tolerance_s=self.settings.clock_tolerance_s) + log_reasons
         if code_bytes != run.code_bytes:
             reasons.append(f"code on the pod is {code_bytes:,} bytes, {run.code_bytes:,} were uploaded")
@@ -933,3 +934,9 @@ def _get_if_there(remote: Remote, path: str, local: Path) -> None:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _step_s(numbers: dict[str, Any]) -> float | None:
+    """A training step's mean time (training time over steps), for the one-step time rule."""
+    train_s, steps = numbers.get("train_time_s"), numbers.get("steps")
+    return train_s / steps if train_s is not None and steps else None

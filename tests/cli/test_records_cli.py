@@ -82,3 +82,34 @@ def test_a_reference_bpb_the_api_would_refuse_is_a_usage_error(env: dict[str, st
     assert "--reference-bpb" in result.stderr and "Traceback" not in result.stderr
     listed = caddie(env, "import", "records", str(tmp_path / "records"), "--json")
     assert [r["created"] for r in json.loads(listed.stdout)] == [True]  # nothing was stored before
+
+
+def test_the_verdict_table_puts_both_words_side_by_side_and_counts(env: dict[str, str]) -> None:
+    from tests.fixture_files import records_tree
+
+    result = caddie(env, "import", "records", str(records_tree() / "records"), "--table")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split("\t")[:8] == ["track", "folder", "challenge", "official", "stated",
+                                        "caddie_mean", "n", "verdict"]
+    rows = {line.split("\t")[1]: line.split("\t") for line in lines[1:] if "\t" in line}
+    rescored = rows["2026-03-20_Rescored"]
+    assert rescored[2:8] == ["accepted", "1.2100", "1.21000", "1.21000", "3", "eligible"]
+    assert rescored[8].endswith("nats_per_token") and rescored[10] == "Middle 1.22000 2026-03-18"
+    assert rows["2026-03-19_NotListed"][2] == "not listed"
+    assert "track_10min_16mb: 5 folders, 4 accepted by the challenge" in result.stdout
+
+
+def test_a_closed_pipe_ends_the_command_quietly(env: dict[str, str]) -> None:
+    """As `caddie import records DIR | head` when head has gone: stdout's reader is closed
+    before the command writes a line."""
+    from tests.fixture_files import records_tree
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "import", "records", str(records_tree() / "records")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 0
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr and "Exception" not in stderr

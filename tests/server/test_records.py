@@ -264,8 +264,31 @@ def test_log_reasons_apply_the_challenge_limits() -> None:
     assert records.log_reasons(parsed) == []
     late = {**parsed, "bytes_total": 16_000_001, "train_time_ms": 600_038, "eval_time_ms": None}
     assert records.log_reasons(late) == ["bytes_total 16,000,001 > 16,000,000",
-                                         "train time 600.038 s > 600 s",
+                                         "train time 600.038 s > 600 s (step time unknown)",
                                          "eval time not stated in the log"]
+
+
+def test_training_may_end_past_the_cap_by_the_steps_the_official_script_allows() -> None:
+    # The baseline's own log: "stopping_early: wallclock_cap train_time:600038ms
+    # step:13780/20000", its last logged steps at 43.73 ms each.
+    parsed = {"score": {"val_bpb": 1.2}, "bytes_total": 15_000_000, "eval_time_ms": 1_000,
+              "train_time_ms": 600_038, "step_ms": 43.73}
+    assert records.log_reasons(parsed) == []
+    at_the_boundary = {**parsed, "train_time_ms": 600_086, "step_ms": 43.0}
+    assert records.log_reasons(at_the_boundary) == []  # the last step and one still running
+    just_over = {**parsed, "train_time_ms": 600_090, "step_ms": 43.0}
+    assert records.log_reasons(just_over) == [
+        "train time 600.090 s > 600 s: 0.090 s over, 2.1 steps of 43.0 ms, more than the last "
+        "step (and the one the GPU was still running) that the official script lets pass the cap"]
+    assert records.log_reasons({**parsed, "train_time_ms": 612_000, "step_ms": 85.0})[0].startswith(
+        "train time 612.000 s > 600 s: 12.000 s over, 141.2 steps of 85.0 ms")
+
+
+def test_the_time_rule_reads_the_last_steps_pace_from_the_log() -> None:
+    baseline = parse_log(record_log("naive_baseline.log"))
+    # step:13750 at 598726 ms, step:13780 at 600038 ms: 43.733 ms a step.
+    assert (baseline["train_time_ms"], baseline["step_ms"]) == (600_038, 43.733)
+    assert not [r for r in records.log_reasons(baseline) if r.startswith("train time")]
 
 
 def test_the_worker_and_the_reconciler_leave_imported_runs_alone(

@@ -111,7 +111,8 @@ def test_export_of_a_trainer_experiment(session: Session, data_dir: Path) -> Non
     assert files["train_seed42.log"] == b"seed:42\nfinal_int8_zlib_roundtrip_exact val_loss:2.0 val_bpb:1.2011\n"
     readme = files["README.md"].decode()
     assert "| 42 | 1.20110000 | " in readme and f"| {len(script) + 15_750_000:,} |" in readme
-    assert "one-sided one-sample t-test, in bits_per_byte" in readme
+    # The stored test is per token (the challenge's unit), and the README says so.
+    assert "one-sided one-sample t-test, in nats_per_token" in readme
     assert f"t {experiment.stats['t']:.3f}, df 2.00" in readme
     assert '"mlp_mult": 3' in readme and "--config run.json" not in readme and str(data_dir) not in readme
     for seed in (1337, 42, 7):

@@ -1,0 +1,106 @@
+"""Caddie's verdict on a records tree held against the challenge's: tracks, record dates,
+the README's acceptance, the as-of-date reference, duplicate logs of a seed, and the time
+rule; on `tests/fixtures/records-tree/` (our own files in the real layout)."""
+
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from server import records
+from server.models import Experiment, Run, as_utc
+from tests.fixture_files import records_tree
+
+
+@pytest.fixture
+def imported(session: Session) -> dict[str, Experiment]:
+    results = records.import_records(session, records_tree() / "records")
+    assert all(result.created for result in results)
+    experiments = session.exec(select(Experiment)).all()
+    session.commit()
+    return {e.source["key"].rsplit("_", 1)[1]: e for e in experiments if e.source}  # type: ignore[index]
+
+
+def test_tracks_dates_and_the_challenges_word(imported: dict[str, Experiment]) -> None:
+    assert {name: e.track for name, e in imported.items()} == {
+        "Base": "track_10min_16mb", "Middle": "track_10min_16mb",
+        "NotListed": "track_10min_16mb", "Rescored": "track_10min_16mb",
+        "Later": "track_10min_16mb", "TwoHours": "track_non_record_16mb"}
+    later = imported["Later"]
+    assert as_utc(later.record_date).isoformat() == "2026-03-25T10:00:00+00:00"
+    assert as_utc(later.finished_at).isoformat() == "2026-03-25T10:00:00+00:00"  # not today
+    # Linked by folder, or (Rescored) by score, date and author; NotListed is in no table.
+    assert {name: e.accepted for name, e in imported.items()} == {
+        "Base": True, "Middle": True, "NotListed": False, "Rescored": True, "Later": True,
+        "TwoHours": True}
+    assert imported["Rescored"].source["official"]["score"] == 1.21  # type: ignore[index]
+
+
+def test_each_import_is_tested_against_the_best_accepted_record_before_it(
+        imported: dict[str, Experiment]) -> None:
+    against = {name: (e.stats or {}).get("reference", {}) for name, e in imported.items()}
+    assert against["Base"]["kind"] == "none"  # the first record of its track
+    assert against["TwoHours"]["kind"] == "none"  # nothing before it on the non-record track
+    assert against["Middle"]["experiment_id"] == imported["Base"].id
+    # Not NotListed (better, but not accepted), not Later (better, but after it), not itself.
+    assert (against["Rescored"]["experiment_id"], against["Rescored"]["name"],
+            against["Rescored"]["date"]) == (imported["Middle"].id, "Middle", "2026-03-18")
+    assert against["Later"]["experiment_id"] == imported["Rescored"].id
+    rescored = imported["Rescored"].stats or {}
+    assert rescored["units"] == "nats_per_token" and rescored["delta"] < -0.005
+    assert rescored["p"] < 0.01 and imported["Rescored"].eligible is True
+    # Middle is 0.0044 bpb better than Base: 0.0074 nats per token, past the margin but with
+    # three seeds not at p < 0.01; the reason says p, its unit and the record against.
+    assert (imported["Middle"].stats or {})["delta"] == pytest.approx(-0.0044 * 1.68872, abs=1e-4)
+    (why,) = imported["Middle"].reasons
+    assert why.startswith("not significant: p=0.0") and "nats_per_token" in why
+    assert f"against Base (experiment {imported['Base'].id}, val_bpb 1.22440, 2026-03-17)" in why
+
+
+def test_eval_only_reruns_of_a_seed_are_one_sample(session: Session,
+                                                   imported: dict[str, Experiment]) -> None:
+    rescored = imported["Rescored"]
+    runs = session.exec(select(Run).where(Run.experiment_id == rescored.id)).all()
+    session.commit()
+    assert sorted(run.seed for run in runs) == [1, 2, 3]
+    # The logs submission.json's seed_results state, training numbers from the train logs.
+    assert sorted(run.val_bpb for run in runs) == [1.209, 1.21, 1.211]  # type: ignore[type-var]
+    assert {run.train_time_s for run in runs} == {599.99}
+    assert rescored.mean_val_bpb == pytest.approx(1.2100)
+    logs = {log["file"]: log for log in rescored.source["logs"]}  # type: ignore[index]
+    assert logs["ttt_rerun/seed_1.log"]["training_from"] == "train_seed1.log"
+    assert "seed_results" in logs["ttt_rerun/seed_1.log"]["why"]
+    duplicates = {d["file"] for d in rescored.source["duplicate_logs"]}  # type: ignore[index]
+    assert duplicates == {"train_seed1.log", "train_seed2.log", "train_seed3.log"}
+    fields = {d["field"] for d in rescored.source["disagreements"]}  # type: ignore[index]
+    assert {"seeds.1.logs", "seeds.2.logs", "seeds.3.logs"} <= fields
+
+
+def test_a_seed_stated_only_in_a_settings_line_is_read(session: Session,
+                                                       imported: dict[str, Experiment]) -> None:
+    logs = imported["Middle"].source["logs"]  # type: ignore[index]
+    assert sorted((log["seed"], log["seed_from"]) for log in logs) == [
+        (1, "log"), (2, "log"), (3, "log")]
+
+
+def test_a_step_past_600_s_is_no_reason_and_a_two_hour_run_is(
+        imported: dict[str, Experiment]) -> None:
+    assert imported["Base"].reasons == []  # seed 1 stopped at 600.080 s, 43 ms a step
+    (two_hours,) = [r for r in imported["TwoHours"].reasons if "train time" in r]
+    assert two_hours.startswith("seed 1: train time 7200.000 s > 600 s: 6600.000 s over")
+
+
+def test_a_second_import_adds_nothing(session: Session, imported: dict[str, Experiment]) -> None:
+    again = records.import_records(session, records_tree() / "records")
+    assert not any(result.created for result in again)
+    assert [(r.key, r.accepted, r.eligible) for r in again if r.key.endswith("Rescored")] == [
+        ("track_10min_16mb/2026-03-20_Rescored", True, True)]
+    assert len(session.exec(select(Experiment)).all()) == len(imported)
+    session.commit()
+
+
+def test_without_a_readme_acceptance_is_unknown(session: Session, tmp_path: Path) -> None:
+    import shutil
+    shutil.copytree(records_tree() / "records", tmp_path / "records")
+    results = records.import_records(session, tmp_path / "records")
+    assert {result.accepted for result in results} == {None}
