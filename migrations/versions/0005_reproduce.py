@@ -1,6 +1,6 @@
 """Re-runs of submissions: the experiment a re-run reproduces and its per-seed environment.
 
-Revision ID: 0005_reproduce
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-07
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0005_reproduce'
+revision: str = '0005'
 down_revision: str | None = '0004'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

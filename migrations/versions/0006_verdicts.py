@@ -1,8 +1,8 @@
 """Verdicts as the challenge gives them: each experiment's track, whether the challenge
 accepted an imported record, and the date its chronology counts from.
 
-Revision ID: 0005_verdicts
-Revises: 0005_reproduce
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-07
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0005_verdicts'
-down_revision: str | None = '0005_reproduce'
+revision: str = '0006'
+down_revision: str | None = '0005'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
