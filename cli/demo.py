@@ -106,7 +106,7 @@ def run_demo(settings: Settings, *, seeds: list[int], port: int, timeout_s: floa
         experiment = api(f"{stack.url}/api/experiments", "POST", spec, token=demo_token())
         print(f"submitted experiment {experiment['id']} with seeds {seeds}", flush=True)
         follow(stack.url, experiment["id"], stack, timeout_s)
-        print_leaderboard(api(f"{stack.url}/api/leaderboard?author=caddie-demo&limit=200"), experiment["id"])
+        print_leaderboard(api(f"{stack.url}/api/leaderboard?author=caddie-demo&unverified=true&failed=true&limit=200"), experiment["id"])
     finally:
         stack.stop()
     return 0

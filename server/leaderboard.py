@@ -1,5 +1,12 @@
 """The leaderboard: finished experiments ranked by mean val_bpb, each with every seed.
 
+The rank is the place on the board: among the finished experiments whose score Caddie measured
+itself (`verified`, below) and that have one, by mean val_bpb. Filters (author, preset,
+provider, eligible) hide rows and never renumber them. Experiments whose score Caddie did not
+measure (a participant's script prints its own val_bpb; an import's score comes from the
+submission's logs) and experiments with no succeeded seed are shown only when asked for
+(`unverified`, `failed`), without a rank.
+
 Four queries per page whatever its size and order: the count, the page of experiments, then
 the runs and the pod costs of all of them at once. Every order is sorted and paged in SQL: the
 page query ranks every matching experiment (a window over mean val_bpb, so an entry keeps its
@@ -16,13 +23,14 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import func
+from sqlalchemy import and_, func
 from sqlalchemy.sql.expression import ColumnElement, Subquery
 from sqlmodel import Session, col, select
 
 from server.costs import costs_by_experiment, experiment_costs
 from server.models import Experiment, Run
 from server.policies import CONTROL, counted_runs
+from server.records import IMPORT_PROVIDER
 from server.reference import reference_bpb
 from server.states import ExperimentStatus, RunStatus
 
@@ -46,6 +54,24 @@ class LeaderboardOrder(StrEnum):
     author = "author"  # case-insensitive
 
 
+# Where an experiment's val_bpb comes from, as the board and the API name it.
+SCORE_MEASURED = "measured by Caddie"  # the bundled trainer, run on a pod the worker verified
+SCORE_SCRIPT_LOG = "printed by the participant's script"  # bytes and times measured, score not
+SCORE_SUBMISSION_LOGS = "read from the submission's logs"  # an import: nothing re-measured
+
+
+def score_source(*, kind: str, provider: str) -> str:
+    """Who produced the experiment's val_bpb (one of the SCORE_* phrases)."""
+    if provider == IMPORT_PROVIDER:
+        return SCORE_SUBMISSION_LOGS
+    return SCORE_MEASURED if kind == "trainer" else SCORE_SCRIPT_LOG
+
+
+def _verified() -> ColumnElement[bool]:
+    """SQL twin of `score_source(...) == SCORE_MEASURED`."""
+    return and_(col(Experiment.kind) == "trainer", col(Experiment.provider) != IMPORT_PROVIDER)
+
+
 class LeaderboardSeed(BaseModel):
     run_id: int
     seed: int
@@ -63,12 +89,17 @@ class LeaderboardSeed(BaseModel):
 
 
 class LeaderboardEntry(BaseModel):
-    rank: int | None  # 1 = lowest mean val_bpb; None when no seed was scored
+    # The place on the board (1 = lowest mean val_bpb among verified, scored experiments),
+    # whatever the filters; None when unscored or unverified.
+    rank: int | None
     experiment_id: int
     name: str
     author: str
     preset: str
     provider: str
+    kind: str  # "trainer" or "script" (imports are "script")
+    verified: bool  # Caddie measured the score itself
+    score_source: str  # one of the SCORE_* phrases
     finished_at: datetime | None
     n: int  # seeds that succeeded
     mean_val_bpb: float | None
@@ -95,14 +126,23 @@ def read_leaderboard(
     limit: int,
     offset: int,
     eligible_only: bool = False,
+    unverified: bool = False,
+    failed: bool = False,
     provider: str | None = None,
     preset: str | None = None,
     author: str | None = None,
     order: LeaderboardOrder = LeaderboardOrder.rank,
     desc: bool = False,
 ) -> LeaderboardPublic:
-    conditions: list[ColumnElement[bool]] = [
+    """The page [offset, offset + limit) of the board in `order`. `unverified` and `failed`
+    add the experiments the board leaves out (unranked); the other filters hide rows."""
+    board_conditions: list[ColumnElement[bool]] = [
         col(Experiment.status) == ExperimentStatus.finished.value]
+    conditions = list(board_conditions)
+    if not unverified:
+        conditions.append(_verified())
+    if not failed:
+        conditions.append(col(Experiment.n_succeeded) > 0)
     if eligible_only:
         conditions.append(col(Experiment.eligible).is_(True))
     for column, value in ((Experiment.provider, provider), (Experiment.preset, preset),
@@ -110,12 +150,12 @@ def read_leaderboard(
         if value is not None:
             conditions.append(col(column) == value)
     count = session.exec(select(func.count()).select_from(Experiment).where(*conditions)).one()
-    board = _board(conditions, order)
+    board = _board(board_conditions, conditions, order)
     key = board.c.key
     rows = session.exec(
         select(Experiment, board.c.position)
         .join(board, board.c.id == Experiment.id)
-        .order_by(key.is_(None), key.desc() if desc else key, board.c.position)
+        .order_by(key.is_(None), key.desc() if desc else key, *RANK_ORDER)
         .offset(offset).limit(limit)
     ).all()
     ids = [experiment.id for experiment, _ in rows]
@@ -126,13 +166,23 @@ def read_leaderboard(
     return LeaderboardPublic(data=entries, count=count)
 
 
-def _board(conditions: list[ColumnElement[bool]], order: LeaderboardOrder) -> Subquery:
-    """One row per matching experiment: its id, its position in the rank order, and `key`,
-    the value it is sorted by. Aggregates over runs or pods are joined only when sorted by."""
-    mean = col(Experiment.mean_val_bpb)
-    rank_order = (mean.is_(None), mean, col(Experiment.finished_at), col(Experiment.id))
-    query = select(col(Experiment.id).label("id"),
-                   func.row_number().over(order_by=rank_order).label("position"))
+# Lowest mean first; ties: the earlier finish, then the earlier submission.
+RANK_ORDER = (col(Experiment.mean_val_bpb).is_(None), col(Experiment.mean_val_bpb),
+              col(Experiment.finished_at), col(Experiment.id))
+
+
+def _board(board_conditions: list[ColumnElement[bool]], conditions: list[ColumnElement[bool]],
+           order: LeaderboardOrder) -> Subquery:
+    """One row per experiment matching `conditions`: its id, its rank (`position`: its place
+    among the verified, scored experiments of the board, so no filter renumbers it; None for
+    the others), and `key`, the value it is sorted by. Aggregates over runs or pods are joined
+    only when sorted by."""
+    ranking = (select(col(Experiment.id).label("id"),
+                      func.row_number().over(order_by=RANK_ORDER).label("position"))
+               .where(*board_conditions, _verified(), col(Experiment.mean_val_bpb).is_not(None))
+               .subquery("ranking"))
+    query = (select(col(Experiment.id).label("id"), ranking.c.position.label("position"))
+             .outerjoin(ranking, ranking.c.id == Experiment.id))
     if order in MAXIMA:
         maxima = (select(col(Run.experiment_id).label("experiment_id"),
                          func.max(MAXIMA[order]).label("value"))
@@ -189,20 +239,24 @@ def _runs_by_experiment(session: Session, experiment_ids: list[int | None],
     return grouped
 
 
-def _entry(experiment: Experiment, runs: list[Run], position: int,
+def _entry(experiment: Experiment, runs: list[Run], position: int | None,
            cost_usd: float | None) -> LeaderboardEntry:
-    """`position`: in the rank order of the board (the rank, if it has a score). The seeds
-    are the control's (ablation variants are on the experiment's page)."""
+    """`position`: the rank (None off the ranking). The seeds are the control's (ablation
+    variants are on the experiment's page)."""
     runs = [run for run in runs if run.variant == CONTROL]
     succeeded = [run for run in counted_runs(runs) if run.status == RunStatus.succeeded]
+    source = score_source(kind=experiment.kind, provider=experiment.provider)
     assert experiment.id is not None
     return LeaderboardEntry(
-        rank=position if experiment.mean_val_bpb is not None else None,
+        rank=position,
         experiment_id=experiment.id,
         name=experiment.name,
         author=experiment.author,
         preset=experiment.preset,
         provider=experiment.provider,
+        kind=experiment.kind,
+        verified=source == SCORE_MEASURED,
+        score_source=source,
         finished_at=experiment.finished_at,
         n=experiment.n_succeeded,
         mean_val_bpb=experiment.mean_val_bpb,

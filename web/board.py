@@ -24,6 +24,8 @@ SORT_PATTERN = "^-?(" + "|".join(order.value for order in LeaderboardOrder) + ")
 class BoardView:
     sort: str = DEFAULT_SORT
     eligible: bool = False
+    unverified: bool = False  # also experiments whose score Caddie did not measure
+    failed: bool = False  # also experiments with no succeeded seed
     preset: str | None = None
     author: str | None = None
     page: int = 1
@@ -65,5 +67,5 @@ def read_board(session: Session, view: BoardView) -> LeaderboardPublic:
     """The entries of the view's page and the count of all that match its filters."""
     return read_leaderboard(
         session, limit=view.per_page, offset=view.offset, eligible_only=view.eligible,
-        preset=view.preset, author=view.author, order=LeaderboardOrder(view.sort.lstrip("-")),
+        unverified=view.unverified, failed=view.failed, preset=view.preset, author=view.author, order=LeaderboardOrder(view.sort.lstrip("-")),
         desc=view.sort.startswith("-"))

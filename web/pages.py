@@ -129,18 +129,32 @@ def read_leaderboard_page(
     session: SessionDep,
     sort: Annotated[str, Query(pattern=SORT_PATTERN)] = DEFAULT_SORT,
     eligible: bool = False,
+    unverified: bool = False,
+    failed: bool = False,
     preset: FilterText = None,
     author: FilterText = None,
     page: Page = 1,
     per_page: PerPage = DEFAULT_PER_PAGE,
 ) -> HTMLResponse:
-    """Finished experiments ranked by mean val_bpb, each expandable to its seeds."""
-    view = BoardView(sort=sort, eligible=eligible, preset=preset or None,
-                     author=author or None, page=page, per_page=per_page)
+    """Finished experiments ranked by mean val_bpb, each expandable to its seeds. A page
+    past the last is a 404 that links to the last."""
+    view = BoardView(sort=sort, eligible=eligible, unverified=unverified, failed=failed,
+                     preset=preset or None, author=author or None, page=page, per_page=per_page)
     board = read_board(session, view)
+    last_page = view.last_page(board.count)
+    if view.page > last_page:
+        return past_last_page(request, view, last_page)
     return templates.TemplateResponse(request, "leaderboard.html", {
         "view": view, "board": board, "presets": presets.preset_names(),
-        "last_page": view.last_page(board.count)})
+        "last_page": last_page})
+
+
+def past_last_page(request: Request, view: BoardView, last_page: int) -> HTMLResponse:
+    return templates.TemplateResponse(request, "error.html", {
+        "status_code": 404, "title": "Not Found",
+        "problems": [f"There is no page {view.page}: this board has {last_page} "
+                     f"page{'' if last_page == 1 else 's'}."],
+        "link": (view.url(page=last_page), f"Go to page {last_page}")}, status_code=404)
 
 
 @router.get("/queue")
@@ -198,6 +212,7 @@ def experiment_page(request: Request, session: Session, experiment_id: int, *,
         "plot": seed_plot(scores, f"val_bpb per seed of {experiment.name}", reference=reference,
                           threshold=experiment_view.threshold_bpb(experiment.stats)),
         "hardware": experiment_view.hardware(experiment),
+        "imported": experiment_view.import_facts(experiment),
         "ablation": experiment_view.ablation_table(experiment.stats),
         "view": experiment_view, "seeds_entered": seeds_entered, "seeds_error": seeds_error,
         "can_add_seeds": experiment.status != ExperimentStatus.cancelled,

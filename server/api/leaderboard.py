@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from server import leaderboard
 from server.api.deps import FilterText, Limit, Offset, SessionDep
+from server.errors import NotFound
 from server.leaderboard import LeaderboardOrder, LeaderboardPublic
 
 router = APIRouter(prefix="/leaderboard", tags=["leaderboard"])
@@ -15,6 +16,8 @@ def read_leaderboard(
     limit: Limit = 50,
     offset: Offset = 0,
     eligible: bool = False,
+    unverified: bool = False,
+    failed: bool = False,
     provider: FilterText = None,
     preset: FilterText = None,
     author: FilterText = None,
@@ -22,8 +25,13 @@ def read_leaderboard(
     desc: bool = False,
 ) -> LeaderboardPublic:
     """Finished experiments by mean val_bpb, lowest first (or by `order`, reversed with
-    `desc`); entries without the sorted value (unscored, unpriced) last either way."""
-    return leaderboard.read_leaderboard(
-        session, limit=limit, offset=offset, eligible_only=eligible,
-        provider=provider, preset=preset, author=author, order=order, desc=desc,
+    `desc`); entries without the sorted value (unscored, unpriced) last either way.
+    `unverified` adds experiments whose score Caddie did not measure, `failed` those with no
+    succeeded seed (both unranked). An offset past the last match is a 404."""
+    board = leaderboard.read_leaderboard(
+        session, limit=limit, offset=offset, eligible_only=eligible, unverified=unverified,
+        failed=failed, provider=provider, preset=preset, author=author, order=order, desc=desc,
     )
+    if offset > 0 and offset >= board.count:
+        raise NotFound(f"offset {offset} is past the last of {board.count} matching experiments")
+    return board

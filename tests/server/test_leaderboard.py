@@ -52,7 +52,7 @@ def test_ranked_by_mean_val_bpb_with_unscored_last(client: TestClient, session: 
     running = make_experiment(session, name="running", seeds=[1])
     make_run(session, running, seed=1, status="running")
 
-    body = board(client)
+    body = board(client, failed=True)
 
     assert body["count"] == 4
     assert [e["name"] for e in body["data"]] == ["best", "middle", "worst", "unscored"]
@@ -131,7 +131,72 @@ def test_pages_keep_ranks_and_count(client: TestClient, session: Session) -> Non
         "e0", "e1", "e2", "e3", "e4"]
     assert [e["rank"] for e in second["data"]] == [3, 4]
     assert (first["count"], second["count"], last["count"]) == (5, 5, 5)
-    assert board(client, limit=2, offset=10)["data"] == []
+
+
+def test_an_offset_past_the_last_match_is_404(client: TestClient, session: Session) -> None:
+    for index in range(3):
+        finished(session, f"e{index}", [1.0 + index / 10] * 3)
+
+    assert board(client, limit=2, offset=2)["count"] == 3
+    response = client.get("/api/leaderboard", params={"limit": 2, "offset": 3})
+
+    assert response.status_code == 404
+    assert response.json()["detail"] == "offset 3 is past the last of 3 matching experiments"
+    # An empty board's first page is an empty page, not a 404.
+    assert board(client, author="nobody") == {"data": [], "count": 0}
+
+
+def test_a_filter_hides_rows_and_never_renumbers(client: TestClient, session: Session) -> None:
+    for index, author in enumerate(["ada", "bob", "ada", "cy", "dexhunter", "dexhunter"]):
+        finished(session, f"e{index}", [1.1 + index / 100] * 3, author=author,
+                 preset="tiny" if index == 2 else "baseline")
+
+    def ranks(**params: Any) -> dict[str, int]:
+        return {e["name"]: e["rank"] for e in board(client, **params)["data"]}
+
+    assert ranks(author="dexhunter") == {"e4": 5, "e5": 6}
+    assert ranks(author="ada") == {"e0": 1, "e2": 3}
+    assert ranks(preset="tiny") == {"e2": 3}
+    assert ranks(author="dexhunter", order="rank", desc=True) == {"e5": 6, "e4": 5}
+
+
+def test_the_default_board_is_verified_scored_experiments(
+    client: TestClient, session: Session
+) -> None:
+    """A participant's script that prints its own val_bpb, or an import, never ranks; nor
+    does an experiment none of whose seeds succeeded. Both are shown when asked for."""
+    measured = finished(session, "measured", [1.20, 1.21, 1.19])
+    printed = make_experiment(session, name="prints 0.0001", kind="script", seeds=[1, 2, 3])
+    imported = make_experiment(session, name="imported", kind="script", provider="import",
+                               preset="import", seeds=[1, 2, 3])
+    for experiment, score in ((printed, 0.0001), (imported, 1.0)):
+        for seed in (1, 2, 3):
+            make_scored_run(session, experiment, seed=seed, val_bpb=score)
+        assert finalize_experiment(session, experiment.id)
+    crashed = make_experiment(session, name="crashed", seeds=[1, 2, 3])
+    for seed in (1, 2, 3):
+        make_run(session, crashed, seed=seed, status="failed", reason="trainer exited with code 1")
+    assert finalize_experiment(session, crashed.id)
+
+    default = board(client)
+    everything = board(client, unverified=True, failed=True)
+
+    assert [(e["name"], e["rank"], e["verified"]) for e in default["data"]] == [
+        ("measured", 1, True)]
+    assert default["count"] == 1
+    rows = {e["name"]: e for e in everything["data"]}
+    assert [e["name"] for e in everything["data"]] == [
+        "prints 0.0001", "imported", "measured", "crashed"]
+    assert {name: e["rank"] for name, e in rows.items()} == {
+        "prints 0.0001": None, "imported": None, "measured": 1, "crashed": None}
+    assert rows["prints 0.0001"]["score_source"] == "printed by the participant's script"
+    assert rows["imported"]["score_source"] == "read from the submission's logs"
+    assert (rows["measured"]["score_source"], rows["crashed"]["verified"]) == (
+        "measured by Caddie", True)
+    assert [e["name"] for e in board(client, unverified=True)["data"]] == [
+        "prints 0.0001", "imported", "measured"]
+    assert [e["name"] for e in board(client, failed=True)["data"]] == ["measured", "crashed"]
+    assert measured.id == rows["measured"]["experiment_id"]
 
 
 def sorting_board(session: Session) -> None:
@@ -176,7 +241,7 @@ def test_every_order_both_ways_with_missing_values_last(
     client: TestClient, session: Session, order: LeaderboardOrder
 ) -> None:
     sorting_board(session)
-    ranked = board(client)["data"]
+    ranked = board(client, failed=True)["data"]
     ranks = {e["name"]: e["rank"] for e in ranked}
     if order is LeaderboardOrder.p:
         by_p = sorted((e for e in ranked if e["p"] is not None), key=lambda e: e["p"])
@@ -185,12 +250,13 @@ def test_every_order_both_ways_with_missing_values_last(
     else:
         ascending, descending = EXPECTED_ORDERS[order.value]
 
-    assert names_by(client, order.value) == ascending
-    assert names_by(client, order.value, desc=True) == descending
+    assert names_by(client, order.value, failed=True) == ascending
+    assert names_by(client, order.value, desc=True, failed=True) == descending
     # A rank is the entry's own, whatever the order of the page.
-    assert {e["name"]: e["rank"] for e in board(client, order=order.value)["data"]} == ranks
+    assert {e["name"]: e["rank"]
+            for e in board(client, order=order.value, failed=True)["data"]} == ranks
     # Paged in SQL: pages of two put together are the whole order.
-    pages = [names_by(client, order.value, desc=True, limit=2, offset=offset)
+    pages = [names_by(client, order.value, desc=True, failed=True, limit=2, offset=offset)
              for offset in (0, 2, 4)]
     assert " ".join(pages) == descending
 

@@ -47,7 +47,8 @@ def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session
     running = make_experiment(session, name="still running", seeds=[1])
     make_run(session, running, seed=1, status="running")
 
-    page = fetch(client, "/")
+    assert names(fetch(client, "/")) == ["best", "middle"]  # no succeeded seed: off the board
+    page = fetch(client, "/?failed=1")
 
     assert names(page) == ["best", "middle", "unscored"]
     assert [e.attrs["data-experiment"] for e in entries(page)] == [
@@ -112,31 +113,33 @@ def test_sort_links_and_sorted_rows(client: TestClient, session: Session) -> Non
     make_run(session, unscored, seed=1, status="failed", reason="trainer exited with code 1")
     finalize_experiment(session, unscored.id)
 
-    page = fetch(client, "/")
+    page = fetch(client, "/?failed=1")
     board_head = page.find("table", class_="board").find("thead", children_only=True)
     headers = {a.attrs["data-sort"]: a for a in board_head.find_all("a")}
     assert {key: a.attrs["href"] for key, a in headers.items()} == {
-        "rank": "/?sort=-rank", "name": "/?sort=name", "author": "/?sort=author",
-        "date": "/?sort=date", "delta": "/?sort=delta", "p": "/?sort=p", "seeds": "/?sort=seeds",
-        "bytes": "/?sort=bytes", "train": "/?sort=train", "eval": "/?sort=eval",
-        "cost": "/?sort=cost"}
+        "rank": "/?sort=-rank&failed=1", "name": "/?sort=name&failed=1",
+        "author": "/?sort=author&failed=1", "date": "/?sort=date&failed=1",
+        "delta": "/?sort=delta&failed=1", "p": "/?sort=p&failed=1",
+        "seeds": "/?sort=seeds&failed=1", "bytes": "/?sort=bytes&failed=1",
+        "train": "/?sort=train&failed=1", "eval": "/?sort=eval&failed=1",
+        "cost": "/?sort=cost&failed=1"}
     assert headers["rank"].parent.attrs["aria-sort"] == "ascending"
     assert names(page) == ["big", "mid", "small", "crashed"]
 
     # Entries without the sorted value (no score, no bytes) stay last either way.
-    assert names(fetch(client, "/?sort=-rank")) == ["small", "mid", "big", "crashed"]
-    assert names(fetch(client, "/?sort=name")) == ["big", "crashed", "mid", "small"]
-    assert names(fetch(client, "/?sort=-date")) == ["crashed", "mid", "big", "small"]
-    by_bytes = fetch(client, "/?sort=bytes")
+    assert names(fetch(client, "/?sort=-rank&failed=1")) == ["small", "mid", "big", "crashed"]
+    assert names(fetch(client, "/?sort=name&failed=1")) == ["big", "crashed", "mid", "small"]
+    assert names(fetch(client, "/?sort=-date&failed=1")) == ["crashed", "mid", "big", "small"]
+    by_bytes = fetch(client, "/?sort=bytes&failed=1")
     assert names(by_bytes) == ["small", "mid", "big", "crashed"]
     # Ranks belong to the entries, not to the positions of this sort.
     assert [cells(main_row(e))[0] for e in entries(by_bytes)] == ["3", "2", "1", "—"]
     bytes_header = by_bytes.find("a", data_sort="bytes")
-    assert bytes_header.attrs["href"] == "/?sort=-bytes"
+    assert bytes_header.attrs["href"] == "/?sort=-bytes&failed=1"
     assert bytes_header.text() == "Max bytes ▲"
     assert bytes_header.parent.attrs["aria-sort"] == "ascending"
     assert "aria-sort" not in by_bytes.find("a", data_sort="rank").parent.attrs
-    assert names(fetch(client, "/?sort=-bytes")) == ["big", "mid", "small", "crashed"]
+    assert names(fetch(client, "/?sort=-bytes&failed=1")) == ["big", "mid", "small", "crashed"]
 
 
 def test_filters_by_link_and_keep_the_sort(client: TestClient, session: Session) -> None:
@@ -185,13 +188,56 @@ def test_pages_by_link(client: TestClient, session: Session) -> None:
     assert names(reversed_second) == ["e2", "e1"]
     assert reversed_second.find("a", rel="next").attrs["href"] == "/?sort=-rank&page=3&per_page=2"
 
-    beyond = fetch(client, "/?page=9&per_page=2")
+    # Past the last page: a 404 that says how many there are and links to the last.
+    beyond = fetch(client, "/?page=4&per_page=2", status=404)
     assert entries(beyond) == []
-    assert beyond.find("p", class_="empty").find("a").attrs["href"] == "/?per_page=2"
+    assert [li.text() for li in beyond.find("ul", class_="problems").find_all("li")] == [
+        "There is no page 4: this board has 3 pages."]
+    assert beyond.find("a", class_="go").attrs["href"] == "/?page=3&per_page=2"
+    # An empty board is one empty page, not a 404.
+    empty = fetch(client, "/?author=nobody")
+    assert empty.find("p", class_="empty").text() == "No finished experiment matches."
+
+
+def test_rank_is_the_place_on_the_board_under_any_filter(client: TestClient,
+                                                         session: Session) -> None:
+    for index, author in enumerate(["ada", "bob", "cy", "ada", "dexhunter", "dexhunter"]):
+        finished(session, f"e{index}", [1.1 + index / 100] * 3, author=author)
+
+    page = fetch(client, "/?author=dexhunter")
+
+    assert names(page) == ["e4", "e5"]
+    assert [cells(main_row(e))[0] for e in entries(page)] == ["5", "6"]
+    assert page.find("a", data_filter="author").attrs["href"] == "/"
+
+
+def test_self_reported_scores_only_behind_a_filter_and_marked(client: TestClient,
+                                                              session: Session) -> None:
+    finished(session, "measured", [1.2, 1.21, 1.19])
+    printed = make_experiment(session, name="prints its own score", kind="script", seeds=[1, 2, 3])
+    for seed in (1, 2, 3):
+        make_scored_run(session, printed, seed=seed, val_bpb=0.0001)
+    finalize_experiment(session, printed.id)
+
+    page = fetch(client, "/")
+    assert names(page) == ["measured"]
+    assert page.find("a", data_filter="unverified").attrs["href"] == "/?unverified=1"
+
+    everything = fetch(client, "/?unverified=1")
+    assert names(everything) == ["prints its own score", "measured"]
+    first, second = (main_row(e) for e in entries(everything))
+    assert cells(first)[0] == "—"
+    assert first.find("td", class_="rank").find("span").attrs["title"] == (
+        "not ranked: its score was not measured by Caddie")
+    assert first.find("span", class_="unverified").text() == (
+        "score printed by the participant's script")
+    assert cells(second)[0] == "1"
+    assert second.find_all("span", class_="unverified") == []
 
 
 def test_bad_parameters_get_an_error_page_naming_them(client: TestClient) -> None:
     for url, field in [("/?sort=bytes;drop", "sort"), ("/?page=0", "page"),
+                       ("/?unverified=perhaps", "unverified"),
                        ("/?per_page=1000", "per_page"), ("/?eligible=maybe", "eligible")]:
         page = fetch(client, url, status=400)
         assert page.find("h1").text() == "400 Bad Request"
