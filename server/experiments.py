@@ -23,7 +23,7 @@ from pydantic import (
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from server import ablation, costs, notify, policies, presets, reference, scripts
+from server import ablation, costs, notify, policies, presets, reference, scripts, tracks
 from server.errors import Conflict, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
@@ -233,6 +233,9 @@ class ExperimentPublic(BaseModel):
     share_pods: bool
     variants: list[dict[str, Any]]
     source: dict[str, Any] | None  # where an imported experiment came from
+    track: str  # track_10min_16mb (the record track) or track_non_record_16mb
+    accepted: bool | None  # an import: listed on the challenge's leaderboard; None: our own
+    record_date: datetime  # an import's record date; our own: its submission time
     cost_usd: float | None = None  # dollars its pods have cost so far
 
 
@@ -303,7 +306,10 @@ def create_experiment(session: Session, spec: ExperimentCreate, *, owner: str = 
     """Store the experiment with one queued run per seed (and per ablation variant), then
     wake each run."""
     fields = spec.model_dump(exclude={"files"})
-    experiment = Experiment(**fields, owner=owner)
+    track = tracks.from_limits(kind=spec.kind, preset=spec.preset, config=spec.config, env=spec.env,
+                               gpu_count=spec.gpu_count)
+    experiment = Experiment(**fields, owner=owner, track=track)
+    experiment.record_date = experiment.created_at
     session.add(experiment)
     session.flush()
     assert experiment.id is not None
@@ -579,7 +585,8 @@ def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run])
     all_cancelled = all(run.status == RunStatus.cancelled for run in all_runs)
     experiment.status = (ExperimentStatus.cancelled if all_cancelled
                          else ExperimentStatus.finished).value
-    experiment.finished_at = utcnow()
+    # An imported record finished on its record's date, not on the day it was imported.
+    experiment.finished_at = experiment.record_date if experiment.source is not None else utcnow()
 
 
 def experiment_reasons(runs: list[Run]) -> list[str]:

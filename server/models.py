@@ -64,6 +64,14 @@ class Experiment(SQLModel, table=True):
     variants: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # Where an imported experiment came from (`caddie import records`); None if run here.
     source: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # The challenge's track (server/tracks.py): "track_10min_16mb" or "track_non_record_16mb".
+    # Imports: the records folder's parent; our own runs: from their limits at submission.
+    track: str = Field(default="track_10min_16mb", max_length=64, index=True)
+    # Imports: whether the challenge's README leaderboard lists the folder; None for our own.
+    accepted: bool | None = None
+    # The date the challenge's chronology counts from (the as-of-date reference): an import's
+    # submission.json date (else its folder name's), our own experiment's submission time.
+    record_date: datetime = Field(default_factory=utcnow, index=True)
 
 
 class ExperimentFile(SQLModel, table=True):

@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from server import experiments, policies, scripts
+from server import experiments, policies, scripts, tracks
 from server.config import get_settings
 from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
 from server.logparse import parse_log
@@ -520,6 +520,7 @@ def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
                     reference_bpb: float | None) -> Experiment:
     stated = record.submission
     name = _text(stated.get("name")) or record.path.name
+    date = _date(stated.get("date"), record.path.name)
     source = {"key": record.key, "path": str(record.path.resolve()), "submission": stated,
               "disagreements": found, "notes": record.notes,
               "logs": [{"file": log.file, "sha256": log.sha256, "seed": log.seed,
@@ -527,8 +528,9 @@ def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
     return Experiment(
         name=name[:200], author=_text(stated.get("author"))[:100], preset=IMPORT_PRESET,
         seeds=[log.seed for log in record.logs], provider=IMPORT_PROVIDER, kind="script",
-        status=ExperimentStatus.running.value, created_at=_date(stated.get("date"), record.path.name),
-        reference_bpb=reference_bpb, source=source)
+        status=ExperimentStatus.running.value, created_at=date, record_date=date,
+        track=tracks.from_folder(record.path.parent.name), reference_bpb=reference_bpb,
+        source=source)
 
 
 def _add_run(session: Session, experiment_id: int, log: SeedLog) -> None:
