@@ -1,6 +1,7 @@
 """The leaderboard: finished experiments ranked by mean val_bpb, each with every seed.
 
-The rank is the place on the board: among the finished experiments whose score Caddie measured
+Each track has its own board (`Track`; the record track by default): a non-record run never
+ranks among 10-minute records. The rank is the place on the board: among the finished experiments whose score Caddie measured
 itself (`verified`, below) and that have one, by mean val_bpb. Filters (author, preset,
 provider, eligible) hide rows and never renumber them. Experiments whose score Caddie did not
 measure (a participant's script prints its own val_bpb; an import's score comes from the
@@ -33,6 +34,7 @@ from server.policies import CONTROL, counted_runs
 from server.records import IMPORT_PROVIDER
 from server.reference import reference_bpb
 from server.states import ExperimentStatus, RunStatus
+from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 
 Number = TypeVar("Number", int, float)
 
@@ -72,6 +74,17 @@ def _verified() -> ColumnElement[bool]:
     return and_(col(Experiment.kind) == "trainer", col(Experiment.provider) != IMPORT_PROVIDER)
 
 
+class Track(StrEnum):
+    """The boards: each track ranks on its own (server/tracks.py)."""
+
+    record = RECORD_TRACK  # 10 minutes on 8×H100, 16 MB
+    non_record = NON_RECORD_TRACK  # 16 MB, any time or hardware
+
+
+TRACK_LABELS = {Track.record: "record track: 10 minutes on 8×H100, 16 MB",
+                Track.non_record: "non-record track: 16 MB, unlimited compute"}
+
+
 class LeaderboardSeed(BaseModel):
     run_id: int
     seed: int
@@ -97,6 +110,7 @@ class LeaderboardEntry(BaseModel):
     author: str
     preset: str
     provider: str
+    track: str  # the board it ranks on (Track)
     kind: str  # "trainer" or "script" (imports are "script")
     verified: bool  # Caddie measured the score itself
     score_source: str  # one of the SCORE_* phrases
@@ -125,6 +139,7 @@ def read_leaderboard(
     *,
     limit: int,
     offset: int,
+    track: Track = Track.record,
     eligible_only: bool = False,
     unverified: bool = False,
     failed: bool = False,
@@ -134,10 +149,11 @@ def read_leaderboard(
     order: LeaderboardOrder = LeaderboardOrder.rank,
     desc: bool = False,
 ) -> LeaderboardPublic:
-    """The page [offset, offset + limit) of the board in `order`. `unverified` and `failed`
-    add the experiments the board leaves out (unranked); the other filters hide rows."""
+    """The page [offset, offset + limit) of the `track`'s board in `order`. `unverified` and
+    `failed` add the experiments the board leaves out (unranked); the other filters hide rows."""
     board_conditions: list[ColumnElement[bool]] = [
-        col(Experiment.status) == ExperimentStatus.finished.value]
+        col(Experiment.status) == ExperimentStatus.finished.value,
+        col(Experiment.track) == Track(track).value]
     conditions = list(board_conditions)
     if not unverified:
         conditions.append(_verified())
@@ -254,6 +270,7 @@ def _entry(experiment: Experiment, runs: list[Run], position: int | None,
         author=experiment.author,
         preset=experiment.preset,
         provider=experiment.provider,
+        track=experiment.track,
         kind=experiment.kind,
         verified=source == SCORE_MEASURED,
         score_source=source,

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from sqlmodel import Session
 
-from server.leaderboard import LeaderboardOrder, LeaderboardPublic, read_leaderboard
+from server.leaderboard import LeaderboardOrder, LeaderboardPublic, Track, read_leaderboard
 
 DEFAULT_SORT = LeaderboardOrder.rank.value
 DEFAULT_PER_PAGE = 25
@@ -22,6 +22,7 @@ SORT_PATTERN = "^-?(" + "|".join(order.value for order in LeaderboardOrder) + ")
 
 @dataclass(frozen=True)
 class BoardView:
+    track: str = Track.record.value
     sort: str = DEFAULT_SORT
     eligible: bool = False
     unverified: bool = False  # also experiments whose score Caddie did not measure
@@ -66,6 +67,7 @@ def _query_value(value: Any) -> Any:
 def read_board(session: Session, view: BoardView) -> LeaderboardPublic:
     """The entries of the view's page and the count of all that match its filters."""
     return read_leaderboard(
-        session, limit=view.per_page, offset=view.offset, eligible_only=view.eligible,
+        session, limit=view.per_page, offset=view.offset, track=Track(view.track),
+        eligible_only=view.eligible,
         unverified=view.unverified, failed=view.failed, preset=view.preset, author=view.author, order=LeaderboardOrder(view.sort.lstrip("-")),
         desc=view.sort.startswith("-"))

@@ -28,6 +28,7 @@ from server import auth, experiments, logs, presets, queueing, records, scripts
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
+from server.leaderboard import TRACK_LABELS, Track
 from server.reference import reference_bpb
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
@@ -128,6 +129,7 @@ def read_leaderboard_page(
     request: Request,
     session: SessionDep,
     sort: Annotated[str, Query(pattern=SORT_PATTERN)] = DEFAULT_SORT,
+    track: Track = Track.record,
     eligible: bool = False,
     unverified: bool = False,
     failed: bool = False,
@@ -138,7 +140,7 @@ def read_leaderboard_page(
 ) -> HTMLResponse:
     """Finished experiments ranked by mean val_bpb, each expandable to its seeds. A page
     past the last is a 404 that links to the last."""
-    view = BoardView(sort=sort, eligible=eligible, unverified=unverified, failed=failed,
+    view = BoardView(track=track.value, sort=sort, eligible=eligible, unverified=unverified, failed=failed,
                      preset=preset or None, author=author or None, page=page, per_page=per_page)
     board = read_board(session, view)
     last_page = view.last_page(board.count)
@@ -146,6 +148,7 @@ def read_leaderboard_page(
         return past_last_page(request, view, last_page)
     return templates.TemplateResponse(request, "leaderboard.html", {
         "view": view, "board": board, "presets": presets.preset_names(),
+        "tracks": TRACK_LABELS,
         "last_page": last_page})
 
 

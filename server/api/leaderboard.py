@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from server import leaderboard
 from server.api.deps import FilterText, Limit, Offset, SessionDep
 from server.errors import NotFound
-from server.leaderboard import LeaderboardOrder, LeaderboardPublic
+from server.leaderboard import LeaderboardOrder, LeaderboardPublic, Track
 
 router = APIRouter(prefix="/leaderboard", tags=["leaderboard"])
 
@@ -15,6 +15,7 @@ def read_leaderboard(
     session: SessionDep,
     limit: Limit = 50,
     offset: Offset = 0,
+    track: Track = Track.record,
     eligible: bool = False,
     unverified: bool = False,
     failed: bool = False,
@@ -24,12 +25,12 @@ def read_leaderboard(
     order: LeaderboardOrder = LeaderboardOrder.rank,
     desc: bool = False,
 ) -> LeaderboardPublic:
-    """Finished experiments by mean val_bpb, lowest first (or by `order`, reversed with
+    """The `track`'s finished experiments by mean val_bpb, lowest first (or by `order`, reversed with
     `desc`); entries without the sorted value (unscored, unpriced) last either way.
     `unverified` adds experiments whose score Caddie did not measure, `failed` those with no
     succeeded seed (both unranked). An offset past the last match is a 404."""
     board = leaderboard.read_leaderboard(
-        session, limit=limit, offset=offset, eligible_only=eligible, unverified=unverified,
+        session, limit=limit, offset=offset, track=track, eligible_only=eligible, unverified=unverified,
         failed=failed, provider=provider, preset=preset, author=author, order=order, desc=desc,
     )
     if offset > 0 and offset >= board.count:

@@ -14,6 +14,7 @@ from sqlmodel import Session
 from server.experiments import finalize_experiment
 from server.leaderboard import LeaderboardOrder, read_leaderboard
 from server.models import Experiment
+from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 from tests.factories import make_experiment, make_pod, make_run, make_scored_run
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -144,6 +145,28 @@ def test_an_offset_past_the_last_match_is_404(client: TestClient, session: Sessi
     assert response.json()["detail"] == "offset 3 is past the last of 3 matching experiments"
     # An empty board's first page is an empty page, not a 404.
     assert board(client, author="nobody") == {"data": [], "count": 0}
+
+
+def test_each_track_ranks_on_its_own_board(client: TestClient, session: Session) -> None:
+    """A two-hour run scores better than a 10-minute record; it ranks on its own track."""
+    finished(session, "ten minutes", [1.12, 1.12, 1.13])
+    finished(session, "second", [1.20, 1.21, 1.19])
+    long_run = finished(session, "two hours", [1.00, 1.01, 1.00])
+    long_run.track = NON_RECORD_TRACK
+    session.add(long_run)
+    session.commit()
+
+    record = board(client)
+    non_record = board(client, track=NON_RECORD_TRACK)
+
+    assert [(e["name"], e["rank"], e["track"]) for e in record["data"]] == [
+        ("ten minutes", 1, RECORD_TRACK), ("second", 2, RECORD_TRACK)]
+    assert board(client, track=RECORD_TRACK) == record
+    assert [(e["name"], e["rank"], e["track"]) for e in non_record["data"]] == [
+        ("two hours", 1, NON_RECORD_TRACK)]
+    response = client.get("/api/leaderboard", params={"track": "track_1min"})
+    assert response.status_code == 422
+    assert ["query", "track"] in [p["loc"] for p in response.json()["detail"]]
 
 
 def test_a_filter_hides_rows_and_never_renumbers(client: TestClient, session: Session) -> None:

@@ -10,6 +10,7 @@ from sqlmodel import Session
 from server import presets
 from server.experiments import finalize_experiment
 from server.models import Experiment
+from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 from tests.factories import make_experiment, make_run, make_scored_run
 from tests.web.dom import Element, cells, fetch
 
@@ -197,6 +198,29 @@ def test_pages_by_link(client: TestClient, session: Session) -> None:
     # An empty board is one empty page, not a 404.
     empty = fetch(client, "/?author=nobody")
     assert empty.find("p", class_="empty").text() == "No finished experiment matches."
+
+
+def test_the_track_selector_switches_boards(client: TestClient, session: Session) -> None:
+    finished(session, "ten minutes", [1.12, 1.12, 1.13])
+    long_run = finished(session, "two hours", [1.00, 1.01, 1.00])
+    long_run.track = NON_RECORD_TRACK
+    session.add(long_run)
+    session.commit()
+
+    page = fetch(client, "/?sort=name")
+    assert names(page) == ["ten minutes"]
+    assert page.find("h1").find("span", class_="track-name").text() == (
+        "record track: 10 minutes on 8×H100, 16 MB")
+    current = page.find("p", class_="tracks").find("strong")
+    assert current.attrs["data-track"] == RECORD_TRACK
+    switch = page.find("a", data_filter="track")
+    assert switch.attrs["href"] == f"/?track={NON_RECORD_TRACK}&sort=name"
+
+    other = fetch(client, switch.attrs["href"])
+    assert names(other) == ["two hours"]
+    assert cells(main_row(entries(other)[0]))[0] == "1"
+    assert other.find("a", data_filter="track").attrs["href"] == "/?sort=name"
+    fetch(client, "/?track=track_1min", status=400)
 
 
 def test_rank_is_the_place_on_the_board_under_any_filter(client: TestClient,
