@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import and_, func
+from sqlalchemy import and_, case, func
 from sqlalchemy.sql.expression import ColumnElement, Subquery
 from sqlmodel import Session, col, select
 
@@ -34,6 +34,7 @@ from server.policies import CONTROL, counted_runs
 from server.records import IMPORT_PROVIDER
 from server.reference import reference_bpb
 from server.states import ExperimentStatus, RunStatus
+from server.statistics import Units
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 
 Number = TypeVar("Number", int, float)
@@ -85,6 +86,18 @@ TRACK_LABELS = {Track.record: "record track: 10 minutes on 8×H100, 16 MB",
                 Track.non_record: "non-record track: 16 MB, unlimited compute"}
 
 
+class Against(BaseModel):
+    """The reference of a stored test (`stats["reference"]`), as far as it was stored."""
+
+    kind: str | None  # "record" (the track's standing record), "experiment", "value"
+    name: str | None  # the reference experiment's name
+    experiment_id: int | None
+    val_bpb: float | None  # its score, bits per byte
+    date: str | None  # its record date, YYYY-MM-DD
+    source: str | None  # why this reference, in words
+    units: str | None  # of the test: nats_per_token, nats_per_byte or bits_per_byte
+
+
 class LeaderboardSeed(BaseModel):
     run_id: int
     seed: int
@@ -121,8 +134,12 @@ class LeaderboardEntry(BaseModel):
     max_bytes_total: int | None  # over succeeded seeds
     max_train_time_s: float | None
     max_eval_time_s: float | None
-    delta_nats: float | None  # mean − reference, nats per byte; the record rule wants <= −0.005
-    p: float | None  # one-sided p of the improvement over the reference (server/reference.py)
+    # The record test's (against the standing record of the track, `against`): mean −
+    # reference in nats, per token or per byte as `delta_units` says; a record wants <= −0.005.
+    delta_nats: float | None
+    delta_units: str | None  # "nats_per_token" or "nats_per_byte"
+    p: float | None  # one-sided p of that improvement
+    against: Against | None  # what Δ and p are against; None before a test
     cost_usd: float | None  # spent on its pods so far; None when no pod had a price
     eligible: bool
     reasons: list[str]
@@ -229,19 +246,30 @@ def _experiment_key(order: LeaderboardOrder) -> ColumnElement[Any]:
     stats = col(Experiment.stats)
     mean = col(Experiment.mean_val_bpb)
     if order is LeaderboardOrder.delta:
-        # As _delta_nats: the Welch reference's mean, else the reference value.
+        # As _delta_nats: the record test's stored delta, else the test's own, else from the
+        # means (the Welch reference's mean, else the reference value).
         reference = func.coalesce(stats["reference_mean"].as_float(),
                                   stats[("reference", "val_bpb")].as_float())
-        return (mean - reference) * math.log(2)
+        return func.coalesce(_stored_delta(("record_test",)), _stored_delta(()),
+                             (mean - reference) * math.log(2))
     columns: dict[LeaderboardOrder, ColumnElement[Any]] = {
         LeaderboardOrder.rank: mean,
-        LeaderboardOrder.p: stats["p"].as_float(),
+        LeaderboardOrder.p: func.coalesce(stats[("record_test", "p")].as_float(),
+                                          stats["p"].as_float()),
         LeaderboardOrder.seeds: col(Experiment.n_succeeded),
         LeaderboardOrder.date: col(Experiment.finished_at),
         LeaderboardOrder.name: func.lower(Experiment.name),
         LeaderboardOrder.author: func.lower(Experiment.author),
     }
     return columns[order]
+
+
+def _stored_delta(path: tuple[str, ...]) -> ColumnElement[Any]:
+    """The `delta` stored at `path` in `stats`, in nats (bits per byte × ln 2)."""
+    stats = col(Experiment.stats)
+    delta = stats[(*path, "delta")].as_float()
+    bits = stats[(*path, "units")].as_string() == Units.BITS_PER_BYTE.value
+    return case((bits, delta * math.log(2)), else_=delta)
 
 
 def _runs_by_experiment(session: Session, experiment_ids: list[int | None],
@@ -262,6 +290,8 @@ def _entry(experiment: Experiment, runs: list[Run], position: int | None,
     runs = [run for run in runs if run.variant == CONTROL]
     succeeded = [run for run in counted_runs(runs) if run.status == RunStatus.succeeded]
     source = score_source(kind=experiment.kind, provider=experiment.provider)
+    test = record_test(experiment.stats)
+    delta, delta_units = _delta_nats(test, experiment.mean_val_bpb)
     assert experiment.id is not None
     return LeaderboardEntry(
         rank=position,
@@ -281,8 +311,10 @@ def _entry(experiment: Experiment, runs: list[Run], position: int | None,
         max_bytes_total=_max(run.bytes_total for run in succeeded),
         max_train_time_s=_max(run.train_time_s for run in succeeded),
         max_eval_time_s=_max(run.eval_time_s for run in succeeded),
-        delta_nats=_delta_nats(experiment),
-        p=(experiment.stats or {}).get("p"),
+        delta_nats=delta,
+        delta_units=delta_units,
+        p=_number(test.get("p")),
+        against=against(test),
         cost_usd=cost_usd,
         eligible=experiment.eligible,
         reasons=experiment.reasons,
@@ -290,12 +322,57 @@ def _entry(experiment: Experiment, runs: list[Run], position: int | None,
     )
 
 
-def _delta_nats(experiment: Experiment) -> float | None:
-    """Mean minus the reference, in nats per byte (negative: better than the reference)."""
-    reference = reference_bpb(experiment.stats)
-    if reference is None or experiment.mean_val_bpb is None:
+def record_test(stats: dict[str, Any] | None) -> dict[str, Any]:
+    """The stored test against the track's standing record: `stats["record_test"]` when the
+    experiment chose another reference to be shown, else the test itself."""
+    stats = stats or {}
+    nested = stats.get("record_test")
+    return nested if isinstance(nested, dict) else stats
+
+
+def against(test: dict[str, Any]) -> Against | None:
+    """What `test` was against, from its stored reference; None before a test."""
+    reference = test.get("reference")
+    if not isinstance(reference, dict):
         return None
-    return (experiment.mean_val_bpb - reference) * math.log(2)
+    score = reference.get("val_bpb")
+    if score is None and reference.get("kind") != "value":
+        score = test.get("reference_mean")
+
+    def text(key: str) -> str | None:
+        value = reference.get(key)
+        return str(value) if value is not None else None
+
+    experiment_id = reference.get("experiment_id")
+    return Against(kind=text("kind"), name=text("name"), date=text("date"),
+                   experiment_id=experiment_id if isinstance(experiment_id, int) else None,
+                   val_bpb=_number(score), source=text("source"), units=_units(test))
+
+
+def _units(test: dict[str, Any]) -> str | None:
+    units = test.get("units")
+    return str(units) if units is not None else None
+
+
+def _delta_nats(test: dict[str, Any], mean: float | None) -> tuple[float | None, str | None]:
+    """Mean minus the reference in nats, and per what: the stored `delta` in the test's units
+    (bits per byte become nats per byte); a test stored without one: from the means, per
+    byte."""
+    delta, units = _number(test.get("delta")), _units(test)
+    if delta is not None and units in (Units.NATS_PER_TOKEN, Units.NATS_PER_BYTE):
+        return delta, units
+    if delta is not None and units == Units.BITS_PER_BYTE:
+        return delta * math.log(2), Units.NATS_PER_BYTE.value
+    reference = reference_bpb(test)
+    if reference is None or mean is None:
+        return None, None
+    return (mean - reference) * math.log(2), Units.NATS_PER_BYTE.value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def _seed(run: Run) -> LeaderboardSeed:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.experiments import ExperimentPublicWithRuns
+from server.leaderboard import against
 from server.statistics import Units
 from web.rendering import MISSING
 
@@ -191,3 +192,13 @@ def _field_words(name: str) -> str:
     if len(parts) == 3:
         return f"seed {parts[1]}'s {parts[2]} ({parts[0]})"
     return {"logs": "train logs", "seeds": "seeds"}.get(name, name)
+
+
+def record_test_shown(stats: dict[str, Any] | None) -> dict[str, Any]:
+    """The test against the track's standing record, when it is not the test shown (the
+    experiment chose its own reference): {"record_test", "record_against"}, else Nones."""
+    nested = (stats or {}).get("record_test")
+    if not isinstance(nested, dict):
+        return {"record_test": None, "record_against": None}
+    return {"record_test": nested,
+            "record_against": against(nested) or against({"reference": {"source": nested.get("note")}})}

@@ -24,7 +24,7 @@ from sqlmodel import Session
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import auth, experiments, logs, presets, queueing, records, scripts
+from server import auth, experiments, leaderboard, logs, presets, queueing, records, scripts
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
@@ -38,7 +38,9 @@ from web.board import (
     DEFAULT_SORT,
     MAX_PER_PAGE,
     SORT_PATTERN,
+    UNIT_WORDS,
     BoardView,
+    against_text,
     read_board,
 )
 from web.charts import seed_plot
@@ -89,7 +91,8 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False,
 open_router = APIRouter(route_class=PageRoute, include_in_schema=False,
                         default_response_class=HTMLResponse)
 Csrf = Depends(csrf.verify)  # on every POST of a page form
-templates.env.globals.update(csrf_field=csrf.hidden_field)
+templates.env.globals.update(csrf_field=csrf.hidden_field, against_text=against_text,
+                             UNIT_WORDS=UNIT_WORDS)
 
 
 def include_pages(app: FastAPI) -> None:
@@ -216,6 +219,8 @@ def experiment_page(request: Request, session: Session, experiment_id: int, *,
                           threshold=experiment_view.threshold_bpb(experiment.stats)),
         "hardware": experiment_view.hardware(experiment),
         "imported": experiment_view.import_facts(experiment),
+        "against": leaderboard.against(experiment.stats or {}),
+        **experiment_view.record_test_shown(experiment.stats),
         "ablation": experiment_view.ablation_table(experiment.stats),
         "view": experiment_view, "seeds_entered": seeds_entered, "seeds_error": seeds_error,
         "can_add_seeds": experiment.status != ExperimentStatus.cancelled,

@@ -296,6 +296,53 @@ def test_cost_and_delta_of_an_entry(client: TestClient, session: Session) -> Non
     assert entries["Alpha"]["delta_nats"] == pytest.approx((mean - 1.30) * math.log(2))
 
 
+def stored_test(delta: float, p: float, reference: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """A test as the finalizer stores it: numbers, units and the reference it was against."""
+    return {"test": "one-sided Welch t-test", "units": "nats_per_token", "delta": delta,
+            "p": p, "reference": reference, **more}
+
+
+def test_every_delta_and_p_says_what_it_is_against(client: TestClient, session: Session) -> None:
+    """Δ and p on the board are the test against the track's standing record, with that
+    record's name, score and date, even when the experiment chose its own reference."""
+    standing = finished(session, "SP8192 QK5", [1.0856, 1.0857, 1.0855])
+    record = {"kind": "record", "experiment_id": standing.id, "name": "SP8192 QK5",
+              "val_bpb": 1.0856, "date": "2026-04-06", "track": RECORD_TRACK,
+              "source": "the standing record of the track at 2026-04-20"}
+    plain = finished(session, "plain", [1.0820, 1.0822, 1.0821])
+    chose = finished(session, "chose its own", [1.0830, 1.0831, 1.0829])
+    legacy = finished(session, "legacy", [1.20, 1.21, 1.19], reference_bpb=1.30)
+    plain.stats = stored_test(-0.0073, 0.002, record)
+    chose.stats = stored_test(-0.5, 0.0001, {"kind": "value", "val_bpb": 1.5,
+                                             "source": "chosen at submission"},
+                              record_test=stored_test(-0.0051, 0.2, record))
+    session.add_all([plain, chose])
+    session.commit()
+
+    entries = {e["name"]: e for e in board(client)["data"]}
+
+    assert (entries["plain"]["delta_nats"], entries["plain"]["delta_units"],
+            entries["plain"]["p"]) == (-0.0073, "nats_per_token", 0.002)
+    assert entries["plain"]["against"] == {
+        "kind": "record", "name": "SP8192 QK5", "experiment_id": standing.id,
+        "val_bpb": 1.0856, "date": "2026-04-06", "units": "nats_per_token",
+        "source": "the standing record of the track at 2026-04-20"}
+    # Its own reference (1.5) would give −0.5 at p 0.0001; the board shows the record test.
+    assert (entries["chose its own"]["delta_nats"], entries["chose its own"]["p"]) == (-0.0051, 0.2)
+    assert entries["chose its own"]["against"]["name"] == "SP8192 QK5"
+    # A test stored before deltas were: from the means, nats per byte, against its value.
+    mean = statistics.fmean([1.20, 1.21, 1.19])
+    assert entries["legacy"]["delta_nats"] == pytest.approx((mean - 1.30) * math.log(2))
+    assert entries["legacy"]["delta_units"] == "nats_per_byte"
+    assert entries["legacy"]["against"]["val_bpb"] == 1.30
+    assert legacy.id == entries["legacy"]["experiment_id"]
+    # Sorted by the same Δ and p the rows show.
+    assert [e["name"] for e in board(client, order="delta")["data"]] == [
+        "SP8192 QK5", "legacy", "plain", "chose its own"]
+    by_p = [e["name"] for e in board(client, order="p")["data"]]
+    assert by_p.index("plain") < by_p.index("chose its own")
+
+
 def test_bad_parameters_are_422(client: TestClient) -> None:
     for params, name in [({"limit": 0}, "limit"), ({"offset": -3}, "offset"),
                          ({"eligible": "maybe"}, "eligible"), ({"author": "a\x00"}, "author"),

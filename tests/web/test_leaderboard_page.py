@@ -223,6 +223,25 @@ def test_the_track_selector_switches_boards(client: TestClient, session: Session
     fetch(client, "/?track=track_1min", status=400)
 
 
+def test_delta_names_its_reference_and_unit(client: TestClient, session: Session) -> None:
+    standing = finished(session, "SP8192 QK5", [1.0856, 1.0857, 1.0855])
+    tested = finished(session, "tested", [1.0820, 1.0822, 1.0821])
+    tested.stats = {"units": "nats_per_token", "delta": -0.0073, "p": 0.002, "reference": {
+        "kind": "record", "experiment_id": standing.id, "name": "SP8192 QK5",
+        "val_bpb": 1.0856, "date": "2026-04-06", "source": "the standing record"}}
+    session.add(tested)
+    session.commit()
+
+    row = main_row(entries(fetch(client, "/"))[0])
+
+    delta = row.find("td", class_="delta")
+    assert delta.find("span", class_="units").text() == "nats/token"
+    assert delta.find("span", class_="against").text() == (
+        f"vs SP8192 QK5 (#{standing.id}, 1.0856 bpb, 2026-04-06)")
+    assert delta.text().startswith("-0.0073")
+    assert row.find("td", class_="p").text() == "0.002"
+
+
 def test_rank_is_the_place_on_the_board_under_any_filter(client: TestClient,
                                                          session: Session) -> None:
     for index, author in enumerate(["ada", "bob", "cy", "ada", "dexhunter", "dexhunter"]):
