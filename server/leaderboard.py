@@ -1,12 +1,12 @@
 """The leaderboard: finished experiments ranked by mean val_bpb, each with every seed.
 
 Each track has its own board (`Track`; the record track by default): a non-record run never
-ranks among 10-minute records. The rank is the place on the board: among the finished experiments whose score Caddie measured
-itself (`verified`, below) and that have one, by mean val_bpb. Filters (author, preset,
-provider, eligible) hide rows and never renumber them. Experiments whose score Caddie did not
-measure (a participant's script prints its own val_bpb; an import's score comes from the
-submission's logs) and experiments with no succeeded seed are shown only when asked for
-(`unverified`, `failed`), without a rank.
+ranks among 10-minute records. By default a board holds the finished experiments whose score
+Caddie measured itself (`score_source`, below); `unverified` makes it the board of every score,
+those a participant's script printed and those an import read from the submission's logs
+included (each entry says which). The rank is the place on that board, by mean val_bpb:
+filters (author, preset, provider, eligible) hide rows and never renumber them. Experiments
+with no succeeded seed have no score and no rank, and are listed only when asked for (`failed`).
 
 Four queries per page whatever its size and order: the count, the page of experiments, then
 the runs and the pod costs of all of them at once. Every order is sorted and paged in SQL: the
@@ -115,8 +115,8 @@ class LeaderboardSeed(BaseModel):
 
 
 class LeaderboardEntry(BaseModel):
-    # The place on the board (1 = lowest mean val_bpb among verified, scored experiments),
-    # whatever the filters; None when unscored or unverified.
+    # The place on the board (1 = lowest mean val_bpb; of measured scores, or of every score
+    # with `unverified`), whatever the filters; None when unscored.
     rank: int | None
     experiment_id: int
     name: str
@@ -166,14 +166,15 @@ def read_leaderboard(
     order: LeaderboardOrder = LeaderboardOrder.rank,
     desc: bool = False,
 ) -> LeaderboardPublic:
-    """The page [offset, offset + limit) of the `track`'s board in `order`. `unverified` and
-    `failed` add the experiments the board leaves out (unranked); the other filters hide rows."""
+    """The page [offset, offset + limit) of the `track`'s board in `order`: of scores Caddie
+    measured, or of every score with `unverified`; `failed` adds the unscored experiments;
+    the other filters hide rows and never change a rank."""
     board_conditions: list[ColumnElement[bool]] = [
         col(Experiment.status) == ExperimentStatus.finished.value,
         col(Experiment.track) == Track(track).value]
-    conditions = list(board_conditions)
     if not unverified:
-        conditions.append(_verified())
+        board_conditions.append(_verified())
+    conditions = list(board_conditions)
     if not failed:
         conditions.append(col(Experiment.n_succeeded) > 0)
     if eligible_only:
@@ -207,12 +208,12 @@ RANK_ORDER = (col(Experiment.mean_val_bpb).is_(None), col(Experiment.mean_val_bp
 def _board(board_conditions: list[ColumnElement[bool]], conditions: list[ColumnElement[bool]],
            order: LeaderboardOrder) -> Subquery:
     """One row per experiment matching `conditions`: its id, its rank (`position`: its place
-    among the verified, scored experiments of the board, so no filter renumbers it; None for
-    the others), and `key`, the value it is sorted by. Aggregates over runs or pods are joined
-    only when sorted by."""
+    among the scored experiments of the board, `board_conditions`, so no filter renumbers it;
+    None when unscored), and `key`, the value it is sorted by. Aggregates over runs or pods are
+    joined only when sorted by."""
     ranking = (select(col(Experiment.id).label("id"),
                       func.row_number().over(order_by=RANK_ORDER).label("position"))
-               .where(*board_conditions, _verified(), col(Experiment.mean_val_bpb).is_not(None))
+               .where(*board_conditions, col(Experiment.mean_val_bpb).is_not(None))
                .subquery("ranking"))
     query = (select(col(Experiment.id).label("id"), ranking.c.position.label("position"))
              .outerjoin(ranking, ranking.c.id == Experiment.id))

@@ -27,8 +27,9 @@ def read_leaderboard(
 ) -> LeaderboardPublic:
     """The `track`'s finished experiments by mean val_bpb, lowest first (or by `order`, reversed with
     `desc`); entries without the sorted value (unscored, unpriced) last either way.
-    `unverified` adds experiments whose score Caddie did not measure, `failed` those with no
-    succeeded seed (both unranked). An offset past the last match is a 404."""
+    `unverified` ranks every score, also those Caddie did not measure (each entry's
+    `score_source` says who measured it); `failed` adds experiments with no succeeded seed
+    (unranked). An offset past the last match is a 404."""
     board = leaderboard.read_leaderboard(
         session, limit=limit, offset=offset, track=track, eligible_only=eligible, unverified=unverified,
         failed=failed, provider=provider, preset=preset, author=author, order=order, desc=desc,

@@ -186,8 +186,9 @@ def test_a_filter_hides_rows_and_never_renumbers(client: TestClient, session: Se
 def test_the_default_board_is_verified_scored_experiments(
     client: TestClient, session: Session
 ) -> None:
-    """A participant's script that prints its own val_bpb, or an import, never ranks; nor
-    does an experiment none of whose seeds succeeded. Both are shown when asked for."""
+    """A participant's script that prints its own val_bpb, or an import, is not on the default
+    board, nor is an experiment none of whose seeds succeeded. The board of every score ranks
+    them (marked); the unscored are listed when asked for, unranked."""
     measured = finished(session, "measured", [1.20, 1.21, 1.19])
     printed = make_experiment(session, name="prints 0.0001", kind="script", seeds=[1, 2, 3])
     imported = make_experiment(session, name="imported", kind="script", provider="import",
@@ -211,7 +212,7 @@ def test_the_default_board_is_verified_scored_experiments(
     assert [e["name"] for e in everything["data"]] == [
         "prints 0.0001", "imported", "measured", "crashed"]
     assert {name: e["rank"] for name, e in rows.items()} == {
-        "prints 0.0001": None, "imported": None, "measured": 1, "crashed": None}
+        "prints 0.0001": 1, "imported": 2, "measured": 3, "crashed": None}
     assert rows["prints 0.0001"]["score_source"] == "printed by the participant's script"
     assert rows["imported"]["score_source"] == "read from the submission's logs"
     assert (rows["measured"]["score_source"], rows["crashed"]["verified"]) == (

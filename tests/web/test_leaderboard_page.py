@@ -62,7 +62,8 @@ def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session
     assert author == "grace"
     assert mean == f"{statistics.fmean(scores):.5f} ± {statistics.stdev(scores):.5f}"
     # The factory's reference is 2.0 bpb: Δ = (mean − 2.0) · ln 2 nats per byte.
-    assert delta == f"{(statistics.fmean(scores) - 2.0) * math.log(2):+.4f}"
+    assert delta == (f"{(statistics.fmean(scores) - 2.0) * math.log(2):+.4f} nats/byte "
+                     "vs 2.0000 bpb (chosen at submission)")
     assert float(p) < 0.01
     assert seeds == "3/3"
     assert max_bytes == "15,800,000 200,000 to spare"
@@ -269,12 +270,11 @@ def test_self_reported_scores_only_behind_a_filter_and_marked(client: TestClient
     everything = fetch(client, "/?unverified=1")
     assert names(everything) == ["prints its own score", "measured"]
     first, second = (main_row(e) for e in entries(everything))
-    assert cells(first)[0] == "—"
-    assert first.find("td", class_="rank").find("span").attrs["title"] == (
-        "not ranked: its score was not measured by Caddie")
+    # The board of every score ranks it, marked; the default board's rank 1 is measured.
+    assert cells(first)[0] == "1"
     assert first.find("span", class_="unverified").text() == (
         "score printed by the participant's script")
-    assert cells(second)[0] == "1"
+    assert cells(second)[0] == "2"
     assert second.find_all("span", class_="unverified") == []
 
 
