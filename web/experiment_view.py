@@ -99,7 +99,8 @@ class ImportFacts:
     """What an imported experiment's page explains: where it came from, what its folder
     states against what the logs show, and whether the challenge accepted it."""
 
-    folder: str
+    folder: str  # records/<track>/<folder>
+    path: str  # where it was read from on the importing machine
     comparisons: list[Comparison]
     disagreements: list[str]
     notes: list[str]
@@ -115,7 +116,8 @@ def import_facts(experiment: ExperimentPublicWithRuns) -> ImportFacts | None:
     submission = source.get("submission") if isinstance(source.get("submission"), dict) else {}
     found = source.get("disagreements") if isinstance(source.get("disagreements"), list) else []
     return ImportFacts(
-        folder=str(source.get("path") or source.get("key") or MISSING),
+        folder=f"records/{source['key']}" if source.get("key") else MISSING,
+        path=str(source.get("path") or MISSING),
         comparisons=_comparisons(submission, experiment),
         disagreements=[disagreement_text(d) for d in found if isinstance(d, dict)],
         notes=[str(note) for note in source.get("notes") or []],
