@@ -2,17 +2,19 @@
 
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from server import presets
+from server import presets, records
 from server.experiments import finalize_experiment
 from server.models import Experiment
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 from tests.factories import make_experiment, make_run, make_scored_run
 from tests.web.dom import Element, cells, fetch
+from tests.web.test_experiment_page import import_tree
 
 
 def finished(session: Session, name: str, scores: list[float], *, preset: str = "baseline",
@@ -241,6 +243,17 @@ def test_delta_names_its_reference_and_unit(client: TestClient, session: Session
         f"vs SP8192 QK5 (#{standing.id}, 1.0856 bpb, 2026-04-06)")
     assert delta.text().startswith("-0.0073")
     assert row.find("td", class_="p").text() == "0.002"
+
+
+def test_an_import_is_dated_by_its_record(client: TestClient, session: Session,
+                                          tmp_path: Path) -> None:
+    records.import_records(session, import_tree(tmp_path / "records"), reference_bpb=2.0)
+
+    (entry,) = entries(fetch(client, "/?unverified=1"))
+
+    date = main_row(entry).find("td", class_="date")
+    assert date.text() == "2026-04-12"  # submission.json's date, not the day of the import
+    assert date.find("span").attrs["title"] == "the record's date"
 
 
 def test_rank_is_the_place_on_the_board_under_any_filter(client: TestClient,
