@@ -141,7 +141,8 @@ class LeaderboardEntry(BaseModel):
     p: float | None  # one-sided p of that improvement
     against: Against | None  # what Δ and p are against; None before a test
     cost_usd: float | None  # spent on its pods so far; None when no pod had a price
-    eligible: bool
+    eligible: bool  # Caddie's verdict
+    accepted: bool | None  # an import: the challenge's (on its leaderboard); None: our own
     reasons: list[str]
     seeds: list[LeaderboardSeed]
 
@@ -318,6 +319,7 @@ def _entry(experiment: Experiment, runs: list[Run], position: int | None,
         against=against(test),
         cost_usd=cost_usd,
         eligible=experiment.eligible,
+        accepted=experiment.accepted,
         reasons=experiment.reasons,
         seeds=[_seed(run) for run in runs],
     )

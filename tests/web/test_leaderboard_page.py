@@ -69,7 +69,8 @@ def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session
     assert float(p) < 0.01
     assert seeds == "3/3"
     assert max_bytes == "15,800,000 200,000 to spare"
-    assert (train, evaluation, cost, record) == ("599.0 s", "120.0 s", "—", "record-eligible")
+    assert (train, evaluation, cost, record) == ("599.0 s", "120.0 s", "—",
+                                                 "Caddie: record-eligible")
     assert cells(main_row(entries(page)[2]))[0] == "—"  # no score, no rank
     assert cells(main_row(entries(page)[2]))[4] == "—"
 
@@ -245,15 +246,24 @@ def test_delta_names_its_reference_and_unit(client: TestClient, session: Session
     assert row.find("td", class_="p").text() == "0.002"
 
 
-def test_an_import_is_dated_by_its_record(client: TestClient, session: Session,
+def test_an_import_is_dated_by_its_record_with_both_verdicts(client: TestClient, session: Session,
                                           tmp_path: Path) -> None:
-    records.import_records(session, import_tree(tmp_path / "records"), reference_bpb=2.0)
+    results = records.import_records(session, import_tree(tmp_path / "records"),
+                                     reference_bpb=2.0)
+    imported = session.get(Experiment, results[0].experiment_id)
+    assert imported is not None
+    imported.accepted = True
+    session.add(imported)
+    session.commit()
 
     (entry,) = entries(fetch(client, "/?unverified=1"))
 
     date = main_row(entry).find("td", class_="date")
     assert date.text() == "2026-04-12"  # submission.json's date, not the day of the import
     assert date.find("span").attrs["title"] == "the record's date"
+    # Both verdicts side by side: Caddie's (one seed) and the challenge's.
+    assert main_row(entry).find("td", class_="record").text() == (
+        "Caddie: not eligible challenge: accepted")
 
 
 def test_rank_is_the_place_on_the_board_under_any_filter(client: TestClient,
