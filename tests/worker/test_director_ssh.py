@@ -104,10 +104,12 @@ def test_cancel_over_ssh_stops_the_trainer(ssh_director, engine):
     run_id = new_run(engine, provider="ssh", fake_mode="sleep")
     run = drive(ssh_director, run_id, until={RunStatus.running})
     deadline = time.monotonic() + 10
-    while not Path(run.remote_dir, "starts").exists():
+    starts = Path(run.remote_dir, "starts")
+    # The file exists before the trainer has written its pid into it: wait for the digits.
+    while not (starts.exists() and starts.read_text().strip()):
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    trainer_pid = int(Path(run.remote_dir, "starts").read_text())
+    trainer_pid = int(starts.read_text())
     with Session(engine) as session:
         update_run(session, run_id, fence=None, cancel_requested=True)
     assert drive(ssh_director, run_id, until=FINAL).status == "cancelled"
