@@ -29,7 +29,7 @@ from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
 from server.runs import get_run, transition, update_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
-from server.statistics import Significance
+from server.statistics import Significance, bytes_per_token
 
 log = logging.getLogger(__name__)
 
@@ -559,7 +559,52 @@ def _significance(session: Session, experiment: Experiment,
     if not scores:
         return None
     # Adaptive seeding aims at the experiment's own alpha; the stored result keeps the record's.
-    return reference.test_against_reference(session, experiment, scores, alpha=experiment.alpha)[0]
+    return reference.test_against_reference(session, experiment, scores, alpha=experiment.alpha,
+                                            per_token_bytes=_bytes_per_token(runs))[0]
+
+
+def _bytes_per_token(runs: list[Run]) -> float | None:
+    """Bytes per token of the validation set the counted seeds scored (per-token margin)."""
+    return bytes_per_token((run.val_loss, run.val_bpb) for run in policies.counted_runs(runs)
+                           if run.status == RunStatus.succeeded)
+
+
+def _tests(session: Session, experiment: Experiment,
+           runs: list[Run]) -> tuple[dict[str, Any] | None, str | None]:
+    """The stored tests and the reason the record test gives (None when it passes or was not
+    made). Eligibility is only ever against the standing record of the experiment's track; a
+    reference chosen at submission is the test shown, with the record test beside it."""
+    scores = _control_scores(runs)
+    if not scores:
+        return None, None
+    per_token = _bytes_per_token(runs)
+    record_against = reference.record_reference(session, experiment)
+    record, record_against = reference.test_against_reference(
+        session, experiment, scores, against=record_against, per_token_bytes=per_token)
+    record_stats = (reference.stored(record, record_against) if record is not None
+                    else {"reference": record_against, "note": record_against["source"]})
+    why = record.reason() if record is not None else None
+    if why and record is not None and record.p is None and len(scores) < MIN_RECORD_SEEDS:
+        why = None  # below the seed minimum an undefined test adds nothing the count does not say
+    if why:
+        why = f"{why}, against {_against_text(record_against)}"
+    chosen = reference.chosen_reference(session, experiment)
+    if chosen is None:
+        return record_stats, why
+    shown, chosen = reference.test_against_reference(
+        session, experiment, scores, against=chosen, per_token_bytes=per_token)
+    assert shown is not None  # a chosen reference is never "none"
+    return {**reference.stored(shown, chosen), "record_test": record_stats}, why
+
+
+def _against_text(against: dict[str, Any]) -> str:
+    """The reference in words, as a reason states it: name, id, score and date."""
+    score = against.get("val_bpb")
+    shown = f"val_bpb {score:.5f}" if isinstance(score, (int, float)) else "no score"
+    if against["kind"] in ("record", "experiment"):
+        return (f"{against.get('name')} (experiment {against['experiment_id']}, {shown}, "
+                f"{against.get('date')})")
+    return f"{shown} ({against['source']})"
 
 
 def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run]) -> None:
@@ -571,13 +616,9 @@ def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run])
     experiment.mean_val_bpb = statistics.fmean(scores) if scores else None
     experiment.std_val_bpb = statistics.stdev(scores) if len(scores) >= 2 else None
     experiment.reasons = experiment_reasons(runs)
-    if scores:
-        significance, against = reference.test_against_reference(session, experiment, scores)
-        experiment.stats = {**significance.to_dict(), "reference": against}
-        why = significance.reason()
-        # Below the seed minimum an undefined test adds nothing the seed count does not say.
-        if why and (significance.p is not None or len(scores) >= MIN_RECORD_SEEDS):
-            experiment.reasons = [*experiment.reasons, why]
+    experiment.stats, why = _tests(session, experiment, runs)
+    if why:
+        experiment.reasons = [*experiment.reasons, why]
     if experiment.variants:
         summary = ablation.summarize(experiment, all_runs)
         experiment.stats = {**(experiment.stats or {}), "ablation": summary}

@@ -61,6 +61,8 @@ _TOTAL = re.compile(r"^Total submission size(?: (?P<kind>[^:]+?))?:\s*(?P<n>\d+)
 _MODEL = re.compile(r"^Serialized model(?: (?P<kind>[^:]+?))?:\s*(?P<n>\d+) bytes")
 _CODE = re.compile(r"^Code size(?: \((?P<kind>\w+)\))?:\s*(?P<n>\d+) bytes")
 _SEED = re.compile(r"^\s*seed:\s*(\d+)\s*$")
+# A settings line of `key=value` words only (`... run_id=x seed=1337 seq_len_start=0 ...`).
+_SETTINGS_SEED = re.compile(r"^(?:\w+=\S+ )*seed=(\d+)(?: \w+=\S+)*\s*$")
 _VAL_TOKENS = re.compile(r"^(?:val_tokens:\s*|val_loader:.*\btokens:)(\d+)\s*$")
 _RUN_HEADER = re.compile(
     r"^(?:Hyperparameters:\s*$|val_bpb:enabled\b|Running Python\b|logs/\S+\.txt\s*$"
@@ -108,7 +110,8 @@ class _Run:
 def parse_log(text: str | bytes) -> dict[str, Any]:
     """Parse one training log (str, or bytes decoded as UTF-8) into a JSON-ready dict:
     score {tag, val_loss, val_bpb}, metrics [every final metric], diagnostics, bytes_total,
-    code_bytes, model_bytes, steps, train_time_ms, step_avg_ms, eval_time_ms, seed,
+    code_bytes, model_bytes, steps, train_time_ms, step_avg_ms, step_ms (a training step's
+    time, for the one-step time rule), eval_time_ms, seed,
     val_tokens, runs (how many the file holds) and warnings."""
     text, warnings = _decoded(text)
     lines = [_TIMESTAMP.sub("", line) for line in re.split(r"\r\n|\r|\n", text)]
@@ -252,6 +255,7 @@ _HANDLERS: list[tuple[re.Pattern[str], Callable[[_Run, re.Match[str], int], None
     (_MODEL, _on_model),
     (_CODE, _on_code),
     (_SEED, _on_seed),
+    (_SETTINGS_SEED, _on_seed),
     (_VAL_TOKENS, _on_val_tokens),
 ]
 
@@ -286,12 +290,23 @@ def _report(run: _Run, run_count: int, warnings: list[str]) -> dict[str, Any]:
         "steps": run.steps,
         "train_time_ms": _whole(run.train_time_ms),
         "step_avg_ms": run.step_avg_ms,
+        "step_ms": _step_ms(run),
         "eval_time_ms": _whole(score.eval_time_ms) if score else None,
         "seed": run.seed,
         "val_tokens": run.val_tokens,
         "runs": run_count,
         "warnings": warnings,
     }
+
+
+def _step_ms(run: _Run) -> float | None:
+    """How long a training step took, for the one-step time rule: the last logged
+    `step_avg`, else the training time over the steps."""
+    if run.step_avg_ms is not None:
+        return run.step_avg_ms
+    if run.train_time_ms is not None and run.steps:
+        return round(run.train_time_ms / run.steps, 3)
+    return None
 
 
 def _fill_eval_times(metrics: list[_Metric]) -> None:

@@ -63,6 +63,10 @@ class SeedLog:
     parsed: dict[str, Any]
     seed: int = -1  # filled by _assign_seeds
     seed_from: str = "log"  # where the seed came from: log, file name, submission, order
+    # The seed's one counted log: why it was chosen over the seed's other logs ("" if alone);
+    # and, when it was an eval-only re-run, the log its training numbers come from.
+    chosen_why: str = ""
+    training_from: str | None = None
 
     @property
     def scored(self) -> bool:
@@ -85,6 +89,8 @@ class RecordFolder:
     logs: list[SeedLog]
     code: dict[str, str]  # file name -> text, the code the submission counted
     notes: list[str] = field(default_factory=list)
+    # Logs of a seed that already has its counted log: {"file", "seed", "counted", "why"}.
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -161,6 +167,7 @@ def read_record_folder(folder: Path) -> RecordFolder:
                           submission=_read_submission(folder, notes), logs=_read_logs(folder, notes),
                           code=_read_code(folder, notes), notes=notes)
     _assign_seeds(record)
+    _one_log_per_seed(record)
     return record
 
 
@@ -266,6 +273,72 @@ def _assign_seeds(record: RecordFolder) -> None:
             record.notes.append(f"{log.file} states no seed; numbered {log.seed}")
 
 
+def _one_log_per_seed(record: RecordFolder) -> None:
+    """A seed is one sample, however many logs it left (re-runs, eval-only re-scorings of
+    the same artifact): keep one log per seed and list the others as duplicates.
+
+    The counted log is, in order: the one whose score the submission states for that seed
+    (`seed_results`), the one whose score is the submission's `val_bpb`, else the last full
+    run (a log that shows training) in file order, else the last scored one. An eval-only
+    re-run that is counted takes its training numbers (time, steps, sizes) from the seed's
+    training log, since it scored that run's artifact."""
+    by_seed: dict[int, list[SeedLog]] = {}
+    for log in record.logs:
+        by_seed.setdefault(log.seed, []).append(log)
+    kept: list[SeedLog] = []
+    for seed, logs in by_seed.items():
+        if len(logs) == 1:
+            kept.append(logs[0])
+            continue
+        chosen, why = _counted_log(record.submission, seed, logs)
+        chosen.chosen_why = why
+        _borrow_training(chosen, logs)
+        kept.append(chosen)
+        others = [log for log in logs if log is not chosen]
+        record.duplicates += [{"file": log.file, "seed": seed, "counted": chosen.file,
+                               "val_bpb": log.val_bpb, "why": why} for log in others]
+        record.notes.append(f"seed {seed} has {len(logs)} logs; counted once, from {chosen.file} "
+                            f"({why}); not counted: {', '.join(log.file for log in others)}")
+    record.logs = kept
+
+
+def _counted_log(submission: dict[str, Any], seed: int, logs: list[SeedLog]) -> tuple[SeedLog, str]:
+    scored = [log for log in logs if log.scored]
+    if not scored:
+        return logs[-1], "none of them has a final score; the last in file order"
+    for source_name, stated_seed, entry in _seed_entries(submission):
+        stated = entry.get("val_bpb")
+        match = [log for log in scored if stated_seed == seed and _float(stated) is not None
+                 and _close(_float(stated), log.val_bpb or 0.0, stated)]
+        if match:
+            return match[-1], f"its val_bpb is the one submission.json's {source_name} states"
+    stated = submission.get("val_bpb")
+    match = [log for log in scored
+             if _float(stated) is not None and _close(_float(stated), log.val_bpb or 0.0, stated)]
+    if match:
+        return match[-1], "its val_bpb is submission.json's val_bpb"
+    trained = [log for log in scored if log.parsed["train_time_ms"] is not None]
+    if trained:
+        return trained[-1], "the last full run (training and score) in file order"
+    return scored[-1], "the last scored log in file order"
+
+
+_TRAINING_FIELDS = ("train_time_ms", "steps", "step_ms", "step_avg_ms", "bytes_total",
+                    "code_bytes", "model_bytes", "val_tokens")
+
+
+def _borrow_training(chosen: SeedLog, logs: list[SeedLog]) -> None:
+    if chosen.parsed["train_time_ms"] is not None:
+        return
+    trained = [log for log in logs if log is not chosen and log.parsed["train_time_ms"] is not None]
+    if not trained:
+        return
+    source = trained[-1]
+    chosen.parsed = {**chosen.parsed, **{key: source.parsed.get(key) for key in _TRAINING_FIELDS
+                                          if chosen.parsed.get(key) is None}}
+    chosen.training_from = source.file
+
+
 def _seed_or_none(value: Any) -> int | None:
     """A seed the run table can hold (non-negative int32, as the API takes them)."""
     seed = _int(value)
@@ -359,6 +432,21 @@ def _seed_set_disagreement(submission: dict[str, Any], scored: list[SeedLog]) ->
     if logged - stated:
         parts.append(f"log(s) of seed(s) {sorted(logged - stated)} are not listed")
     return [_disagreement("seeds", sorted(stated), sorted(logged), "; ".join(parts))]
+
+
+def _duplicate_disagreements(record: RecordFolder) -> list[dict[str, Any]]:
+    """Each seed with more than one log, as a disagreement: which log counted and why."""
+    seeds: dict[int, list[str]] = {}
+    for duplicate in record.duplicates:
+        seeds.setdefault(duplicate["seed"], []).append(duplicate["file"])
+    found = []
+    for log in record.logs:
+        if log.seed in seeds:
+            found.append(_disagreement(
+                f"seeds.{log.seed}.logs", log.file, seeds[log.seed],
+                f"{len(seeds[log.seed]) + 1} logs of seed {log.seed}, one sample: counted "
+                f"{log.file} ({log.chosen_why}), not the others"))
+    return found
 
 
 # Per-seed fields of submission.json and the parser's name for each.
@@ -499,7 +587,7 @@ def import_record(session: Session, record: RecordFolder, *,
     if not record.logs:
         return ImportResult(key=record.key, experiment_id=None, created=False,
                             notes=[*record.notes, "no train log: nothing imported"])
-    found = disagreements(record.submission, record.logs)
+    found = disagreements(record.submission, record.logs) + _duplicate_disagreements(record)
     experiment = _new_experiment(record, found, reference_bpb)
     session.add(experiment)
     session.flush()
@@ -524,7 +612,10 @@ def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
     source = {"key": record.key, "path": str(record.path.resolve()), "submission": stated,
               "disagreements": found, "notes": record.notes,
               "logs": [{"file": log.file, "sha256": log.sha256, "seed": log.seed,
-                        "seed_from": log.seed_from} for log in record.logs]}
+                        "seed_from": log.seed_from, "counted": True,
+                        "why": log.chosen_why or None, "training_from": log.training_from}
+                       for log in record.logs],
+              "duplicate_logs": record.duplicates}
     return Experiment(
         name=name[:200], author=_text(stated.get("author"))[:100], preset=IMPORT_PRESET,
         seeds=[log.seed for log in record.logs], provider=IMPORT_PROVIDER, kind="script",

@@ -1,10 +1,14 @@
 """Significance of an experiment's per-seed scores against the record it means to beat.
 
 The challenge's rule: a new record beats the current one by at least 0.005 nats at p < 0.01
-over several seeds. Scores are lower-is-better. By default they are val_bpb (bits per byte)
-and the margin is 0.005 / ln 2 bits per byte ("compared per byte"); on request they are
-val_bpb × ln 2 in nats per byte (margin 0.005; the same t and p), or val_loss in nats per
-token, which only compares runs that share a tokenizer. Callers convert the scores.
+over several seeds. The records state that margin in nats per token (the val_loss
+difference), so that is the default unit: a val_bpb score becomes nats per token of the
+experiment's own validation set as val_bpb × ln 2 × bytes per token (`to_units`). The bytes
+per token come from the seeds themselves (val_loss / (val_bpb × ln 2), `bytes_per_token`), so
+on one tokenizer the conversion is exactly the val_loss, and across tokenizers a reference's
+val_bpb is measured in the tested experiment's tokens. On request the scores stay per byte:
+val_bpb (bits per byte, margin 0.005 / ln 2) or val_bpb × ln 2 (nats per byte, margin 0.005;
+the same t and p). Callers convert the scores.
 
 Both tests are one-sided and report t with the sign of an improvement: t > 0 means the
 experiment's mean lies below the threshold (reference − margin).
@@ -12,7 +16,7 @@ experiment's mean lies below the threshold (reference − margin).
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -32,7 +36,37 @@ WELCH_TEST = "one-sided Welch's t-test"
 class Units(StrEnum):
     BITS_PER_BYTE = "bits_per_byte"  # val_bpb
     NATS_PER_BYTE = "nats_per_byte"  # val_bpb × ln 2
-    NATS_PER_TOKEN = "nats_per_token"  # val_loss
+    NATS_PER_TOKEN = "nats_per_token"  # val_bpb × ln 2 × bytes per token: val_loss
+
+
+DEFAULT_UNITS = Units.NATS_PER_TOKEN  # the unit the challenge's records state the margin in
+
+
+def bytes_per_token(pairs: Iterable[tuple[float | None, float | None]]) -> float | None:
+    """Bytes per token of a validation set, from its seeds' (val_loss nats/token, val_bpb
+    bits/byte): val_bpb = val_loss / ln 2 × tokens / bytes, so bytes / token = val_loss /
+    (val_bpb × ln 2). The mean over seeds that state both; None when none does."""
+    ratios = [loss / (bpb * math.log(2)) for loss, bpb in pairs
+              if loss is not None and bpb is not None and loss > 0 and bpb > 0]
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def scale(units: Units | str, per_token_bytes: float | None = None) -> float:
+    """What a val_bpb is multiplied by to be in `units`. Per token needs the bytes per token."""
+    units = Units(units)
+    if units is Units.BITS_PER_BYTE:
+        return 1.0
+    if units is Units.NATS_PER_BYTE:
+        return math.log(2)
+    if per_token_bytes is None or not per_token_bytes > 0:
+        raise ValueError("units nats_per_token needs the bytes per token of the validation "
+                         "set (seeds with both val_loss and val_bpb)")
+    return math.log(2) * per_token_bytes
+
+
+def to_units(val_bpb: float, units: Units | str, per_token_bytes: float | None = None) -> float:
+    """A val_bpb (or a difference of two) in `units`: Δnats/token = Δbpb × ln 2 × bytes/token."""
+    return val_bpb * scale(units, per_token_bytes)
 
 
 @dataclass(frozen=True)
@@ -57,6 +91,8 @@ class Significance:
     reference_n: int | None = None  # Welch only: the reference experiment's seeds
     reference_mean: float | None = None
     reference_std: float | None = None
+    # Per token: the bytes per token of the tested experiment's validation set (the scale).
+    bytes_per_token: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,12 +125,11 @@ def one_sample_test(
     *,
     units: Units | str = Units.BITS_PER_BYTE,
     alpha: float = DEFAULT_ALPHA,
-    tokenizer: str | None = None,
-    reference_tokenizer: str | None = None,
+    bytes_per_token: float | None = None,
     max_seeds: int = MAX_SEEDS,
 ) -> Significance:
     """Test whether the mean of `scores` lies below `reference` − 0.005 nats (in `units`)."""
-    units = _checked_units(units, tokenizer, reference_tokenizer)
+    units = _checked_units(units)
     values = _checked_scores(scores, "scores")
     reference = _checked_number(reference, "reference")
     _check_alpha(alpha)
@@ -102,7 +137,8 @@ def one_sample_test(
     threshold = reference - margin
     summary = _Summary.of(values)
     base = dict(test=ONE_SAMPLE_TEST, units=units.value, alpha=alpha, margin=margin,
-                threshold=threshold, n=summary.n, mean=summary.mean, std=summary.std)
+                threshold=threshold, n=summary.n, mean=summary.mean, std=summary.std,
+                bytes_per_token=bytes_per_token)
     undefined = _undefined_reason(summary, "scores")
     if undefined:
         return Significance(**base, t=None, df=None, p=None, significant=False,
@@ -123,13 +159,12 @@ def welch_test(
     *,
     units: Units | str = Units.BITS_PER_BYTE,
     alpha: float = DEFAULT_ALPHA,
-    tokenizer: str | None = None,
-    reference_tokenizer: str | None = None,
+    bytes_per_token: float | None = None,
     max_seeds: int = MAX_SEEDS,
 ) -> Significance:
     """Test whether mean(scores) lies below mean(reference_scores) − 0.005 nats (in `units`),
     without assuming equal variances (Welch–Satterthwaite degrees of freedom)."""
-    units = _checked_units(units, tokenizer, reference_tokenizer)
+    units = _checked_units(units)
     values = _checked_scores(scores, "scores")
     reference = _checked_scores(reference_scores, "reference_scores")
     _check_alpha(alpha)
@@ -138,7 +173,8 @@ def welch_test(
     threshold = (theirs.mean - margin) if theirs.mean is not None else None
     base = dict(test=WELCH_TEST, units=units.value, alpha=alpha, margin=margin,
                 threshold=threshold, n=mine.n, mean=mine.mean, std=mine.std,
-                reference_n=theirs.n, reference_mean=theirs.mean, reference_std=theirs.std)
+                reference_n=theirs.n, reference_mean=theirs.mean, reference_std=theirs.std,
+                bytes_per_token=bytes_per_token)
     undefined = _welch_undefined_reason(mine, theirs)
     if undefined:
         return Significance(**base, t=None, df=None, p=None, significant=False,
@@ -227,22 +263,12 @@ def _more_seeds(summary: _Summary, alpha: float, p: float, t: float, max_seeds: 
                   f"mean and std hold")
 
 
-def _checked_units(units: Units | str, tokenizer: str | None,
-                   reference_tokenizer: str | None) -> Units:
+def _checked_units(units: Units | str) -> Units:
     try:
-        units = Units(units)
+        return Units(units)
     except ValueError:
         choices = ", ".join(u.value for u in Units)
         raise ValueError(f"units: {units!r} is not one of {choices}") from None
-    if units is Units.NATS_PER_TOKEN:
-        if not tokenizer or not reference_tokenizer:
-            raise ValueError("units nats_per_token needs tokenizer and reference_tokenizer: "
-                             "per-token losses only compare runs of the same tokenizer")
-        if tokenizer != reference_tokenizer:
-            raise ValueError(f"units nats_per_token: tokenizer {tokenizer!r} differs from "
-                             f"reference_tokenizer {reference_tokenizer!r}; compare in "
-                             f"bits_per_byte instead")
-    return units
 
 
 def _checked_scores(scores: Sequence[float], name: str) -> np.ndarray:

@@ -15,6 +15,8 @@ from server.models import Experiment, LogChunk, Pod, Run, RunEvent
 
 RECORD_GPU = "NVIDIA H100 80GB HBM3"
 SP1024_VAL_TOKENS = 62_021_632
+# val_loss / val_bpb of the runs made here: ln 2 × bytes per token, roughly sp1024's (2.44).
+LOSS_PER_BPB = 1.69
 
 
 def make_experiment(
@@ -55,7 +57,7 @@ def make_scored_run(session: Session, experiment: Experiment, *, seed: int, val_
     """A run as the worker leaves it after verifying: measured, eligible unless told."""
     measured: dict[str, Any] = {
         "val_bpb": val_bpb,
-        "val_loss": val_bpb * 1.69,  # roughly sp1024's bytes per token times ln 2
+        "val_loss": val_bpb * LOSS_PER_BPB,
         "bytes_total": 15_800_000,
         "code_bytes": 50_000,
         "model_bytes": 15_750_000,

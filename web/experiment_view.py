@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.experiments import ExperimentPublicWithRuns
-from server.leaderboard import against
 from server.statistics import Units
 from web.rendering import MISSING
 
@@ -30,7 +29,8 @@ class AblationTable:
 
 
 def threshold_bpb(stats: dict[str, Any] | None) -> float | None:
-    """The mean a record must be below, in val_bpb; None when the test was per token."""
+    """The mean a record must be below, in val_bpb (a per-token threshold through the bytes
+    per token the test used); None when it cannot be said."""
     stats = stats or {}
     threshold = stats.get("threshold")
     if not isinstance(threshold, (int, float)):
@@ -40,7 +40,26 @@ def threshold_bpb(stats: dict[str, Any] | None) -> float | None:
         return float(threshold)
     if units == Units.NATS_PER_BYTE:
         return threshold / math.log(2)
+    per_token = stats.get("bytes_per_token")
+    if isinstance(per_token, (int, float)) and per_token > 0:
+        return threshold / (math.log(2) * per_token)
     return None
+
+
+def against_text(reference: dict[str, Any] | None) -> str:
+    """What a test was against, in words: the record's name, val_bpb and date, or the value
+    and where it came from."""
+    if not isinstance(reference, dict):
+        return MISSING
+    score = reference.get("val_bpb")
+    shown = f"val_bpb {score:.5f}" if isinstance(score, (int, float)) else ""
+    if reference.get("kind") in ("record", "experiment"):
+        parts = [str(reference.get("name") or f"experiment {reference.get('experiment_id')}"),
+                 shown, str(reference.get("date") or "")]
+        return ", ".join(part for part in parts if part) + f" ({reference.get('source')})"
+    if reference.get("kind") == "none":
+        return f"nothing: {reference.get('source')}"
+    return f"{shown} ({reference.get('source')})"
 
 
 def number(value: Any, digits: int = 4) -> str:
@@ -195,12 +214,3 @@ def _field_words(name: str) -> str:
         return f"seed {parts[1]}'s {parts[2]} ({parts[0]})"
     return {"logs": "train logs", "seeds": "seeds"}.get(name, name)
 
-
-def record_test_shown(stats: dict[str, Any] | None) -> dict[str, Any]:
-    """The test against the track's standing record, when it is not the test shown (the
-    experiment chose its own reference): {"record_test", "record_against"}, else Nones."""
-    nested = (stats or {}).get("record_test")
-    if not isinstance(nested, dict):
-        return {"record_test": None, "record_against": None}
-    return {"record_test": nested,
-            "record_against": against(nested) or against({"reference": {"source": nested.get("note")}})}

@@ -24,7 +24,7 @@ from sqlmodel import Session
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import auth, experiments, leaderboard, logs, presets, queueing, records, scripts
+from server import auth, experiments, logs, presets, queueing, records, scripts
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
@@ -219,8 +219,6 @@ def experiment_page(request: Request, session: Session, experiment_id: int, *,
                           threshold=experiment_view.threshold_bpb(experiment.stats)),
         "hardware": experiment_view.hardware(experiment),
         "imported": experiment_view.import_facts(experiment),
-        "against": leaderboard.against(experiment.stats or {}),
-        **experiment_view.record_test_shown(experiment.stats),
         "ablation": experiment_view.ablation_table(experiment.stats),
         "view": experiment_view, "seeds_entered": seeds_entered, "seeds_error": seeds_error,
         "can_add_seeds": experiment.status != ExperimentStatus.cancelled,

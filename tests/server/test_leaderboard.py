@@ -11,11 +11,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from server import tracks
 from server.experiments import finalize_experiment
 from server.leaderboard import LeaderboardOrder, read_leaderboard
 from server.models import Experiment
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
-from tests.factories import make_experiment, make_pod, make_run, make_scored_run
+from tests.factories import LOSS_PER_BPB, make_experiment, make_pod, make_run, make_scored_run
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -26,8 +27,11 @@ def finished(session: Session, name: str, scores: list[float], *, author: str = 
     """An experiment whose seeds all succeeded with `scores`, finalized for real; with
     `cost_per_hour`, each seed had a pod at that price for one hour."""
     seeds = list(range(1, len(scores) + 1))
+    # Its track as a submission gets it (the tiny preset has no training cap: non-record).
+    track = tracks.from_limits(kind="trainer", preset=preset, config={}, env={}, gpu_count=None)
     experiment = make_experiment(session, name=name, author=author, provider=provider,
-                                 preset=preset, seeds=seeds, reference_bpb=reference_bpb)
+                                 preset=preset, seeds=seeds, reference_bpb=reference_bpb,
+                                 track=track)
     for seed, score in zip(seeds, scores, strict=True):
         run = make_scored_run(session, experiment, seed=seed, val_bpb=score, **run_fields)
         if cost_per_hour is not None:
@@ -294,7 +298,10 @@ def test_cost_and_delta_of_an_entry(client: TestClient, session: Session) -> Non
     assert entries["Delta"]["cost_usd"] == pytest.approx(4.0)
     assert entries["charlie"]["cost_usd"] is None
     mean = statistics.fmean([1.20, 1.21, 1.19])
-    assert entries["Alpha"]["delta_nats"] == pytest.approx((mean - 1.30) * math.log(2))
+    # Nats per token of Alpha's validation set: Δbpb × ln 2 × its bytes per token.
+    assert entries["Alpha"]["delta_nats"] == pytest.approx((mean - 1.30) * LOSS_PER_BPB)
+    assert entries["Alpha"]["delta_units"] == "nats_per_token"
+    assert entries["Alpha"]["against"]["val_bpb"] == pytest.approx(1.30)
 
 
 def stored_test(delta: float, p: float, reference: dict[str, Any], **more: Any) -> dict[str, Any]:
@@ -314,10 +321,13 @@ def test_every_delta_and_p_says_what_it_is_against(client: TestClient, session: 
     chose = finished(session, "chose its own", [1.0830, 1.0831, 1.0829])
     legacy = finished(session, "legacy", [1.20, 1.21, 1.19], reference_bpb=1.30)
     plain.stats = stored_test(-0.0073, 0.002, record)
+    # As stored before tests kept their delta and units.
+    legacy.stats = {"test": "one-sided one-sample t-test", "p": 0.001,
+                    "reference": {"kind": "value", "val_bpb": 1.30, "source": "chosen at submission"}}
     chose.stats = stored_test(-0.5, 0.0001, {"kind": "value", "val_bpb": 1.5,
                                              "source": "chosen at submission"},
                               record_test=stored_test(-0.0051, 0.2, record))
-    session.add_all([plain, chose])
+    session.add_all([plain, chose, legacy])
     session.commit()
 
     entries = {e["name"]: e for e in board(client)["data"]}

@@ -2,7 +2,6 @@
 a stand-in for each failed run (retry / replace, within max_retries), and adaptive seeds
 while p >= alpha — each exactly once, also when two finalizers race on PostgreSQL."""
 
-import math
 import statistics
 import threading
 from pathlib import Path
@@ -16,12 +15,13 @@ from server.experiments import finalize_experiment
 from server.models import Experiment, Run, RunEvent
 from server.runs import transition
 from server.states import RunStatus
-from server.statistics import one_sample_test
-from tests.factories import make_experiment, make_run, make_scored_run
+from server.statistics import Units, one_sample_test
+from tests.factories import LOSS_PER_BPB, make_experiment, make_run, make_scored_run
 from tests.server.broker import queued_tasks
 
 WIDE = {"name": "wide", "config": {"model_dim": 640}}
-BPB_MARGIN = 0.005 / math.log(2)
+# The record margin, 0.005 nats per token, in bits per byte of these tests' runs.
+BPB_MARGIN = 0.005 / LOSS_PER_BPB
 
 
 def reload(session: Session, experiment_id: int) -> tuple[Experiment, list[Run]]:
@@ -66,7 +66,8 @@ def test_ablation_variants_do_not_count_for_the_experiment(session: Session) -> 
     assert (done.n_succeeded, done.eligible, done.reasons) == (3, True, [])
     assert done.mean_val_bpb == pytest.approx(statistics.mean(control))
     assert done.stats is not None and done.stats["n"] == 3
-    assert done.stats["mean"] == pytest.approx(statistics.mean(control))
+    assert done.stats["mean"] == pytest.approx(statistics.mean(control) * LOSS_PER_BPB)
+    assert done.stats["units"] == "nats_per_token"
 
 
 def test_the_reference_experiment_counts_only_its_control(session: Session) -> None:
@@ -84,7 +85,8 @@ def test_the_reference_experiment_counts_only_its_control(session: Session) -> N
 
     done, _ = reload(session, better.id)
     assert done.stats is not None
-    assert (done.stats["reference_n"], done.stats["reference_mean"]) == (3, pytest.approx(1.30))
+    assert (done.stats["reference_n"], done.stats["reference_mean"]) == (
+        3, pytest.approx(1.30 * LOSS_PER_BPB))
     assert done.eligible is True
 
 
@@ -185,7 +187,8 @@ def adaptive(session: Session, *, max_seeds: int, scores: list[float],
 def test_adaptive_adds_the_estimated_seeds_within_max_seeds(session: Session,
                                                             data_dir: Path) -> None:
     scores = [1.20, 1.21, 1.19]
-    estimate = one_sample_test(scores, 1.21 + BPB_MARGIN).more_seeds
+    estimate = one_sample_test([s * LOSS_PER_BPB for s in scores], 1.21 * LOSS_PER_BPB,
+                               units=Units.NATS_PER_TOKEN).more_seeds
     assert estimate is not None and estimate > 2
     experiment = adaptive(session, max_seeds=5, scores=scores)
 

@@ -15,12 +15,13 @@ from server import scripts
 from server.auth import Role, create_token
 from server.experiments import finalize_experiment
 from server.models import Run
-from tests.factories import make_experiment, make_run, make_scored_run
+from tests.factories import LOSS_PER_BPB, make_experiment, make_run, make_scored_run
 from tests.web.dom import Element, cells, fetch, form_token, parse
 from tests.web.test_experiment_page import facts
 
 SCORES = [1.20576485, 1.20617460, 1.20715923]
-RECORD_MARGIN_BPB = 0.005 / math.log(2)
+# The record margin, 0.005 nats per token, in bits per byte of the factory's runs.
+RECORD_MARGIN_BPB = 0.005 / LOSS_PER_BPB
 
 
 def finished(session: Session, **fields: object) -> int:
@@ -47,16 +48,18 @@ def test_statistics_show_the_test_and_the_plot_its_reference(client: TestClient,
 
     test = facts(page, "stats-heading", index=1)
     assert test["Test"] == "one-sided one-sample t-test"
-    assert test["Units"] == "bits per byte"
-    assert test["Reference"].startswith(f"{1.2193657 + RECORD_MARGIN_BPB:.5f} (chosen at submission")
-    assert test["Threshold"].startswith("1.2193657 bits per byte")
+    assert test["Units"] == "nats per token"
+    assert test["Against"].startswith(f"val_bpb {1.2193657 + RECORD_MARGIN_BPB:.5f} (chosen at submission")
+    assert test["Threshold"].startswith(f"{1.2193657 * LOSS_PER_BPB:.8g} nats per token")
+    assert test["Δ"].startswith(f"{(sum(SCORES) / 3 - 1.2193657 - RECORD_MARGIN_BPB) * LOSS_PER_BPB:.5g}")
+    assert f"{LOSS_PER_BPB / math.log(2):.4f} bytes per token" in test["Δ"]
     assert test["t"].startswith("31.4") and (test["df"], test["Significant"]) == ("2", "yes")
     assert test["p"].startswith("0.0005")
     assert "More seeds" not in test
     assert plot_line(page, "reference") == round(1.2193657 + RECORD_MARGIN_BPB, 6)
     assert plot_line(page, "threshold") == round(1.2193657, 6)
     legend = page.find("g", class_="legend").text()
-    assert "mean 1.2064" in legend and "reference 1.2266" in legend
+    assert "mean 1.2064" in legend and "reference 1.2223" in legend
     assert "threshold 1.2194" in legend
     caption = page.find("figure", class_="seed-scores").find("figcaption").text()
     assert "reference" in caption and "threshold" in caption
