@@ -134,8 +134,9 @@ class LeaderboardEntry(BaseModel):
     max_bytes_total: int | None  # over succeeded seeds
     max_train_time_s: float | None
     max_eval_time_s: float | None
-    # The record test's (against the standing record of the track, `against`): mean −
-    # reference in nats, per token or per byte as `delta_units` says; a record wants <= −0.005.
+    # The stored test's (the reference chosen at submission, else the track's standing record
+    # at its date: `against` says which): mean − reference in nats, per token or per byte as
+    # `delta_units` says; a record wants <= −0.005.
     delta_nats: float | None
     delta_units: str | None  # "nats_per_token" or "nats_per_byte"
     p: float | None  # one-sided p of that improvement
@@ -248,16 +249,14 @@ def _experiment_key(order: LeaderboardOrder) -> ColumnElement[Any]:
     stats = col(Experiment.stats)
     mean = col(Experiment.mean_val_bpb)
     if order is LeaderboardOrder.delta:
-        # As _delta_nats: the record test's stored delta, else the test's own, else from the
-        # means (the Welch reference's mean, else the reference value).
+        # As _delta_nats: the stored delta, else (older stats) from the means, per byte (the
+        # Welch reference's mean, else the reference value).
         reference = func.coalesce(stats["reference_mean"].as_float(),
                                   stats[("reference", "val_bpb")].as_float())
-        return func.coalesce(_stored_delta(("record_test",)), _stored_delta(()),
-                             (mean - reference) * math.log(2))
+        return func.coalesce(_stored_delta(), (mean - reference) * math.log(2))
     columns: dict[LeaderboardOrder, ColumnElement[Any]] = {
         LeaderboardOrder.rank: mean,
-        LeaderboardOrder.p: func.coalesce(stats[("record_test", "p")].as_float(),
-                                          stats["p"].as_float()),
+        LeaderboardOrder.p: stats["p"].as_float(),
         LeaderboardOrder.seeds: col(Experiment.n_succeeded),
         LeaderboardOrder.date: col(Experiment.finished_at),
         LeaderboardOrder.name: func.lower(Experiment.name),
@@ -266,11 +265,11 @@ def _experiment_key(order: LeaderboardOrder) -> ColumnElement[Any]:
     return columns[order]
 
 
-def _stored_delta(path: tuple[str, ...]) -> ColumnElement[Any]:
-    """The `delta` stored at `path` in `stats`, in nats (bits per byte × ln 2)."""
+def _stored_delta() -> ColumnElement[Any]:
+    """The `delta` stored in `stats`, in nats (bits per byte × ln 2)."""
     stats = col(Experiment.stats)
-    delta = stats[(*path, "delta")].as_float()
-    bits = stats[(*path, "units")].as_string() == Units.BITS_PER_BYTE.value
+    delta = stats["delta"].as_float()
+    bits = stats["units"].as_string() == Units.BITS_PER_BYTE.value
     return case((bits, delta * math.log(2)), else_=delta)
 
 
@@ -292,7 +291,7 @@ def _entry(experiment: Experiment, runs: list[Run], position: int | None,
     runs = [run for run in runs if run.variant == CONTROL]
     succeeded = [run for run in counted_runs(runs) if run.status == RunStatus.succeeded]
     source = score_source(kind=experiment.kind, provider=experiment.provider)
-    test = record_test(experiment.stats)
+    test = experiment.stats or {}
     delta, delta_units = _delta_nats(test, experiment.mean_val_bpb)
     assert experiment.id is not None
     return LeaderboardEntry(
@@ -323,14 +322,6 @@ def _entry(experiment: Experiment, runs: list[Run], position: int | None,
         reasons=experiment.reasons,
         seeds=[_seed(run) for run in runs],
     )
-
-
-def record_test(stats: dict[str, Any] | None) -> dict[str, Any]:
-    """The stored test against the track's standing record: `stats["record_test"]` when the
-    experiment chose another reference to be shown, else the test itself."""
-    stats = stats or {}
-    nested = stats.get("record_test")
-    return nested if isinstance(nested, dict) else stats
 
 
 def against(test: dict[str, Any]) -> Against | None:

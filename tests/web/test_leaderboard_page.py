@@ -67,7 +67,8 @@ def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session
     assert mean == f"{statistics.fmean(scores):.5f} ± {statistics.stdev(scores):.5f}"
     # The factory's reference is 2.0 bpb: Δ = (mean − 2.0) · ln 2 · bytes per token, in nats
     # per token (the factory's val_loss is LOSS_PER_BPB × val_bpb).
-    assert delta == f"{(statistics.fmean(scores) - 2.0) * LOSS_PER_BPB:+.4f}"
+    assert delta == (f"{(statistics.fmean(scores) - 2.0) * LOSS_PER_BPB:+.4f} nats/token "
+                     "vs 2.0000 bpb (chosen at submission)")
     assert float(p) < 0.01
     assert seeds == "3/3"
     assert max_bytes == "15,800,000 200,000 to spare"
@@ -162,10 +163,11 @@ def test_filters_by_link_and_keep_the_sort(client: TestClient, session: Session)
     assert {"baseline", "tiny"} <= set(presets.preset_names())
 
     eligible = fetch(client, "/?sort=name&eligible=1")
-    assert names(eligible) == ["eligible", "tiny one"]
+    assert names(eligible) == ["eligible"]  # the tiny preset is on the non-record track
     assert eligible.find("a", data_sort="name").attrs["href"] == "/?sort=-name&eligible=1"
     assert eligible.find("a", data_filter="eligible").attrs["href"] == "/?sort=name"
-    assert names(fetch(client, "/?preset=tiny")) == ["tiny one"]
+    assert names(fetch(client, "/?preset=tiny")) == []
+    assert names(fetch(client, f"/?track={NON_RECORD_TRACK}&preset=tiny")) == ["tiny one"]
     by_bob = fetch(client, "/?author=bob")
     assert names(by_bob) == ["two seeds"]
     assert by_bob.find("a", data_filter="author").attrs["href"] == "/"
