@@ -260,7 +260,7 @@ def test_track_switch_and_an_imports_page(page: Page, session: Session, tmp_path
     assert page.locator("table.board th.name a").all_inner_texts() == ["ten minutes"]
     page.locator(f"a[data-track={NON_RECORD_TRACK}]").click()
     page.wait_for_url(f"**/?track={NON_RECORD_TRACK}")
-    assert page.locator("h1 .track-name").inner_text().startswith("non-record track")
+    assert page.locator("p.track-name").inner_text().startswith("non-record track")
     assert page.locator("table.board th.name a").all_inner_texts() == ["two hours"]
     assert page.locator("table.board td.rank").all_inner_texts() == ["1"]
     screenshot(page, "leaderboard-non-record-track")

@@ -217,7 +217,7 @@ def test_the_track_selector_switches_boards(client: TestClient, session: Session
 
     page = fetch(client, "/?sort=name")
     assert names(page) == ["ten minutes"]
-    assert page.find("h1").find("span", class_="track-name").text() == (
+    assert page.find("p", class_="track-name").text() == (
         "record track: 10 minutes on 8×H100, 16 MB")
     current = page.find("p", class_="tracks").find("strong")
     assert current.attrs["data-track"] == RECORD_TRACK
