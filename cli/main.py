@@ -8,6 +8,7 @@ import time
 from cli.doctor import register as register_doctor
 from cli.logs import register as register_logs
 from cli.records import register as register_records
+from cli.reproduce import register as register_reproduce
 from cli.tokens import register as register_tokens
 from server.config import get_settings
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_doctor(sub)
     register_tokens(sub)
     register_records(sub)
+    register_reproduce(sub)
     return parser
 
 

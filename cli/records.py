@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from server import records
+from server import export, records
 from server.db import get_engine
 from server.errors import NotFound
 
@@ -26,12 +26,15 @@ def register(subparsers: Any) -> None:
                       help="judge significance against this val_bpb (default: the usual reference)")
     tree.add_argument("--json", action="store_true", help="print the outcome as JSON")
     tree.set_defaults(func=cmd_import)
-    export = subparsers.add_parser(
-        "export", help="write an experiment as a records folder for a pull request")
-    export.add_argument("experiment", type=int, help="the experiment's id")
-    export.add_argument("dir", type=Path, help="the folder to write (new or empty)")
-    export.add_argument("--github-id", default=None, help="submission.json's github_id")
-    export.set_defaults(func=cmd_export)
+    writing = subparsers.add_parser(
+        "export", help="write an experiment as a records folder a reviewer can run")
+    writing.add_argument("experiment", type=int, help="the experiment's id")
+    writing.add_argument("dir", type=Path, help="the folder to write (new or empty)")
+    writing.add_argument("--github-id", default=None, help="submission.json's github_id")
+    writing.add_argument("--blurb", default=None, help="submission.json's blurb (default: a summary)")
+    writing.add_argument("--compressed", action="store_true",
+                         help="train_gpt.py in the records' lzma form, its readable source beside it")
+    writing.set_defaults(func=cmd_export)
 
 
 def reference_bpb(text: str) -> float:
@@ -79,7 +82,8 @@ def summary(result: records.ImportResult) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     with Session(get_engine()) as session:
         try:
-            written = records.export_to(session, args.experiment, args.dir, github_id=args.github_id)
+            written = export.export_to(session, args.experiment, args.dir, github_id=args.github_id,
+                                       blurb=args.blurb, compressed=args.compressed)
         except NotFound as error:
             print(f"caddie: {error.message}")
             return NOT_FOUND

@@ -236,6 +236,8 @@ class ExperimentPublic(BaseModel):
     track: str  # track_10min_16mb (the record track) or track_non_record_16mb
     accepted: bool | None  # an import: listed on the challenge's leaderboard; None: our own
     record_date: datetime  # an import's record date; our own: its submission time
+    reproduces_id: int | None = None  # the imported record a re-run reproduces
+    seed_env: dict[str, dict[str, str]] = Field(default_factory=dict)  # a re-run's env per seed
     cost_usd: float | None = None  # dollars its pods have cost so far
 
 
@@ -497,6 +499,9 @@ def _wake(run_id: int | None) -> None:
         # The row is stored; the periodic reconcile advances runs nobody woke.
         log.warning("could not enqueue run %s; the reconcile will pick it up", run_id,
                     exc_info=True)
+
+
+wake = _wake  # for services that queue runs of their own (server/reproduce.py)
 
 
 def finalize_experiment(session: Session, experiment_id: int, *, announce: bool = True) -> bool:

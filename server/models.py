@@ -72,6 +72,11 @@ class Experiment(SQLModel, table=True):
     # The date the challenge's chronology counts from (the as-of-date reference): an import's
     # submission.json date (else its folder name's), our own experiment's submission time.
     record_date: datetime = Field(default_factory=utcnow, index=True)
+    # A re-run of a submission (server/reproduce.py): the imported record it reproduces, if any
+    # (the claims it is judged against are in `source["reproduce"]`), and the env of each
+    # seed where the submission's commands differ per seed ({"42": {"NAME": "value"}}).
+    reproduces_id: int | None = Field(default=None, foreign_key="experiment.id", index=True)
+    seed_env: dict[str, dict[str, str]] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class ExperimentFile(SQLModel, table=True):

@@ -30,10 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--tokenizer-path", help="SentencePiece .model (default: as trained)")
     score.add_argument("--json", action="store_true", help="print one JSON object")
 
-    bundle = commands.add_parser("bundle", help="the trainer as one train_gpt.py")
+    bundle = commands.add_parser("bundle", help="the trainer as one readable train_gpt.py")
     bundle.add_argument("--single-file", action="store_true", required=True,
                         help="one script holding the whole package (the only form)")
     bundle.add_argument("--out", default="train_gpt.py", help="file or folder to write")
+    bundle.add_argument("--settings", dest="settings_file", help='JSON file {"preset": NAME, FIELD: VALUE, ...}: '
+                        "the script's Hyperparameters (default: the baseline preset)")
+    bundle.add_argument("--compressed", action="store_true",
+                        help="write the lzma+base85 form, with the readable source beside it")
 
     data = commands.add_parser("data", help="datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -56,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    config = load_config(args.config, os.environ)  # before importing torch: fast to fail
+    # Before importing torch: fast to fail.
+    config = load_config(args.config, os.environ, getattr(args, "settings", None))
     from trainer.train import run
 
     run(config, args.out)
@@ -78,11 +83,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bundle(args: argparse.Namespace) -> int:
-    from trainer.bundle import build_single_file
-    from trainer.train import code_files
+    if not __package__:  # the single file itself, which carries no package to build from
+        raise ConfigError("the single file cannot rebuild itself: run `python -m trainer bundle`")
+    from trainer.bundle import build_single_file, package_dir
 
-    files = {path.name: path.read_text(encoding="utf-8") for path in code_files()}
-    print(build_single_file(files, args.out))
+    settings = load_config(args.settings_file, {}).as_dict() if args.settings_file else None
+    print(build_single_file(package_dir(), args.out, settings=settings, compressed=args.compressed))
     return 0
 
 
@@ -128,8 +134,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, settings: dict | None = None) -> int:
+    """`settings`: the single-file form's Hyperparameters, used when no --config is given."""
     args = _parser().parse_args(argv)
+    args.settings = settings
     handlers = {"train": _train, "eval": _eval, "data": _data, "bundle": _bundle}
     try:
         return handlers[args.command](args)

@@ -60,7 +60,16 @@ def _check_names(expression: str, known: set[str], where: str) -> None:
         raise ConfigError(f"schema {where} uses unknown names {sorted(names - known)}")
 
 
-_SCHEMA = load_schema()
+def _embedded_schema() -> dict[str, Any] | None:
+    """The schema the single-file form carries as EMBEDDED_SCHEMA (defined above this code
+    there, where no schema.json lies beside the script); None in the package."""
+    schema = globals().get("EMBEDDED_SCHEMA")
+    if schema is not None:
+        _check_expressions(schema)
+    return schema
+
+
+_SCHEMA = _embedded_schema() or load_schema()
 FIELDS: dict[str, dict[str, Any]] = _SCHEMA["fields"]
 PRESETS: dict[str, dict[str, Any]] = _SCHEMA["presets"]
 DERIVED: dict[str, str] = _SCHEMA["derived"]
@@ -85,9 +94,17 @@ def env_name(field: str) -> str:
     return field.upper()
 
 
-def load_config(config_path: str | Path | None, env: Mapping[str, str]) -> Any:
-    """Resolve the config from run.json (optional) and the environment; raise ConfigError."""
-    file_values = _read_run_json(Path(config_path)) if config_path else {}
+def load_config(config_path: str | Path | None, env: Mapping[str, str],
+                settings: Mapping[str, Any] | None = None) -> Any:
+    """Resolve the config from run.json (optional) and the environment; raise ConfigError.
+
+    `settings` ({"preset": NAME, FIELD: VALUE, ...}) stand in for a run.json when none is
+    given: the single-file form's Hyperparameters."""
+    if config_path:
+        file_values = _read_run_json(Path(config_path))
+    else:
+        file_values = dict(settings or {})
+        config_path = "Hyperparameters" if settings else None
     preset = file_values.pop(contract.PRESET_KEY, "baseline")
     if not isinstance(preset, str) or preset not in PRESETS:
         known = ", ".join(sorted(PRESETS))

@@ -26,6 +26,9 @@ SCHEMA = "schema.json"  # config fields and presets, beside this module
 # run.json is {"preset": NAME, FIELD: VALUE, ...}; env vars named like the field in
 # upper case (NUM_LAYERS, SEED, ...) override it, as the community scripts expect.
 CONFIG_FILE = "run.json"
+# The single-file form (`python -m trainer bundle --single-file`) sets this to its own path,
+# so the run counts that file's bytes as its code instead of the package's.
+BUNDLE_ENV = "TRAINER_BUNDLE"
 PRESET_KEY = "preset"
 
 # --- metrics.jsonl events (key "event") --------------------------------------------

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import time
 import uuid
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import contract
-from trainer.bundle import BUNDLE_ENV
 from trainer.config import MICRO_BATCHES
 from trainer.data import (
     TRAIN_PATTERN,
@@ -43,6 +41,7 @@ from trainer.evaluate import (
     ByteTables,
     TTTSettings,
     ValResult,
+    autocast_for,
     build_byte_tables,
     evaluate,
     evaluate_sliding,
@@ -154,14 +153,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast_for(device: torch.device):
-    return (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else nullcontext()
-    )
-
-
 # ======================================================================================
 # Run log: train.log for people (community line formats), metrics.jsonl for the worker.
 # ======================================================================================
@@ -213,7 +204,7 @@ def code_files() -> list[Path]:
 def counted_code() -> dict[str, bytes]:
     """The code this run counts, by path: the single-file script when running from one
     (TRAINER_BUNDLE, set by it), else the package's files as `trainer/<name>`."""
-    bundle = os.environ.get(BUNDLE_ENV)
+    bundle = os.environ.get(contract.BUNDLE_ENV)
     if bundle:
         return {Path(bundle).name: Path(bundle).read_bytes()}
     return {f"{PACKAGE_DIR.name}/{path.name}": path.read_bytes() for path in code_files()}
@@ -336,10 +327,10 @@ def run(
 
 def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     spec = QuantSpec.from_config(config)
-    artifact_name = contract.artifact_name(spec.bits)
+    artifact_file = contract.artifact_name(spec.bits)
     if launch.master:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in (contract.TRAIN_LOG, contract.METRICS, contract.RESULTS, artifact_name,
+        for stale in (contract.TRAIN_LOG, contract.METRICS, contract.RESULTS, artifact_file,
                       contract.RAW_MODEL):
             (out / stale).unlink(missing_ok=True)
     if launch.distributed:
@@ -644,7 +635,7 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     log.phase("artifact", "start")
     sync(device)
     t_artifact = time.perf_counter()
-    artifact_path = out / artifact_name
+    artifact_path = out / artifact_file
     quant_obj, stats = quantize_state_dict(base_model.state_dict(), spec, hessians)
     quant_obj["model"] = shape.as_dict()
     quant_obj["eval"] = eval_settings(config)
@@ -724,7 +715,7 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
         "code_bytes": code_bytes,
         "model_bytes": model_bytes,
         "bytes_total": code_bytes + model_bytes,
-        "artifact_file": artifact_name,
+        "artifact_file": artifact_file,
         "artifact_kind": spec.label,
         "eval_mode": config.eval_mode,
         "eval_complete": final.complete,

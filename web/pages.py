@@ -24,7 +24,7 @@ from sqlmodel import Session
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import auth, experiments, logs, presets, queueing, records, scripts
+from server import auth, experiments, export, logs, presets, queueing, scripts
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
@@ -33,6 +33,7 @@ from server.reference import reference_bpb
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
 from web import comparison, csrf, downloads, experiment_view, signin, submission
+from web import reproduce as reproduce_pages
 from web.board import (
     DEFAULT_PER_PAGE,
     DEFAULT_SORT,
@@ -93,6 +94,7 @@ open_router = APIRouter(route_class=PageRoute, include_in_schema=False,
 Csrf = Depends(csrf.verify)  # on every POST of a page form
 templates.env.globals.update(csrf_field=csrf.hidden_field, against_text=against_text,
                              UNIT_WORDS=UNIT_WORDS)
+reproduce_pages.register(router, Csrf)
 
 
 def include_pages(app: FastAPI) -> None:
@@ -222,7 +224,8 @@ def experiment_page(request: Request, session: Session, experiment_id: int, *,
         "ablation": experiment_view.ablation_table(experiment.stats),
         "view": experiment_view, "seeds_entered": seeds_entered, "seeds_error": seeds_error,
         "can_add_seeds": experiment.status != ExperimentStatus.cancelled,
-        "cancellable": ExperimentStatus(experiment.status) not in ENDED_EXPERIMENT_STATUSES},
+        "cancellable": ExperimentStatus(experiment.status) not in ENDED_EXPERIMENT_STATUSES,
+        **reproduce_pages.verdict_context(session, experiment_id)},
         status_code=status_code)
 
 
@@ -279,8 +282,8 @@ def export_experiment_page(session: SessionDep, principal: PrincipalDep,
     """The experiment's records folder (README.md, submission.json, logs, code) as a .zip."""
     auth.authorize_experiment(session, principal, experiment_id)
     experiment = experiments.get_experiment(session, experiment_id)
-    data = records.export_zip(session, experiment_id)
-    name = records.folder_name(experiment)
+    data = export.export_zip(session, experiment_id)
+    name = export.folder_name(experiment)
     return Response(data, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{name}.zip"'})
 

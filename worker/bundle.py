@@ -1,9 +1,12 @@
 """The trainer bundle the worker uploads to a pod, and the run.json it runs with.
 
 The default bundle is the trainer as one file: the output of `python -m trainer bundle
---single-file`, uploaded as `<run dir>/code/train_gpt.py` and run as `python train_gpt.py
-train ...`; its bytes, exactly as uploaded, are the run's code bytes, as the challenge counts
-a record's train_gpt.py. The worker builds it with a subprocess (it imports nothing of the
+--single-file --compressed` (the readable flattened trainer, lzma-compressed and base85-encoded,
+as many records ship their code), uploaded as `<run dir>/code/train_gpt.py` and run as `python
+train_gpt.py train ...`; its bytes, exactly as uploaded, are the run's code bytes, as the
+challenge counts a record's train_gpt.py. The compressed form is counted rather than the
+readable one because it is about a third of the size (bytes the model can use under the cap);
+`caddie export` writes the readable file by default and says how the two counts differ. The worker builds it with a subprocess (it imports nothing of the
 trainer but `trainer.contract`), once per worker process. `TrainerBundle` (the package's
 `*.py` files and `schema.json` under `code/trainer/`, run with `-m trainer`) serves tests
 that stand a small fake in for the trainer.
@@ -81,10 +84,11 @@ def default_bundle() -> SingleFileBundle:
 
 @functools.cache
 def _single_file(package_dir: Path) -> bytes:
-    """`python -m trainer bundle --single-file`, run once per worker process."""
+    """`python -m trainer bundle --single-file --compressed`, run once per worker process."""
     with tempfile.TemporaryDirectory(prefix="caddie-bundle-") as folder:
         done = subprocess.run(
-            [sys.executable, "-m", package_dir.name, "bundle", "--single-file", "--out", folder],
+            [sys.executable, "-m", package_dir.name, "bundle", "--single-file", "--compressed",
+             "--out", folder],
             cwd=package_dir.parent, capture_output=True, text=True, timeout=300, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"building the single-file trainer failed: {done.stderr.strip()[-500:]}")

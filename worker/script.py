@@ -37,10 +37,10 @@ def script_files(rows: list[ExperimentFile]) -> ScriptFiles:
 
 def script_env(experiment: Experiment, run: Run) -> dict[str, str]:
     """The script's environment: MAX_WALLCLOCK_SECONDS=600 < the experiment's env < SEED and
-    RUN_ID of this run. Nothing of the worker's own. The pod's data is reached through the
+    RUN_ID of this run (a re-run's per-seed env sits above the experiment's). Nothing of the worker's own. The pod's data is reached through the
     `data` link in the script's folder (the community's default ./data/... paths)."""
     return {"MAX_WALLCLOCK_SECONDS": f"{DEFAULT_WALLCLOCK_S:g}", **experiment.env,
-            "SEED": str(run.seed), "RUN_ID": str(run.id)}
+            **(experiment.seed_env or {}).get(str(run.seed), {}), "SEED": str(run.seed), "RUN_ID": str(run.id)}
 
 
 def torchrun_argv(python: str, gpu_count: int | None) -> list[str]:

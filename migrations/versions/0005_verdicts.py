@@ -2,7 +2,7 @@
 accepted an imported record, and the date its chronology counts from.
 
 Revision ID: 0005_verdicts
-Revises: 0004
+Revises: 0005_reproduce
 Create Date: 2026-12-07
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0005_verdicts'
-down_revision: str | None = '0004'
+down_revision: str | None = '0005_reproduce'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

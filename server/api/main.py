@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Depends
 
-from server.api import estimate, experiments, leaderboard, queue, runs
+from server.api import estimate, experiments, leaderboard, queue, reproduce, runs
 from server.api.deps import read_access
 
 api_router = APIRouter(prefix="/api", dependencies=[Depends(read_access)])
@@ -11,3 +11,4 @@ api_router.include_router(runs.router)
 api_router.include_router(leaderboard.router)
 api_router.include_router(queue.router)
 api_router.include_router(estimate.router)
+api_router.include_router(reproduce.router)

@@ -55,10 +55,11 @@ def test_import_prints_verdicts_and_disagreements_then_export_writes_the_folder(
     assert [(r["experiment_id"], r["created"]) for r in json.loads(again.stdout)] == [(1, False), (2, False)]
 
     target = tmp_path / "pr" / "2026-04-11_Honest"
-    exported = caddie(env, "export", "1", str(target), "--github-id", "grace-h")
+    exported = caddie(env, "export", "1", str(target), "--github-id", "grace-h", "--blurb", "Three seeds, honest.")
     assert exported.returncode == 0, exported.stderr
     assert "wrote 7 file(s)" in exported.stdout
-    assert json.loads((target / "submission.json").read_text())["seeds"] == [42, 1234, 0]
+    submission = json.loads((target / "submission.json").read_text())
+    assert submission["seeds"] == [42, 1234, 0] and submission["blurb"] == "Three seeds, honest."
 
 
 def test_bad_arguments_are_errors_not_tracebacks(env: dict[str, str], tmp_path: Path) -> None:

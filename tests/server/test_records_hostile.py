@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from server import records
+from server import export, records
 from server.models import Experiment, ExperimentFile, LogChunk, Run
 from tests.server.test_records import TRACK, fixture_log, make_folder
 
@@ -84,7 +84,7 @@ def test_odd_submission_json_is_a_note_not_a_crash(session: Session, tmp_path: P
     if note is not None:
         assert any("submission.json" in n and note in n for n in result.notes), result.notes
     experiment = session.get(Experiment, result.experiment_id)
-    assert records.export_files(session, experiment.id)["submission.json"]
+    assert export.export_files(session, experiment.id)["submission.json"]
 
 
 @pytest.mark.parametrize("date", ["../../../../tmp/escaped", "/etc/x", "..", "2026-01-12/../.."])
@@ -94,11 +94,11 @@ def test_an_export_folder_name_never_leaves_its_folder(session: Session, tmp_pat
     (result,) = records.import_records(session, tmp_path)
     experiment = session.get(Experiment, result.experiment_id)
 
-    top = records.folder_name(experiment)
+    top = export.folder_name(experiment)
 
     assert "/" not in top and "\\" not in top and ".." not in top
     assert top.startswith("2026-01-12_")
-    with zipfile.ZipFile(io.BytesIO(records.export_zip(session, experiment.id))) as archive:
+    with zipfile.ZipFile(io.BytesIO(export.export_zip(session, experiment.id))) as archive:
         assert all(name.startswith(f"{top}/") and ".." not in name.split("/") for name in archive.namelist())
 
 
@@ -109,6 +109,6 @@ def test_a_long_line_of_multibyte_text_is_stored_byte_for_byte(session: Session,
     make_folder(tmp_path, "2026-01-13_Long", {"train_seed42.log": long_line + log}, {"name": "Long"})
     (result,) = records.import_records(session, tmp_path)
 
-    exported = records.export_files(session, result.experiment_id)
+    exported = export.export_files(session, result.experiment_id)
 
     assert exported["train_seed42.log"] == long_line + log

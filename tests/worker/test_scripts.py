@@ -107,3 +107,16 @@ def test_a_failing_pip_install_fails_the_run_before_the_script(ssh_director, eng
     assert run.reason.startswith("pip install -r requirements.txt failed with exit code"), run.reason
     assert "caddie-no-such-package" in run.last_log_lines  # pip's own words, from trainer.out
     assert not Path(run.remote_dir, "train.log").exists()  # the script never started
+
+
+def test_a_reruns_seed_env_sits_between_the_experiment_env_and_seed():
+    from server.models import Experiment, Run
+    from worker.script import script_env
+
+    experiment = Experiment(name="re-run", preset="script", kind="script",
+                            env={"NUM_LAYERS": "11", "RECUR_START_STEP": "3000"},
+                            seed_env={"2024": {"RECUR_START_STEP": "2500"}})
+    assert script_env(experiment, Run(id=7, experiment_id=1, seed=2024)) == {
+        "MAX_WALLCLOCK_SECONDS": "600", "NUM_LAYERS": "11", "RECUR_START_STEP": "2500",
+        "SEED": "2024", "RUN_ID": "7"}
+    assert script_env(experiment, Run(id=8, experiment_id=1, seed=42))["RECUR_START_STEP"] == "3000"
