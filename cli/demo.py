@@ -116,7 +116,9 @@ def run_demo(settings: Settings, *, seeds: list[int], port: int, timeout_s: floa
         experiment = api(f"{stack.url}/api/experiments", "POST", spec, token=demo_token())
         print(f"submitted experiment {experiment['id']} with seeds {seeds}", flush=True)
         follow(stack.url, experiment["id"], stack, timeout_s)
-        print_leaderboard(api(f"{stack.url}/api/leaderboard?author=caddie-demo&limit=200"), experiment["id"])
+        board = (f"{stack.url}/api/leaderboard?track={experiment['track']}&author=caddie-demo"
+                 "&unverified=true&failed=true&limit=200")
+        print_leaderboard(api(board), experiment["id"])
     finally:
         stack.stop()
     return 0

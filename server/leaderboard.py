@@ -1,5 +1,13 @@
 """The leaderboard: finished experiments ranked by mean val_bpb, each with every seed.
 
+Each track has its own board (`Track`; the record track by default): a non-record run never
+ranks among 10-minute records. By default a board holds the finished experiments whose score
+Caddie measured itself (`score_source`, below); `unverified` makes it the board of every score,
+those a participant's script printed and those an import read from the submission's logs
+included (each entry says which). The rank is the place on that board, by mean val_bpb:
+filters (author, preset, provider, eligible) hide rows and never renumber them. Experiments
+with no succeeded seed have no score and no rank, and are listed only when asked for (`failed`).
+
 Four queries per page whatever its size and order: the count, the page of experiments, then
 the runs and the pod costs of all of them at once. Every order is sorted and paged in SQL: the
 page query ranks every matching experiment (a window over mean val_bpb, so an entry keeps its
@@ -16,15 +24,18 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import func
+from sqlalchemy import and_, case, func
 from sqlalchemy.sql.expression import ColumnElement, Subquery
 from sqlmodel import Session, col, select
 
 from server.costs import costs_by_experiment, experiment_costs
 from server.models import Experiment, Run
 from server.policies import CONTROL, counted_runs
+from server.records import IMPORT_PROVIDER
 from server.reference import reference_bpb
 from server.states import ExperimentStatus, RunStatus
+from server.statistics import Units
+from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 
 Number = TypeVar("Number", int, float)
 
@@ -46,6 +57,47 @@ class LeaderboardOrder(StrEnum):
     author = "author"  # case-insensitive
 
 
+# Where an experiment's val_bpb comes from, as the board and the API name it.
+SCORE_MEASURED = "measured by Caddie"  # the bundled trainer, run on a pod the worker verified
+SCORE_SCRIPT_LOG = "printed by the participant's script"  # bytes and times measured, score not
+SCORE_SUBMISSION_LOGS = "read from the submission's logs"  # an import: nothing re-measured
+
+
+def score_source(*, kind: str, provider: str) -> str:
+    """Who produced the experiment's val_bpb (one of the SCORE_* phrases)."""
+    if provider == IMPORT_PROVIDER:
+        return SCORE_SUBMISSION_LOGS
+    return SCORE_MEASURED if kind == "trainer" else SCORE_SCRIPT_LOG
+
+
+def _verified() -> ColumnElement[bool]:
+    """SQL twin of `score_source(...) == SCORE_MEASURED`."""
+    return and_(col(Experiment.kind) == "trainer", col(Experiment.provider) != IMPORT_PROVIDER)
+
+
+class Track(StrEnum):
+    """The boards: each track ranks on its own (server/tracks.py)."""
+
+    record = RECORD_TRACK  # 10 minutes on 8×H100, 16 MB
+    non_record = NON_RECORD_TRACK  # 16 MB, any time or hardware
+
+
+TRACK_LABELS = {Track.record: "record track: 10 minutes on 8×H100, 16 MB",
+                Track.non_record: "non-record track: 16 MB, unlimited compute"}
+
+
+class Against(BaseModel):
+    """The reference of a stored test (`stats["reference"]`), as far as it was stored."""
+
+    kind: str | None  # "record" (the track's standing record), "experiment", "value"
+    name: str | None  # the reference experiment's name
+    experiment_id: int | None
+    val_bpb: float | None  # its score, bits per byte
+    date: str | None  # its record date, YYYY-MM-DD
+    source: str | None  # why this reference, in words
+    units: str | None  # of the test: nats_per_token, nats_per_byte or bits_per_byte
+
+
 class LeaderboardSeed(BaseModel):
     run_id: int
     seed: int
@@ -63,12 +115,18 @@ class LeaderboardSeed(BaseModel):
 
 
 class LeaderboardEntry(BaseModel):
-    rank: int | None  # 1 = lowest mean val_bpb; None when no seed was scored
+    # The place on the board (1 = lowest mean val_bpb; of measured scores, or of every score
+    # with `unverified`), whatever the filters; None when unscored.
+    rank: int | None
     experiment_id: int
     name: str
     author: str
     preset: str
     provider: str
+    track: str  # the board it ranks on (Track)
+    kind: str  # "trainer" or "script" (imports are "script")
+    verified: bool  # Caddie measured the score itself
+    score_source: str  # one of the SCORE_* phrases
     finished_at: datetime | None
     n: int  # seeds that succeeded
     mean_val_bpb: float | None
@@ -76,12 +134,16 @@ class LeaderboardEntry(BaseModel):
     max_bytes_total: int | None  # over succeeded seeds
     max_train_time_s: float | None
     max_eval_time_s: float | None
-    delta_nats: float | None  # mean − reference in delta_units; the record rule wants < −0.005
-    delta_units: str | None  # nats_per_token (the challenge's), or nats_per_byte
-    against: dict[str, Any] | None  # what Δ and p are against (server/reference.py)
-    p: float | None  # one-sided p of the improvement over the reference (server/reference.py)
+    # The stored test's (the reference chosen at submission, else the track's standing record
+    # at its date: `against` says which): mean − reference in nats, per token or per byte as
+    # `delta_units` says; a record wants <= −0.005.
+    delta_nats: float | None
+    delta_units: str | None  # "nats_per_token" or "nats_per_byte"
+    p: float | None  # one-sided p of that improvement
+    against: Against | None  # what Δ and p are against; None before a test
     cost_usd: float | None  # spent on its pods so far; None when no pod had a price
-    eligible: bool
+    eligible: bool  # Caddie's verdict
+    accepted: bool | None  # an import: the challenge's (on its leaderboard); None: our own
     reasons: list[str]
     seeds: list[LeaderboardSeed]
 
@@ -96,15 +158,27 @@ def read_leaderboard(
     *,
     limit: int,
     offset: int,
+    track: Track = Track.record,
     eligible_only: bool = False,
+    unverified: bool = False,
+    failed: bool = False,
     provider: str | None = None,
     preset: str | None = None,
     author: str | None = None,
     order: LeaderboardOrder = LeaderboardOrder.rank,
     desc: bool = False,
 ) -> LeaderboardPublic:
-    conditions: list[ColumnElement[bool]] = [
-        col(Experiment.status) == ExperimentStatus.finished.value]
+    """The page [offset, offset + limit) of the `track`'s board in `order`: of scores Caddie
+    measured, or of every score with `unverified`; `failed` adds the unscored experiments;
+    the other filters hide rows and never change a rank."""
+    board_conditions: list[ColumnElement[bool]] = [
+        col(Experiment.status) == ExperimentStatus.finished.value,
+        col(Experiment.track) == Track(track).value]
+    if not unverified:
+        board_conditions.append(_verified())
+    conditions = list(board_conditions)
+    if not failed:
+        conditions.append(col(Experiment.n_succeeded) > 0)
     if eligible_only:
         conditions.append(col(Experiment.eligible).is_(True))
     for column, value in ((Experiment.provider, provider), (Experiment.preset, preset),
@@ -112,12 +186,12 @@ def read_leaderboard(
         if value is not None:
             conditions.append(col(column) == value)
     count = session.exec(select(func.count()).select_from(Experiment).where(*conditions)).one()
-    board = _board(conditions, order)
+    board = _board(board_conditions, conditions, order)
     key = board.c.key
     rows = session.exec(
         select(Experiment, board.c.position)
         .join(board, board.c.id == Experiment.id)
-        .order_by(key.is_(None), key.desc() if desc else key, board.c.position)
+        .order_by(key.is_(None), key.desc() if desc else key, *RANK_ORDER)
         .offset(offset).limit(limit)
     ).all()
     ids = [experiment.id for experiment, _ in rows]
@@ -128,13 +202,23 @@ def read_leaderboard(
     return LeaderboardPublic(data=entries, count=count)
 
 
-def _board(conditions: list[ColumnElement[bool]], order: LeaderboardOrder) -> Subquery:
-    """One row per matching experiment: its id, its position in the rank order, and `key`,
-    the value it is sorted by. Aggregates over runs or pods are joined only when sorted by."""
-    mean = col(Experiment.mean_val_bpb)
-    rank_order = (mean.is_(None), mean, col(Experiment.finished_at), col(Experiment.id))
-    query = select(col(Experiment.id).label("id"),
-                   func.row_number().over(order_by=rank_order).label("position"))
+# Lowest mean first; ties: the earlier finish, then the earlier submission.
+RANK_ORDER = (col(Experiment.mean_val_bpb).is_(None), col(Experiment.mean_val_bpb),
+              col(Experiment.finished_at), col(Experiment.id))
+
+
+def _board(board_conditions: list[ColumnElement[bool]], conditions: list[ColumnElement[bool]],
+           order: LeaderboardOrder) -> Subquery:
+    """One row per experiment matching `conditions`: its id, its rank (`position`: its place
+    among the scored experiments of the board, `board_conditions`, so no filter renumbers it;
+    None when unscored), and `key`, the value it is sorted by. Aggregates over runs or pods are
+    joined only when sorted by."""
+    ranking = (select(col(Experiment.id).label("id"),
+                      func.row_number().over(order_by=RANK_ORDER).label("position"))
+               .where(*board_conditions, col(Experiment.mean_val_bpb).is_not(None))
+               .subquery("ranking"))
+    query = (select(col(Experiment.id).label("id"), ranking.c.position.label("position"))
+             .outerjoin(ranking, ranking.c.id == Experiment.id))
     if order in MAXIMA:
         maxima = (select(col(Run.experiment_id).label("experiment_id"),
                          func.max(MAXIMA[order]).label("value"))
@@ -165,10 +249,11 @@ def _experiment_key(order: LeaderboardOrder) -> ColumnElement[Any]:
     stats = col(Experiment.stats)
     mean = col(Experiment.mean_val_bpb)
     if order is LeaderboardOrder.delta:
-        # As _delta_nats: the stored difference, else (older stats) per byte from the reference.
-        reference = func.coalesce(stats[("reference", "val_bpb")].as_float(),
-                                  stats["reference_mean"].as_float())
-        return func.coalesce(stats["delta"].as_float(), (mean - reference) * math.log(2))
+        # As _delta_nats: the stored delta, else (older stats) from the means, per byte (the
+        # Welch reference's mean, else the reference value).
+        reference = func.coalesce(stats["reference_mean"].as_float(),
+                                  stats[("reference", "val_bpb")].as_float())
+        return func.coalesce(_stored_delta(), (mean - reference) * math.log(2))
     columns: dict[LeaderboardOrder, ColumnElement[Any]] = {
         LeaderboardOrder.rank: mean,
         LeaderboardOrder.p: stats["p"].as_float(),
@@ -178,6 +263,14 @@ def _experiment_key(order: LeaderboardOrder) -> ColumnElement[Any]:
         LeaderboardOrder.author: func.lower(Experiment.author),
     }
     return columns[order]
+
+
+def _stored_delta() -> ColumnElement[Any]:
+    """The `delta` stored in `stats`, in nats (bits per byte × ln 2)."""
+    stats = col(Experiment.stats)
+    delta = stats["delta"].as_float()
+    bits = stats["units"].as_string() == Units.BITS_PER_BYTE.value
+    return case((bits, delta * math.log(2)), else_=delta)
 
 
 def _runs_by_experiment(session: Session, experiment_ids: list[int | None],
@@ -191,20 +284,27 @@ def _runs_by_experiment(session: Session, experiment_ids: list[int | None],
     return grouped
 
 
-def _entry(experiment: Experiment, runs: list[Run], position: int,
+def _entry(experiment: Experiment, runs: list[Run], position: int | None,
            cost_usd: float | None) -> LeaderboardEntry:
-    """`position`: in the rank order of the board (the rank, if it has a score). The seeds
-    are the control's (ablation variants are on the experiment's page)."""
+    """`position`: the rank (None off the ranking). The seeds are the control's (ablation
+    variants are on the experiment's page)."""
     runs = [run for run in runs if run.variant == CONTROL]
     succeeded = [run for run in counted_runs(runs) if run.status == RunStatus.succeeded]
+    source = score_source(kind=experiment.kind, provider=experiment.provider)
+    test = experiment.stats or {}
+    delta, delta_units = _delta_nats(test, experiment.mean_val_bpb)
     assert experiment.id is not None
     return LeaderboardEntry(
-        rank=position if experiment.mean_val_bpb is not None else None,
+        rank=position,
         experiment_id=experiment.id,
         name=experiment.name,
         author=experiment.author,
         preset=experiment.preset,
         provider=experiment.provider,
+        track=experiment.track,
+        kind=experiment.kind,
+        verified=source == SCORE_MEASURED,
+        score_source=source,
         finished_at=experiment.finished_at,
         n=experiment.n_succeeded,
         mean_val_bpb=experiment.mean_val_bpb,
@@ -212,28 +312,61 @@ def _entry(experiment: Experiment, runs: list[Run], position: int,
         max_bytes_total=_max(run.bytes_total for run in succeeded),
         max_train_time_s=_max(run.train_time_s for run in succeeded),
         max_eval_time_s=_max(run.eval_time_s for run in succeeded),
-        delta_nats=_delta_nats(experiment),
-        delta_units=(experiment.stats or {}).get("units", "nats_per_byte") if experiment.stats else None,
-        against=(experiment.stats or {}).get("reference"),
-        p=(experiment.stats or {}).get("p"),
+        delta_nats=delta,
+        delta_units=delta_units,
+        p=_number(test.get("p")),
+        against=against(test),
         cost_usd=cost_usd,
         eligible=experiment.eligible,
+        accepted=experiment.accepted,
         reasons=experiment.reasons,
         seeds=[_seed(run) for run in runs],
     )
 
 
-def _delta_nats(experiment: Experiment) -> float | None:
-    """Mean minus the reference (negative: better than the reference), in the units of the
-    stored test (`delta_units`: nats per token unless the seeds gave no val_loss); stats
-    stored before the per-token unit: nats per byte."""
-    stored = (experiment.stats or {}).get("delta")
-    if isinstance(stored, (int, float)):
-        return float(stored)
-    reference = reference_bpb(experiment.stats)
-    if reference is None or experiment.mean_val_bpb is None:
+def against(test: dict[str, Any]) -> Against | None:
+    """What `test` was against, from its stored reference; None before a test."""
+    reference = test.get("reference")
+    if not isinstance(reference, dict):
         return None
-    return (experiment.mean_val_bpb - reference) * math.log(2)
+    score = reference.get("val_bpb")
+    if score is None and reference.get("kind") != "value":
+        score = test.get("reference_mean")
+
+    def text(key: str) -> str | None:
+        value = reference.get(key)
+        return str(value) if value is not None else None
+
+    experiment_id = reference.get("experiment_id")
+    return Against(kind=text("kind"), name=text("name"), date=text("date"),
+                   experiment_id=experiment_id if isinstance(experiment_id, int) else None,
+                   val_bpb=_number(score), source=text("source"), units=_units(test))
+
+
+def _units(test: dict[str, Any]) -> str | None:
+    units = test.get("units")
+    return str(units) if units is not None else None
+
+
+def _delta_nats(test: dict[str, Any], mean: float | None) -> tuple[float | None, str | None]:
+    """Mean minus the reference in nats, and per what: the stored `delta` in the test's units
+    (bits per byte become nats per byte); a test stored without one: from the means, per
+    byte."""
+    delta, units = _number(test.get("delta")), _units(test)
+    if delta is not None and units in (Units.NATS_PER_TOKEN, Units.NATS_PER_BYTE):
+        return delta, units
+    if delta is not None and units == Units.BITS_PER_BYTE:
+        return delta * math.log(2), Units.NATS_PER_BYTE.value
+    reference = reference_bpb(test)
+    if reference is None or mean is None:
+        return None, None
+    return (mean - reference) * math.log(2), Units.NATS_PER_BYTE.value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def _seed(run: Run) -> LeaderboardSeed:

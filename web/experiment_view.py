@@ -104,3 +104,115 @@ def _plain(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One value a records folder states, beside what Caddie read from its logs."""
+
+    label: str
+    stated: str
+    measured: str
+
+
+@dataclass(frozen=True)
+class ImportFacts:
+    """What an imported experiment's page explains: where it came from, what its folder
+    states against what the logs show, and whether the challenge accepted it."""
+
+    folder: str  # records/<track>/<folder>
+    path: str  # where it was read from on the importing machine
+    comparisons: list[Comparison]
+    disagreements: list[str]
+    notes: list[str]
+    logs: list[dict[str, Any]]  # {"file", "seed", "seed_from", ...} as the import stored them
+    accepted: bool | None  # None: the import did not say
+
+
+def import_facts(experiment: ExperimentPublicWithRuns) -> ImportFacts | None:
+    """The import's facts from `experiment.source`; None for an experiment run here."""
+    source = experiment.source
+    if not isinstance(source, dict):
+        return None
+    submission = source.get("submission") if isinstance(source.get("submission"), dict) else {}
+    found = source.get("disagreements") if isinstance(source.get("disagreements"), list) else []
+    return ImportFacts(
+        folder=f"records/{source['key']}" if source.get("key") else MISSING,
+        path=str(source.get("path") or MISSING),
+        comparisons=_comparisons(submission, experiment),
+        disagreements=[disagreement_text(d) for d in found if isinstance(d, dict)],
+        notes=[str(note) for note in source.get("notes") or []],
+        logs=[entry for entry in source.get("logs") or [] if isinstance(entry, dict)],
+        accepted=getattr(experiment, "accepted", None))
+
+
+def _comparisons(submission: dict[str, Any],
+                 experiment: ExperimentPublicWithRuns) -> list[Comparison]:
+    counted = [run for run in experiment.runs if run.status == "succeeded" and not run.variant]
+    measured = {
+        "val_bpb": experiment.mean_val_bpb,
+        "val_loss": _mean(run.val_loss for run in counted),
+        "val_bpb_std": experiment.std_val_bpb,
+        "bytes_total": max((r.bytes_total for r in counted if r.bytes_total is not None),
+                           default=None),
+        "bytes_code": max((r.code_bytes for r in counted if r.code_bytes is not None),
+                          default=None),
+        "seeds": sorted(run.seed for run in counted) or None,
+    }
+    rows = []
+    for key, label in STATED_FIELDS:
+        stated = submission.get(key, submission.get(f"mean_{key}"))
+        if stated is None and measured[key] is None:
+            continue
+        rows.append(Comparison(label, _stated(stated), _stated(measured[key])))
+    return rows
+
+
+# submission.json's fields that the logs can confirm, and the words the page uses for them.
+STATED_FIELDS = (("val_bpb", "mean val_bpb"), ("val_bpb_std", "val_bpb std"),
+                 ("val_loss", "mean val_loss"), ("bytes_total", "largest bytes total"),
+                 ("bytes_code", "largest code bytes"), ("seeds", "seeds"))
+
+
+def _mean(values: Any) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _stated(value: Any) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, list):
+        return ", ".join(_stated(item) for item in value) or MISSING
+    if isinstance(value, float):
+        return f"{value:.8g}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        return f"{value:,}"
+    return _plain(value)
+
+
+def disagreement_text(found: dict[str, Any]) -> str:
+    """One stored disagreement ({"field", "stated", "logs", "note"}) as a sentence; a side
+    the importer left empty (e.g. no scored log at all) is not quoted."""
+    what = _field_words(str(found.get("field") or "a value"))
+    note = str(found.get("note") or "").strip()
+    stated, logs = found.get("stated"), found.get("logs")
+    if stated is None and logs is None:
+        return f"{what}: {note}" if note else f"{what}: the folder and its logs disagree"
+    parts = []
+    if stated is not None:
+        parts.append(f"the folder states {_stated(stated)}")
+    if logs is not None:
+        parts.append(f"the logs show {_stated(logs)}")
+    sentence = f"{what}: " + ", ".join(parts)
+    return f"{sentence} ({note})" if note else sentence
+
+
+def _field_words(name: str) -> str:
+    """"seed_results.42.val_bpb" -> "seed 42's val_bpb (seed_results)"; "logs" -> "train
+    logs"; other names as submission.json spells them."""
+    parts = name.split(".")
+    if len(parts) == 3:
+        return f"seed {parts[1]}'s {parts[2]} ({parts[0]})"
+    return {"logs": "train logs", "seeds": "seeds"}.get(name, name)
+

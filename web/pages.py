@@ -46,6 +46,7 @@ from server.config import get_settings
 from server.db import read_session
 from server.errors import CaddieError, NotFound, Unauthorized
 from server.experiments import RunEventPublic, RunPublic
+from server.leaderboard import TRACK_LABELS, Track
 from server.reference import reference_bpb
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
@@ -56,7 +57,9 @@ from web.board import (
     DEFAULT_SORT,
     MAX_PER_PAGE,
     SORT_PATTERN,
+    UNIT_WORDS,
     BoardView,
+    against_text,
     read_board,
 )
 from web.charts import seed_plot
@@ -109,7 +112,8 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False, default_respo
 open_router = APIRouter(route_class=PageRoute, include_in_schema=False,
                         default_response_class=HTMLResponse, dependencies=[Depends(signin.remember_user)])
 Csrf = Depends(csrf.verify)  # on every POST of a page form
-templates.env.globals.update(csrf_field=csrf.hidden_field, signed_in_user=signin.user_of)
+templates.env.globals.update(csrf_field=csrf.hidden_field, signed_in_user=signin.user_of,
+                             against_text=against_text, UNIT_WORDS=UNIT_WORDS)
 reproduce_pages.register(router, Csrf)
 
 
@@ -149,19 +153,35 @@ def read_leaderboard_page(
     request: Request,
     session: SessionDep,
     sort: Annotated[str, Query(pattern=SORT_PATTERN)] = DEFAULT_SORT,
+    track: Track = Track.record,
     eligible: bool = False,
+    unverified: bool = False,
+    failed: bool = False,
     preset: FilterText = None,
     author: FilterText = None,
     page: Page = 1,
     per_page: PerPage = DEFAULT_PER_PAGE,
 ) -> HTMLResponse:
-    """Finished experiments ranked by mean val_bpb, each expandable to its seeds."""
-    view = BoardView(sort=sort, eligible=eligible, preset=preset or None,
-                     author=author or None, page=page, per_page=per_page)
+    """Finished experiments ranked by mean val_bpb, each expandable to its seeds. A page
+    past the last is a 404 that links to the last."""
+    view = BoardView(track=track.value, sort=sort, eligible=eligible, unverified=unverified, failed=failed,
+                     preset=preset or None, author=author or None, page=page, per_page=per_page)
     board = read_board(session, view)
+    last_page = view.last_page(board.count)
+    if view.page > last_page:
+        return past_last_page(request, view, last_page)
     return templates.TemplateResponse(request, "leaderboard.html", {
         "view": view, "board": board, "presets": presets.preset_names(),
-        "last_page": view.last_page(board.count)})
+        "tracks": TRACK_LABELS,
+        "last_page": last_page})
+
+
+def past_last_page(request: Request, view: BoardView, last_page: int) -> HTMLResponse:
+    return templates.TemplateResponse(request, "error.html", {
+        "status_code": 404, "title": "Not Found",
+        "problems": [f"There is no page {view.page}: this board has {last_page} "
+                     f"page{'' if last_page == 1 else 's'}."],
+        "link": (view.url(page=last_page), f"Go to page {last_page}")}, status_code=404)
 
 
 @router.get("/queue")
@@ -219,6 +239,7 @@ def experiment_page(request: Request, session: Session, experiment_id: int, *,
         "plot": seed_plot(scores, f"val_bpb per seed of {experiment.name}", reference=reference,
                           threshold=experiment_view.threshold_bpb(experiment.stats)),
         "hardware": experiment_view.hardware(experiment),
+        "imported": experiment_view.import_facts(experiment),
         "ablation": experiment_view.ablation_table(experiment.stats),
         "curves": overlay.overlay_charts(
             overlay.run_series(session, experiment.runs, ablation=overlay.is_ablation(experiment.runs)),

@@ -1,5 +1,6 @@
 """GET /api/leaderboard: ranking, per-experiment numbers, every seed, filters, pages."""
 
+import math
 import statistics
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from server import tracks
 from server.experiments import finalize_experiment
 from server.leaderboard import LeaderboardOrder, read_leaderboard
 from server.models import Experiment
+from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 from tests.factories import LOSS_PER_BPB, make_experiment, make_pod, make_run, make_scored_run
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -55,7 +57,7 @@ def test_ranked_by_mean_val_bpb_with_unscored_last(client: TestClient, session: 
     running = make_experiment(session, name="running", seeds=[1])
     make_run(session, running, seed=1, status="running")
 
-    body = board(client)
+    body = board(client, failed=True)
 
     assert body["count"] == 4
     assert [e["name"] for e in body["data"]] == ["best", "middle", "worst", "unscored"]
@@ -114,10 +116,12 @@ def test_filters(client: TestClient, session: Session) -> None:
     def names(**params: Any) -> list[str]:
         return [e["name"] for e in board(client, **params)["data"]]
 
-    assert names(eligible=True) == ["eligible", "tiny"]
-    assert names(author="ada") == ["eligible", "tiny"]
+    # The tiny preset has no training cap: it is on the non-record track's board only.
+    assert names(eligible=True) == ["eligible"]
+    assert names(author="ada") == ["eligible"]
     assert names(provider="ssh") == ["eligible"]
-    assert names(preset="tiny") == ["tiny"]
+    assert names(preset="tiny") == []
+    assert names(preset="tiny", track=NON_RECORD_TRACK) == ["tiny"]
     assert names(author="ada", eligible=True, preset="baseline") == ["eligible"]
     assert names(author="nobody") == []
 
@@ -134,7 +138,95 @@ def test_pages_keep_ranks_and_count(client: TestClient, session: Session) -> Non
         "e0", "e1", "e2", "e3", "e4"]
     assert [e["rank"] for e in second["data"]] == [3, 4]
     assert (first["count"], second["count"], last["count"]) == (5, 5, 5)
-    assert board(client, limit=2, offset=10)["data"] == []
+
+
+def test_an_offset_past_the_last_match_is_404(client: TestClient, session: Session) -> None:
+    for index in range(3):
+        finished(session, f"e{index}", [1.0 + index / 10] * 3)
+
+    assert board(client, limit=2, offset=2)["count"] == 3
+    response = client.get("/api/leaderboard", params={"limit": 2, "offset": 3})
+
+    assert response.status_code == 404
+    assert response.json()["detail"] == "offset 3 is past the last of 3 matching experiments"
+    # An empty board's first page is an empty page, not a 404.
+    assert board(client, author="nobody") == {"data": [], "count": 0}
+
+
+def test_each_track_ranks_on_its_own_board(client: TestClient, session: Session) -> None:
+    """A two-hour run scores better than a 10-minute record; it ranks on its own track."""
+    finished(session, "ten minutes", [1.12, 1.12, 1.13])
+    finished(session, "second", [1.20, 1.21, 1.19])
+    long_run = finished(session, "two hours", [1.00, 1.01, 1.00])
+    long_run.track = NON_RECORD_TRACK
+    session.add(long_run)
+    session.commit()
+
+    record = board(client)
+    non_record = board(client, track=NON_RECORD_TRACK)
+
+    assert [(e["name"], e["rank"], e["track"]) for e in record["data"]] == [
+        ("ten minutes", 1, RECORD_TRACK), ("second", 2, RECORD_TRACK)]
+    assert board(client, track=RECORD_TRACK) == record
+    assert [(e["name"], e["rank"], e["track"]) for e in non_record["data"]] == [
+        ("two hours", 1, NON_RECORD_TRACK)]
+    response = client.get("/api/leaderboard", params={"track": "track_1min"})
+    assert response.status_code == 422
+    assert ["query", "track"] in [p["loc"] for p in response.json()["detail"]]
+
+
+def test_a_filter_hides_rows_and_never_renumbers(client: TestClient, session: Session) -> None:
+    for index, author in enumerate(["ada", "bob", "ada", "cy", "dexhunter", "dexhunter"]):
+        finished(session, f"e{index}", [1.1 + index / 100] * 3, author=author,
+                 provider="ssh" if index == 2 else "local")
+
+    def ranks(**params: Any) -> dict[str, int]:
+        return {e["name"]: e["rank"] for e in board(client, **params)["data"]}
+
+    assert ranks(author="dexhunter") == {"e4": 5, "e5": 6}
+    assert ranks(author="ada") == {"e0": 1, "e2": 3}
+    assert ranks(provider="ssh") == {"e2": 3}
+    assert ranks(author="dexhunter", order="rank", desc=True) == {"e5": 6, "e4": 5}
+
+
+def test_the_default_board_is_verified_scored_experiments(
+    client: TestClient, session: Session
+) -> None:
+    """A participant's script that prints its own val_bpb, or an import, is not on the default
+    board, nor is an experiment none of whose seeds succeeded. The board of every score ranks
+    them (marked); the unscored are listed when asked for, unranked."""
+    measured = finished(session, "measured", [1.20, 1.21, 1.19])
+    printed = make_experiment(session, name="prints 0.0001", kind="script", seeds=[1, 2, 3])
+    imported = make_experiment(session, name="imported", kind="script", provider="import",
+                               preset="import", seeds=[1, 2, 3])
+    for experiment, score in ((printed, 0.0001), (imported, 1.0)):
+        for seed in (1, 2, 3):
+            make_scored_run(session, experiment, seed=seed, val_bpb=score)
+        assert finalize_experiment(session, experiment.id)
+    crashed = make_experiment(session, name="crashed", seeds=[1, 2, 3])
+    for seed in (1, 2, 3):
+        make_run(session, crashed, seed=seed, status="failed", reason="trainer exited with code 1")
+    assert finalize_experiment(session, crashed.id)
+
+    default = board(client)
+    everything = board(client, unverified=True, failed=True)
+
+    assert [(e["name"], e["rank"], e["verified"]) for e in default["data"]] == [
+        ("measured", 1, True)]
+    assert default["count"] == 1
+    rows = {e["name"]: e for e in everything["data"]}
+    assert [e["name"] for e in everything["data"]] == [
+        "prints 0.0001", "imported", "measured", "crashed"]
+    assert {name: e["rank"] for name, e in rows.items()} == {
+        "prints 0.0001": 1, "imported": 2, "measured": 3, "crashed": None}
+    assert rows["prints 0.0001"]["score_source"] == "printed by the participant's script"
+    assert rows["imported"]["score_source"] == "read from the submission's logs"
+    assert (rows["measured"]["score_source"], rows["crashed"]["verified"]) == (
+        "measured by Caddie", True)
+    assert [e["name"] for e in board(client, unverified=True)["data"]] == [
+        "prints 0.0001", "imported", "measured"]
+    assert [e["name"] for e in board(client, failed=True)["data"]] == ["measured", "crashed"]
+    assert measured.id == rows["measured"]["experiment_id"]
 
 
 def sorting_board(session: Session) -> None:
@@ -179,7 +271,7 @@ def test_every_order_both_ways_with_missing_values_last(
     client: TestClient, session: Session, order: LeaderboardOrder
 ) -> None:
     sorting_board(session)
-    ranked = board(client)["data"]
+    ranked = board(client, failed=True)["data"]
     ranks = {e["name"]: e["rank"] for e in ranked}
     if order is LeaderboardOrder.p:
         by_p = sorted((e for e in ranked if e["p"] is not None), key=lambda e: e["p"])
@@ -188,12 +280,13 @@ def test_every_order_both_ways_with_missing_values_last(
     else:
         ascending, descending = EXPECTED_ORDERS[order.value]
 
-    assert names_by(client, order.value) == ascending
-    assert names_by(client, order.value, desc=True) == descending
+    assert names_by(client, order.value, failed=True) == ascending
+    assert names_by(client, order.value, desc=True, failed=True) == descending
     # A rank is the entry's own, whatever the order of the page.
-    assert {e["name"]: e["rank"] for e in board(client, order=order.value)["data"]} == ranks
+    assert {e["name"]: e["rank"]
+            for e in board(client, order=order.value, failed=True)["data"]} == ranks
     # Paged in SQL: pages of two put together are the whole order.
-    pages = [names_by(client, order.value, desc=True, limit=2, offset=offset)
+    pages = [names_by(client, order.value, desc=True, failed=True, limit=2, offset=offset)
              for offset in (0, 2, 4)]
     assert " ".join(pages) == descending
 
@@ -211,6 +304,57 @@ def test_cost_and_delta_of_an_entry(client: TestClient, session: Session) -> Non
     assert entries["Alpha"]["delta_nats"] == pytest.approx((mean - 1.30) * LOSS_PER_BPB)
     assert entries["Alpha"]["delta_units"] == "nats_per_token"
     assert entries["Alpha"]["against"]["val_bpb"] == pytest.approx(1.30)
+
+
+def stored_test(delta: float, p: float, reference: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """A test as the finalizer stores it: numbers, units and the reference it was against."""
+    return {"test": "one-sided Welch t-test", "units": "nats_per_token", "delta": delta,
+            "p": p, "reference": reference, **more}
+
+
+def test_every_delta_and_p_says_what_it_is_against(client: TestClient, session: Session) -> None:
+    """Δ and p on the board are the stored test's, with what it was against: the record's
+    name, score and date, or the reference chosen at submission."""
+    standing = finished(session, "SP8192 QK5", [1.0856, 1.0857, 1.0855])
+    record = {"kind": "record", "experiment_id": standing.id, "name": "SP8192 QK5",
+              "val_bpb": 1.0856, "date": "2026-04-06", "track": RECORD_TRACK,
+              "source": "the standing record of the track at 2026-04-20"}
+    plain = finished(session, "plain", [1.0820, 1.0822, 1.0821])
+    chose = finished(session, "chose its own", [1.0830, 1.0831, 1.0829])
+    legacy = finished(session, "legacy", [1.20, 1.21, 1.19], reference_bpb=1.30)
+    plain.stats = stored_test(-0.0073, 0.002, record)
+    # As stored before tests kept their delta and units.
+    legacy.stats = {"test": "one-sided one-sample t-test", "p": 0.001,
+                    "reference": {"kind": "value", "val_bpb": 1.30, "source": "chosen at submission"}}
+    chose.stats = stored_test(-0.5, 0.0001, {"kind": "value", "val_bpb": 1.5,
+                                             "source": "chosen at submission"},
+                              record_test=stored_test(-0.0051, 0.2, record))
+    session.add_all([plain, chose, legacy])
+    session.commit()
+
+    entries = {e["name"]: e for e in board(client)["data"]}
+
+    assert (entries["plain"]["delta_nats"], entries["plain"]["delta_units"],
+            entries["plain"]["p"]) == (-0.0073, "nats_per_token", 0.002)
+    assert entries["plain"]["against"] == {
+        "kind": "record", "name": "SP8192 QK5", "experiment_id": standing.id,
+        "val_bpb": 1.0856, "date": "2026-04-06", "units": "nats_per_token",
+        "source": "the standing record of the track at 2026-04-20"}
+    # A reference chosen at submission is named as such (the record test is on its page).
+    assert (entries["chose its own"]["delta_nats"], entries["chose its own"]["p"]) == (-0.5, 0.0001)
+    assert (entries["chose its own"]["against"]["val_bpb"],
+            entries["chose its own"]["against"]["source"]) == (1.5, "chosen at submission")
+    # A test stored before deltas were: from the means, nats per byte, against its value.
+    mean = statistics.fmean([1.20, 1.21, 1.19])
+    assert entries["legacy"]["delta_nats"] == pytest.approx((mean - 1.30) * math.log(2))
+    assert entries["legacy"]["delta_units"] == "nats_per_byte"
+    assert entries["legacy"]["against"]["val_bpb"] == 1.30
+    assert legacy.id == entries["legacy"]["experiment_id"]
+    # Sorted by the same Δ and p the rows show.
+    by_delta = [e["name"] for e in board(client, order="delta")["data"]]
+    assert by_delta.index("chose its own") < by_delta.index("legacy") < by_delta.index("plain")
+    by_p = [e["name"] for e in board(client, order="p")["data"]]
+    assert by_p.index("chose its own") < by_p.index("legacy") < by_p.index("plain")
 
 
 def test_bad_parameters_are_422(client: TestClient) -> None:

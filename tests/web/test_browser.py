@@ -10,11 +10,13 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from server import logstream
+from server import logstream, records
 from server.experiments import finalize_experiment
 from server.models import Experiment
+from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 from tests.factories import make_experiment, make_log, make_run, make_scored_run
 from tests.web.live import LiveServer
+from tests.web.test_experiment_page import import_tree
 from tests.web.test_log_stream import append, line
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres,
@@ -340,3 +342,34 @@ def test_compare_picks_experiments_and_overlays_their_curves(page: Page, session
     page.goto(f"/experiments/{wide.id}")
     assert page.locator("figure[data-overlay=loss] svg g.run").count() == 2
     screenshot(page, "experiment-curves")
+
+
+def test_track_switch_and_an_imports_page(page: Page, session: Session, tmp_path: Path) -> None:
+    finished(session, "ten minutes", [1.12, 1.12, 1.13])
+    finished(session, "two hours", [1.00, 1.01, 1.00], track=NON_RECORD_TRACK)
+    records.import_records(session, import_tree(tmp_path / "records"), reference_bpb=2.0)
+
+    page.goto("/")
+    assert page.locator("table.board th.name a").all_inner_texts() == ["ten minutes"]
+    page.locator(f"a[data-track={NON_RECORD_TRACK}]").click()
+    page.wait_for_url(f"**/?track={NON_RECORD_TRACK}")
+    assert page.locator("p.track-name").inner_text().startswith("non-record track")
+    assert page.locator("table.board th.name a").all_inner_texts() == ["two hours"]
+    assert page.locator("table.board td.rank").all_inner_texts() == ["1"]
+    screenshot(page, "leaderboard-non-record-track")
+
+    page.locator(f"a[data-track={RECORD_TRACK}]").click()
+    page.locator("a[data-filter=unverified]").click()
+    page.wait_for_url("**/?unverified=1")
+    imported = page.locator("tbody.entry", has_text="Optimistic")
+    assert imported.locator(".badge.unverified").inner_text() == (
+        "score read from the submission's logs")
+    screenshot(page, "leaderboard-every-score")
+
+    imported.locator("th.name a").click()
+    section = page.locator("section.import")
+    assert section.locator("dd.accepted").is_visible()
+    assert section.locator("ul.disagreements li").count() >= 2
+    assert "None" not in section.inner_text()
+    assert page.locator("dd.source").inner_text().endswith("2026-04-12_Optimistic")
+    screenshot(page, "experiment-import")

@@ -1,16 +1,21 @@
 """GET /experiments and /experiments/{id}; cancelling an experiment from its page."""
 
+import json
 import statistics
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
+from server import records
 from server.experiments import finalize_experiment
+from server.logparse import parse_log
 from server.models import Experiment
 from server.runs import get_run
 from tests.factories import make_experiment, make_pod, make_run, make_scored_run
+from tests.fixture_files import record_log
 from tests.web.dom import Element, cells, fetch, form_token, parse
 
 
@@ -174,3 +179,91 @@ def test_cost_of_the_experiment_and_of_each_seed(client: TestClient, session: Se
     assert facts(page, "spec-heading")["Cost so far"] == "$15.00"
     rows = page.find("table", class_="runs").find("tbody").find_all("tr")
     assert [row.find("td", class_="cost").text() for row in rows] == ["$10.00", "$5.00", "—"]
+
+
+def import_tree(root: Path) -> Path:
+    """Two records folders in the challenge's layout: one whose submission.json states values
+    its logs contradict, one whose only log has no final score."""
+    optimistic = root / "track_10min_16mb" / "2026-04-12_Optimistic"
+    optimistic.mkdir(parents=True)
+    (optimistic / "train_seed42.log").write_bytes(record_log("sp4096_seed42.log"))
+    (optimistic / "submission.json").write_text(json.dumps({
+        "name": "Optimistic", "author": "Hal", "date": "2026-04-12", "val_bpb": 1.0731,
+        "bytes_total": 15_000_000, "seeds": [42, 7]}))
+    (optimistic / "train_gpt.py").write_text("print('train')\n")
+    unscored = root / "track_10min_16mb" / "2026-04-13_Unscored"
+    unscored.mkdir(parents=True)
+    (unscored / "train.log").write_bytes(record_log("sp4096_seed42.log").split(b"\nfinal_int6_roundtrip ")[0])
+    (unscored / "submission.json").write_text(json.dumps({"name": "Unscored", "author": "Ivy"}))
+    (unscored / "train_gpt.py").write_text("print('train')\n")
+    return root
+
+
+def test_an_import_explains_itself(client: TestClient, session: Session, tmp_path: Path) -> None:
+    results = {r.key.split("/")[-1]: r for r in records.import_records(
+        session, import_tree(tmp_path / "records"), reference_bpb=2.0)}
+    log = parse_log(record_log("sp4096_seed42.log"))
+
+    page = fetch(client, f"/experiments/{results['2026-04-12_Optimistic'].experiment_id}")
+
+    spec = facts(page, "spec-heading")
+    assert spec["Source"].startswith("imported from the challenge's records folder ")
+    assert spec["Source"].endswith("records/track_10min_16mb/2026-04-12_Optimistic")
+    assert spec["Record date"] == "2026-04-12"
+    # Settings of a run on our own pods mean nothing for an import.
+    assert not {"Provider", "Hardware", "Pods", "Failed seeds", "Priority", "Budget",
+                "Cost so far"} & set(spec)
+    section = page.find("section", aria_labelledby="import-heading")
+    verdicts = facts(page, "import-heading")
+    assert set(verdicts) == {"The challenge", "Caddie"}
+    assert verdicts["Caddie"].startswith(("record-eligible", "not eligible"))
+    stated = {cells(row)[0]: cells(row)[1:] for row in
+              section.find("table", class_="stated").find("tbody").find_all("tr")}
+    assert stated["mean val_bpb"] == ["1.0731", f"{log['score']['val_bpb']:.8g}"]
+    assert stated["largest bytes total"] == ["15,000,000", f"{log['bytes_total']:,}"]
+    assert stated["seeds"] == ["42, 7", "42"]
+    lines = [li.text() for li in section.find("ul", class_="disagreements").find_all("li")]
+    assert any(line.startswith(f"bytes_total: the folder states 15,000,000, the logs show "
+                               f"{log['bytes_total']:,}") for line in lines), lines
+    assert "seeds: the folder states 7, 42, the logs show 42 (no scored log for seed(s) [7])" in lines
+    assert not [line for line in lines if "None" in line]
+
+    unscored = fetch(client, f"/experiments/{results['2026-04-13_Unscored'].experiment_id}")
+    lines = [li.text() for li in unscored.find("section", aria_labelledby="import-heading")
+             .find("ul", class_="disagreements").find_all("li")]
+    assert lines == ["train logs: no train log with a final score"]
+
+
+def test_an_experiment_run_here_has_no_import_section(client: TestClient,
+                                                      session: Session) -> None:
+    experiment = make_experiment(session, name="ours", seeds=[1])
+
+    page = fetch(client, f"/experiments/{experiment.id}")
+
+    assert page.find_all("section", aria_labelledby="import-heading") == []
+    assert "Provider" in facts(page, "spec-heading")
+
+
+def test_the_test_names_its_reference_and_the_record_test_beside_it(
+    client: TestClient, session: Session
+) -> None:
+    standing = make_experiment(session, name="SP8192 QK5", seeds=[1])
+    experiment = make_experiment(session, name="mine", seeds=[1], status="finished")
+    record = {"kind": "record", "experiment_id": standing.id, "name": "SP8192 QK5",
+              "val_bpb": 1.0856, "date": "2026-04-06",
+              "source": "the standing record of track_10min_16mb"}
+    experiment.stats = {
+        "test": "one-sided one-sample t-test", "units": "nats_per_token", "delta": -0.5,
+        "p": 0.0001, "reference": {"kind": "value", "val_bpb": 1.5,
+                                   "source": "chosen at submission"},
+        "record_test": {"units": "nats_per_token", "delta": -0.0051, "p": 0.2,
+                        "reference": record}}
+    session.add(experiment)
+    session.commit()
+
+    test = facts(fetch(client, f"/experiments/{experiment.id}"), "stats-heading", index=1)
+
+    assert test["Against"].startswith("val_bpb 1.50000 (chosen at submission)")
+    assert test["Record test"].startswith(
+        "p 0.2 against SP8192 QK5, val_bpb 1.08560, 2026-04-06 (the standing record of "
+        "track_10min_16mb)")

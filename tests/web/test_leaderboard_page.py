@@ -1,16 +1,19 @@
 """GET /: rows, numbers, seeds, sorting, filters and pages of the leaderboard."""
 
 import statistics
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from server import presets, tracks
+from server import presets, records, tracks
 from server.experiments import finalize_experiment
 from server.models import Experiment
+from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 from tests.factories import LOSS_PER_BPB, make_experiment, make_run, make_scored_run
 from tests.web.dom import Element, cells, fetch
+from tests.web.test_experiment_page import import_tree
 
 
 def finished(session: Session, name: str, scores: list[float], *, preset: str = "baseline",
@@ -49,7 +52,8 @@ def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session
     running = make_experiment(session, name="still running", seeds=[1])
     make_run(session, running, seed=1, status="running")
 
-    page = fetch(client, "/")
+    assert names(fetch(client, "/")) == ["best", "middle"]  # no succeeded seed: off the board
+    page = fetch(client, "/?failed=1")
 
     assert names(page) == ["best", "middle", "unscored"]
     assert [e.attrs["data-experiment"] for e in entries(page)] == [
@@ -63,11 +67,13 @@ def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session
     assert mean == f"{statistics.fmean(scores):.5f} ± {statistics.stdev(scores):.5f}"
     # The factory's reference is 2.0 bpb: Δ = (mean − 2.0) · ln 2 · bytes per token, in nats
     # per token (the factory's val_loss is LOSS_PER_BPB × val_bpb).
-    assert delta == f"{(statistics.fmean(scores) - 2.0) * LOSS_PER_BPB:+.4f}"
+    assert delta == (f"{(statistics.fmean(scores) - 2.0) * LOSS_PER_BPB:+.4f} nats/token "
+                     "vs 2.0000 bpb (chosen at submission)")
     assert float(p) < 0.01
     assert seeds == "3/3"
     assert max_bytes == "15,800,000 200,000 to spare"
-    assert (train, evaluation, cost, record) == ("599.0 s", "120.0 s", "—", "record-eligible")
+    assert (train, evaluation, cost, record) == ("599.0 s", "120.0 s", "—",
+                                                 "Caddie: record-eligible")
     assert cells(main_row(entries(page)[2]))[0] == "—"  # no score, no rank
     assert cells(main_row(entries(page)[2]))[4] == "—"
 
@@ -115,31 +121,33 @@ def test_sort_links_and_sorted_rows(client: TestClient, session: Session) -> Non
     make_run(session, unscored, seed=1, status="failed", reason="trainer exited with code 1")
     finalize_experiment(session, unscored.id)
 
-    page = fetch(client, "/")
+    page = fetch(client, "/?failed=1")
     board_head = page.find("table", class_="board").find("thead", children_only=True)
     headers = {a.attrs["data-sort"]: a for a in board_head.find_all("a")}
     assert {key: a.attrs["href"] for key, a in headers.items()} == {
-        "rank": "/?sort=-rank", "name": "/?sort=name", "author": "/?sort=author",
-        "date": "/?sort=date", "delta": "/?sort=delta", "p": "/?sort=p", "seeds": "/?sort=seeds",
-        "bytes": "/?sort=bytes", "train": "/?sort=train", "eval": "/?sort=eval",
-        "cost": "/?sort=cost"}
+        "rank": "/?sort=-rank&failed=1", "name": "/?sort=name&failed=1",
+        "author": "/?sort=author&failed=1", "date": "/?sort=date&failed=1",
+        "delta": "/?sort=delta&failed=1", "p": "/?sort=p&failed=1",
+        "seeds": "/?sort=seeds&failed=1", "bytes": "/?sort=bytes&failed=1",
+        "train": "/?sort=train&failed=1", "eval": "/?sort=eval&failed=1",
+        "cost": "/?sort=cost&failed=1"}
     assert headers["rank"].parent.attrs["aria-sort"] == "ascending"
     assert names(page) == ["big", "mid", "small", "crashed"]
 
     # Entries without the sorted value (no score, no bytes) stay last either way.
-    assert names(fetch(client, "/?sort=-rank")) == ["small", "mid", "big", "crashed"]
-    assert names(fetch(client, "/?sort=name")) == ["big", "crashed", "mid", "small"]
-    assert names(fetch(client, "/?sort=-date")) == ["crashed", "mid", "big", "small"]
-    by_bytes = fetch(client, "/?sort=bytes")
+    assert names(fetch(client, "/?sort=-rank&failed=1")) == ["small", "mid", "big", "crashed"]
+    assert names(fetch(client, "/?sort=name&failed=1")) == ["big", "crashed", "mid", "small"]
+    assert names(fetch(client, "/?sort=-date&failed=1")) == ["crashed", "mid", "big", "small"]
+    by_bytes = fetch(client, "/?sort=bytes&failed=1")
     assert names(by_bytes) == ["small", "mid", "big", "crashed"]
     # Ranks belong to the entries, not to the positions of this sort.
     assert [cells(main_row(e))[0] for e in entries(by_bytes)] == ["3", "2", "1", "—"]
     bytes_header = by_bytes.find("a", data_sort="bytes")
-    assert bytes_header.attrs["href"] == "/?sort=-bytes"
+    assert bytes_header.attrs["href"] == "/?sort=-bytes&failed=1"
     assert bytes_header.text() == "Max bytes ▲"
     assert bytes_header.parent.attrs["aria-sort"] == "ascending"
     assert "aria-sort" not in by_bytes.find("a", data_sort="rank").parent.attrs
-    assert names(fetch(client, "/?sort=-bytes")) == ["big", "mid", "small", "crashed"]
+    assert names(fetch(client, "/?sort=-bytes&failed=1")) == ["big", "mid", "small", "crashed"]
 
 
 def test_filters_by_link_and_keep_the_sort(client: TestClient, session: Session) -> None:
@@ -155,10 +163,11 @@ def test_filters_by_link_and_keep_the_sort(client: TestClient, session: Session)
     assert {"baseline", "tiny"} <= set(presets.preset_names())
 
     eligible = fetch(client, "/?sort=name&eligible=1")
-    assert names(eligible) == ["eligible", "tiny one"]
+    assert names(eligible) == ["eligible"]  # the tiny preset is on the non-record track
     assert eligible.find("a", data_sort="name").attrs["href"] == "/?sort=-name&eligible=1"
     assert eligible.find("a", data_filter="eligible").attrs["href"] == "/?sort=name"
-    assert names(fetch(client, "/?preset=tiny")) == ["tiny one"]
+    assert names(fetch(client, "/?preset=tiny")) == []
+    assert names(fetch(client, f"/?track={NON_RECORD_TRACK}&preset=tiny")) == ["tiny one"]
     by_bob = fetch(client, "/?author=bob")
     assert names(by_bob) == ["two seeds"]
     assert by_bob.find("a", data_filter="author").attrs["href"] == "/"
@@ -188,13 +197,117 @@ def test_pages_by_link(client: TestClient, session: Session) -> None:
     assert names(reversed_second) == ["e2", "e1"]
     assert reversed_second.find("a", rel="next").attrs["href"] == "/?sort=-rank&page=3&per_page=2"
 
-    beyond = fetch(client, "/?page=9&per_page=2")
+    # Past the last page: a 404 that says how many there are and links to the last.
+    beyond = fetch(client, "/?page=4&per_page=2", status=404)
     assert entries(beyond) == []
-    assert beyond.find("p", class_="empty").find("a").attrs["href"] == "/?per_page=2"
+    assert [li.text() for li in beyond.find("ul", class_="problems").find_all("li")] == [
+        "There is no page 4: this board has 3 pages."]
+    assert beyond.find("a", class_="go").attrs["href"] == "/?page=3&per_page=2"
+    # An empty board is one empty page, not a 404.
+    empty = fetch(client, "/?author=nobody")
+    assert empty.find("p", class_="empty").text() == "No finished experiment matches."
+
+
+def test_the_track_selector_switches_boards(client: TestClient, session: Session) -> None:
+    finished(session, "ten minutes", [1.12, 1.12, 1.13])
+    long_run = finished(session, "two hours", [1.00, 1.01, 1.00])
+    long_run.track = NON_RECORD_TRACK
+    session.add(long_run)
+    session.commit()
+
+    page = fetch(client, "/?sort=name")
+    assert names(page) == ["ten minutes"]
+    assert page.find("p", class_="track-name").text() == (
+        "record track: 10 minutes on 8×H100, 16 MB")
+    current = page.find("p", class_="tracks").find("strong")
+    assert current.attrs["data-track"] == RECORD_TRACK
+    switch = page.find("a", data_filter="track")
+    assert switch.attrs["href"] == f"/?track={NON_RECORD_TRACK}&sort=name"
+
+    other = fetch(client, switch.attrs["href"])
+    assert names(other) == ["two hours"]
+    assert cells(main_row(entries(other)[0]))[0] == "1"
+    assert other.find("a", data_filter="track").attrs["href"] == "/?sort=name"
+    fetch(client, "/?track=track_1min", status=400)
+
+
+def test_delta_names_its_reference_and_unit(client: TestClient, session: Session) -> None:
+    standing = finished(session, "SP8192 QK5", [1.0856, 1.0857, 1.0855])
+    tested = finished(session, "tested", [1.0820, 1.0822, 1.0821])
+    tested.stats = {"units": "nats_per_token", "delta": -0.0073, "p": 0.002, "reference": {
+        "kind": "record", "experiment_id": standing.id, "name": "SP8192 QK5",
+        "val_bpb": 1.0856, "date": "2026-04-06", "source": "the standing record"}}
+    session.add(tested)
+    session.commit()
+
+    row = main_row(entries(fetch(client, "/"))[0])
+
+    delta = row.find("td", class_="delta")
+    assert delta.find("span", class_="units").text() == "nats/token"
+    assert delta.find("span", class_="against").text() == (
+        f"vs SP8192 QK5 (#{standing.id}, 1.0856 bpb, 2026-04-06)")
+    assert delta.text().startswith("-0.0073")
+    assert row.find("td", class_="p").text() == "0.002"
+
+
+def test_an_import_is_dated_by_its_record_with_both_verdicts(client: TestClient, session: Session,
+                                          tmp_path: Path) -> None:
+    results = records.import_records(session, import_tree(tmp_path / "records"),
+                                     reference_bpb=2.0)
+    imported = session.get(Experiment, results[0].experiment_id)
+    assert imported is not None
+    imported.accepted = True
+    session.add(imported)
+    session.commit()
+
+    (entry,) = entries(fetch(client, "/?unverified=1"))
+
+    date = main_row(entry).find("td", class_="date")
+    assert date.text() == "2026-04-12"  # submission.json's date, not the day of the import
+    assert date.find("span").attrs["title"] == "the record's date"
+    # Both verdicts side by side: Caddie's (one seed) and the challenge's.
+    assert main_row(entry).find("td", class_="record").text() == (
+        "Caddie: not eligible challenge: accepted")
+
+
+def test_rank_is_the_place_on_the_board_under_any_filter(client: TestClient,
+                                                         session: Session) -> None:
+    for index, author in enumerate(["ada", "bob", "cy", "ada", "dexhunter", "dexhunter"]):
+        finished(session, f"e{index}", [1.1 + index / 100] * 3, author=author)
+
+    page = fetch(client, "/?author=dexhunter")
+
+    assert names(page) == ["e4", "e5"]
+    assert [cells(main_row(e))[0] for e in entries(page)] == ["5", "6"]
+    assert page.find("a", data_filter="author").attrs["href"] == "/"
+
+
+def test_self_reported_scores_only_behind_a_filter_and_marked(client: TestClient,
+                                                              session: Session) -> None:
+    finished(session, "measured", [1.2, 1.21, 1.19])
+    printed = make_experiment(session, name="prints its own score", kind="script", seeds=[1, 2, 3])
+    for seed in (1, 2, 3):
+        make_scored_run(session, printed, seed=seed, val_bpb=0.0001)
+    finalize_experiment(session, printed.id)
+
+    page = fetch(client, "/")
+    assert names(page) == ["measured"]
+    assert page.find("a", data_filter="unverified").attrs["href"] == "/?unverified=1"
+
+    everything = fetch(client, "/?unverified=1")
+    assert names(everything) == ["prints its own score", "measured"]
+    first, second = (main_row(e) for e in entries(everything))
+    # The board of every score ranks it, marked; the default board's rank 1 is measured.
+    assert cells(first)[0] == "1"
+    assert first.find("span", class_="unverified").text() == (
+        "score printed by the participant's script")
+    assert cells(second)[0] == "2"
+    assert second.find_all("span", class_="unverified") == []
 
 
 def test_bad_parameters_get_an_error_page_naming_them(client: TestClient) -> None:
     for url, field in [("/?sort=bytes;drop", "sort"), ("/?page=0", "page"),
+                       ("/?unverified=perhaps", "unverified"),
                        ("/?per_page=1000", "per_page"), ("/?eligible=maybe", "eligible")]:
         page = fetch(client, url, status=400)
         assert page.find("h1").text() == "400 Bad Request"
