@@ -20,16 +20,17 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy import func
+from sqlalchemy import func, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from server import ablation, costs, notify, policies, presets, reference, scripts, tracks
 from server.config import Settings, get_settings
-from server.errors import Conflict, LeaseLost, NotFound
+from server.errors import Conflict, InvalidTransition, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
 from server.runs import get_run, transition, transition_free, update_run
-from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
+from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus, experiment_sources
 from server.statistics import Significance, bytes_per_token
 
 log = logging.getLogger(__name__)
@@ -486,7 +487,7 @@ def add_seeds(session: Session, experiment_id: int, seeds: list[int]) -> Experim
         raise ValueError(f"seeds: already used by this experiment: {used}" if used else
                          f"seeds: an experiment runs at most {MAX_SEEDS} seeds")
     if experiment.status == ExperimentStatus.finished:
-        _clear_results(experiment)
+        _clear_results(session, experiment)
     added = [Run(experiment_id=experiment_id, seed=seed, variant=arm)
              for seed in seeds for arm in policies.arms(experiment)]
     policies.queue_runs(session, added)
@@ -508,9 +509,30 @@ def _checked_seeds(seeds: list[int]) -> list[int]:
         raise ValueError(f"{where}: {str(error['msg']).removeprefix('Value error, ')}") from None
 
 
-def _clear_results(experiment: Experiment) -> None:
+def move_experiment(session: Session, experiment: Experiment, to_status: ExperimentStatus) -> None:
+    """Move the experiment to `to_status` in the caller's transaction (the caller commits).
+
+    The only writer of Experiment.status: a conditional UPDATE that holds only while the stored
+    status has a legal move to `to_status` (`server.states.EXPERIMENT_MOVES`). One already in
+    `to_status` is left as it is. Raises InvalidTransition, rolling back, otherwise.
+    """
+    if experiment.status == to_status.value:
+        return
+    experiment_id, before = experiment.id, experiment.status
+    table = Experiment.__table__  # type: ignore[attr-defined]
+    result = session.execute(update(table).where(table.c.id == experiment_id,
+                                                 table.c.status.in_(experiment_sources(to_status)))
+                             .values(status=to_status.value))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise InvalidTransition(f"experiment {experiment_id}: {before} -> {to_status} is not allowed")
+    set_committed_value(experiment, "status", to_status.value)
+    log.info("experiment %s: %s -> %s", experiment_id, before, to_status.value)
+
+
+def _clear_results(session: Session, experiment: Experiment) -> None:
     """A finished experiment that gets new seeds is running again, without a result."""
-    experiment.status = ExperimentStatus.running.value
+    move_experiment(session, experiment, ExperimentStatus.running)
     experiment.finished_at = None
     experiment.n_succeeded = 0
     experiment.mean_val_bpb = experiment.std_val_bpb = None
@@ -602,7 +624,7 @@ def finalize_experiment(session: Session, experiment_id: int, *, announce: bool 
         added = policies.more_seeds(session, experiment, runs, _significance(session, experiment, runs))
     if added or not ended:
         if added or any(run.status != RunStatus.queued for run in runs):
-            experiment.status = ExperimentStatus.running.value
+            move_experiment(session, experiment, ExperimentStatus.running)
         session.commit()
         for run in added:
             _wake(run.id)
@@ -704,8 +726,8 @@ def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run])
         experiment.stats = {**(experiment.stats or {}), "ablation": summary}
     experiment.eligible = not experiment.reasons
     all_cancelled = all(run.status == RunStatus.cancelled for run in all_runs)
-    experiment.status = (ExperimentStatus.cancelled if all_cancelled
-                         else ExperimentStatus.finished).value
+    move_experiment(session, experiment, ExperimentStatus.cancelled if all_cancelled
+                    else ExperimentStatus.finished)
     # An imported record finished on its record's date, not on the day it was imported.
     experiment.finished_at = experiment.record_date if experiment.source is not None else utcnow()
 

@@ -34,7 +34,6 @@ from server.config import get_settings
 from server.costs import estimate_experiment
 from server.eligibility import MAX_TRAIN_SECONDS
 from server.models import Experiment, Run
-from server.states import ExperimentStatus
 
 RULES_GPU_TYPE = "NVIDIA H100 80GB HBM3"  # the rules' 8xH100 SXM, as RunPod names it
 RULES_GPU_COUNT = 8
@@ -613,7 +612,6 @@ def create_rerun(session: Session, plan: Plan, overrides: Overrides, *, owner: s
     scripts.store_files(session, experiment.id, spec.files)
     runs = [Run(experiment_id=experiment.id, seed=seed) for seed in spec.seeds]
     policies.queue_runs(session, runs)
-    experiment.status = ExperimentStatus.queued.value
     session.commit()
     for run in runs:
         experiments.wake(run.id)

@@ -39,7 +39,8 @@ from server.eligibility import Measurements, run_reasons
 from server.errors import Conflict, LeaseLost
 from server.logparse import parse_log
 from server.logstream import publish_log
-from server.models import Experiment, LogChunk, Pod, Run, as_utc, utcnow
+from server.models import Experiment, LogChunk, Pod, Run, RunEvent, as_utc, utcnow
+from server.pods import move_pod
 from server.runs import acquire_lease, get_run, release_lease, transition, update_run
 from server.scripts import file_names, list_files
 from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUS_VALUES, PodStatus, RunStatus
@@ -169,7 +170,7 @@ class RunDirector:
                     return self.settings.poll_interval_s
                 # Its life (deadline, billing) starts when it is asked for, not when it got in line.
                 pod.created_at, pod.deadline_at = utcnow(), deadline_at
-            if pod.host is None and not provider.assign_host(session, pod):
+            if pod.host is None and not self._place(session, run, pod, provider):
                 log.info("run %s: no %s host free yet", run.id, provider.name)
                 waiting = provider.wait_reason(session, pod)
                 if waiting is not None and waiting != run.reason:
@@ -788,16 +789,37 @@ class RunDirector:
             return False
         return utcnow() > as_utc(run.started_at) + timedelta(seconds=self._deadline_s(run) + 120)
 
+    def _place(self, session: Session, run: Run, pod: Pod, provider: Provider) -> bool:
+        """Write what the provider found for the pod; False while it has no reachable host yet."""
+        seen = provider.place(session, pod)
+        if seen is not None and seen.status == PodStatus.starting:
+            move_pod(session, pod, PodStatus.starting, why=f"rented for run {run.id}", **seen.fields())
+            if seen.note is not None:
+                self._note_once(session, run.id, seen.note, key=seen.note_key or seen.note)
+            seen = provider.place(session, pod)  # just rented: it may be up already
+        if seen is None:
+            return False
+        move_pod(session, pod, PodStatus.ready, why=f"run {run.id}", **seen.fields())
+        if provider.displaced(session, pod):
+            move_pod(session, pod, PodStatus.requested, why="an older pod holds its host",
+                     host=None, port=None, username=None)
+            return False
+        return True
+
+    def _note_once(self, session: Session, run_id: int, note: str, *, key: str) -> None:
+        """An event in the run's history that changes no status, said once per run (not per try)."""
+        said = select(RunEvent.id).where(RunEvent.run_id == run_id, col(RunEvent.reason).startswith(key))
+        if session.exec(said).first() is None:
+            status = RunStatus.provisioning.value
+            session.add(RunEvent(run_id=run_id, from_status=status, to_status=status, reason=note))
+            session.commit()
+
     def _set_pod_status(self, run: Run, status: PodStatus) -> None:
         with Session(self.engine) as session:
             pod = session.get(Pod, run.pod_id)
             if pod is None:
                 return
-            pod.status, pod.updated_at = status.value, utcnow()
-            if status == PodStatus.terminated:
-                pod.terminated_at = pod.updated_at
-            session.add(pod)
-            session.commit()
+            move_pod(session, pod, status, why=f"run {run.id}")
 
     def _local_dir(self, run: Run) -> Path:
         path = self.settings.runs_dir() / str(run.id)

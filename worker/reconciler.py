@@ -15,7 +15,9 @@ from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
 from server import notify
+from server.errors import InvalidTransition
 from server.models import Experiment, Pod, Run, as_utc, utcnow
+from server.pods import move_pod
 from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUS_VALUES, ExperimentStatus, PodStatus
 from worker.director import RunDirector
 from worker.providers import ListedPod, Provider, get_provider
@@ -163,11 +165,12 @@ def _terminate(director: RunDirector, provider: Provider, external_id: str) -> b
     with Session(director.engine) as session:
         for pod in session.exec(select(Pod).where(Pod.external_id == external_id,
                                                   col(Pod.status).in_(LIVE_POD_STATUS_VALUES))).all():
-            pod.status, pod.updated_at = PodStatus.terminated.value, utcnow()
-            pod.terminated_at = pod.updated_at
-            session.add(pod)
+            try:
+                move_pod(session, pod, PodStatus.terminated, why="the provider confirmed it is gone")
+            except InvalidTransition as exc:  # released meanwhile by its run: nothing is left to end
+                log.info("%s", exc)
+                continue
             provider.forget(pod)
-        session.commit()
     return True
 
 

@@ -9,6 +9,7 @@ so the director never knows which one lent the pod.
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session
 
@@ -39,6 +40,32 @@ class ListedPod:
     external_id: str
     name: str
     status: str
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What a provider found for a pod; the director writes it to the pod's row (server.pods).
+
+    `starting`: rented, not reachable yet (external_id names it; deadline_at, when set, is the
+    deadline its provider fixed at creation). `ready`: reachable at host:port as username, at
+    cost_per_hour dollars an hour. `note`: what the run's events should say, once per run:
+    a note whose start `note_key` an event of the run already has is not said again.
+    """
+
+    status: PodStatus
+    host: str | None = None
+    port: int | None = None
+    username: str | None = None
+    external_id: str | None = None
+    cost_per_hour: float | None = None
+    deadline_at: datetime | None = None
+    note: str | None = None
+    note_key: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The pod columns this placement sets (those it knows)."""
+        names = ("host", "port", "username", "external_id", "cost_per_hour", "deadline_at")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 class Provider(ABC):
@@ -76,11 +103,17 @@ class Provider(ABC):
         return None
 
     @abstractmethod
-    def assign_host(self, session: Session, pod: Pod) -> bool:
-        """Give the pod row a host (and commit it); False when none is free yet."""
+    def place(self, session: Session, pod: Pod) -> Placement | None:
+        """Find the pod a host, renting one where the provider rents; None while none is free
+        or up yet. Reads rows and writes none: the caller writes what it returns."""
+
+    def displaced(self, session: Session, pod: Pod) -> bool:
+        """Once the pod's placement is written: whether older pods fill its host (two workers
+        placed two pods at once), so that this one gives the host back and waits."""
+        return False
 
     def wait_reason(self, session: Session, pod: Pod) -> str | None:
-        """What a run whose pod got no host (assign_host False) waits for, shown as its reason."""
+        """What a run whose pod got no host (place None) waits for, shown as its reason."""
         return None
 
     @abstractmethod

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from server.models import Pod, utcnow
+from server.models import Pod
 from server.states import LIVE_POD_STATUS_VALUES, PodStatus
 from worker.errors import CommandTimeout, RemoteError, StepFailed
-from worker.providers import Provider
+from worker.providers import Placement, Provider
 from worker.remote import CommandResult, Remote
 
 # The only variables a pod command inherits from the worker.
@@ -98,21 +98,16 @@ class LocalProvider(Provider):
         """Runs at once on this machine: CADDIE_LOCAL_MAX_RUNS, else as many as its cores hold."""
         return self.settings.local_max_runs or max(1, (os.cpu_count() or 1) // self.settings.local_threads)
 
-    def assign_host(self, session: Session, pod: Pod) -> bool:
+    def place(self, session: Session, pod: Pod) -> Placement | None:
         """This machine, while fewer than max_runs runs hold it; the rest wait in pod order."""
         running, ahead = self._line(session, pod)
         if running + ahead >= self.max_runs:
-            return False
-        pod.host, pod.status, pod.updated_at = "localhost", PodStatus.ready.value, utcnow()
-        session.add(pod)
-        session.commit()
+            return None
+        return Placement(PodStatus.ready, host="localhost")
+
+    def displaced(self, session: Session, pod: Pod) -> bool:
         # Two workers may admit two runs at once: the later pod gives its place back.
-        if self._line(session, pod, before_only=True)[0] >= self.max_runs:
-            pod.host, pod.status = None, PodStatus.requested.value
-            session.add(pod)
-            session.commit()
-            return False
-        return True
+        return self._line(session, pod, before_only=True)[0] >= self.max_runs
 
     def wait_reason(self, session: Session, pod: Pod) -> str | None:
         running, ahead = self._line(session, pod)

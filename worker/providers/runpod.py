@@ -35,11 +35,11 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from server import costs
-from server.models import Experiment, Pod, Run, RunEvent, as_utc, utcnow
-from server.states import FINAL_RUN_STATUSES, PodStatus, RunStatus
+from server.models import Experiment, Pod, Run, as_utc, utcnow
+from server.states import FINAL_RUN_STATUSES, PodStatus
 from trainer.contract import MIN_TORCH  # noqa: F401  (the oldest torch an image may carry; cli doctor reads it here)
 from worker.errors import ConnectError, HostKeyMismatch, StepFailed
-from worker.providers import ListedPod, Provider, RetryLater
+from worker.providers import ListedPod, Placement, Provider, RetryLater
 from worker.remote import Remote
 from worker.ssh import SSHRemote, SSHTarget
 
@@ -57,7 +57,7 @@ _NO_CAPACITY = re.compile(r"no longer any instances|no (gpu )?capacity|not enoug
 _AUTH = re.compile(r"unauthori[sz]ed|unauthenticated|forbidden|invalid api key|permission denied", re.IGNORECASE)
 _TRANSIENT = re.compile(r"try again|internal server error|something went wrong|timed? ?out", re.IGNORECASE)
 BALANCE = "query { myself { clientBalance currentSpendPerHr } }"
-_NO_DEADLINE_NOTE = "RunPod's GraphQL refused terminateAfter"
+NO_DEADLINE_NOTE = "RunPod's GraphQL refused terminateAfter"
 # How a GraphQL server refuses an input field its schema lacks, said of terminateAfter.
 _NO_TERMINATE_AFTER = re.compile(r"terminateAfter\b.*(not defined|unknown|does not exist|not a valid)|"
                                  r"(unknown|not defined).*\bterminateAfter", re.IGNORECASE)
@@ -222,10 +222,9 @@ class RunPodProvider(Provider):
 
     # --- renting ------------------------------------------------------------------------
 
-    def assign_host(self, session: Session, pod: Pod) -> bool:
+    def place(self, session: Session, pod: Pod) -> Placement | None:
         if pod.external_id is None:
-            self._rent(session, pod)
-        assert pod.external_id is not None
+            return self._rent(session, pod)
         data = self.api.get(pod.external_id)
         if data is None:
             raise StepFailed(f"RunPod lost pod {pod.external_id} while it was starting")
@@ -234,60 +233,56 @@ class RunPodProvider(Provider):
             raise StepFailed(f"RunPod pod {pod.external_id} ended while starting (status {status})")
         endpoint = _ssh_endpoint(data) if status == "RUNNING" else None
         if endpoint is not None:
-            pod.host, pod.port, username = endpoint
-            pod.username = username or self.settings.runpod_ssh_user
-            pod.cost_per_hour = _price(data)
-            pod.status, pod.updated_at = PodStatus.ready.value, utcnow()
-            session.add(pod)
-            session.commit()
-            log.info("pod %s (%s) is up at %s:%s in %s, $%s/hour", pod.name, pod.external_id, pod.host,
-                     pod.port, data.get("dataCenterId") or "?", pod.cost_per_hour)
-            return True
+            host, port, username = endpoint
+            placement = Placement(PodStatus.ready, host=host, port=port,
+                                  username=username or self.settings.runpod_ssh_user, cost_per_hour=_price(data))
+            log.info("pod %s (%s) is up at %s:%s in %s, $%s/hour", pod.name, pod.external_id, host,
+                     port, data.get("dataCenterId") or "?", placement.cost_per_hour)
+            return placement
         waited = (utcnow() - as_utc(pod.updated_at)).total_seconds()
         if waited > self.settings.runpod_start_timeout_s:
             raise StepFailed(f"RunPod pod {pod.external_id} was not reachable over SSH within "
                              f"{self.settings.runpod_start_timeout_s:g} s (last status {status or 'unknown'})")
-        return False
+        return None
 
-    def _rent(self, session: Session, pod: Pod) -> None:
+    def _rent(self, session: Session, pod: Pod) -> Placement:
         """Create the pod, or adopt the one an earlier try of this step created."""
         found = self._find(pod.name)
+        note = deadline_at = None
         if found is None:
             stop_at = self.terminate_after(session, pod)
             self.afford(pod, stop_at)
             self._write_stop(pod, stop_at)  # before the create: an answer lost in transit is still known
-            found = self._create(session, pod, *self.hardware(session, pod), terminate_after=stop_at)
+            found, note = self._create(session, pod, *self.hardware(session, pod), terminate_after=stop_at)
             if not found.get("id"):
                 raise StepFailed("RunPod created a pod but did not say its id")
         else:  # made by an earlier try, whose terminateAfter stands: the row's deadline follows it
             made_stop = self.stop_at(pod)
             if made_stop is not None:
-                pod.deadline_at = made_stop - timedelta(seconds=self.settings.pod_fetch_allowance_s)
-        pod.external_id = str(found["id"])
-        pod.status, pod.updated_at = PodStatus.starting.value, utcnow()
-        session.add(pod)
-        session.commit()
+                deadline_at = made_stop - timedelta(seconds=self.settings.pod_fetch_allowance_s)
+        return Placement(PodStatus.starting, external_id=str(found["id"]), deadline_at=deadline_at, note=note,
+                         note_key=NO_DEADLINE_NOTE if note else None)
 
     def _create(self, session: Session, pod: Pod, gpu_type: str, gpu_count: int, *,
-                terminate_after: datetime) -> dict[str, Any]:
-        """Deploy the pod to each data centre in turn while RunPod answers "no capacity"."""
+                terminate_after: datetime) -> tuple[dict[str, Any], str | None]:
+        """Deploy the pod to each data centre in turn while RunPod answers "no capacity"; with
+        what the run's events should say when it was made without RunPod's own deadline."""
         centers: list[str | None] = list(self.data_centers()) or [None]
         last: NoCapacity | None = None
-        with_deadline = True
+        note: str | None = None
         for center in centers:
             try:
-                if with_deadline:
+                if note is None:
                     try:
                         return self.api.deploy(self.create_input(
                             pod, gpu_type=gpu_type, gpu_count=gpu_count, data_center=center,
-                            terminate_after=terminate_after))
+                            terminate_after=terminate_after)), None
                     except StepFailed as exc:
                         if not _NO_TERMINATE_AFTER.search(exc.reason):
                             raise
-                        with_deadline = False
-                        self._without_deadline(session, pod, exc.reason)
+                        note = self._without_deadline(pod, exc.reason)
                 return self.api.create(self.create_body(pod, gpu_type=gpu_type, gpu_count=gpu_count,
-                                                        data_center=center))
+                                                        data_center=center)), note
             except NoCapacity as exc:
                 log.info("pod %s: no capacity%s", pod.name, f" in {center}" if center else "")
                 last = exc
@@ -297,19 +292,15 @@ class RunPodProvider(Provider):
                          f"cloud{where}: {last.message}", last.message, attempts=last.attempts,
                          backoff_s=last.backoff_s)
 
-    def _without_deadline(self, session: Session, pod: Pod, refusal: str) -> None:
-        """RunPod's GraphQL refused terminateAfter: say so in the run's events and the log, and
-        forget the provider deadline written down before the create (there is none)."""
+    def _without_deadline(self, pod: Pod, refusal: str) -> str:
+        """RunPod's GraphQL refused terminateAfter: forget the provider deadline written down
+        before the create (there is none), and say so in the log; returns what the run's
+        events are to say (the director writes it once per run)."""
         self._stop_path(pod).unlink(missing_ok=True)
-        note = (f"{_NO_DEADLINE_NOTE}, so the pod is created through REST v2 without RunPod's own "
+        note = (f"{NO_DEADLINE_NOTE}, so the pod is created through REST v2 without RunPod's own "
                 f"deadline; the pod's watchdog and the reconciler end it (RunPod said: {refusal[-200:]})")
         log.warning("pod %s: %s", pod.name, note)
-        said = select(RunEvent.id).where(RunEvent.run_id == pod.run_id,
-                                         col(RunEvent.reason).startswith(_NO_DEADLINE_NOTE))
-        if pod.run_id is not None and session.exec(said).first() is None:  # once per run, not per try
-            status = RunStatus.provisioning.value
-            session.add(RunEvent(run_id=pod.run_id, from_status=status, to_status=status, reason=note))
-            session.commit()
+        return note
 
     def create_body(self, pod: Pod, *, gpu_type: str | None = None, gpu_count: int | None = None,
                     data_center: str | None = None) -> dict[str, Any]:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from server.models import Pod, utcnow
+from server.models import Pod
 from server.states import LIVE_POD_STATUS_VALUES, PodStatus
 from worker.errors import StepFailed
-from worker.providers import Provider
+from worker.providers import Placement, Provider
 from worker.remote import Remote
 from worker.ssh import SSHRemote, SSHTarget
 
@@ -42,24 +42,18 @@ class SSHProvider(Provider):
             raise StepFailed("the ssh provider has no key: set CADDIE_SSH_KEY_FILE")
         return self.settings.ssh_key_file
 
-    def assign_host(self, session: Session, pod: Pod) -> bool:
+    def place(self, session: Session, pod: Pod) -> Placement | None:
         taken = {(p.host, p.port) for p in self._holders(session, exclude=pod.id)}
         free = [t for t in self.targets() if (t.host, t.port) not in taken]
         if not free:
-            return False
+            return None
         target = free[0]
-        pod.host, pod.port, pod.username = target.host, target.port, target.user
-        pod.status, pod.updated_at = PodStatus.ready.value, utcnow()
-        session.add(pod)
-        session.commit()
-        if any(p.id < pod.id for p in self._holders(session, exclude=pod.id)  # type: ignore[operator]
-               if (p.host, p.port) == (target.host, target.port)):
-            pod.host = pod.port = pod.username = None
-            pod.status = PodStatus.requested.value
-            session.add(pod)
-            session.commit()
-            return False
-        return True
+        return Placement(PodStatus.ready, host=target.host, port=target.port, username=target.user)
+
+    def displaced(self, session: Session, pod: Pod) -> bool:
+        """Two workers that picked the same free host at once both see it: the lower pod id keeps it."""
+        return any(p.id < pod.id for p in self._holders(session, exclude=pod.id)  # type: ignore[operator]
+                   if (p.host, p.port) == (pod.host, pod.port))
 
     def connect(self, pod: Pod, *, pinned_host_key: str | None) -> Remote:
         target = SSHTarget(user=pod.username or "root", host=pod.host or "", port=pod.port or 22)
