@@ -506,7 +506,8 @@ def _readme_reproduce(experiment: Experiment, runs: list[Run], code: Code) -> st
     if code.runnable:
         data, tokenizer = code.settings["data_path"], code.settings["tokenizer_path"]
         vocab = code.settings.get("vocab_size", 1024)
-        commands = "\n".join(f"SEED={seed} {TORCHRUN} {SCRIPT} train --out seed{seed}" for seed in seeds)
+        env = _off_rules_env(code.settings)
+        commands = "\n".join(f"SEED={seed} {env}{TORCHRUN} {SCRIPT} train --out seed{seed}" for seed in seeds)
         return (f"## How to reproduce\n\nIn this folder, with the challenge's data where the records "
                 f"keep it (`{data}/`, `{tokenizer}`: `python3 data/cached_challenge_fineweb.py "
                 f"--variant sp{vocab}` in the challenge's repository writes them; elsewhere, set "
@@ -525,6 +526,15 @@ def _readme_reproduce(experiment: Experiment, runs: list[Run], code: Code) -> st
     return (f"## How to reproduce\n\nIn this folder, on 8×H100 SXM, with the challenge's data and "
             f"tokenizer, one command per seed:\n\n```sh\n{commands}\n```\n\n"
             f"Code counted in bytes_total:\n\n{counted}")
+
+
+def _off_rules_env(settings: dict[str, Any]) -> str:
+    """`MAX_WALLCLOCK_SECONDS=<v> ` when the run's cap is not the rules' 600 s, which a re-runner
+    (Caddie's script runner, the challenge's harness) sets by default; else nothing."""
+    cap = settings.get("max_wallclock_seconds")
+    if cap is None or float(cap) == MAX_TRAIN_SECONDS:
+        return ""
+    return f"MAX_WALLCLOCK_SECONDS={float(cap):g} "
 
 
 def _number(value: Any, decimals: int) -> str:

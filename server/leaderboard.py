@@ -8,8 +8,9 @@ included (each entry says which). The rank is the place on that board, by mean v
 filters (author, preset, provider, eligible) hide rows and never renumber them. Experiments
 with no succeeded seed have no score and no rank, and are listed only when asked for (`failed`).
 
-Four queries per page whatever its size and order: the count, the page of experiments, then
-the runs and the pod costs of all of them at once. Every order is sorted and paged in SQL: the
+Five queries per page whatever its size and order: the count, the page of experiments, then
+the runs, the pod costs and the re-runs of all of them at once (and each listed re-run's seeds,
+for its verdict). Every order is sorted and paged in SQL: the
 page query ranks every matching experiment (a window over mean val_bpb, so an entry keeps its
 rank in any order), computes the sorted value (a column, a number of the `stats` JSON, or, for
 maxima over seeds and cost, one GROUP BY over runs or pods joined only for that order), sorts
@@ -28,6 +29,7 @@ from sqlalchemy import and_, case, func
 from sqlalchemy.sql.expression import ColumnElement, Subquery
 from sqlmodel import Session, col, select
 
+from server import rerun
 from server.costs import costs_by_experiment, experiment_costs
 from server.models import Experiment, Run
 from server.policies import CONTROL, counted_runs
@@ -114,6 +116,14 @@ class LeaderboardSeed(BaseModel):
     superseded: bool  # failed, and a retry or replacement stands in for it
 
 
+class RerunOutcome(BaseModel):
+    """The newest re-run of an entry (`server.rerun`): its experiment and its verdict."""
+
+    experiment_id: int  # the re-run's own experiment
+    outcome: str  # reproduced / not reproduced / inconclusive / running
+    headline: str  # the outcome and what failed, e.g. "not reproduced: bytes"
+
+
 class LeaderboardEntry(BaseModel):
     # The place on the board (1 = lowest mean val_bpb; of measured scores, or of every score
     # with `unverified`), whatever the filters; None when unscored.
@@ -145,6 +155,7 @@ class LeaderboardEntry(BaseModel):
     eligible: bool  # Caddie's verdict
     accepted: bool | None  # an import: the challenge's (on its leaderboard); None: our own
     reasons: list[str]
+    rerun: RerunOutcome | None  # its newest compliance re-run; None when never re-run
     seeds: list[LeaderboardSeed]
 
 
@@ -197,7 +208,9 @@ def read_leaderboard(
     ids = [experiment.id for experiment, _ in rows]
     runs = _runs_by_experiment(session, ids)
     spent = costs_by_experiment(session, ids)
-    entries = [_entry(experiment, runs[experiment.id], position, spent.get(experiment.id))
+    reruns = rerun.latest_outcomes(session, [i for i in ids if i is not None])
+    entries = [_entry(experiment, runs[experiment.id], position, spent.get(experiment.id),
+                      reruns.get(experiment.id))
                for experiment, position in rows]
     return LeaderboardPublic(data=entries, count=count)
 
@@ -285,7 +298,7 @@ def _runs_by_experiment(session: Session, experiment_ids: list[int | None],
 
 
 def _entry(experiment: Experiment, runs: list[Run], position: int | None,
-           cost_usd: float | None) -> LeaderboardEntry:
+           cost_usd: float | None, latest_rerun: dict[str, Any] | None = None) -> LeaderboardEntry:
     """`position`: the rank (None off the ranking). The seeds are the control's (ablation
     variants are on the experiment's page)."""
     runs = [run for run in runs if run.variant == CONTROL]
@@ -320,6 +333,8 @@ def _entry(experiment: Experiment, runs: list[Run], position: int | None,
         eligible=experiment.eligible,
         accepted=experiment.accepted,
         reasons=experiment.reasons,
+        rerun=RerunOutcome(experiment_id=latest_rerun["rerun_id"], outcome=latest_rerun["outcome"],
+                           headline=latest_rerun["headline"]) if latest_rerun else None,
         seeds=[_seed(run) for run in runs],
     )
 

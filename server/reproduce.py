@@ -51,6 +51,11 @@ _HYPER_LINE = re.compile(r"^\s+([a-z][a-z0-9_]*):\s(.*)$")
 _PAIR = re.compile(r"^([a-z][a-z0-9_]*):(\S+)$")
 _DATASET = re.compile(r"fineweb10B_([A-Za-z0-9_]+)")
 _TOKENIZER = re.compile(r"fineweb_(\d+)_bpe|fineweb10B_sp(\d+)|\bsp(1024|4096|8192)\b")
+# The code's own default: `data_path = './data/datasets/fineweb10B_sp512'` or
+# `os.environ.get("TOKENIZER_PATH", "./data/tokenizers/fineweb_1024_bpe.model")`, not a mention
+# of another variant in a docstring or a table of presets.
+_CODE_DEFAULT = re.compile(r"""(?i)\b(?:data_path|tokenizer_path)\b['"]?\s*[=,:]\s*['"][^'"\n]*?"""
+                           r"""(?:fineweb10B_sp(\d+)|fineweb_(\d+)_bpe)""")
 _GIT_SCHEMES = ("https://", "http://", "git://", "ssh://")
 _COMMIT = re.compile(r"^[0-9a-fA-F]{7,40}$")
 
@@ -249,12 +254,15 @@ def _pairs(line: str) -> list[tuple[str, str]]:
 
 
 def data_variant(env: dict[str, str], logs: list[str], code: dict[str, str], readme: str) -> dict[str, str]:
-    """The tokenizer (sp1024/4096/8192) from the env, the log, the code or the README, and a published
+    """The tokenizer (sp1024/4096/8192) from the env, the log, the code (its DATA_PATH /
+    TOKENIZER_PATH default first, else any mention) or the README, and a published
     dataset variant (`fineweb10B_<variant>`) the env or the README names."""
     tokenizer, found_in = DEFAULT_TOKENIZER, "default"
-    for where, text in (("env", " ".join(env.values())), ("log", "\n".join(logs[:1])),
-                        ("code", "\n".join(code.values())), ("readme", readme)):
-        m = _TOKENIZER.search(text)
+    code_text = "\n".join(code.values())
+    for where, text, pattern in (("env", " ".join(env.values()), _TOKENIZER), ("log", "\n".join(logs[:1]), _TOKENIZER),
+                                 ("code", code_text, _CODE_DEFAULT), ("code", code_text, _TOKENIZER),
+                                 ("readme", readme, _TOKENIZER)):
+        m = pattern.search(text)
         if m:
             tokenizer, found_in = f"sp{next(g for g in m.groups() if g)}", where
             break

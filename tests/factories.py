@@ -100,3 +100,19 @@ def make_pod(session: Session, run: Run | None, *, cost_per_hour: float | None =
         session.add(run)
     session.commit()
     return pod
+
+
+def make_rerun(session: Session, record: Experiment, claimed: Sequence[float],
+               measured: Sequence[float | None] = (), **fields: Any) -> Experiment:
+    """A re-run of `record` (`reproduces_id`) whose seeds 1..n claim `claimed` bpb; the first
+    len(measured) seeds succeeded with those scores (None: still running)."""
+    claims = [{"seed": seed, "val_bpb": bpb, "val_loss": bpb * LOSS_PER_BPB, "bytes_total": 15_800_000,
+               "train_time_s": 599.0, "eval_time_s": 120.0} for seed, bpb in enumerate(claimed, 1)]
+    rerun = make_experiment(session, name=f"re-run: {record.name}", kind="script", seeds=range(1, len(claimed) + 1),
+                            reproduces_id=record.id, source={"reproduce": {"claims": claims}}, **fields)
+    for seed, bpb in enumerate(measured, 1):
+        if bpb is None:
+            make_run(session, rerun, seed=seed, status="running")
+        else:
+            make_scored_run(session, rerun, seed=seed, val_bpb=bpb)
+    return rerun

@@ -99,7 +99,7 @@ def _series_svg(one: Series, index: int, keys: tuple[str, ...], x: Any, y: Any) 
         if key.startswith("final"):
             step, value = points[-1]
             out.append(f'<circle class="dot overlay" cx="{x(step):.1f}" cy="{y(value):.1f}" r="5" '
-                       f'style="fill:{colour}" data-final="{value:.6f}"><title>{label}: final {value:.4f}'
+                       f'fill="{colour}" data-final="{value:.6f}"><title>{label}: final {value:.4f}'
                        '</title></circle>')
             continue
         dashed = " dashed" if position > 0 or index >= len(PALETTE) else ""

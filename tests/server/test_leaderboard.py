@@ -16,7 +16,14 @@ from server.experiments import finalize_experiment
 from server.leaderboard import LeaderboardOrder, read_leaderboard
 from server.models import Experiment
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
-from tests.factories import LOSS_PER_BPB, make_experiment, make_pod, make_run, make_scored_run
+from tests.factories import (
+    LOSS_PER_BPB,
+    make_experiment,
+    make_pod,
+    make_rerun,
+    make_run,
+    make_scored_run,
+)
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -390,4 +397,20 @@ def test_a_page_costs_the_same_queries_however_many_experiments(
         finished(session, f"more{index}", [1.3] * 4)
     many = statements_for_page()
 
-    assert few == many == 4  # count, page, runs and pod costs of the page
+    assert few == many == 5  # count, page, runs, pod costs and re-runs of the page
+
+
+def test_each_entry_carries_its_newest_reruns_verdict(client: TestClient, session: Session) -> None:
+    held = finished(session, "held", [1.10, 1.11, 1.12])
+    fell = finished(session, "fell", [1.13, 1.14, 1.15])
+    never = finished(session, "never", [1.16, 1.17, 1.18])
+    make_rerun(session, held, [1.1000, 1.1001, 1.1002], [1.2000, 1.2001, 1.2002])
+    newest = make_rerun(session, held, [1.1000, 1.1001, 1.1002], [1.1000, 1.1002, 1.1001])
+    worse = make_rerun(session, fell, [1.1300, 1.1301, 1.1302], [1.2300, 1.2301, 1.2302])
+
+    by_id = {entry["experiment_id"]: entry["rerun"] for entry in board(client)["data"]}
+
+    assert by_id[held.id] == {"experiment_id": newest.id, "outcome": "reproduced", "headline": "reproduced"}
+    assert by_id[fell.id] == {"experiment_id": worse.id, "outcome": "not reproduced",
+                              "headline": "not reproduced: score"}
+    assert by_id[never.id] is None

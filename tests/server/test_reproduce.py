@@ -85,6 +85,13 @@ def test_tokenizer_variant_from_env_log_or_code() -> None:
     assert reproduce.data_env(from_code, {}) == {
         "DATA_PATH": "./data/datasets/fineweb10B_sp4096", "TOKENIZER_PATH": "./data/tokenizers/fineweb_4096_bpe.model"}
     assert reproduce.data_env(reproduce.data_variant({}, [], {}, ""), {}) == {}
+    # The code's default wins over another variant its docstring or a preset table mentions first.
+    exported = ('"""The data: ./data/datasets/fineweb10B_sp1024/ (TOKENIZER_PATH=...)."""\n'
+                "    data_path = './data/datasets/fineweb10B_sp512'\n"
+                "PRESETS = {'big': {'data_path': './data/datasets/fineweb10B_sp8192'}}\n")
+    assert reproduce.data_variant({}, [], {"train_gpt.py": exported}, "")["tokenizer"] == "sp512"
+    community = 'data_path = os.environ.get("DATA_PATH", "./data/datasets/fineweb10B_sp4096")'
+    assert reproduce.data_variant({}, [], {"train_gpt.py": "# sp1024 baseline\n" + community}, "")["tokenizer"] == "sp4096"
 
 
 def test_a_folder_plan_carries_every_code_file_byte_equal_with_claims_and_seed_env() -> None:

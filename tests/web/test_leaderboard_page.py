@@ -11,7 +11,7 @@ from server import presets, records, tracks
 from server.experiments import finalize_experiment
 from server.models import Experiment
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
-from tests.factories import LOSS_PER_BPB, make_experiment, make_run, make_scored_run
+from tests.factories import LOSS_PER_BPB, make_experiment, make_rerun, make_run, make_scored_run
 from tests.web.dom import Element, cells, fetch
 from tests.web.test_experiment_page import import_tree
 
@@ -59,7 +59,7 @@ def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session
     assert [e.attrs["data-experiment"] for e in entries(page)] == [
         str(best.id), str(middle.id), str(unscored.id)]
     (rank, name, author, _date, mean, delta, p, seeds, max_bytes, train, evaluation, cost,
-     record) = cells(main_row(entries(page)[0]))
+     record, rerun) = cells(main_row(entries(page)[0]))
     scores = [1.101, 1.12, 1.11]
     assert rank == "1"
     assert name == "best baseline"
@@ -74,6 +74,7 @@ def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session
     assert max_bytes == "15,800,000 200,000 to spare"
     assert (train, evaluation, cost, record) == ("599.0 s", "120.0 s", "—",
                                                  "Caddie: record-eligible")
+    assert rerun == "—"  # never re-run
     assert cells(main_row(entries(page)[2]))[0] == "—"  # no score, no rank
     assert cells(main_row(entries(page)[2]))[4] == "—"
 
@@ -313,3 +314,26 @@ def test_bad_parameters_get_an_error_page_naming_them(client: TestClient) -> Non
         assert page.find("h1").text() == "400 Bad Request"
         problems = [li.text() for li in page.find("ul", class_="problems").find_all("li")]
         assert [p for p in problems if p.startswith(f"{field}: ")], (url, problems)
+
+
+def test_the_rerun_column_links_each_entrys_newest_rerun(client: TestClient, session: Session) -> None:
+    held = finished(session, "held", [1.10, 1.11, 1.12])
+    fell = finished(session, "fell", [1.13, 1.14, 1.15])
+    live = finished(session, "live", [1.16, 1.17, 1.18])
+    few = finished(session, "few", [1.19, 1.20, 1.21])
+    finished(session, "never", [1.22, 1.23, 1.24])
+    make_rerun(session, held, [1.1000, 1.1001, 1.1002], [1.2000, 1.2001, 1.2002])  # older, superseded below
+    newest = make_rerun(session, held, [1.1000, 1.1001, 1.1002], [1.1000, 1.1002, 1.1001])
+    worse = make_rerun(session, fell, [1.1300, 1.1301, 1.1302], [1.2300, 1.2301, 1.2302])
+    running = make_rerun(session, live, [1.16, 1.17], [1.16, None])
+    noisy = make_rerun(session, few, [1.19, 1.20], [1.19])
+
+    page = fetch(client, "/")
+    column = {name: main_row(entry).find("td", class_="rerun") for name, entry in zip(names(page), entries(page), strict=True)}
+
+    assert {name: cell.text() for name, cell in column.items()} == {
+        "held": "reproduced", "fell": "not reproduced: score", "live": "running",
+        "few": "inconclusive", "never": "—"}
+    for name, rerun in (("held", newest), ("fell", worse), ("live", running), ("few", noisy)):
+        assert column[name].find("a").attrs["href"] == f"/experiments/{rerun.id}"
+    assert "outcome-not-reproduced" in column["fell"].find("a").classes()

@@ -1,7 +1,7 @@
 """The re-run action and verdict in a real headless Chromium: an imported record's page offers
 "Reproduce this record", the plan shows the code's sha256 and the editable env, an edited
 value is refused under the form or carried into the new experiment, and the verdict block
-shows on the re-run's page and on the record's page."""
+shows on the re-run's page, on the record's page and in the leaderboard's "Re-run" column."""
 
 import hashlib
 from pathlib import Path
@@ -70,3 +70,11 @@ def test_reproduce_action_plan_and_verdict(page: Page, live_server: LiveServer, 
     block = page.locator("section.verdict")
     assert block.locator(f"a[href='/experiments/{rerun_id}']").count() == 1
     assert block.locator(".verdict-outcome").inner_text() == "not reproduced: score"
+
+    record = session.get(Experiment, imported.experiment_id)
+    session.refresh(record)
+    page.goto(f"/?unverified=1&track={record.track}")
+    column = page.locator(f"#experiment-{imported.experiment_id} td.rerun a")
+    assert column.inner_text() == "not reproduced: score"
+    column.click()
+    page.wait_for_url(f"**/experiments/{rerun_id}")

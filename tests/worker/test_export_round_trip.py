@@ -42,7 +42,8 @@ def test_an_exported_trainer_run_reproduces_by_hand(settings, engine, small_data
     submission = json.loads((folder / "submission.json").read_text())
     readme = (folder / "README.md").read_text()
     assert str(tmp_path) not in readme and str(data_path) not in readme
-    assert "SEED=5 torchrun --standalone --nproc_per_node=8 train_gpt.py train --out seed5\n" in readme
+    # The tiny preset has no training cap: the command says so, as re-runners default to 600 s.
+    assert "SEED=5 MAX_WALLCLOCK_SECONDS=0 torchrun --standalone --nproc_per_node=8 train_gpt.py train --out seed5\n" in readme
 
     # The challenge's layout under the folder, at the paths the records use (sp512 here).
     (folder / "data" / "datasets").mkdir(parents=True)
