@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from server import export, records
+from server import export, records, tracks
 from server.db import get_engine
 from server.errors import NotFound
 
@@ -103,14 +103,15 @@ def verdict_table(results: list[records.ImportResult]) -> str:
             result.track, result.key.split("/", 1)[-1], _challenge_word(result.accepted),
             _cell(result.official_score, 4), _cell(result.stated_val_bpb, 5),
             _cell(result.mean_val_bpb, 5), str(result.n_seeds),
-            "eligible" if result.eligible else "not eligible",
+            _verdict_word(result),
             f"{_cell(test.get('delta'), 5)} {test.get('units') or ''}".strip(), _cell(test.get("p"), 3),
-            _against(against), "; ".join(result.reasons)]))
+            _against(against), "; ".join(result.reasons) or result.rule]))
     return "\n".join(lines + ["", *verdict_counts(results)])
 
 
 def verdict_counts(results: list[records.ImportResult]) -> list[str]:
-    """Per track: folders, accepted by the challenge, eligible by Caddie, and both."""
+    """Per track: folders, accepted by the challenge, eligible by Caddie (on the non-record
+    track: within its rules), and both."""
     lines = []
     for track in sorted({result.track for result in results if result.track}):
         mine = [r for r in results if r.track == track and r.experiment_id is not None]
@@ -119,6 +120,13 @@ def verdict_counts(results: list[records.ImportResult]) -> list[str]:
                      f"{sum(r.eligible for r in mine)} record-eligible by Caddie, "
                      f"{sum(r.eligible for r in accepted)} of the accepted eligible")
     return lines
+
+
+def _verdict_word(result: records.ImportResult) -> str:
+    """Eligible as a record on the record track; accepted or not on the non-record track."""
+    if result.track == tracks.NON_RECORD_TRACK:
+        return "non-record ok" if result.eligible else "non-record: no"
+    return "eligible" if result.eligible else "not eligible"
 
 
 def _challenge_word(accepted: bool | None) -> str:

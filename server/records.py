@@ -105,6 +105,7 @@ class ImportResult:
     official_score: float | None = None  # the leaderboard's score for it
     stated_val_bpb: float | None = None  # submission.json's val_bpb
     test: dict[str, Any] | None = None  # the record test: units, delta, p, and its reference
+    rule: str = ""  # what an accepted non-record verdict checked, in words ("" on the record track)
 
 
 # --- reading a records tree ------------------------------------------------------------
@@ -518,12 +519,13 @@ def _whole(value: float) -> int | float:
 # --- our rules, as far as a log can show them --------------------------------------------
 
 
-def log_reasons(parsed: dict[str, Any]) -> list[str]:
-    """Why a run known only from its log is not record-eligible; empty when it is.
+def log_reasons(parsed: dict[str, Any], track: str = tracks.RECORD_TRACK) -> list[str]:
+    """Why a run known only from its log is not eligible on its track; empty when it is.
 
-    The rules a log can show: a score, bytes_total <= 16,000,000, train and eval time
-    <= 600 s each. What a log cannot prove (the hardware, the worker's clock, the full
-    validation split, which scripts count differently) is not judged here.
+    The rules a log can show: a score, bytes_total <= 16,000,000, and on the record track
+    train and eval time <= 600 s each (the non-record track has no time cap). What a log
+    cannot prove (the hardware, the worker's clock, the full validation split, which scripts
+    count differently) is not judged here.
     """
     reasons = []
     if parsed["score"] is None:
@@ -533,6 +535,8 @@ def log_reasons(parsed: dict[str, Any]) -> list[str]:
         reasons.append("artifact size not stated in the log")
     elif total > MAX_BYTES_TOTAL:
         reasons.append(f"bytes_total {total:,} > {MAX_BYTES_TOTAL:,}")
+    if track == tracks.NON_RECORD_TRACK:
+        return reasons
     step_ms = parsed.get("step_ms")
     for what, ms, step, cap in (("train", parsed["train_time_ms"], step_ms, MAX_TRAIN_SECONDS),
                                 ("eval", parsed["eval_time_ms"], None, MAX_EVAL_SECONDS)):
@@ -602,7 +606,8 @@ def _verdict_fields(experiment: Experiment) -> dict[str, Any]:
             "accepted": experiment.accepted,
             "official_score": (source.get("official") or {}).get("score"),
             "stated_val_bpb": _float((source.get("submission") or {}).get("val_bpb")),
-            "test": {key: test.get(key) for key in keep} if test else None}
+            "test": {key: test.get(key) for key in keep} if test else None,
+            "rule": str(stats.get("rule") or "")}
 
 
 def import_record(session: Session, record: RecordFolder, *, reference_bpb: float | None = None,
@@ -625,7 +630,7 @@ def import_record(session: Session, record: RecordFolder, *, reference_bpb: floa
     assert experiment.id is not None
     scripts.store_files(session, experiment.id, record.code)
     for log in record.logs:
-        _add_run(session, experiment.id, log)
+        _add_run(session, experiment.id, log, experiment.track)
     # Commits; an import is not news, so no webhook per folder.
     experiments.finalize_experiment(session, experiment.id, announce=False)
     session.refresh(experiment)
@@ -667,10 +672,10 @@ def _official_row(record: RecordFolder, experiment: Experiment,
                                       authors=authors)
 
 
-def _add_run(session: Session, experiment_id: int, log: SeedLog) -> None:
+def _add_run(session: Session, experiment_id: int, log: SeedLog, track: str) -> None:
     parsed = log.parsed
     status = RunStatus.succeeded if log.scored else RunStatus.failed
-    reasons = log_reasons(parsed)
+    reasons = log_reasons(parsed, track)
     run = Run(experiment_id=experiment_id, seed=log.seed, status=status.value,
               reason=None if log.scored else "the log has no final metric line",
               val_loss=log.val_loss, val_bpb=log.val_bpb, steps=parsed["steps"],

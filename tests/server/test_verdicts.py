@@ -83,11 +83,37 @@ def test_a_seed_stated_only_in_a_settings_line_is_read(session: Session,
         (1, "log"), (2, "log"), (3, "log")]
 
 
-def test_a_step_past_600_s_is_no_reason_and_a_two_hour_run_is(
-        imported: dict[str, Experiment]) -> None:
+def test_a_step_past_600_s_is_no_reason(imported: dict[str, Experiment]) -> None:
     assert imported["Base"].reasons == []  # seed 1 stopped at 600.080 s, 43 ms a step
-    (two_hours,) = [r for r in imported["TwoHours"].reasons if "train time" in r]
-    assert two_hours.startswith("seed 1: train time 7200.000 s > 600 s: 6600.000 s over")
+
+
+def test_the_non_record_track_is_judged_by_its_own_rules(
+        session: Session, imported: dict[str, Experiment]) -> None:
+    # One seed trained two hours: no time cap, no seed count, no record to beat; the byte cap.
+    two_hours = imported["TwoHours"]
+    assert two_hours.reasons == [] and two_hours.eligible is True
+    assert (two_hours.stats or {})["rule"] == (
+        "non-record: within 16,000,000 bytes (largest 15,847,000); the 600 s caps, the seed "
+        "count and the test against a record do not apply")
+    (run,) = session.exec(select(Run).where(Run.experiment_id == two_hours.id)).all()
+    session.commit()
+    assert run.train_time_s == 7200.0 and run.reasons == [] and run.eligible is True
+
+
+def test_a_non_record_folder_over_the_byte_cap_is_not_accepted(session: Session,
+                                                              tmp_path: Path) -> None:
+    import shutil
+    folder = tmp_path / "records" / "track_non_record_16mb" / "2026-03-21_TooBig"
+    shutil.copytree(records_tree() / "records" / "track_non_record_16mb" / "2026-03-19_TwoHours",
+                    folder)
+    log = folder / "train_seed1.log"
+    log.write_text(log.read_text().replace("15847000 bytes", "16000001 bytes"))
+    (result,) = records.import_records(session, tmp_path / "records")
+    assert result.eligible is False and result.rule == ""
+    assert result.reasons == ["seed 1: bytes_total 16,000,001 > 16,000,000"]
+    # The record track's rules still hold there: the same log is a two-hour run.
+    assert records.log_reasons(records.parse_log(log.read_bytes()))[-1].startswith(
+        "train time 7200.000 s > 600 s")
 
 
 def test_a_second_import_adds_nothing(session: Session, imported: dict[str, Experiment]) -> None:
