@@ -616,7 +616,11 @@ def import_record(session: Session, record: RecordFolder, *, reference_bpb: floa
     official leaderboard's rows, `accepted` says whether it lists the folder."""
     if not record.logs:
         return ImportResult(key=record.key, experiment_id=None, created=False,
-                            notes=[*record.notes, "no train log: nothing imported"])
+                            name=_text(record.submission.get("name")) or record.path.name,
+                            track=tracks.from_folder(record.path.parent.name),
+                            date=_date(record.submission.get("date"), record.path.name).date().isoformat(),
+                            stated_val_bpb=_float(record.submission.get("val_bpb")),
+                            notes=[*record.notes, _nothing_imported(record.path)])
     found = disagreements(record.submission, record.logs) + _duplicate_disagreements(record)
     experiment = _new_experiment(record, found, reference_bpb)
     if official_rows is not None:
@@ -639,6 +643,21 @@ def import_record(session: Session, record: RecordFolder, *, reference_bpb: floa
                         mean_val_bpb=experiment.mean_val_bpb, eligible=experiment.eligible,
                         reasons=list(experiment.reasons), disagreements=found, notes=record.notes,
                         **_verdict_fields(experiment))
+
+
+def _nothing_imported(folder: Path) -> str:
+    """Why a folder gave no experiment, with the files it does hold."""
+    files = [f"{path.relative_to(folder).as_posix()}{' (empty)' if _empty(path) else ''}"
+             for path in _files_below(folder)]
+    return (f"nothing imported: no train log (a file with a step or final-score line) among "
+            f"{', '.join(files) or 'no files'}")
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return _plain_file(path) and path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
