@@ -90,10 +90,11 @@ def summary(result: records.ImportResult) -> str:
 
 def verdict_table(results: list[records.ImportResult]) -> str:
     """Tab-separated: track, folder, the challenge's word and score, Caddie's score and
-    verdict, the record test (Δ in its units, p, against which record), the reasons; then
-    the counts per track."""
+    verdict, the record test (Δ in its units, p, against which record), the reasons, and
+    where the official score comes from when it is not Caddie's mean; then the counts per
+    track."""
     head = ("track\tfolder\tchallenge\tofficial\tstated\tcaddie_mean\tn\tverdict\t"
-            "delta\tp\tagainst\treasons")
+            "delta\tp\tagainst\treasons\tofficial_note")
     lines = [head]
     for result in results:
         test = result.test or {}
@@ -104,7 +105,7 @@ def verdict_table(results: list[records.ImportResult]) -> str:
             _cell(result.mean_val_bpb, 5), str(result.n_seeds),
             _verdict_word(result),
             f"{_cell(test.get('delta'), 5)} {test.get('units') or ''}".strip(), _cell(test.get("p"), 3),
-            _against(against), _why(result)]))
+            _against(against), _why(result), result.official_note]))
     return "\n".join(lines + ["", *verdict_counts(results)])
 
 

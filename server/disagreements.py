@@ -11,6 +11,8 @@ def sentence(found: dict[str, Any]) -> str:
     what = field_words(str(found.get("field") or "a value"))
     note = str(found.get("note") or "").strip()
     stated, logs = found.get("stated"), found.get("logs")
+    if found.get("field") == "official" and note:
+        return f"{what}: {note}"  # the note names both numbers and where the official one is
     if stated is None and logs is None:
         return f"{what}: {note}" if note else f"{what}: the folder and its logs disagree"
     parts = []

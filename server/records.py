@@ -106,6 +106,7 @@ class ImportResult:
     stated_val_bpb: float | None = None  # submission.json's val_bpb
     test: dict[str, Any] | None = None  # the record test: units, delta, p, and its reference
     rule: str = ""  # what an accepted non-record verdict checked, in words ("" on the record track)
+    official_note: str = ""  # where the official score comes from, when it is not Caddie's mean
 
 
 # --- reading a records tree ------------------------------------------------------------
@@ -605,6 +606,7 @@ def _verdict_fields(experiment: Experiment) -> dict[str, Any]:
     return {"track": experiment.track, "date": as_utc(experiment.record_date).date().isoformat(),
             "accepted": experiment.accepted,
             "official_score": (source.get("official") or {}).get("score"),
+            "official_note": str((source.get("official") or {}).get("note") or ""),
             "stated_val_bpb": _float((source.get("submission") or {}).get("val_bpb")),
             "test": {key: test.get(key) for key in keep} if test else None,
             "rule": str(stats.get("rule") or "")}
@@ -627,8 +629,12 @@ def import_record(session: Session, record: RecordFolder, *, reference_bpb: floa
         row = _official_row(record, experiment, official_rows)
         experiment.accepted = row is not None
         if row is not None:
+            note = official_note(row.score, record)
+            if note:
+                found.append(_disagreement("official", row.score, _mean_of(record.logs), note))
             experiment.source = {**(experiment.source or {}), "official": {
-                "run": row.run, "score": row.score, "date": row.date, "author": row.author}}
+                "run": row.run, "score": row.score, "date": row.date, "author": row.author,
+                "note": note}, "disagreements": found}
     session.add(experiment)
     session.flush()
     assert experiment.id is not None
@@ -660,6 +666,77 @@ def _empty(path: Path) -> bool:
         return False
 
 
+def official_note(official: float | None, record: RecordFolder) -> str | None:
+    """Where the leaderboard's score comes from when Caddie's mean is not it (to the table's
+    4 decimals): a seed's log, a val_bpb submission.json states, a log not counted, a line of
+    the folder's files; None when the mean is the official score (or there is none)."""
+    mean = _mean_of(record.logs)
+    shown = f"{official:.4f}" if official is not None else ""
+    if official is None or (mean is not None and _close(official, mean, shown)):
+        return None
+    ours = (f"Caddie's mean of {len([log for log in record.logs if log.scored])} seed(s) "
+            f"{mean:.5f}" if mean is not None else "no scored log")
+    matches = [label for label, value in _official_candidates(record)
+               if _close(official, value, shown)]
+    if matches:
+        return f"official {shown} = {matches[0]}; {ours}"
+    lines = _lines_with(record.path, shown)
+    if lines:
+        return f"official {shown} is no final score Caddie counts; it appears in {lines[0]}; {ours}"
+    return f"official {shown} not found in the folder's files; {ours}"
+
+
+def _official_candidates(record: RecordFolder) -> list[tuple[str, float]]:
+    """(what, val_bpb) the folder holds, in the order an explanation prefers them."""
+    found = [(f"seed {log.seed}'s log ({log.file}, {log.val_bpb:.5f})", log.val_bpb)
+             for log in record.logs if log.val_bpb is not None]
+    stated = record.submission
+    for key, value in stated.items():
+        number = _float(value) if "bpb" in key else None
+        if number is not None:
+            found.append((f"submission.json's {key} ({value})", number))
+    for source_name, seed, entry in _seed_entries(stated):
+        value = _float(entry.get("val_bpb"))
+        if value is not None:
+            found.append((f"submission.json's {source_name} for seed {seed} ({value})", value))
+    found += [(f"a log of seed {d['seed']} not counted ({d['file']}, {d['val_bpb']:.5f})", d["val_bpb"])
+              for d in record.duplicates if d.get("val_bpb") is not None]
+    return found
+
+
+def _lines_with(folder: Path, number: str) -> list[str]:
+    """`file line N: "..."` for each line of the folder's small text files that holds `number`
+    (a README's title, a sliding-window score line of a log)."""
+    found = []
+    for name, text in _folder_texts(folder):
+        for index, line in enumerate(text.splitlines(), start=1):
+            if re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", line):
+                found.append(f'{name} line {index}: "{line.strip()[:120]}"')
+                break
+    logs_first = sorted(found, key=lambda line: not line.split(" line ")[0].endswith(LOG_SUFFIXES))
+    return logs_first
+
+
+def _folder_texts(folder: Path) -> list[tuple[str, str]]:
+    """(name, text) of the folder's text files (logs, README.md, notes) of at most 50 MB."""
+    texts = []
+    for path in _files_below(folder):
+        if path.suffix not in (*LOG_SUFFIXES, ".md", ".json", ".tsv") or not _plain_file(path):
+            continue
+        try:
+            if path.stat().st_size <= MAX_LOG_BYTES:
+                texts.append((path.relative_to(folder).as_posix(),
+                               path.read_text(encoding="utf-8", errors="replace")))
+        except OSError:
+            continue
+    return texts
+
+
+def _mean_of(logs: list[SeedLog]) -> float | None:
+    scores = [log.val_bpb for log in logs if log.val_bpb is not None]
+    return statistics.fmean(scores) if scores else None
+
+
 def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
                     reference_bpb: float | None) -> Experiment:
     stated = record.submission
@@ -688,7 +765,16 @@ def _official_row(record: RecordFolder, experiment: Experiment,
     authors = {experiment.author, _text(record.submission.get("github_id"))}
     return officialboard.accepted_row(rows, key=record.key, track=experiment.track, val_bpb=score,
                                       date=as_utc(experiment.record_date).date().isoformat(),
-                                      authors=authors)
+                                      authors=authors, pulls=_pulls_mentioned(record.path))
+
+
+_PULL_MENTION = re.compile(r"(?:#|/pull/|\bPR ?)(\d{2,6})\b")
+
+
+def _pulls_mentioned(folder: Path) -> set[int]:
+    """Pull request numbers the folder's README.md and submission.json mention ("PR #1851")."""
+    return {int(number) for name, text in _folder_texts(folder)
+            if name in ("README.md", SUBMISSION) for number in _PULL_MENTION.findall(text)}
 
 
 def _add_run(session: Session, experiment_id: int, log: SeedLog, track: str) -> None:

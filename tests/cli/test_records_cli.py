@@ -97,6 +97,7 @@ def test_the_verdict_table_puts_both_words_side_by_side_and_counts(env: dict[str
     rescored = rows["2026-03-20_Rescored"]
     assert rescored[2:8] == ["accepted", "1.2100", "1.21000", "1.21000", "3", "eligible"]
     assert rescored[8].endswith("nats_per_token") and rescored[10] == "Middle 1.22000 2026-03-18"
+    assert lines[0].split("\t")[-1] == "official_note" and rescored[12] == ""  # 1.2100 is its mean
     assert rows["2026-03-19_NotListed"][2] == "not listed"
     assert "track_10min_16mb: 5 folders, 4 accepted by the challenge" in result.stdout
     two_hours = rows["2026-03-19_TwoHours"]

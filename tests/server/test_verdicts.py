@@ -130,3 +130,60 @@ def test_without_a_readme_acceptance_is_unknown(session: Session, tmp_path: Path
     shutil.copytree(records_tree() / "records", tmp_path / "records")
     results = records.import_records(session, tmp_path / "records")
     assert {result.accepted for result in results} == {None}
+
+
+def test_an_official_score_that_is_not_the_mean_is_explained(session: Session,
+                                                             tmp_path: Path) -> None:
+    import shutil
+
+    from server import disagreements
+    shutil.copytree(records_tree(), tmp_path / "tree")
+    readme = tmp_path / "tree" / "README.md"
+    # Middle's row states one seed's score; Base's a number in none of its files.
+    readme.write_text(readme.read_text().replace("| Middle | 1.2200 |", "| Middle | 1.2194 |")
+                      .replace("| Base | 1.2244 |", "| Base | 1.2311 |"))
+    results = {r.key.rsplit("_", 1)[1]: r for r in records.import_records(
+        session, tmp_path / "tree" / "records")}
+    middle = results["Middle"]
+    assert middle.official_note.startswith("official 1.2194 = seed 3's log (")
+    assert middle.official_note.endswith(", 1.21940); Caddie's mean of 3 seed(s) 1.22000")
+    assert results["Base"].official_note == (
+        "official 1.2311 not found in the folder's files; Caddie's mean of 3 seed(s) 1.22440")
+    assert results["Rescored"].official_note == ""  # 1.2100 is its mean
+    stored = session.get(Experiment, middle.experiment_id)
+    session.commit()
+    assert stored is not None and stored.source is not None
+    assert stored.source["official"]["note"] == middle.official_note
+    (found,) = [d for d in stored.source["disagreements"] if d["field"] == "official"]
+    assert disagreements.sentence(found) == f"the leaderboard's score: {middle.official_note}"
+    again = {r.key.rsplit("_", 1)[1]: r for r in records.import_records(
+        session, tmp_path / "tree" / "records")}
+    assert again["Middle"].official_note == middle.official_note  # kept for the next import
+
+
+def test_a_row_linked_to_a_pull_request_matches_a_folder_that_names_it(session: Session,
+                                                                       tmp_path: Path) -> None:
+    import shutil
+    shutil.copytree(records_tree(), tmp_path / "tree")
+    readme = tmp_path / "tree" / "README.md"
+    # As the 1.0614 row of the real table: another author (who opened the pull request), its
+    # date two days before the folder's, and a link to the pull request, not the folder.
+    readme.write_text(readme.read_text().replace(
+        "| Base | 1.2244 | ada | the baseline | 2026-03-17 | [info](records/track_10min_16mb/2026-03-17_Base/README.md) |",
+        "| Base | 1.2244 | someone | the baseline | 2026-03-15 | [info](https://github.com/example/pull/31) |"))
+    base = tmp_path / "tree" / "records" / "track_10min_16mb" / "2026-03-17_Base"
+    (base / "README.md").write_text("Three seeds of the baseline (PR #31).\n")
+    results = records.import_records(session, tmp_path / "tree" / "records")
+    assert [(r.accepted, r.official_score) for r in results if r.key.endswith("Base")] == [
+        (True, 1.2244)]
+    from server import officialboard
+    row = officialboard.Row(track="track_10min_16mb", run="Base", score=1.2244, author="someone",
+                            date="2026-03-15", folder=None, pull=31)
+
+    def match(date: str, pulls: set[int]) -> officialboard.Row | None:
+        return officialboard.accepted_row([row], key="k", track="track_10min_16mb",
+                                          val_bpb=1.2244, date=date, authors={"ada"}, pulls=pulls)
+
+    assert match("2026-03-17", {31}) is row
+    assert match("2026-03-17", {32}) is None  # the folder names no such pull request
+    assert match("2026-03-19", {31}) is None  # more than DATE_SLACK_DAYS apart
