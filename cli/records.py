@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from server import export, records
+from server import disagreements, export, records, tracks
 from server.db import get_engine
 from server.errors import NotFound
 
@@ -83,18 +83,18 @@ def summary(result: records.ImportResult) -> str:
                 f"{result.n_seeds} scored seed(s), {score}, {verdict}")
     lines = [head]
     lines += [f"  reason: {reason}" for reason in result.reasons]
-    lines += [f"  disagrees: {d['field']} stated {d['stated']}, logs {d['logs']} ({d['note']})"
-              for d in result.disagreements]
+    lines += [f"  disagrees: {disagreements.sentence(d)}" for d in result.disagreements]
     lines += [f"  note: {note}" for note in result.notes]
     return "\n".join(lines)
 
 
 def verdict_table(results: list[records.ImportResult]) -> str:
     """Tab-separated: track, folder, the challenge's word and score, Caddie's score and
-    verdict, the record test (Δ in its units, p, against which record), the reasons; then
-    the counts per track."""
+    verdict, the record test (Δ in its units, p, against which record), the reasons, and
+    where the official score comes from when it is not Caddie's mean; then the counts per
+    track."""
     head = ("track\tfolder\tchallenge\tofficial\tstated\tcaddie_mean\tn\tverdict\t"
-            "delta\tp\tagainst\treasons")
+            "delta\tp\tagainst\treasons\tofficial_note")
     lines = [head]
     for result in results:
         test = result.test or {}
@@ -103,22 +103,43 @@ def verdict_table(results: list[records.ImportResult]) -> str:
             result.track, result.key.split("/", 1)[-1], _challenge_word(result.accepted),
             _cell(result.official_score, 4), _cell(result.stated_val_bpb, 5),
             _cell(result.mean_val_bpb, 5), str(result.n_seeds),
-            "eligible" if result.eligible else "not eligible",
+            _verdict_word(result),
             f"{_cell(test.get('delta'), 5)} {test.get('units') or ''}".strip(), _cell(test.get("p"), 3),
-            _against(against), "; ".join(result.reasons)]))
+            _against(against), _why(result), result.official_note]))
     return "\n".join(lines + ["", *verdict_counts(results)])
 
 
 def verdict_counts(results: list[records.ImportResult]) -> list[str]:
-    """Per track: folders, accepted by the challenge, eligible by Caddie, and both."""
+    """Per track: folders, accepted by the challenge, eligible by Caddie (on the non-record
+    track: within its rules), and both."""
     lines = []
     for track in sorted({result.track for result in results if result.track}):
         mine = [r for r in results if r.track == track and r.experiment_id is not None]
         accepted = [r for r in mine if r.accepted]
+        nothing = sum(r.track == track and r.experiment_id is None for r in results)
+        word = ("within the track's rules", "so") if track == tracks.NON_RECORD_TRACK else (
+            "record-eligible", "eligible")
         lines.append(f"{track}: {len(mine)} folders, {len(accepted)} accepted by the challenge, "
-                     f"{sum(r.eligible for r in mine)} record-eligible by Caddie, "
-                     f"{sum(r.eligible for r in accepted)} of the accepted eligible")
+                     f"{sum(r.eligible for r in mine)} {word[0]} by Caddie, "
+                     f"{sum(r.eligible for r in accepted)} of the accepted {word[1]}"
+                     + (f"; {nothing} folder(s) with nothing to import" if nothing else ""))
     return lines
+
+
+def _why(result: records.ImportResult) -> str:
+    """The reasons; an accepted non-record verdict's rule; a folder not imported: its notes."""
+    if result.experiment_id is None:
+        return "; ".join(result.notes)
+    return "; ".join(result.reasons) or result.rule
+
+
+def _verdict_word(result: records.ImportResult) -> str:
+    """Eligible as a record on the record track; accepted or not on the non-record track."""
+    if result.experiment_id is None:
+        return "not imported"
+    if result.track == tracks.NON_RECORD_TRACK:
+        return "non-record ok" if result.eligible else "non-record: no"
+    return "eligible" if result.eligible else "not eligible"
 
 
 def _challenge_word(accepted: bool | None) -> str:

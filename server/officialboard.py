@@ -8,7 +8,9 @@ links to it, else when a row of its track has its score (4 decimals), date and a
 """
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from server import tracks
@@ -16,6 +18,9 @@ from server import tracks
 README = "README.md"
 _ROW = re.compile(r"^\|(?P<cells>.+)\|\s*$")
 _FOLDER_LINK = re.compile(r"records/(?P<track>track_[\w]+)/(?P<folder>[^/)\s]+)/")
+_PULL_LINK = re.compile(r"/pull/(\d+)")
+# A row's date may be its pull request's, a folder's its own run's: a few days apart.
+DATE_SLACK_DAYS = 3
 _NON_RECORD_HEADING = re.compile(r"^#+ .*non-record", re.IGNORECASE)
 _RECORD_HEADING = re.compile(r"^#+ Leaderboard\s*$", re.IGNORECASE)
 
@@ -28,6 +33,7 @@ class Row:
     author: str
     date: str  # YYYY-MM-DD as the table writes it
     folder: str | None  # "<track>/<folder>" when the row links to a records folder
+    pull: int | None = None  # the pull request number when the row links to one
 
 
 def find_readme(start: Path) -> Path | None:
@@ -65,22 +71,37 @@ def _row(track: str, cells: list[str]) -> Row | None:
         score = None
     link = _FOLDER_LINK.search(cells[5])
     folder = f"{link['track']}/{link['folder']}" if link else None
-    return Row(track=track, run=cells[0], score=score, author=cells[2], date=cells[4], folder=folder)
+    pull = _PULL_LINK.search(cells[5])
+    return Row(track=track, run=cells[0], score=score, author=cells[2], date=cells[4], folder=folder,
+               pull=int(pull.group(1)) if pull else None)
 
 
 def accepted_row(rows: list[Row], *, key: str, track: str, val_bpb: float | None, date: str,
-                 authors: set[str]) -> Row | None:
-    """The row that lists the folder `key` ("<track>/<folder>"): by its link, else by
-    score (to the table's 4 decimals, within one unit of the last), date and author on the same track."""
+                 authors: set[str], pulls: Collection[int] = ()) -> Row | None:
+    """The row that lists the folder `key` ("<track>/<folder>"): by its link; else an
+    unlinked row of the same track with the score (to the table's 4 decimals, within one unit
+    of the last) and the date and author; else with the score, a date at most DATE_SLACK_DAYS
+    apart, and the author or the row's pull request among those the folder mentions (`pulls`)."""
     for row in rows:
         if row.folder == key:
             return row
     if val_bpb is None:
         return None
     names = {author.lower() for author in authors if author}
-    for row in rows:
-        if (row.folder is None and row.track == track and row.score is not None
-                and abs(row.score - val_bpb) <= 0.0001 + 1e-9 and row.date == date
-                and row.author.lower() in names):
+    scored = [row for row in rows if row.folder is None and row.track == track
+              and row.score is not None and abs(row.score - val_bpb) <= 0.0001 + 1e-9]
+    for row in scored:
+        if row.date == date and row.author.lower() in names:
+            return row
+    for row in scored:
+        near = _days_apart(row.date, date) <= DATE_SLACK_DAYS
+        if near and (row.author.lower() in names or row.pull in pulls):
             return row
     return None
+
+
+def _days_apart(first: str, second: str) -> int:
+    try:
+        return abs((date.fromisoformat(first) - date.fromisoformat(second)).days)
+    except ValueError:
+        return 1 << 30

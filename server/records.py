@@ -105,6 +105,8 @@ class ImportResult:
     official_score: float | None = None  # the leaderboard's score for it
     stated_val_bpb: float | None = None  # submission.json's val_bpb
     test: dict[str, Any] | None = None  # the record test: units, delta, p, and its reference
+    rule: str = ""  # what an accepted non-record verdict checked, in words ("" on the record track)
+    official_note: str = ""  # where the official score comes from, when it is not Caddie's mean
 
 
 # --- reading a records tree ------------------------------------------------------------
@@ -518,12 +520,13 @@ def _whole(value: float) -> int | float:
 # --- our rules, as far as a log can show them --------------------------------------------
 
 
-def log_reasons(parsed: dict[str, Any]) -> list[str]:
-    """Why a run known only from its log is not record-eligible; empty when it is.
+def log_reasons(parsed: dict[str, Any], track: str = tracks.RECORD_TRACK) -> list[str]:
+    """Why a run known only from its log is not eligible on its track; empty when it is.
 
-    The rules a log can show: a score, bytes_total <= 16,000,000, train and eval time
-    <= 600 s each. What a log cannot prove (the hardware, the worker's clock, the full
-    validation split, which scripts count differently) is not judged here.
+    The rules a log can show: a score, bytes_total <= 16,000,000, and on the record track
+    train and eval time <= 600 s each (the non-record track has no time cap). What a log
+    cannot prove (the hardware, the worker's clock, the full validation split, which scripts
+    count differently) is not judged here.
     """
     reasons = []
     if parsed["score"] is None:
@@ -533,6 +536,8 @@ def log_reasons(parsed: dict[str, Any]) -> list[str]:
         reasons.append("artifact size not stated in the log")
     elif total > MAX_BYTES_TOTAL:
         reasons.append(f"bytes_total {total:,} > {MAX_BYTES_TOTAL:,}")
+    if track == tracks.NON_RECORD_TRACK:
+        return reasons
     step_ms = parsed.get("step_ms")
     for what, ms, step, cap in (("train", parsed["train_time_ms"], step_ms, MAX_TRAIN_SECONDS),
                                 ("eval", parsed["eval_time_ms"], None, MAX_EVAL_SECONDS)):
@@ -601,8 +606,10 @@ def _verdict_fields(experiment: Experiment) -> dict[str, Any]:
     return {"track": experiment.track, "date": as_utc(experiment.record_date).date().isoformat(),
             "accepted": experiment.accepted,
             "official_score": (source.get("official") or {}).get("score"),
+            "official_note": str((source.get("official") or {}).get("note") or ""),
             "stated_val_bpb": _float((source.get("submission") or {}).get("val_bpb")),
-            "test": {key: test.get(key) for key in keep} if test else None}
+            "test": {key: test.get(key) for key in keep} if test else None,
+            "rule": str(stats.get("rule") or "")}
 
 
 def import_record(session: Session, record: RecordFolder, *, reference_bpb: float | None = None,
@@ -611,21 +618,29 @@ def import_record(session: Session, record: RecordFolder, *, reference_bpb: floa
     official leaderboard's rows, `accepted` says whether it lists the folder."""
     if not record.logs:
         return ImportResult(key=record.key, experiment_id=None, created=False,
-                            notes=[*record.notes, "no train log: nothing imported"])
+                            name=_text(record.submission.get("name")) or record.path.name,
+                            track=tracks.from_folder(record.path.parent.name),
+                            date=_date(record.submission.get("date"), record.path.name).date().isoformat(),
+                            stated_val_bpb=_float(record.submission.get("val_bpb")),
+                            notes=[*record.notes, _nothing_imported(record.path)])
     found = disagreements(record.submission, record.logs) + _duplicate_disagreements(record)
     experiment = _new_experiment(record, found, reference_bpb)
     if official_rows is not None:
         row = _official_row(record, experiment, official_rows)
         experiment.accepted = row is not None
         if row is not None:
+            note = official_note(row.score, record)
+            if note:
+                found.append(_disagreement("official", row.score, _mean_of(record.logs), note))
             experiment.source = {**(experiment.source or {}), "official": {
-                "run": row.run, "score": row.score, "date": row.date, "author": row.author}}
+                "run": row.run, "score": row.score, "date": row.date, "author": row.author,
+                "note": note}, "disagreements": found}
     session.add(experiment)
     session.flush()
     assert experiment.id is not None
     scripts.store_files(session, experiment.id, record.code)
     for log in record.logs:
-        _add_run(session, experiment.id, log)
+        _add_run(session, experiment.id, log, experiment.track)
     # Commits; an import is not news, so no webhook per folder.
     experiments.finalize_experiment(session, experiment.id, announce=False)
     session.refresh(experiment)
@@ -634,6 +649,92 @@ def import_record(session: Session, record: RecordFolder, *, reference_bpb: floa
                         mean_val_bpb=experiment.mean_val_bpb, eligible=experiment.eligible,
                         reasons=list(experiment.reasons), disagreements=found, notes=record.notes,
                         **_verdict_fields(experiment))
+
+
+def _nothing_imported(folder: Path) -> str:
+    """Why a folder gave no experiment, with the files it does hold."""
+    files = [f"{path.relative_to(folder).as_posix()}{' (empty)' if _empty(path) else ''}"
+             for path in _files_below(folder)]
+    return (f"nothing imported: no train log (a file with a step or final-score line) among "
+            f"{', '.join(files) or 'no files'}")
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return _plain_file(path) and path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def official_note(official: float | None, record: RecordFolder) -> str | None:
+    """Where the leaderboard's score comes from when Caddie's mean is not it (to the table's
+    4 decimals): a seed's log, a val_bpb submission.json states, a log not counted, a line of
+    the folder's files; None when the mean is the official score (or there is none)."""
+    mean = _mean_of(record.logs)
+    shown = f"{official:.4f}" if official is not None else ""
+    if official is None or (mean is not None and _close(official, mean, shown)):
+        return None
+    ours = (f"Caddie's mean of {len([log for log in record.logs if log.scored])} seed(s) "
+            f"{mean:.5f}" if mean is not None else "no scored log")
+    matches = [label for label, value in _official_candidates(record)
+               if _close(official, value, shown)]
+    if matches:
+        return f"official {shown} = {matches[0]}; {ours}"
+    lines = _lines_with(record.path, shown)
+    if lines:
+        return f"official {shown} is no final score Caddie counts; it appears in {lines[0]}; {ours}"
+    return f"official {shown} not found in the folder's files; {ours}"
+
+
+def _official_candidates(record: RecordFolder) -> list[tuple[str, float]]:
+    """(what, val_bpb) the folder holds, in the order an explanation prefers them."""
+    found = [(f"seed {log.seed}'s log ({log.file}, {log.val_bpb:.5f})", log.val_bpb)
+             for log in record.logs if log.val_bpb is not None]
+    stated = record.submission
+    for key, value in stated.items():
+        number = _float(value) if "bpb" in key else None
+        if number is not None:
+            found.append((f"submission.json's {key} ({value})", number))
+    for source_name, seed, entry in _seed_entries(stated):
+        value = _float(entry.get("val_bpb"))
+        if value is not None:
+            found.append((f"submission.json's {source_name} for seed {seed} ({value})", value))
+    found += [(f"a log of seed {d['seed']} not counted ({d['file']}, {d['val_bpb']:.5f})", d["val_bpb"])
+              for d in record.duplicates if d.get("val_bpb") is not None]
+    return found
+
+
+def _lines_with(folder: Path, number: str) -> list[str]:
+    """`file line N: "..."` for each line of the folder's small text files that holds `number`
+    (a README's title, a sliding-window score line of a log)."""
+    found = []
+    for name, text in _folder_texts(folder):
+        for index, line in enumerate(text.splitlines(), start=1):
+            if re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", line):
+                found.append(f'{name} line {index}: "{line.strip()[:120]}"')
+                break
+    logs_first = sorted(found, key=lambda line: not line.split(" line ")[0].endswith(LOG_SUFFIXES))
+    return logs_first
+
+
+def _folder_texts(folder: Path) -> list[tuple[str, str]]:
+    """(name, text) of the folder's text files (logs, README.md, notes) of at most 50 MB."""
+    texts = []
+    for path in _files_below(folder):
+        if path.suffix not in (*LOG_SUFFIXES, ".md", ".json", ".tsv") or not _plain_file(path):
+            continue
+        try:
+            if path.stat().st_size <= MAX_LOG_BYTES:
+                texts.append((path.relative_to(folder).as_posix(),
+                               path.read_text(encoding="utf-8", errors="replace")))
+        except OSError:
+            continue
+    return texts
+
+
+def _mean_of(logs: list[SeedLog]) -> float | None:
+    scores = [log.val_bpb for log in logs if log.val_bpb is not None]
+    return statistics.fmean(scores) if scores else None
 
 
 def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
@@ -664,13 +765,22 @@ def _official_row(record: RecordFolder, experiment: Experiment,
     authors = {experiment.author, _text(record.submission.get("github_id"))}
     return officialboard.accepted_row(rows, key=record.key, track=experiment.track, val_bpb=score,
                                       date=as_utc(experiment.record_date).date().isoformat(),
-                                      authors=authors)
+                                      authors=authors, pulls=_pulls_mentioned(record.path))
 
 
-def _add_run(session: Session, experiment_id: int, log: SeedLog) -> None:
+_PULL_MENTION = re.compile(r"(?:#|/pull/|\bPR ?)(\d{2,6})\b")
+
+
+def _pulls_mentioned(folder: Path) -> set[int]:
+    """Pull request numbers the folder's README.md and submission.json mention ("PR #1851")."""
+    return {int(number) for name, text in _folder_texts(folder)
+            if name in ("README.md", SUBMISSION) for number in _PULL_MENTION.findall(text)}
+
+
+def _add_run(session: Session, experiment_id: int, log: SeedLog, track: str) -> None:
     parsed = log.parsed
     status = RunStatus.succeeded if log.scored else RunStatus.failed
-    reasons = log_reasons(parsed)
+    reasons = log_reasons(parsed, track)
     run = Run(experiment_id=experiment_id, seed=log.seed, status=status.value,
               reason=None if log.scored else "the log has no final metric line",
               val_loss=log.val_loss, val_bpb=log.val_bpb, steps=parsed["steps"],

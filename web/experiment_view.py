@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from server import disagreements
 from server.experiments import ExperimentPublicWithRuns
 from server.statistics import Units
 from web.rendering import MISSING
@@ -140,7 +141,7 @@ def import_facts(experiment: ExperimentPublicWithRuns) -> ImportFacts | None:
         folder=f"records/{source['key']}" if source.get("key") else MISSING,
         path=str(source.get("path") or MISSING),
         comparisons=_comparisons(submission, experiment),
-        disagreements=[disagreement_text(d) for d in found if isinstance(d, dict)],
+        disagreements=[disagreements.sentence(d) for d in found if isinstance(d, dict)],
         notes=[str(note) for note in source.get("notes") or []],
         logs=[entry for entry in source.get("logs") or [] if isinstance(entry, dict)],
         accepted=getattr(experiment, "accepted", None))
@@ -180,39 +181,6 @@ def _mean(values: Any) -> float | None:
 
 
 def _stated(value: Any) -> str:
-    if value is None:
+    if value is None or value == []:
         return MISSING
-    if isinstance(value, list):
-        return ", ".join(_stated(item) for item in value) or MISSING
-    if isinstance(value, float):
-        return f"{value:.8g}"
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
-        return f"{value:,}"
-    return _plain(value)
-
-
-def disagreement_text(found: dict[str, Any]) -> str:
-    """One stored disagreement ({"field", "stated", "logs", "note"}) as a sentence; a side
-    the importer left empty (e.g. no scored log at all) is not quoted."""
-    what = _field_words(str(found.get("field") or "a value"))
-    note = str(found.get("note") or "").strip()
-    stated, logs = found.get("stated"), found.get("logs")
-    if stated is None and logs is None:
-        return f"{what}: {note}" if note else f"{what}: the folder and its logs disagree"
-    parts = []
-    if stated is not None:
-        parts.append(f"the folder states {_stated(stated)}")
-    if logs is not None:
-        parts.append(f"the logs show {_stated(logs)}")
-    sentence = f"{what}: " + ", ".join(parts)
-    return f"{sentence} ({note})" if note else sentence
-
-
-def _field_words(name: str) -> str:
-    """"seed_results.42.val_bpb" -> "seed 42's val_bpb (seed_results)"; "logs" -> "train
-    logs"; other names as submission.json spells them."""
-    parts = name.split(".")
-    if len(parts) == 3:
-        return f"seed {parts[1]}'s {parts[2]} ({parts[0]})"
-    return {"logs": "train logs", "seeds": "seeds"}.get(name, name)
-
+    return disagreements.value_text(value)

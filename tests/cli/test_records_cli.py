@@ -46,9 +46,10 @@ def test_import_prints_verdicts_and_disagreements_then_export_writes_the_folder(
     assert "track_10min_16mb/2026-04-11_Honest: imported as experiment 1 'Three honest seeds', " \
            "3 scored seed(s), mean val_bpb 1.08488229, record-eligible" in out
     assert "Optimistic', 2 scored seed(s)" in out and "not record-eligible" in out
-    assert "  disagrees: val_bpb stated 1.07300174, logs 1.08522007 (equals seed 1's log, " \
-           "not the mean of 2 seed(s))" in out
-    assert "  disagrees: seeds stated [1, 7, 42], logs [1, 42] (no scored log for seed(s) [7])" in out
+    assert "  disagrees: val_bpb: the folder states 1.0730017, the logs show 1.0852201 (equals " \
+           "seed 1's log, not the mean of 2 seed(s))" in out
+    assert "  disagrees: seeds: the folder states 1, 7, 42, the logs show 1, 42 (no scored log " \
+           "for seed(s) [7])" in out
 
     again = caddie(env, "import", "records", str(root), "--json")
     assert again.returncode == 0, again.stderr
@@ -96,8 +97,34 @@ def test_the_verdict_table_puts_both_words_side_by_side_and_counts(env: dict[str
     rescored = rows["2026-03-20_Rescored"]
     assert rescored[2:8] == ["accepted", "1.2100", "1.21000", "1.21000", "3", "eligible"]
     assert rescored[8].endswith("nats_per_token") and rescored[10] == "Middle 1.22000 2026-03-18"
+    assert lines[0].split("\t")[-1] == "official_note" and rescored[12] == ""  # 1.2100 is its mean
     assert rows["2026-03-19_NotListed"][2] == "not listed"
     assert "track_10min_16mb: 5 folders, 4 accepted by the challenge" in result.stdout
+    two_hours = rows["2026-03-19_TwoHours"]
+    assert two_hours[7] == "non-record ok" and two_hours[11].startswith(
+        "non-record: within 16,000,000 bytes (largest 15,847,000)")
+
+
+def test_a_folder_with_nothing_to_import_shows_its_track_and_why(env: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    import shutil
+
+    from tests.fixture_files import records_tree
+
+    shutil.copytree(records_tree(), tmp_path / "tree")  # the README above records/ too
+    folder = tmp_path / "tree" / "records" / "track_non_record_16mb" / "2026-03-19_NoLogs_1x5090"
+    folder.mkdir()
+    (folder / "submission.json").write_text(json.dumps({"name": "No logs", "val_bpb": 1.328}))
+    (folder / "results.tsv").write_text("exp\tval_bpb\nbase\t1.363\n")
+    (folder / "train_gpt.py").write_text("")
+    result = caddie(env, "import", "records", str(tmp_path / "tree" / "records"), "--table")
+    assert result.returncode == 0, result.stderr
+    (row,) = [line.split("\t") for line in result.stdout.splitlines() if "NoLogs" in line]
+    assert row[0] == "track_non_record_16mb" and row[4] == "1.32800" and row[7] == "not imported"
+    assert row[11] == ("nothing imported: no train log (a file with a step or final-score line) "
+                       "among results.tsv, submission.json, train_gpt.py (empty)")
+    assert "track_non_record_16mb: 1 folders, 1 accepted by the challenge, 1 within the track's " \
+           "rules by Caddie, 1 of the accepted so; 1 folder(s) with nothing to import" in result.stdout
 
 
 def test_a_closed_pipe_ends_the_command_quietly(env: dict[str, str]) -> None:

@@ -70,7 +70,9 @@ def test_demo_trains_three_seeds_and_prints_the_leaderboard(tmp_path: Path, othe
     assert sorted(int(r[0]) for r in rows) == [42, 1337, 2025]
     assert all(0 < float(bpb) < 8 for _, bpb, _, _ in rows)
     assert re.search(r"mean val_bpb [\d.]+ ± [\d.]+ over 3 seeds; .*record-eligible: no", done.stdout)
-    assert "is not 8×H100" in done.stdout and "not a full official validation split" in done.stdout
+    # The demo's tiny preset has no training cap: the non-record track, which waives the
+    # hardware and time rules but not the full validation split.
+    assert "not a full official validation split" in done.stdout and "8×H100" not in done.stdout
 
     # The shards it wrote are in the official format: 256 int32 header, then uint16 tokens.
     (val_shard,) = (data_dir / "demo" / "data" / "datasets").glob("*/fineweb_val_000000.bin")

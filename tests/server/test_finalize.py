@@ -146,3 +146,25 @@ def race_to_finalize(engine: Engine, experiment_id: int, run_ids: list[int]) -> 
         thread.join(timeout=60)
     assert not errors, errors
     return results
+
+
+def test_the_non_record_track_waives_time_hardware_and_seed_count_not_the_rest(
+        session: Session) -> None:
+    from server.tracks import NON_RECORD_TRACK
+    long_run = make_experiment(session, seeds=[1], track=NON_RECORD_TRACK)
+    make_scored_run(session, long_run, seed=1, val_bpb=1.18, eligible=False,
+                    reasons=["train time 7200.000 s > 600 s (step time unknown)",
+                             "hardware 1×NVIDIA RTX 5090 is not 8×H100"])
+    partial = make_experiment(session, seeds=[1, 2], track=NON_RECORD_TRACK)
+    make_scored_run(session, partial, seed=1, val_bpb=1.30, eligible=False,
+                    reasons=["val_tokens 1000 is not a full official validation split"])
+    make_scored_run(session, partial, seed=2, val_bpb=1.31, bytes_total=16_000_001)
+    assert finalize_experiment(session, long_run.id) and finalize_experiment(session, partial.id)
+
+    accepted = reload(session, long_run.id)
+    assert (accepted.eligible, accepted.reasons) == (True, [])
+    assert (accepted.stats or {})["rule"].startswith("non-record: within 16,000,000 bytes (largest")
+    refused = reload(session, partial.id)
+    assert (refused.eligible, refused.reasons) == (False, [
+        "seed 1: val_tokens 1000 is not a full official validation split",
+        "seed 2: bytes_total 16,000,001 > 16,000,000"])

@@ -83,11 +83,37 @@ def test_a_seed_stated_only_in_a_settings_line_is_read(session: Session,
         (1, "log"), (2, "log"), (3, "log")]
 
 
-def test_a_step_past_600_s_is_no_reason_and_a_two_hour_run_is(
-        imported: dict[str, Experiment]) -> None:
+def test_a_step_past_600_s_is_no_reason(imported: dict[str, Experiment]) -> None:
     assert imported["Base"].reasons == []  # seed 1 stopped at 600.080 s, 43 ms a step
-    (two_hours,) = [r for r in imported["TwoHours"].reasons if "train time" in r]
-    assert two_hours.startswith("seed 1: train time 7200.000 s > 600 s: 6600.000 s over")
+
+
+def test_the_non_record_track_is_judged_by_its_own_rules(
+        session: Session, imported: dict[str, Experiment]) -> None:
+    # One seed trained two hours: no time cap, no seed count, no record to beat; the byte cap.
+    two_hours = imported["TwoHours"]
+    assert two_hours.reasons == [] and two_hours.eligible is True
+    assert (two_hours.stats or {})["rule"] == (
+        "non-record: within 16,000,000 bytes (largest 15,847,000); the 600 s caps, the seed "
+        "count and the test against a record do not apply")
+    (run,) = session.exec(select(Run).where(Run.experiment_id == two_hours.id)).all()
+    session.commit()
+    assert run.train_time_s == 7200.0 and run.reasons == [] and run.eligible is True
+
+
+def test_a_non_record_folder_over_the_byte_cap_is_not_accepted(session: Session,
+                                                              tmp_path: Path) -> None:
+    import shutil
+    folder = tmp_path / "records" / "track_non_record_16mb" / "2026-03-21_TooBig"
+    shutil.copytree(records_tree() / "records" / "track_non_record_16mb" / "2026-03-19_TwoHours",
+                    folder)
+    log = folder / "train_seed1.log"
+    log.write_text(log.read_text().replace("15847000 bytes", "16000001 bytes"))
+    (result,) = records.import_records(session, tmp_path / "records")
+    assert result.eligible is False and result.rule == ""
+    assert result.reasons == ["seed 1: bytes_total 16,000,001 > 16,000,000"]
+    # The record track's rules still hold there: the same log is a two-hour run.
+    assert records.log_reasons(records.parse_log(log.read_bytes()))[-1].startswith(
+        "train time 7200.000 s > 600 s")
 
 
 def test_a_second_import_adds_nothing(session: Session, imported: dict[str, Experiment]) -> None:
@@ -104,3 +130,60 @@ def test_without_a_readme_acceptance_is_unknown(session: Session, tmp_path: Path
     shutil.copytree(records_tree() / "records", tmp_path / "records")
     results = records.import_records(session, tmp_path / "records")
     assert {result.accepted for result in results} == {None}
+
+
+def test_an_official_score_that_is_not_the_mean_is_explained(session: Session,
+                                                             tmp_path: Path) -> None:
+    import shutil
+
+    from server import disagreements
+    shutil.copytree(records_tree(), tmp_path / "tree")
+    readme = tmp_path / "tree" / "README.md"
+    # Middle's row states one seed's score; Base's a number in none of its files.
+    readme.write_text(readme.read_text().replace("| Middle | 1.2200 |", "| Middle | 1.2194 |")
+                      .replace("| Base | 1.2244 |", "| Base | 1.2311 |"))
+    results = {r.key.rsplit("_", 1)[1]: r for r in records.import_records(
+        session, tmp_path / "tree" / "records")}
+    middle = results["Middle"]
+    assert middle.official_note.startswith("official 1.2194 = seed 3's log (")
+    assert middle.official_note.endswith(", 1.21940); Caddie's mean of 3 seed(s) 1.22000")
+    assert results["Base"].official_note == (
+        "official 1.2311 not found in the folder's files; Caddie's mean of 3 seed(s) 1.22440")
+    assert results["Rescored"].official_note == ""  # 1.2100 is its mean
+    stored = session.get(Experiment, middle.experiment_id)
+    session.commit()
+    assert stored is not None and stored.source is not None
+    assert stored.source["official"]["note"] == middle.official_note
+    (found,) = [d for d in stored.source["disagreements"] if d["field"] == "official"]
+    assert disagreements.sentence(found) == f"the leaderboard's score: {middle.official_note}"
+    again = {r.key.rsplit("_", 1)[1]: r for r in records.import_records(
+        session, tmp_path / "tree" / "records")}
+    assert again["Middle"].official_note == middle.official_note  # kept for the next import
+
+
+def test_a_row_linked_to_a_pull_request_matches_a_folder_that_names_it(session: Session,
+                                                                       tmp_path: Path) -> None:
+    import shutil
+    shutil.copytree(records_tree(), tmp_path / "tree")
+    readme = tmp_path / "tree" / "README.md"
+    # As the 1.0614 row of the real table: another author (who opened the pull request), its
+    # date two days before the folder's, and a link to the pull request, not the folder.
+    readme.write_text(readme.read_text().replace(
+        "| Base | 1.2244 | ada | the baseline | 2026-03-17 | [info](records/track_10min_16mb/2026-03-17_Base/README.md) |",
+        "| Base | 1.2244 | someone | the baseline | 2026-03-15 | [info](https://github.com/example/pull/31) |"))
+    base = tmp_path / "tree" / "records" / "track_10min_16mb" / "2026-03-17_Base"
+    (base / "README.md").write_text("Three seeds of the baseline (PR #31).\n")
+    results = records.import_records(session, tmp_path / "tree" / "records")
+    assert [(r.accepted, r.official_score) for r in results if r.key.endswith("Base")] == [
+        (True, 1.2244)]
+    from server import officialboard
+    row = officialboard.Row(track="track_10min_16mb", run="Base", score=1.2244, author="someone",
+                            date="2026-03-15", folder=None, pull=31)
+
+    def match(date: str, pulls: set[int]) -> officialboard.Row | None:
+        return officialboard.accepted_row([row], key="k", track="track_10min_16mb",
+                                          val_bpb=1.2244, date=date, authors={"ada"}, pulls=pulls)
+
+    assert match("2026-03-17", {31}) is row
+    assert match("2026-03-17", {32}) is None  # the folder names no such pull request
+    assert match("2026-03-19", {31}) is None  # more than DATE_SLACK_DAYS apart
