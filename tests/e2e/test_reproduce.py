@@ -74,6 +74,10 @@ def test_reproduce_on_local(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.delenv("CADDIE_DATABASE_URL", raising=False)
     monkeypatch.delenv("CADDIE_REDIS_URL", raising=False)
     stack = start_stack(monkeypatch, tmp_path, {
+        "CADDIE_LOCAL_PROVIDER": "members",
+        # The script runs as the worker's own user: pytest's tmp_path (0700) is closed to the
+        # unprivileged account, and isolation is tests/worker/test_isolation.py's subject.
+        "CADDIE_LOCAL_RUN_USER": "", "CADDIE_LOCAL_SCRIPTS_UNISOLATED": "true",
         "CADDIE_LOCAL_DATA_DIR": str(official_data(tmp_path / "pod-data")), "CADDIE_POD_TRAIN_SHARDS": "1"})
     database_url = stack.settings.resolved_database_url()
     try:
