@@ -168,8 +168,10 @@ class RunDirector:
                     return self.settings.poll_interval_s
                 if self._hold_for_budget(session, run, fence, provider, life_s):
                     return self.settings.poll_interval_s
-                # Its life (deadline, billing) starts when it is asked for, not when it got in line.
-                pod.created_at, pod.deadline_at = utcnow(), deadline_at
+                # Its life (deadline, billing) starts when it is asked for, not when it got in line:
+                # both from one clock reading, so the deadline is exactly life_s after creation.
+                asked_at = utcnow()
+                pod.created_at, pod.deadline_at = asked_at, asked_at + timedelta(seconds=life_s)
             if pod.host is None and not self._place(session, run, pod, provider):
                 log.info("run %s: no %s host free yet", run.id, provider.name)
                 waiting = provider.wait_reason(session, pod)
