@@ -21,6 +21,7 @@ from server.auth import create_token
 from server.config import Settings
 from server.db import make_engine
 from server.models import Run
+from server.runs import update_run
 from server.scripts import store_files
 from server.states import FINAL_RUN_STATUSES, RunStatus
 from tests.factories import make_experiment, make_run
@@ -195,10 +196,7 @@ def test_a_setsid_child_is_gone_when_cancel_says_cancelled_on_local(local):
     pid = child_pid(run)
     assert alive(pid)
     with Session(engine) as session:
-        row = session.get(Run, run_id)
-        row.cancel_requested = True
-        session.add(row)
-        session.commit()
+        update_run(session, run_id, fence=None, cancel_requested=True)
     run = drive(director, run_id, until=FINAL, timeout_s=60)
     assert (run.status, run.reason) == ("cancelled", "cancelled on request")
     assert not alive(pid)
@@ -220,10 +218,7 @@ def test_a_setsid_child_is_gone_when_cancel_says_cancelled_over_ssh(ssh_settings
     pid = child_pid(run)
     assert alive(pid)
     with Session(engine) as session:
-        row = session.get(Run, run_id)
-        row.cancel_requested = True
-        session.add(row)
-        session.commit()
+        update_run(session, run_id, fence=None, cancel_requested=True)
     run = drive(director, run_id, until=FINAL, timeout_s=60)
     assert run.status == "cancelled"
     assert not alive(pid)
