@@ -46,7 +46,10 @@ def make_app(settings: Settings) -> Celery:
         task_ignore_result=True,  # the database holds every outcome
         task_serializer="json",
         accept_content=["json"],
-        beat_schedule={"reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval_s}},
+        # Each reconcile expires one interval after beat sends it: a worker busy with long steps
+        # discards stale ones rather than run a growing backlog that holds every run's next step.
+        beat_schedule={"reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval_s,
+                                     "options": {"expires": settings.reconcile_interval_s}}},
         beat_schedule_filename=str(settings.data_dir.resolve() / "celerybeat-schedule"),
     )
     return app

@@ -77,7 +77,7 @@ def test_an_export_reproduces_from_its_folder(monkeypatch: pytest.MonkeyPatch, t
         body = {"source": {"path": str(folder)}, "overrides": {"provider": "local", "tolerance_nats": TOLERANCE_NATS}}
         plan = api(f"{stack.url}/api/reproduce/preview", body, token)
         created = api(f"{stack.url}/api/reproduce", body, token)
-        found = wait_verdict(stack.url, created["experiment"]["id"])
+        found = wait_verdict(stack, created["experiment"]["id"])
         rerun = api(f"{stack.url}/api/experiments/{created['experiment']['id']}")
     finally:
         stack.stop()

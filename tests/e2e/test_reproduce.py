@@ -16,6 +16,7 @@ import pytest
 import redis
 from sqlmodel import Session
 
+from cli.stack import Stack
 from server.auth import Role, create_token
 from server.db import make_engine
 from server.records import import_records
@@ -48,14 +49,28 @@ def import_record(database_url: str, folder: Path) -> int:
     return result.experiment_id
 
 
-def wait_verdict(url: str, experiment_id: int) -> dict[str, Any]:
+def wait_verdict(stack: Stack, experiment_id: int) -> dict[str, Any]:
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
-        found = api(f"{url}/api/experiments/{experiment_id}/verdict")["verdict"]
+        stack.check_alive()
+        found = api(f"{stack.url}/api/experiments/{experiment_id}/verdict")["verdict"]
         if found["outcome"] != "running":
             return found
         time.sleep(0.5)
-    raise AssertionError(f"re-run {experiment_id} not judged in {TIMEOUT_S} s: {found}")
+    raise AssertionError(f"re-run {experiment_id} not judged in {TIMEOUT_S} s: {found}\n{stall(stack, found)}")
+
+
+def stall(stack: Stack, verdict: dict[str, Any]) -> str:
+    """Where the unfinished seeds stand: their status changes, and the worker's last lines."""
+    lines = []
+    for row in verdict["seeds"]:
+        if row["status"] not in ("succeeded", "failed", "cancelled"):
+            events = api(f"{stack.url}/api/runs/{row['run_id']}")["events"]
+            lines += [f"run {row['run_id']}: {e['created_at']} {e['from_status']} -> {e['to_status']} {e['reason'] or ''}"
+                      for e in events]
+    assert stack.log_dir is not None
+    worker = (stack.log_dir / "worker.log").read_text(errors="replace").splitlines()
+    return "\n".join(lines + ["worker.log:"] + worker[-60:])
 
 
 def page(url: str) -> str:
@@ -88,9 +103,9 @@ def test_reproduce_on_local(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
         good = api(f"{stack.url}/api/experiments/{record_id}/reproduce", {"provider": "local"}, token)
         claims = from_path(stack.url, token, "overclaim", {"provider": "local", "seeds": [1, 2]})
         padded = from_path(stack.url, token, "overbytes", {"provider": "local", "seeds": [1, 2]})
-        good_verdict = wait_verdict(stack.url, good["experiment"]["id"])
-        claims_verdict = wait_verdict(stack.url, claims["experiment"]["id"])
-        padded_verdict = wait_verdict(stack.url, padded["experiment"]["id"])
+        good_verdict = wait_verdict(stack, good["experiment"]["id"])
+        claims_verdict = wait_verdict(stack, claims["experiment"]["id"])
+        padded_verdict = wait_verdict(stack, padded["experiment"]["id"])
         rerun_page = page(f"{stack.url}/experiments/{good['experiment']['id']}")
         record_page = page(f"{stack.url}/experiments/{record_id}")
         on_record = api(f"{stack.url}/api/experiments/{record_id}/verdict")
@@ -135,7 +150,7 @@ def test_reproduce_over_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ssh
         try:
             token = admin_token(database_url)
             created = from_path(stack.url, token, "good", {"provider": "ssh", "seeds": [1, 2]})
-            found = wait_verdict(stack.url, created["experiment"]["id"])
+            found = wait_verdict(stack, created["experiment"]["id"])
             rerun_page = page(f"{stack.url}/experiments/{created['experiment']['id']}")
             evidence = urllib.request.urlopen(
                 f"{stack.url}/api/experiments/{created['experiment']['id']}/evidence", timeout=30).read()

@@ -34,7 +34,7 @@ def test_app_is_configured_for_short_idempotent_steps(tmp_path):
                     conf.result_backend_transport_options["visibility_timeout"],
                     conf.visibility_timeout):
         assert timeout > HARD_TIME_LIMIT_S
-    assert conf.beat_schedule["reconcile"] == {"task": RECONCILE, "schedule": 7.0}
+    assert conf.beat_schedule["reconcile"] == {"task": RECONCILE, "schedule": 7.0, "options": {"expires": 7.0}}
     assert conf.beat_schedule_filename == str(tmp_path.resolve() / "celerybeat-schedule")
     assert conf.broker_url == "filesystem://"
     assert (tmp_path / "broker" / "queue").is_dir()
@@ -89,6 +89,43 @@ def test_a_real_worker_takes_runs_to_their_end(tmp_path, broker):
     with Session(engine) as session:
         events = session.exec(select(RunEvent.to_status).where(RunEvent.run_id == ids[0]).order_by(RunEvent.id)).all()
     assert events == ["queued", "provisioning", "failed"]
+
+
+@pytest.mark.e2e
+def test_a_backlog_of_stale_reconciles_is_discarded_and_a_fresh_one_runs(tmp_path):
+    """A worker that was busy finds beat's old reconciles in its queue: it drops each one past
+    its expiry rather than run them all before the next step of any run; the fresh one runs."""
+    data_dir, database = tmp_path / "data", f"sqlite:///{tmp_path / 'caddie.db'}"
+    settings = Settings(data_dir=data_dir, database_url=database, reconcile_interval_s=1)
+    engine = make_engine(database)
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as session:
+        run_id = make_run(session, make_experiment(session, provider="moon"), seed=1).id
+    beat = make_app(settings).conf.beat_schedule["reconcile"]
+    producer = Celery("test-producer", broker=settings.broker_url())
+    producer.conf.broker_transport_options = settings.broker_transport_options()
+    for _ in range(20):
+        producer.send_task(beat["task"], **beat["options"])
+    time.sleep(1.5)  # all twenty are now past their expiry
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CADDIE_DATA_DIR": str(data_dir),
+           "CADDIE_DATABASE_URL": database, "CADDIE_REDIS_URL": ""}
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
+                                   "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    discarded = f"Discarding revoked task: {RECONCILE}["
+    try:
+        deadline = time.monotonic() + 60
+        while (tmp_path / "worker.log").read_text().count(discarded) < 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        producer.send_task(beat["task"], **beat["options"])  # beat's next one, on time
+        (run,) = wait_for_end(engine, [run_id], timeout_s=60)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    text = (tmp_path / "worker.log").read_text()
+    assert text.count(discarded) == 20, text
+    assert run.status == "failed", text  # the fresh reconcile woke it; its provider is unknown
 
 
 def wait_for_end(engine, ids, *, timeout_s: float) -> list[Run]:
