@@ -94,12 +94,16 @@ def line_chunks(data: bytes, *, max_bytes: int, complete: bool) -> list[bytes]:
 
 
 def _between_characters(data: bytes, start: int, end: int) -> int:
-    """`end` moved back off UTF-8 continuation bytes (0b10xxxxxx, at most 3 of them: one
-    character), never to `start`; bytes that are not UTF-8 are cut where they are."""
-    back = end
-    while back > start + 1 and end - back < 3 and data[back] & 0xC0 == 0x80:
-        back -= 1
-    return back if data[back] & 0xC0 != 0x80 else end
+    """`end`, or the start of a UTF-8 character that `end` would cut (its lead byte is among
+    the 3 bytes before `end`, and its length, from that byte, runs past `end`); never `start`.
+    Bytes that are not UTF-8 are cut where they are."""
+    for back in range(end - 1, max(start, end - 4), -1):
+        lead = data[back]
+        if lead & 0xC0 == 0x80:  # 0b10xxxxxx: inside a character
+            continue
+        size = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
+        return back if back + size > end else end
+    return end
 
 
 def log_chunk(run_id: int, offset: int, data: bytes, *, nbytes: int | None = None) -> LogChunk:
