@@ -311,8 +311,8 @@ class RunDirector:
 
     def _hand_over(self, run: Run, pod: Pod) -> bool:
         """Whether the ended run's shared pod stays up for the experiment's next seed (podshare)."""
-        # The next seed's life, less nothing of the pod's data-download allowance (kept for a slow
-        # first download, not spent on more seeds).
+        # The next seed's life plus the pod's data-download allowance: the provider's own stop
+        # keeps that allowance for a slow first download, and no seed may spend it.
         def seed_life_s() -> float:
             return self._deadline_s(run) + self.settings.pod_margin_s + self.settings.pod_fetch_allowance_s
         with Session(self.engine) as session:
