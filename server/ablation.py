@@ -25,6 +25,7 @@ from scipy import stats as scipy_stats
 from server.models import Experiment, Run
 from server.policies import CONTROL
 from server.states import RunStatus
+from server.workerfacts import WorkerFacts
 
 CONFIDENCE = 0.95
 PER_RUN_FIELDS = ("seed", "run_id")  # config fields that differ between the seeds of one setting
@@ -68,8 +69,8 @@ def _ran(run: Run) -> str | None:
     if isinstance(config, dict):
         return "config:" + json.dumps({k: v for k, v in config.items() if k not in PER_RUN_FIELDS},
                                       sort_keys=True, default=str)
-    digest = (results.get("worker") or {}).get("env_sha256")
-    return f"env:{digest}" if isinstance(digest, str) else None
+    digest = WorkerFacts.from_results(results).env_sha256
+    return f"env:{digest}" if digest is not None else None
 
 
 def _same_as_control(name: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from server.config import Settings
 from server.eligibility import MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
 from server.models import Pod, Run, as_utc, utcnow
 from server.states import LIVE_POD_STATUS_VALUES
+from server.workerfacts import WorkerFacts
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,7 @@ def price_of(run: Run | None, pod: Pod | None = None) -> float | None:
     """$/hour of the run's pod: the pod's own column, else what the run's results kept."""
     if pod is not None and pod.cost_per_hour is not None:
         return pod.cost_per_hour
-    kept = (((run.results if run else None) or {}).get("worker") or {}).get("pod") or {}
-    price = kept.get("cost_per_hour")
-    return float(price) if isinstance(price, (int, float)) and not isinstance(price, bool) else None
+    return WorkerFacts.from_results(run.results if run else None).pod.cost_per_hour
 
 
 def pod_cost(pod: Pod, price: float | None, now: datetime | None = None) -> tuple[float, float]:

@@ -36,6 +36,7 @@ from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECO
 from server.models import Experiment, Run
 from server.records import IMPORT_PROVIDER, _log_bytes
 from server.states import RunStatus
+from server.workerfacts import WorkerFacts
 
 TRACK = "10min_16mb"
 SCRIPT = "train_gpt.py"
@@ -375,7 +376,7 @@ def _versions(runs: list[Run]) -> dict[str, Any]:
     versions: dict[str, Any] = {}
     for run in runs:
         results = run.results or {}
-        preflight = (results.get("worker") or {}).get("preflight") or {}
+        preflight = WorkerFacts.from_results(results).preflight
         if preflight.get("python"):
             versions.setdefault("python", preflight["python"])
         reported = results.get("versions")

@@ -38,6 +38,7 @@ from server.reference import reference_bpb
 from server.states import ExperimentStatus, RunStatus
 from server.statistics import Units
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
+from server.workerfacts import WorkerFacts
 
 Number = TypeVar("Number", int, float)
 
@@ -396,8 +397,7 @@ def _seed(run: Run) -> LeaderboardSeed:
 
 
 def _pod_name(run: Run) -> str | None:
-    name = (((run.results or {}).get("worker") or {}).get("pod") or {}).get("name")
-    return name if isinstance(name, str) else None
+    return WorkerFacts.from_results(run.results).pod.name
 
 
 def _max(values: Iterable[Number | None]) -> Number | None:

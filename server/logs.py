@@ -1,8 +1,10 @@
-"""Reading a run's stored train.log by byte offset.
+"""A run's train.log stored as `LogChunk` rows, and read back by byte offset.
 
-The worker stores the log as `LogChunk` rows of whole lines: chunk i covers bytes
-[offset, offset + nbytes) of train.log, and chunks follow each other without gaps.
-A reader asks from any byte offset and continues from the `next_offset` it got back.
+Chunk i covers bytes [offset, offset + nbytes) of train.log, and chunks follow each other
+without gaps. Writing (`add_log_chunks`, used by the worker and by the records import):
+chunks end after a line's "\n"; a line longer than a chunk is cut between UTF-8 characters,
+so every chunk decodes as it was written. A reader asks from any byte offset and continues
+from the `next_offset` it got back.
 """
 
 from pydantic import BaseModel
@@ -66,6 +68,61 @@ def _take(chunk: LogChunk, position: int, budget: int, *, first: bool) -> tuple[
             # The limit is smaller than one character: return that character anyway.
             end = _char_start(data, start + 1, floor=start, forward=True)
     return data[start:end], chunk.offset + end
+
+
+def line_chunks(data: bytes, *, max_bytes: int, complete: bool) -> list[bytes]:
+    """`data` cut into pieces of at most `max_bytes` that end after a "\n"; a line longer
+    than `max_bytes` is cut between characters. A last unterminated line is a piece only
+    when `complete` (data reaches the log's end for good); otherwise it waits for more."""
+    if max_bytes < 4:
+        raise ValueError(f"max_bytes must hold one UTF-8 character (4 bytes), got {max_bytes}")
+    pieces: list[bytes] = []
+    start = 0
+    while start < len(data):
+        end = min(start + max_bytes, len(data))
+        if end < len(data) or not complete:
+            cut = data.rfind(b"\n", start, end) + 1
+            if cut:
+                end = cut
+            elif end - start < max_bytes:
+                break  # a last partial line shorter than a chunk: more of it may follow
+            else:  # a line longer than a chunk
+                end = _between_characters(data, start, end)
+        pieces.append(data[start:end])
+        start = end
+    return pieces
+
+
+def _between_characters(data: bytes, start: int, end: int) -> int:
+    """`end`, or the start of a UTF-8 character that `end` would cut (its lead byte is among
+    the 3 bytes before `end`, and its length, from that byte, runs past `end`); never `start`.
+    Bytes that are not UTF-8 are cut where they are."""
+    for back in range(end - 1, max(start, end - 4), -1):
+        lead = data[back]
+        if lead & 0xC0 == 0x80:  # 0b10xxxxxx: inside a character
+            continue
+        size = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
+        return back if back + size > end else end
+    return end
+
+
+def log_chunk(run_id: int, offset: int, data: bytes, *, nbytes: int | None = None) -> LogChunk:
+    """The row for bytes [offset, offset + nbytes) of train.log; nbytes differs from
+    len(data) only for a marker that stands for bytes not stored. Undecodable bytes become
+    U+FFFD, and so does NUL, which a TEXT column cannot hold."""
+    text = data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    return LogChunk(run_id=run_id, offset=offset, nbytes=len(data) if nbytes is None else nbytes, text=text)
+
+
+def add_log_chunks(session: Session, run_id: int, offset: int, data: bytes, *, max_bytes: int,
+                   complete: bool) -> int:
+    """Add the rows of `data`, the bytes of train.log from `offset` (see `line_chunks`), to
+    the session; returns how many bytes they cover."""
+    stored = 0
+    for piece in line_chunks(data, max_bytes=max_bytes, complete=complete):
+        session.add(log_chunk(run_id, offset + stored, piece))
+        stored += len(piece)
+    return stored
 
 
 def _char_start(data: bytes, index: int, *, floor: int, forward: bool = False) -> int:

@@ -30,6 +30,7 @@ from sqlmodel import Session, col, select
 from server import experiments, officialboard, policies, scripts, tracks
 from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS, time_reason
 from server.logparse import parse_log
+from server.logs import add_log_chunks
 from server.models import Experiment, LogChunk, Run, RunEvent, as_utc
 from server.states import ExperimentStatus, RunStatus
 
@@ -799,33 +800,7 @@ def _add_run(session: Session, experiment_id: int, log: SeedLog, track: str) -> 
 
 def _store_log(session: Session, run_id: int, data: bytes) -> int:
     """The log as LogChunk rows of whole lines; returns its length in bytes."""
-    offset = 0
-    for chunk in _line_chunks(data):
-        text = chunk.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-        session.add(LogChunk(run_id=run_id, offset=offset, nbytes=len(chunk), text=text))
-        offset += len(chunk)
-    return offset
-
-
-def _line_chunks(data: bytes) -> list[bytes]:
-    chunks, start = [], 0
-    while start < len(data):
-        end = min(start + CHUNK_BYTES, len(data))
-        if end < len(data):
-            cut = data.rfind(b"\n", start, end)
-            end = cut + 1 if cut >= start else _character_start(data, start, end)
-        chunks.append(data[start:end])
-        start = end
-    return chunks
-
-
-def _character_start(data: bytes, start: int, end: int) -> int:
-    """`end` moved back off UTF-8 continuation bytes (at most 3), so a line longer than a
-    chunk is cut between characters and each chunk decodes as it was written."""
-    back = end
-    while back > start + 1 and end - back < 3 and data[back] & 0xC0 == 0x80:
-        back -= 1
-    return back if data[back] & 0xC0 != 0x80 else end
+    return add_log_chunks(session, run_id, 0, data, max_bytes=CHUNK_BYTES, complete=True)
 
 
 def _seconds(ms: float | None) -> float | None:

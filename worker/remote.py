@@ -7,6 +7,8 @@ host over SSH. Paths are POSIX paths on the pod.
 from dataclasses import dataclass
 from typing import Protocol
 
+from worker.errors import StepFailed
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -42,3 +44,10 @@ class Remote(Protocol):
     def exists(self, path: str) -> bool: ...
 
     def close(self) -> None: ...
+
+
+def run_or_fail(remote: Remote, command: str) -> None:
+    """Run a short command (a minute at most) that must succeed; StepFailed says which failed."""
+    result = remote.run(command, timeout_s=60)
+    if not result.ok:
+        raise StepFailed(f"command on the pod failed ({command.split()[0]}): {result.stderr.strip()[-200:]}")

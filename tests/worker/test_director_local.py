@@ -89,10 +89,10 @@ def test_binary_bytes_and_a_line_longer_than_a_chunk_are_stored_safely(director,
     text = stored_log(engine, run_id)  # checks the chunks are contiguous
     assert run.log_offset == len(pod_log)  # every byte accounted for, offsets exact
     assert "bad bytes \ufffd\ufffd and a NUL \ufffd and a CR \r in one line\n" in text
-    # The 3 MiB line is cut at chunk ends, possibly inside a character, which then reads as
-    # U+FFFD: the text keeps its length in characters to within the cuts.
-    long_line = max(text.split("\n"), key=len)
-    assert abs(len(long_line) - 3 * 1024 * 1024 // 2) <= 4
+    # The 3 MiB line is cut into chunks between its characters (1 MiB from its start falls
+    # inside a 3-byte "€"): each chunk decodes as the whole file does, no character lost.
+    assert max(text.split("\n"), key=len) == "€" * (3 * 1024 * 1024 // 3)
+    assert text == pod_log.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     assert text.endswith("no newline at the end")
 
 

@@ -76,10 +76,11 @@ def main() -> int:
         time.sleep(300)
         return 0
     if mode == "hostile_log":  # what a broken script may print: binary, NUL, CR, a 3 MiB line
+        # of 3-byte characters, so that 1 MiB from the line's start falls inside one
         log.flush()
         with open(out / "train.log", "ab") as raw:
             raw.write(b"bad bytes \xff\xfe and a NUL \x00 and a CR \r in one line\n")
-            raw.write("é".encode() * (3 * 1024 * 1024 // 2) + b"\n")
+            raw.write("€".encode() * (3 * 1024 * 1024 // 3) + b"\n")
         log.seek(0, os.SEEK_END)  # the text handle goes on after the raw bytes
     for step in range(int(config.get("fake_log_lines", 20))):
         log.write(f"step:{step}/1000 train_loss:{5.0 - step * 1e-4:.4f} train_time:{step}ms step_avg:1.00ms\n")
