@@ -2,7 +2,6 @@
 
 import math
 import statistics
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,8 +21,6 @@ from tests.factories import (
     make_run,
     make_scored_run,
 )
-
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def board(client: TestClient, **params: Any) -> dict[str, Any]:
