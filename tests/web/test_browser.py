@@ -62,8 +62,8 @@ def screenshot(page: Page, name: str) -> None:
 
 def test_leaderboard_numbers_sort_and_pages(page: Page, session: Session) -> None:
     for index in range(27):  # more than one page of 25
-        make_finished_experiment(session, [1.3 - index * 0.001, 1.31 - index * 0.001,
-                                               1.305 - index * 0.001], name=f"exp-{index:02d}", author=f"a{index % 3}")
+        scores = [1.3 - index * 0.001, 1.31 - index * 0.001, 1.305 - index * 0.001]
+        make_finished_experiment(session, scores, name=f"exp-{index:02d}", author=f"a{index % 3}")
 
     page.goto("/")
     rows = page.locator("table.board > tbody.entry")

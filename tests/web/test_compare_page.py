@@ -21,9 +21,8 @@ B_SCORES = [1.2301, 1.2322, 1.2289, 1.2310]
 
 
 def test_api_compare_runs_welchs_test(client: TestClient, session: Session) -> None:
-    a, b = make_finished_experiment(session, A_SCORES,
-                                    name="better"), make_finished_experiment(session, B_SCORES,
-                                    name="older")
+    a = make_finished_experiment(session, A_SCORES, name="better")
+    b = make_finished_experiment(session, B_SCORES, name="older")
 
     body = client.get(f"/api/compare?a={a.id}&b={b.id}").json()
 
@@ -48,9 +47,8 @@ def test_api_compare_errors(client: TestClient, session: Session) -> None:
 
 def test_compare_page_shows_both_sides_and_the_test(client: TestClient,
                                                     session: Session) -> None:
-    a, b = make_finished_experiment(session, A_SCORES,
-                                    name="better"), make_finished_experiment(session, B_SCORES,
-                                    name="older")
+    a = make_finished_experiment(session, A_SCORES, name="better")
+    b = make_finished_experiment(session, B_SCORES, name="older")
 
     page = fetch(client, f"/compare?a={a.id}&b={b.id}")
 
@@ -68,9 +66,8 @@ def test_compare_page_shows_both_sides_and_the_test(client: TestClient,
 
 
 def test_compare_with_too_few_seeds_says_why(client: TestClient, session: Session) -> None:
-    a, b = make_finished_experiment(session, [1.2],
-                                    name="single"), make_finished_experiment(session, B_SCORES,
-                                    name="older")
+    a = make_finished_experiment(session, [1.2], name="single")
+    b = make_finished_experiment(session, B_SCORES, name="older")
 
     page = fetch(client, f"/compare?a={a.id}&b={b.id}")
 
@@ -112,9 +109,8 @@ def logged(session: Session, experiment: Experiment, seed: int, *, start: float,
 
 
 def test_compare_without_parameters_offers_a_list_to_pick_from(client: TestClient, session: Session) -> None:
-    a, b = make_finished_experiment(session, A_SCORES,
-                                    name="better"), make_finished_experiment(session, B_SCORES,
-                                    name="older")
+    a = make_finished_experiment(session, A_SCORES, name="better")
+    b = make_finished_experiment(session, B_SCORES, name="older")
 
     page = fetch(client, "/compare")  # was "400 a: Field required"
 
