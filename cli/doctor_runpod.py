@@ -67,7 +67,8 @@ class RunPodChecks:
     def one_pod(self) -> tuple[float, float]:
         """($/hour, $ of one run's pod over its whole life) at the configured price."""
         price = self.settings.runpod_price_per_hour
-        life_s = MAX_TRAIN_SECONDS + MAX_EVAL_SECONDS + self.settings.pod_margin_s + self.settings.pod_fetch_allowance_s
+        life_s = (MAX_TRAIN_SECONDS + MAX_EVAL_SECONDS + self.settings.pod_margin_s
+                  + self.settings.pod_fetch_allowance_s)
         return price, costs.estimate(price, life_s)
 
     def balance(self) -> str:
