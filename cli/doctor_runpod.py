@@ -11,6 +11,7 @@ from typing import Any
 
 from server import costs
 from server.config import Settings
+from server.eligibility import MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
 
 ACCOUNT = "query { myself { clientBalance currentSpendPerHr spendLimit } }"
 GPU_STOCK = ("query stock($gpu: String, $count: Int, $center: String) { gpuTypes(input: {id: $gpu}) "
@@ -66,7 +67,8 @@ class RunPodChecks:
     def one_pod(self) -> tuple[float, float]:
         """($/hour, $ of one run's pod over its whole life) at the configured price."""
         price = self.settings.runpod_price_per_hour
-        life_s = 600 + 600 + self.settings.pod_margin_s + self.settings.pod_fetch_allowance_s
+        life_s = (MAX_TRAIN_SECONDS + MAX_EVAL_SECONDS + self.settings.pod_margin_s
+                  + self.settings.pod_fetch_allowance_s)
         return price, costs.estimate(price, life_s)
 
     def balance(self) -> str:

@@ -31,7 +31,13 @@ from server.errors import Conflict, InvalidTransition, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
 from server.queue import enqueue_advance
 from server.runs import get_run, transition, transition_free, update_run
-from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus, experiment_sources
+from server.states import (
+    ENDED_EXPERIMENT_STATUSES,
+    FINAL_RUN_STATUSES,
+    ExperimentStatus,
+    RunStatus,
+    experiment_sources,
+)
 from server.statistics import Significance, bytes_per_token
 
 log = logging.getLogger(__name__)
@@ -39,7 +45,6 @@ log = logging.getLogger(__name__)
 MIN_RECORD_SEEDS = 3  # the challenge asks for several seeds; 3 is the usual count
 MAX_SEEDS = 64
 SCRIPT_PRESET = "script"  # the preset column of a script experiment (as of an imported record)
-FINISHED_EXPERIMENT_STATUSES = (ExperimentStatus.finished, ExperimentStatus.cancelled)
 
 # Surrounding blanks are dropped; NUL is refused because PostgreSQL text cannot hold it.
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
@@ -545,7 +550,7 @@ def _clear_results(session: Session, experiment: Experiment) -> None:
 def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
     """Cancel every run that has not ended; 409 if the experiment already finished."""
     experiment = get_experiment(session, experiment_id)
-    if experiment.status in FINISHED_EXPERIMENT_STATUSES:
+    if experiment.status in ENDED_EXPERIMENT_STATUSES:
         raise Conflict(f"experiment {experiment_id} is already {experiment.status}")
     # Queued runs no worker holds end in one statement; the few live ones are asked to stop.
     transition_free(session, experiment_id, RunStatus.queued, RunStatus.cancelled,
@@ -612,7 +617,7 @@ def finalize_experiment(session: Session, experiment_id: int, *, announce: bool 
     for each failed run, and more seeds while p >= alpha; it then waits for those.
     """
     experiment = _locked_experiment(session, experiment_id)
-    if experiment.status in FINISHED_EXPERIMENT_STATUSES:
+    if experiment.status in ENDED_EXPERIMENT_STATUSES:
         session.commit()  # ends the transaction, releasing the row lock
         return False
     runs = list(session.exec(

@@ -10,8 +10,9 @@ instead (lzma + base85, the same recipe as `python -m trainer bundle --compresse
 readable source beside it as `train_gpt_source.py` (not counted). The bytes counted in
 submission.json are the exported `train_gpt.py`'s plus each seed's artifact (docs/validation.md).
 
-The server never imports the trainer: the single file's markers and compressed recipe are
-restated here, and a test checks they agree with `trainer/bundle.py`.
+The server imports no trainer module but the shared ones (docs/architecture.md), and
+`trainer/bundle.py` is not one: the single file's markers and compressed recipe are restated
+here, and a test checks they agree with it.
 """
 
 import ast

@@ -1,25 +1,21 @@
 """Trainer presets and config overrides, checked against `trainer/schema.json`.
 
-The schema is read as a data file: the server never imports the trainer (it needs torch).
 Format: {"version", "fields": {name: {type, default, help, min?, max?, choices?}},
 "derived": {name: expression}, "rules": [{id, fields, check, message}],
-"presets": {name: {field: value}}}. The rules are the trainer's cross-field checks; this
-module evaluates them with its own copy of the trainer's small expression evaluator, so a
-config the trainer would refuse is refused at submit time (a test holds the two together).
+"presets": {name: {field: value}}}. The rules are the trainer's cross-field checks,
+evaluated by the trainer's own evaluator in the torch-free `trainer.config` (one of the
+shared trainer modules the server may import, docs/architecture.md), so a config the
+trainer would refuse is refused at submit time.
 """
 
-import ast
 import json
 import math
-import operator
-import re
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-import server
+from trainer import config as trainer_config
 
-SCHEMA_PATH = Path(server.__file__).parent.parent / "trainer" / "schema.json"
+SCHEMA_PATH = trainer_config.SCHEMA_PATH
 # Set by Caddie for every run: seeds go in the experiment's `seeds`.
 RESERVED_FIELDS = {
     "seed": "set seeds in the experiment's `seeds`, not in config",
@@ -80,80 +76,19 @@ def check_combination(preset: str, overrides: dict[str, Any]) -> None:
     """
     check_preset(preset)
     check_config(overrides)
-    names = rule_names(resolved_config(preset, overrides))
     errors = []
-    for rule in load_schema()["rules"]:
-        if not _holds(rule["check"], names):
-            blamed = next((f for f in rule["fields"] if f in overrides), rule["fields"][0])
-            errors.append(f"config.{blamed}: {rule_message(rule, names)}")
+    for failure in trainer_config.failed_rules(resolved_config(preset, overrides)):
+        rule = failure[0]
+        blamed = next((f for f in rule["fields"] if f in overrides), rule["fields"][0])
+        errors.append(f"config.{blamed}: {trainer_config.rule_message(failure, _field_name)}")
     if errors:
         raise ValueError("; ".join(errors))
 
 
-def rule_names(config: dict[str, Any]) -> dict[str, Any]:
-    """Every field's value plus the schema's derived names, computed in order."""
-    names = dict(config)
-    for name, expression in load_schema()["derived"].items():
-        names[name] = expression_value(expression, names)
-    return names
-
-
-def rule_message(rule: dict[str, Any], names: dict[str, Any]) -> str:
-    """The rule's message: `{field}` rendered as `field=value`, `{derived}` as its value."""
-    fields = load_schema()["fields"]
-
-    def render(match: re.Match[str]) -> str:
-        name = match.group(1)
-        return f"{name}={names[name]!r}" if name in fields else repr(names[name])
-
-    return _PLACEHOLDER.sub(render, rule["message"])
-
-
-def _holds(check: str, names: dict[str, Any]) -> bool:
-    try:
-        return bool(expression_value(check, names))
-    except ZeroDivisionError:
-        return False
-
-
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
-_COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
-            ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-def expression_value(expression: str, names: dict[str, Any]) -> Any:
-    """A schema expression's value: constants, names, + - * // %, comparisons and
-    and / or / not with Python's semantics; other syntax is a broken schema."""
-    return _value(ast.parse(expression, mode="eval").body, names)
-
-
-def _value(node: ast.AST, names: dict[str, Any]) -> Any:
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.Name):
-        return names[node.id]
-    if isinstance(node, ast.BoolOp):
-        stop_when = isinstance(node.op, ast.Or)  # `or` stops at a true value, `and` at a false
-        for item in node.values:
-            result = _value(item, names)
-            if bool(result) == stop_when:
-                return result
-        return result
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        return not _value(node.operand, names)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        return _BINARY[type(node.op)](_value(node.left, names), _value(node.right, names))
-    if isinstance(node, ast.Compare):
-        left = _value(node.left, names)
-        for op, right_node in zip(node.ops, node.comparators, strict=True):
-            right = _value(right_node, names)
-            if type(op) not in _COMPARE or not _COMPARE[type(op)](left, right):
-                return False
-            left = right
-        return True
-    raise RuntimeError(f"trainer schema expression uses unsupported syntax: {ast.unparse(node)}")
+def _field_name(field: str) -> str:
+    """A rule message names a field as submitted (`num_heads=8`), not as the trainer's
+    environment variable (`NUM_HEADS=8`)."""
+    return field
 
 
 def resolved_config(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:

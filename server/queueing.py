@@ -16,9 +16,8 @@ from sqlmodel import Session, col, select
 
 from server.config import Settings, get_settings
 from server.models import Experiment, Pod, Run, as_utc, utcnow
-from server.states import LIVE_POD_STATUS_VALUES, ExperimentStatus, RunStatus
+from server.states import LIVE_POD_STATUS_VALUES, OPEN_EXPERIMENT_STATUS_VALUES, RunStatus
 
-OPEN_EXPERIMENT_STATUSES = (ExperimentStatus.queued, ExperimentStatus.running)
 RECENT_PODS = 50  # pods whose planned life gives the typical time a run holds a pod
 # Providers whose pods are rented: CADDIE_MAX_PODS and CADDIE_MAX_RUNNING_EXPERIMENTS apply.
 RENTED_PROVIDERS = ("runpod",)
@@ -123,7 +122,7 @@ def _waiting_runs(session: Session) -> dict[int, list[Run]]:
 
 def _experiments(session: Session, ids: set[int] | None) -> list[Experiment]:
     query = select(Experiment).where(
-        col(Experiment.status).in_([s.value for s in OPEN_EXPERIMENT_STATUSES]))
+        col(Experiment.status).in_(OPEN_EXPERIMENT_STATUS_VALUES))
     if ids is not None:
         if not ids:
             return []

@@ -21,6 +21,7 @@ class RunStatus(StrEnum):
 
 
 FINAL_RUN_STATUSES = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled})
+FINAL_RUN_STATUS_VALUES = tuple(sorted(s.value for s in FINAL_RUN_STATUSES))  # as stored, for SQL
 
 # The happy path, in order; any live state may also go to failed or cancelled.
 RUN_PATH = (
@@ -83,6 +84,11 @@ class ExperimentStatus(StrEnum):
     finished = "finished"
     cancelled = "cancelled"
 
+
+# An open experiment has seeds to come; an ended one has none, until seeds are added.
+OPEN_EXPERIMENT_STATUSES = (ExperimentStatus.queued, ExperimentStatus.running)
+OPEN_EXPERIMENT_STATUS_VALUES = tuple(s.value for s in OPEN_EXPERIMENT_STATUSES)  # as stored, for SQL
+ENDED_EXPERIMENT_STATUSES = (ExperimentStatus.finished, ExperimentStatus.cancelled)
 
 # Every move an experiment makes: it runs once a seed leaves the queue, ends finished or
 # cancelled when all its runs have ended, and a finished one runs again when seeds are added.

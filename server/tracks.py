@@ -13,8 +13,8 @@ from server.eligibility import MAX_TRAIN_SECONDS, RECORD_GPU_COUNT
 RECORD_TRACK = "track_10min_16mb"
 NON_RECORD_TRACK = "track_non_record_16mb"
 TRACKS = (RECORD_TRACK, NON_RECORD_TRACK)
-# A participant's script runs with this cap unless its env sets MAX_WALLCLOCK_SECONDS.
-SCRIPT_DEFAULT_WALLCLOCK_S = 600.0
+# A participant's script runs with the rules' training cap unless its env sets MAX_WALLCLOCK_SECONDS.
+SCRIPT_DEFAULT_WALLCLOCK_S = MAX_TRAIN_SECONDS
 
 
 def from_folder(parent_name: str) -> str:

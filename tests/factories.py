@@ -7,16 +7,20 @@ the write lock, so an open one would block the API under test. Use a session wit
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session
 
+from server import tracks
+from server.experiments import finalize_experiment
 from server.models import Experiment, LogChunk, Pod, Run, RunEvent
 
 RECORD_GPU = "NVIDIA H100 80GB HBM3"
 SP1024_VAL_TOKENS = 62_021_632
 # val_loss / val_bpb of the runs made here: ln 2 × bytes per token, roughly sp1024's (2.44).
 LOSS_PER_BPB = 1.69
+POD_START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # when a finished experiment's priced pods began
 
 
 def make_experiment(
@@ -70,6 +74,29 @@ def make_scored_run(session: Session, experiment: Experiment, *, seed: int, val_
         "reasons": [],
     }
     return make_run(session, experiment, seed=seed, status=status, **(measured | fields))
+
+
+def make_finished_experiment(session: Session, scores: Sequence[float], *,
+                             cost_per_hour: float | None = None,
+                             run_fields: dict[str, Any] | None = None, **fields: Any) -> Experiment:
+    """An experiment whose seeds 1..n all succeeded with `scores` (val_bpb), finalized for
+    real, on the track a submission of its preset gets (the tiny preset has no training cap:
+    non-record). `fields` go to make_experiment, `run_fields` to every make_scored_run; with
+    `cost_per_hour`, each seed had a pod at that price for one hour from POD_START."""
+    seeds = list(range(1, len(scores) + 1))
+    fields.setdefault("track", tracks.from_limits(
+        kind="trainer", preset=fields.get("preset", "baseline"), config=fields.get("config") or {},
+        env={}, gpu_count=None))
+    experiment = make_experiment(session, seeds=seeds, **fields)
+    for seed, score in zip(seeds, scores, strict=True):
+        run = make_scored_run(session, experiment, seed=seed, val_bpb=score, **(run_fields or {}))
+        if cost_per_hour is not None:
+            make_pod(session, run, cost_per_hour=cost_per_hour, created_at=POD_START,
+                     terminated_at=POD_START + timedelta(hours=1))
+    assert experiment.id is not None and finalize_experiment(session, experiment.id)
+    session.refresh(experiment)
+    session.commit()  # ends the read: on SQLite an open transaction holds the write lock
+    return experiment
 
 
 def make_log(session: Session, run: Run, chunks: Sequence[str]) -> list[LogChunk]:

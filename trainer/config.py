@@ -13,7 +13,7 @@ import dataclasses
 import json
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,7 @@ MICRO_BATCHES = 8
 
 
 def _check_shapes(c: Any) -> None:
-    """The schema's cross-field rules (the server checks the same list at submit time)."""
+    """The schema's cross-field rules (the server checks them too, at submit time)."""
     problems = [rule_message(failure, env_name) for failure in failed_rules(c.as_dict())]
     if problems:
         raise ConfigError("; ".join(problems))
@@ -224,9 +224,8 @@ def _check_shapes(c: Any) -> None:
 
 # ======================================================================================
 # Rules: `schema.json` "rules" are Python-like boolean expressions over the fields and
-# the "derived" names; server/presets.py evaluates the same list with its own copy of
-# this small evaluator (the server does not import the trainer), and a test checks that
-# both refuse the same configs.
+# the "derived" names. This is their one evaluator: the server imports it to refuse at
+# submit time what the trainer would refuse (server/presets.py: check_combination).
 # ======================================================================================
 
 _BINARY = {
@@ -302,8 +301,9 @@ def failed_rules(values: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[s
     return failed
 
 
-def rule_message(failure: tuple[dict[str, Any], dict[str, Any]], label) -> str:
-    """The rule's message with `{field}` as `LABEL=value` and `{derived}` as its value."""
+def rule_message(failure: tuple[dict[str, Any], dict[str, Any]], label: Callable[[str], str]) -> str:
+    """The rule's message with `{field}` as `label(field)=value` (the trainer's env_name:
+    `NUM_HEADS=8`; the server's field name: `num_heads=8`) and `{derived}` as its value."""
     rule, names = failure
 
     def render(match: re.Match[str]) -> str:

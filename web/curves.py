@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from sqlmodel import Session
 
 from server import logs
+from trainer import contract
 from web.downloads import run_file
 
 NUMBER = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
@@ -30,9 +31,8 @@ FINAL = re.compile(r"^final_\S+ .*?\bval_loss:" + NUMBER + r"(?:.*?\bval_bpb:" +
 Points = list[tuple[int, float]]  # (step, loss in nats per token, or val_bpb in bits per byte)
 CURVES = ("train", "val", "final", "val_bpb", "final_bpb")
 
-METRICS_FILE = "metrics.jsonl"  # the trainer's events (trainer/contract.py METRICS)
-# metrics.jsonl event names (trainer/contract.py EVENT_TRAIN_STEP, EVENT_VAL, EVENT_FINAL)
-TRAIN_EVENT, VAL_EVENT, FINAL_EVENT = "train_step", "val", "final"
+METRICS_FILE = contract.METRICS  # the trainer's events, one JSON object a line
+TRAIN_EVENT, VAL_EVENT, FINAL_EVENT = contract.EVENT_TRAIN_STEP, contract.EVENT_VAL, contract.EVENT_FINAL
 LOG_SCAN_BYTES = 8 * 1024 * 1024
 
 

@@ -5,10 +5,12 @@ from pathlib import Path
 from typing import Any
 
 from server.config import get_settings
+from trainer import contract
 
-RESULTS_FILE = "results.json"
-# The trainer's default artifact name (trainer/contract.py ARTIFACT); results.json may name another.
-DEFAULT_ARTIFACT = "final_model.int8.ptz"
+# The names the trainer writes and the worker keeps (a shared trainer module,
+# docs/architecture.md); results.json may name another artifact.
+RESULTS_FILE = contract.RESULTS
+DEFAULT_ARTIFACT = contract.ARTIFACT
 
 
 def artifact_name(results: dict[str, Any] | None) -> str:
@@ -28,5 +30,5 @@ def run_file(run_id: int, name: str) -> Path | None:
 
 def available(run_id: int, results: dict[str, Any] | None) -> dict[str, str]:
     """Download label -> file name, for the run's files that exist."""
-    files = {"results.json": RESULTS_FILE, "artifact": artifact_name(results)}
+    files = {RESULTS_FILE: RESULTS_FILE, "artifact": artifact_name(results)}
     return {label: name for label, name in files.items() if run_file(run_id, name) is not None}

@@ -49,7 +49,7 @@ from server.experiments import RunEventPublic, RunPublic
 from server.leaderboard import TRACK_LABELS, Track
 from server.reference import reference_bpb
 from server.runs import get_run
-from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
+from server.states import ENDED_EXPERIMENT_STATUSES, FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
 from web import csrf, downloads, experiment_view, overlay, signin, submission
 from web import reproduce as reproduce_pages
 from web.board import (
@@ -71,7 +71,6 @@ log = logging.getLogger(__name__)
 
 LOG_TAIL_BYTES = 64 * 1024  # of train.log shown on the run page; the rest is a download away
 STATIC_FILES = frozenset(path.name for path in STATIC_DIR.iterdir() if path.is_file())
-ENDED_EXPERIMENT_STATUSES = (ExperimentStatus.finished, ExperimentStatus.cancelled)
 
 Page = Annotated[int, Query(ge=1, le=MAX_ID)]
 PerPage = Annotated[int, Query(ge=1, le=MAX_PER_PAGE)]

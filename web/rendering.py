@@ -11,7 +11,13 @@ from pathlib import Path
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from server.eligibility import MAX_BYTES_TOTAL
+from server.eligibility import (
+    MAX_BYTES_TOTAL,
+    MAX_EVAL_SECONDS,
+    MAX_TRAIN_SECONDS,
+    RECORD_GPU_COUNT,
+    RECORD_GPU_NAME,
+)
 
 WEB_DIR = Path(__file__).parent
 STATIC_DIR = WEB_DIR / "static"
@@ -70,4 +76,7 @@ def timestamp(value: datetime | None) -> Markup | str:
 
 templates.env.filters.update(score=score, count=count, seconds=seconds, duration=duration,
                              timestamp=timestamp, dollars=dollars)
-templates.env.globals.update(MAX_BYTES_TOTAL=MAX_BYTES_TOTAL)
+# The challenge's limits, for the pages that state them (their owner: server/eligibility.py).
+templates.env.globals.update(MAX_BYTES_TOTAL=MAX_BYTES_TOTAL, MAX_TRAIN_SECONDS=MAX_TRAIN_SECONDS,
+                             MAX_EVAL_SECONDS=MAX_EVAL_SECONDS, RECORD_GPU_COUNT=RECORD_GPU_COUNT,
+                             RECORD_GPU_NAME=RECORD_GPU_NAME)

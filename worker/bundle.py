@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import trainer.contract as contract
-from server.eligibility import MAX_EVAL_SECONDS
+from server.eligibility import MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
 from server.models import Experiment, Run
 from server.policies import arm_changes
 
 # Training cap used when neither the config, the preset nor the schema says otherwise (s).
-DEFAULT_WALLCLOCK_S = 600.0
+DEFAULT_WALLCLOCK_S = MAX_TRAIN_SECONDS
 
 
 @dataclass(frozen=True)

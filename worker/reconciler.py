@@ -18,13 +18,17 @@ from server import notify
 from server.errors import InvalidTransition
 from server.models import Experiment, Pod, Run, as_utc, utcnow
 from server.pods import move_pod
-from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUS_VALUES, ExperimentStatus, PodStatus
+from server.states import (
+    FINAL_RUN_STATUS_VALUES,
+    LIVE_POD_STATUS_VALUES,
+    OPEN_EXPERIMENT_STATUS_VALUES,
+    PodStatus,
+)
 from worker.director import RunDirector
 from worker.providers import ListedPod, Provider, get_provider
 
 log = logging.getLogger(__name__)
 
-_FINAL = [s.value for s in FINAL_RUN_STATUSES]
 # Providers whose pods are rented and can be listed; each is asked once per pass.
 RENTING_PROVIDERS = ("runpod",)
 # Listed statuses of pods that no longer exist (nothing to end, nothing billed).
@@ -51,7 +55,7 @@ def wake_due_runs(director: RunDirector, *, enqueue: Callable[[int], object]) ->
     hold = now + timedelta(seconds=max(30.0, 6 * settings.reconcile_interval_s))
     table = Run.__table__  # type: ignore[attr-defined]
     due = (
-        table.c.status.notin_(_FINAL),
+        table.c.status.notin_(FINAL_RUN_STATUS_VALUES),
         or_(table.c.next_check_at.is_(None), table.c.next_check_at <= now),
         or_(table.c.lease_owner.is_(None), table.c.lease_expires_at < now),
     )
@@ -71,7 +75,7 @@ def wake_due_runs(director: RunDirector, *, enqueue: Callable[[int], object]) ->
 def release_stray_pods(director: RunDirector) -> None:
     with Session(director.engine) as session:
         query = select(Pod).join(Run, col(Pod.run_id) == Run.id).where(
-            col(Pod.status).in_(LIVE_POD_STATUS_VALUES), col(Run.status).in_(_FINAL))
+            col(Pod.status).in_(LIVE_POD_STATUS_VALUES), col(Run.status).in_(FINAL_RUN_STATUS_VALUES))
         waiting = _waiting_experiments(session)
         run_ids = sorted({p.run_id for p in session.exec(query).all()
                           if p.run_id is not None and not _handed_over(p, waiting)})
@@ -105,7 +109,7 @@ def _end_pods(director: RunDirector, provider: Provider, listed: list[ListedPod]
     with Session(director.engine) as session:
         rows = list(session.exec(select(Pod).where(Pod.provider == provider.name,
                                                    col(Pod.status).in_(LIVE_POD_STATUS_VALUES))).all())
-        live_runs = set(session.exec(select(Run.id).where(col(Run.status).notin_(_FINAL))).all())
+        live_runs = set(session.exec(select(Run.id).where(col(Run.status).notin_(FINAL_RUN_STATUS_VALUES))).all())
         waiting = _waiting_experiments(session)
     now = utcnow()
     expected = {}
@@ -142,7 +146,7 @@ def _stop_reason(why: str, rows: list[Pod], live_runs: set[int | None], now: dat
 
 def _waiting_experiments(session: Session) -> set[int]:
     """Experiments with a live seed that has not asked to be cancelled."""
-    query = select(Run.experiment_id).where(col(Run.status).notin_(_FINAL), col(Run.cancel_requested).is_(False))
+    query = select(Run.experiment_id).where(col(Run.status).notin_(FINAL_RUN_STATUS_VALUES), col(Run.cancel_requested).is_(False))
     return set(session.exec(query).all())
 
 
@@ -175,11 +179,10 @@ def _terminate(director: RunDirector, provider: Provider, external_id: str) -> b
 
 
 def finalize_ended_experiments(director: RunDirector) -> None:
-    open_statuses = [ExperimentStatus.queued.value, ExperimentStatus.running.value]
     with Session(director.engine) as session:
-        live = select(Run.experiment_id).where(col(Run.status).notin_(_FINAL))
+        live = select(Run.experiment_id).where(col(Run.status).notin_(FINAL_RUN_STATUS_VALUES))
         has_runs = select(Run.experiment_id)
-        query = select(Experiment.id).where(col(Experiment.status).in_(open_statuses),
+        query = select(Experiment.id).where(col(Experiment.status).in_(OPEN_EXPERIMENT_STATUS_VALUES),
                                             col(Experiment.id).in_(has_runs),
                                             col(Experiment.id).notin_(live))
         experiment_ids = list(session.exec(query).all())

@@ -17,8 +17,8 @@ from server.eligibility import MAX_EVAL_SECONDS
 from server.models import Experiment, ExperimentFile, Run
 from server.policies import arm_changes
 from server.scripts import ARTIFACT_PREFIX, ENTRYPOINT, REQUIREMENTS
+from server.tracks import SCRIPT_DEFAULT_WALLCLOCK_S
 
-DEFAULT_WALLCLOCK_S = 600.0  # MAX_WALLCLOCK_SECONDS unless the experiment's env sets it
 SETUP_DEADLINE_S = 900.0  # `pip install -r requirements.txt` may take this long
 # Community scripts write the raw model (final_model.pt) and the compressed submission
 # (final_model.int8.ptz, .int6.ptz, ...); the compressed one is the artifact.
@@ -60,7 +60,7 @@ def env_digest(experiment: Experiment, arm: str) -> str:
 
 
 def _arm_settings(experiment: Experiment, arm: str) -> dict[str, str]:
-    return {"MAX_WALLCLOCK_SECONDS": f"{DEFAULT_WALLCLOCK_S:g}", **arm_env(experiment, arm)}
+    return {"MAX_WALLCLOCK_SECONDS": f"{SCRIPT_DEFAULT_WALLCLOCK_S:g}", **arm_env(experiment, arm)}
 
 
 def torchrun_argv(python: str, gpu_count: int | None) -> list[str]:
@@ -71,13 +71,13 @@ def torchrun_argv(python: str, gpu_count: int | None) -> list[str]:
 
 def deadline_s(experiment: Experiment, *, grace_s: float, requirements: bool, arm: str = "") -> float:
     """Seconds the script may live: its training cap + the eval cap + grace (+ pip's time)."""
-    raw = arm_env(experiment, arm).get("MAX_WALLCLOCK_SECONDS", str(DEFAULT_WALLCLOCK_S))
+    raw = arm_env(experiment, arm).get("MAX_WALLCLOCK_SECONDS", str(SCRIPT_DEFAULT_WALLCLOCK_S))
     try:
         wallclock = float(raw)
     except ValueError:
         raise ValueError(f"env.MAX_WALLCLOCK_SECONDS {raw!r} is not a number") from None
     if not wallclock > 0 or wallclock > 86_400:  # 0 (no cap), nan, negative: the pod still needs one
-        wallclock = DEFAULT_WALLCLOCK_S
+        wallclock = SCRIPT_DEFAULT_WALLCLOCK_S
     return wallclock + MAX_EVAL_SECONDS + grace_s + (SETUP_DEADLINE_S if requirements else 0.0)
 
 

@@ -11,8 +11,7 @@ from sqlmodel import Session, select
 
 from server.models import LogChunk
 from tests.faults.conftest import new_ssh_run, wait_run
-from tests.worker.conftest import ACCOUNT_KEY
-from tests.worker.runpod_standin import RunPodStandIn
+from tests.worker.runpod_standin import ACCOUNT_KEY, RunPodStandIn
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.sshd, pytest.mark.slow]
 ENDED = ("succeeded", "failed", "cancelled")

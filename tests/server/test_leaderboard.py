@@ -2,7 +2,6 @@
 
 import math
 import statistics
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,41 +10,17 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from server import tracks
 from server.experiments import finalize_experiment
 from server.leaderboard import LeaderboardOrder, read_leaderboard
-from server.models import Experiment
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 from tests.factories import (
     LOSS_PER_BPB,
     make_experiment,
-    make_pod,
+    make_finished_experiment,
     make_rerun,
     make_run,
     make_scored_run,
 )
-
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def finished(session: Session, name: str, scores: list[float], *, author: str = "ada",
-             provider: str = "local", preset: str = "baseline", reference_bpb: float = 2.0,
-             cost_per_hour: float | None = None, **run_fields: Any) -> Experiment:
-    """An experiment whose seeds all succeeded with `scores`, finalized for real; with
-    `cost_per_hour`, each seed had a pod at that price for one hour."""
-    seeds = list(range(1, len(scores) + 1))
-    # Its track as a submission gets it (the tiny preset has no training cap: non-record).
-    track = tracks.from_limits(kind="trainer", preset=preset, config={}, env={}, gpu_count=None)
-    experiment = make_experiment(session, name=name, author=author, provider=provider,
-                                 preset=preset, seeds=seeds, reference_bpb=reference_bpb,
-                                 track=track)
-    for seed, score in zip(seeds, scores, strict=True):
-        run = make_scored_run(session, experiment, seed=seed, val_bpb=score, **run_fields)
-        if cost_per_hour is not None:
-            make_pod(session, run, cost_per_hour=cost_per_hour, created_at=T0,
-                     terminated_at=T0 + timedelta(hours=1))
-    assert finalize_experiment(session, experiment.id)
-    return experiment
 
 
 def board(client: TestClient, **params: Any) -> dict[str, Any]:
@@ -55,9 +30,9 @@ def board(client: TestClient, **params: Any) -> dict[str, Any]:
 
 
 def test_ranked_by_mean_val_bpb_with_unscored_last(client: TestClient, session: Session) -> None:
-    middle = finished(session, "middle", [1.22, 1.23, 1.24])
-    best = finished(session, "best", [1.10, 1.12, 1.11])
-    worst = finished(session, "worst", [1.30, 1.31, 1.29])
+    middle = make_finished_experiment(session, [1.22, 1.23, 1.24], name="middle")
+    best = make_finished_experiment(session, [1.10, 1.12, 1.11], name="best")
+    worst = make_finished_experiment(session, [1.30, 1.31, 1.29], name="worst")
     unscored = make_experiment(session, name="unscored", seeds=[1])
     make_run(session, unscored, seed=1, status="failed", reason="trainer exited with code 1")
     finalize_experiment(session, unscored.id)
@@ -116,9 +91,10 @@ def test_entry_numbers_and_seed_rows(client: TestClient, session: Session) -> No
 
 
 def test_filters(client: TestClient, session: Session) -> None:
-    finished(session, "eligible", [1.2, 1.21, 1.19], author="ada", provider="ssh")
-    finished(session, "two seeds", [1.1, 1.1], author="bob")
-    finished(session, "tiny", [1.5, 1.51, 1.49], author="ada", preset="tiny")
+    make_finished_experiment(session, [1.2, 1.21, 1.19], name="eligible", author="ada",
+                             provider="ssh")
+    make_finished_experiment(session, [1.1, 1.1], name="two seeds", author="bob")
+    make_finished_experiment(session, [1.5, 1.51, 1.49], name="tiny", author="ada", preset="tiny")
 
     def names(**params: Any) -> list[str]:
         return [e["name"] for e in board(client, **params)["data"]]
@@ -135,7 +111,7 @@ def test_filters(client: TestClient, session: Session) -> None:
 
 def test_pages_keep_ranks_and_count(client: TestClient, session: Session) -> None:
     for index in range(5):
-        finished(session, f"e{index}", [1.0 + index / 10] * 3)
+        make_finished_experiment(session, [1.0 + index / 10] * 3, name=f"e{index}")
 
     first = board(client, limit=2)
     second = board(client, limit=2, offset=2)
@@ -149,7 +125,7 @@ def test_pages_keep_ranks_and_count(client: TestClient, session: Session) -> Non
 
 def test_an_offset_past_the_last_match_is_404(client: TestClient, session: Session) -> None:
     for index in range(3):
-        finished(session, f"e{index}", [1.0 + index / 10] * 3)
+        make_finished_experiment(session, [1.0 + index / 10] * 3, name=f"e{index}")
 
     assert board(client, limit=2, offset=2)["count"] == 3
     response = client.get("/api/leaderboard", params={"limit": 2, "offset": 3})
@@ -162,9 +138,9 @@ def test_an_offset_past_the_last_match_is_404(client: TestClient, session: Sessi
 
 def test_each_track_ranks_on_its_own_board(client: TestClient, session: Session) -> None:
     """A two-hour run scores better than a 10-minute record; it ranks on its own track."""
-    finished(session, "ten minutes", [1.12, 1.12, 1.13])
-    finished(session, "second", [1.20, 1.21, 1.19])
-    long_run = finished(session, "two hours", [1.00, 1.01, 1.00])
+    make_finished_experiment(session, [1.12, 1.12, 1.13], name="ten minutes")
+    make_finished_experiment(session, [1.20, 1.21, 1.19], name="second")
+    long_run = make_finished_experiment(session, [1.00, 1.01, 1.00], name="two hours")
     long_run.track = NON_RECORD_TRACK
     session.add(long_run)
     session.commit()
@@ -184,8 +160,8 @@ def test_each_track_ranks_on_its_own_board(client: TestClient, session: Session)
 
 def test_a_filter_hides_rows_and_never_renumbers(client: TestClient, session: Session) -> None:
     for index, author in enumerate(["ada", "bob", "ada", "cy", "dexhunter", "dexhunter"]):
-        finished(session, f"e{index}", [1.1 + index / 100] * 3, author=author,
-                 provider="ssh" if index == 2 else "local")
+        make_finished_experiment(session, [1.1 + index / 100] * 3, name=f"e{index}", author=author,
+                                 provider="ssh" if index == 2 else "local")
 
     def ranks(**params: Any) -> dict[str, int]:
         return {e["name"]: e["rank"] for e in board(client, **params)["data"]}
@@ -202,7 +178,7 @@ def test_the_default_board_is_verified_scored_experiments(
     """A participant's script that prints its own val_bpb, or an import, is not on the default
     board, nor is an experiment none of whose seeds succeeded. The board of every score ranks
     them (marked); the unscored are listed when asked for, unranked."""
-    measured = finished(session, "measured", [1.20, 1.21, 1.19])
+    measured = make_finished_experiment(session, [1.20, 1.21, 1.19], name="measured")
     printed = make_experiment(session, name="prints 0.0001", kind="script", seeds=[1, 2, 3])
     imported = make_experiment(session, name="imported", kind="script", provider="import",
                                preset="import", seeds=[1, 2, 3])
@@ -239,14 +215,17 @@ def test_the_default_board_is_verified_scored_experiments(
 def sorting_board(session: Session) -> None:
     """Five experiments whose columns each put them in a different order."""
     # Δ nats: (1.20 − 1.30) vs (1.10 − 1.13) vs (1.25 − 2.0): not the order of the means.
-    finished(session, "Alpha", [1.20, 1.21, 1.19], author="zoe", reference_bpb=1.30,
-             bytes_total=15_000_000, train_time_s=590.0, eval_time_s=100.0, cost_per_hour=10.0)
-    finished(session, "bravo", [1.10, 1.12, 1.11], author="Yann", reference_bpb=1.13,
-             bytes_total=15_900_000, train_time_s=599.0, eval_time_s=90.0, cost_per_hour=2.0)
-    finished(session, "charlie", [1.25, 1.26], author="xena", bytes_total=14_000_000,
-             train_time_s=598.0, eval_time_s=130.0)
-    finished(session, "Delta", [1.15, 1.40, 1.15, 1.30], author="wes", reference_bpb=1.26,
-             bytes_total=15_500_000, train_time_s=500.0, eval_time_s=95.0, cost_per_hour=1.0)
+    make_finished_experiment(session, [1.20, 1.21, 1.19], name="Alpha", author="zoe",
+                             reference_bpb=1.30, cost_per_hour=10.0,
+                             run_fields={"bytes_total": 15_000_000, "train_time_s": 590.0, "eval_time_s": 100.0})
+    make_finished_experiment(session, [1.10, 1.12, 1.11], name="bravo", author="Yann",
+                             reference_bpb=1.13, cost_per_hour=2.0,
+                             run_fields={"bytes_total": 15_900_000, "train_time_s": 599.0, "eval_time_s": 90.0})
+    make_finished_experiment(session, [1.25, 1.26], name="charlie", author="xena",
+                             run_fields={"bytes_total": 14_000_000, "train_time_s": 598.0, "eval_time_s": 130.0})
+    make_finished_experiment(session, [1.15, 1.40, 1.15, 1.30], name="Delta", author="wes",
+                             reference_bpb=1.26, cost_per_hour=1.0,
+                             run_fields={"bytes_total": 15_500_000, "train_time_s": 500.0, "eval_time_s": 95.0})
     crashed = make_experiment(session, name="echo", author="vic", seeds=[1])
     make_run(session, crashed, seed=1, status="failed", reason="trainer exited with code 1")
     finalize_experiment(session, crashed.id)
@@ -322,13 +301,14 @@ def stored_test(delta: float, p: float, reference: dict[str, Any], **more: Any) 
 def test_every_delta_and_p_says_what_it_is_against(client: TestClient, session: Session) -> None:
     """Δ and p on the board are the stored test's, with what it was against: the record's
     name, score and date, or the reference chosen at submission."""
-    standing = finished(session, "SP8192 QK5", [1.0856, 1.0857, 1.0855])
+    standing = make_finished_experiment(session, [1.0856, 1.0857, 1.0855], name="SP8192 QK5")
     record = {"kind": "record", "experiment_id": standing.id, "name": "SP8192 QK5",
               "val_bpb": 1.0856, "date": "2026-04-06", "track": RECORD_TRACK,
               "source": "the standing record of the track at 2026-04-20"}
-    plain = finished(session, "plain", [1.0820, 1.0822, 1.0821])
-    chose = finished(session, "chose its own", [1.0830, 1.0831, 1.0829])
-    legacy = finished(session, "legacy", [1.20, 1.21, 1.19], reference_bpb=1.30)
+    plain = make_finished_experiment(session, [1.0820, 1.0822, 1.0821], name="plain")
+    chose = make_finished_experiment(session, [1.0830, 1.0831, 1.0829], name="chose its own")
+    legacy = make_finished_experiment(session, [1.20, 1.21, 1.19], name="legacy",
+                                      reference_bpb=1.30)
     plain.stats = stored_test(-0.0073, 0.002, record)
     # As stored before tests kept their delta and units.
     legacy.stats = {"test": "one-sided one-sample t-test", "p": 0.001,
@@ -391,19 +371,19 @@ def test_a_page_costs_the_same_queries_however_many_experiments(
             event.remove(engine, "before_cursor_execute", count)
         return sum(1 for s in seen if s.lstrip().upper().startswith("SELECT"))
 
-    finished(session, "one", [1.2, 1.2, 1.2])
+    make_finished_experiment(session, [1.2, 1.2, 1.2], name="one")
     few = statements_for_page()
     for index in range(6):
-        finished(session, f"more{index}", [1.3] * 4)
+        make_finished_experiment(session, [1.3] * 4, name=f"more{index}")
     many = statements_for_page()
 
     assert few == many == 5  # count, page, runs, pod costs and re-runs of the page
 
 
 def test_each_entry_carries_its_newest_reruns_verdict(client: TestClient, session: Session) -> None:
-    held = finished(session, "held", [1.10, 1.11, 1.12])
-    fell = finished(session, "fell", [1.13, 1.14, 1.15])
-    never = finished(session, "never", [1.16, 1.17, 1.18])
+    held = make_finished_experiment(session, [1.10, 1.11, 1.12], name="held")
+    fell = make_finished_experiment(session, [1.13, 1.14, 1.15], name="fell")
+    never = make_finished_experiment(session, [1.16, 1.17, 1.18], name="never")
     make_rerun(session, held, [1.1000, 1.1001, 1.1002], [1.2000, 1.2001, 1.2002])
     newest = make_rerun(session, held, [1.1000, 1.1001, 1.1002], [1.1000, 1.1002, 1.1001])
     worse = make_rerun(session, fell, [1.1300, 1.1301, 1.1302], [1.2300, 1.2301, 1.2302])

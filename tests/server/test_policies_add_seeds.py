@@ -10,19 +10,12 @@ from sqlmodel import Session, col, select
 from server.auth import Role, create_token
 from server.experiments import add_seeds, finalize_experiment
 from server.main import create_app
-from server.models import Experiment, Run
-from tests.factories import make_experiment, make_run, make_scored_run
+from server.models import Run
+from tests.factories import make_experiment, make_finished_experiment, make_run
 from tests.server.broker import queued_tasks
 
 WIDE = {"name": "wide", "config": {"model_dim": 640}}
-
-
-def finished(session: Session, **fields: object) -> Experiment:
-    experiment = make_experiment(session, seeds=[1, 2, 3], **fields)
-    for seed in (1, 2, 3):
-        make_scored_run(session, experiment, seed=seed, val_bpb=1.2 + seed / 100)
-    assert finalize_experiment(session, experiment.id)
-    return experiment
+SCORES = [1.21, 1.22, 1.23]  # val_bpb of a finished experiment's three seeds
 
 
 def runs_of(session: Session, experiment_id: int) -> list[Run]:
@@ -35,7 +28,7 @@ def runs_of(session: Session, experiment_id: int) -> list[Run]:
 
 def test_new_seeds_reopen_a_finished_experiment(session: Session, client: TestClient,
                                                 data_dir: Path) -> None:
-    experiment_id = finished(session, variants=[WIDE]).id
+    experiment_id = make_finished_experiment(session, SCORES, variants=[WIDE]).id
     assert experiment_id is not None
 
     response = client.post(f"/api/experiments/{experiment_id}/seeds", json={"seeds": [9, 4]})
@@ -80,7 +73,7 @@ def test_a_running_experiment_just_gets_the_runs(session: Session) -> None:
 ])
 def test_bad_seeds_are_422_naming_seeds_and_change_nothing(
         session: Session, client: TestClient, seeds: list[object], message: str) -> None:
-    experiment_id = finished(session).id
+    experiment_id = make_finished_experiment(session, SCORES).id
     assert experiment_id is not None
 
     response = client.post(f"/api/experiments/{experiment_id}/seeds", json={"seeds": seeds})
@@ -93,7 +86,7 @@ def test_bad_seeds_are_422_naming_seeds_and_change_nothing(
 
 
 def test_the_service_names_seeds_in_its_error(session: Session) -> None:
-    experiment_id = finished(session).id
+    experiment_id = make_finished_experiment(session, SCORES).id
     assert experiment_id is not None
     with pytest.raises(ValueError, match=r"^seeds\.0: "):
         add_seeds(session, experiment_id, [-3])
@@ -125,7 +118,7 @@ def test_seeds_are_refused_while_a_cancel_is_under_way(session: Session, client:
 
 
 def test_only_the_owner_or_an_admin_adds_seeds(session: Session, settings_env: None) -> None:
-    experiment = finished(session, owner="grace")
+    experiment = make_finished_experiment(session, SCORES, owner="grace")
     _, grace = create_token(session, name="grace", role=Role.member)
     _, linus = create_token(session, name="linus", role=Role.member)
     url = f"/api/experiments/{experiment.id}/seeds"

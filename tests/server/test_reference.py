@@ -12,23 +12,12 @@ from sqlmodel import Session
 
 from server import reference
 from server.config import get_settings
-from server.experiments import finalize_experiment
 from server.models import Experiment
-from tests.factories import LOSS_PER_BPB, make_experiment, make_scored_run
+from tests.factories import LOSS_PER_BPB, make_finished_experiment
 
 SEEDS = [1.20576485, 1.20617460, 1.20715923]  # a published three-seed result
 RECORD = 1.2193657 + 0.005 / math.log(2)
 T0 = datetime(2026, 3, 20, tzinfo=UTC)
-
-
-def finished(session: Session, scores: list[float], **fields: object) -> Experiment:
-    experiment = make_experiment(session, seeds=list(range(len(scores))), **fields)
-    for seed, score in enumerate(scores):
-        make_scored_run(session, experiment, seed=seed, val_bpb=score)
-    assert experiment.id is not None and finalize_experiment(session, experiment.id)
-    session.refresh(experiment)
-    session.commit()
-    return experiment
 
 
 @pytest.fixture
@@ -41,7 +30,7 @@ def record(settings_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 
 def test_without_an_eligible_experiment_the_standing_record_is_the_reference(
         record: None, session: Session) -> None:
-    experiment = finished(session, SEEDS, reference_bpb=None)
+    experiment = make_finished_experiment(session, SEEDS, reference_bpb=None)
     stats = experiment.stats
     assert stats is not None and stats["reference"]["kind"] == "value"
     assert stats["reference"]["val_bpb"] == pytest.approx(RECORD)
@@ -56,8 +45,8 @@ def test_without_an_eligible_experiment_the_standing_record_is_the_reference(
 
 def test_by_default_the_best_earlier_eligible_experiment_is_the_reference(
         record: None, session: Session) -> None:
-    best = finished(session, SEEDS, reference_bpb=None)
-    same_again = finished(session, [s + 0.0001 for s in SEEDS], reference_bpb=None)
+    best = make_finished_experiment(session, SEEDS, reference_bpb=None)
+    same_again = make_finished_experiment(session, [s + 0.0001 for s in SEEDS], reference_bpb=None)
     stats = same_again.stats
     assert stats is not None
     assert stats["reference"] == {
@@ -77,9 +66,10 @@ def record_on(session: Session, day: int, scores: list[float], *, accepted: bool
               track: str = "track_10min_16mb", name: str = "") -> Experiment:
     """An imported record dated `day` days after T0, finished, as the challenge judged it."""
     when = T0 + timedelta(days=day)
-    return finished(session, scores, reference_bpb=None, name=name or f"day {day}",
-                    source={"key": f"{track}/day{day}"}, provider="import", accepted=accepted,
-                    track=track, record_date=when, created_at=when)
+    return make_finished_experiment(session, scores, reference_bpb=None, name=name or f"day {day}",
+                                    source={"key": f"{track}/day{day}"}, provider="import",
+                                    accepted=accepted, track=track, record_date=when,
+                                    created_at=when)
 
 
 def test_an_import_is_tested_against_the_best_accepted_record_before_it(session: Session) -> None:
@@ -111,8 +101,8 @@ def test_an_import_is_never_its_own_reference(session: Session) -> None:
 
 def test_a_chosen_reference_is_tested_but_eligibility_is_against_the_standing_record(
         record: None, session: Session) -> None:
-    finished(session, SEEDS, reference_bpb=None)  # the standing record, ~1.2064
-    mine = finished(session, [1.2100, 1.2101, 1.2099], reference_bpb=9.0)
+    make_finished_experiment(session, SEEDS, reference_bpb=None)  # the standing record, ~1.2064
+    mine = make_finished_experiment(session, [1.2100, 1.2101, 1.2099], reference_bpb=9.0)
     stats = mine.stats
     assert stats is not None
     assert stats["reference"] == {"kind": "value", "val_bpb": 9.0, "source": "chosen at submission"}
@@ -124,8 +114,9 @@ def test_a_chosen_reference_is_tested_but_eligibility_is_against_the_standing_re
 
 
 def test_a_chosen_experiment_is_the_reference(record: None, session: Session) -> None:
-    weak = finished(session, [1.30, 1.31, 1.29], reference_bpb=9.0)
-    better = finished(session, SEEDS, reference_bpb=None, reference_experiment_id=weak.id)
+    weak = make_finished_experiment(session, [1.30, 1.31, 1.29], reference_bpb=9.0)
+    better = make_finished_experiment(session, SEEDS, reference_bpb=None,
+                                      reference_experiment_id=weak.id)
     assert better.stats is not None and better.stats["reference"]["experiment_id"] == weak.id
     assert better.stats["reference"]["name"] == weak.name
     assert better.stats["p"] < 0.01 and better.eligible is True
@@ -140,7 +131,7 @@ def test_the_reference_is_validated_at_submission(client: TestClient) -> None:
 
 def test_the_leaderboard_shows_delta_nats_and_p(record: None, session: Session,
                                                 client: TestClient) -> None:
-    experiment = finished(session, SEEDS, reference_bpb=None)
+    experiment = make_finished_experiment(session, SEEDS, reference_bpb=None)
     (entry,) = client.get("/api/leaderboard").json()["data"]
     mean = sum(SEEDS) / 3
     # Nats per token of the experiment's validation set: Δbpb × ln 2 × bytes per token.

@@ -20,7 +20,12 @@ from server.statistics import (
     to_units,
     welch_test,
 )
-from tests.factories import make_experiment, make_scored_run
+from tests.factories import (
+    LOSS_PER_BPB,
+    make_experiment,
+    make_finished_experiment,
+    make_scored_run,
+)
 
 BPB_MARGIN = 0.005 / math.log(2)  # design.md: 0.005 nats = 0.005 / ln 2 bits, per byte
 
@@ -270,17 +275,9 @@ SEEDS = [1.20576485, 1.20617460, 1.20715923]
 RECORD = 1.2193657 + BPB_MARGIN  # reference whose threshold is the published 1.2193657 bpb
 
 
-def _finished(session: Session, scores: list[float], **fields: Any) -> Experiment:
-    experiment = make_experiment(session, seeds=list(range(len(scores))), **fields)
-    for seed, score in enumerate(scores):
-        make_scored_run(session, experiment, seed=seed, val_bpb=score, val_loss=score * 1.7)
-    assert finalize_experiment(session, experiment.id)
-    return experiment
-
-
 def test_the_api_gives_the_test_in_nats_per_token_by_default(session: Session,
                                                              client: TestClient) -> None:
-    experiment = _finished(session, SEEDS, reference_bpb=RECORD)
+    experiment = make_finished_experiment(session, SEEDS, reference_bpb=RECORD)
     url = f"/api/experiments/{experiment.id}/significance"
 
     tokens = client.get(url).json()
@@ -289,10 +286,10 @@ def test_the_api_gives_the_test_in_nats_per_token_by_default(session: Session,
 
     assert (tokens["units"], nats["units"], bits["units"]) == (
         "nats_per_token", "nats_per_byte", "bits_per_byte")
-    # val_loss = 1.7 × val_bpb in these runs: 1.7 / ln 2 bytes per token.
-    assert tokens["bytes_per_token"] == pytest.approx(1.7 / math.log(2))
-    assert tokens["threshold"] == pytest.approx(RECORD * 1.7 - 0.005)
-    assert tokens["mean"] == pytest.approx(_mean(SEEDS) * 1.7)
+    # val_loss = LOSS_PER_BPB × val_bpb in the factory's runs: LOSS_PER_BPB / ln 2 bytes per token.
+    assert tokens["bytes_per_token"] == pytest.approx(LOSS_PER_BPB / math.log(2))
+    assert tokens["threshold"] == pytest.approx(RECORD * LOSS_PER_BPB - 0.005)
+    assert tokens["mean"] == pytest.approx(_mean(SEEDS) * LOSS_PER_BPB)
     assert nats["threshold"] == pytest.approx(1.2193657 * math.log(2))
     assert nats["mean"] == pytest.approx(_mean(SEEDS) * math.log(2))
     assert nats["margin"] == tokens["margin"] == pytest.approx(0.005)
@@ -305,11 +302,13 @@ def test_the_api_gives_the_test_in_nats_per_token_by_default(session: Session,
 
 def test_per_token_compares_across_tokenizers_and_needs_val_loss(
         session: Session, client: TestClient) -> None:
-    weak = _finished(session, [1.30, 1.31, 1.29], reference_bpb=9.0)
-    other = _finished(session, [1.30, 1.31, 1.29], reference_bpb=9.0,
-                      config={"tokenizer_path": "./data/tokenizers/fineweb_8192_bpe.model"})
-    paired = _finished(session, SEEDS, reference_bpb=None, reference_experiment_id=weak.id)
-    across = _finished(session, SEEDS, reference_bpb=None, reference_experiment_id=other.id)
+    weak = make_finished_experiment(session, [1.30, 1.31, 1.29], reference_bpb=9.0)
+    other = make_finished_experiment(session, [1.30, 1.31, 1.29], reference_bpb=9.0,
+                                     config={"tokenizer_path": "./data/tokenizers/fineweb_8192_bpe.model"})
+    paired = make_finished_experiment(session, SEEDS, reference_bpb=None,
+                                      reference_experiment_id=weak.id)
+    across = make_finished_experiment(session, SEEDS, reference_bpb=None,
+                                      reference_experiment_id=other.id)
     no_loss = make_experiment(session, seeds=[0, 1, 2], reference_bpb=RECORD)
     for seed, score in enumerate(SEEDS):
         make_scored_run(session, no_loss, seed=seed, val_bpb=score, val_loss=None)
@@ -322,9 +321,9 @@ def test_per_token_compares_across_tokenizers_and_needs_val_loss(
     for experiment in (paired, across):
         ok = per_token(experiment).json()
         assert ok["units"] == "nats_per_token" and ok["margin"] == pytest.approx(0.005)
-        assert ok["mean"] == pytest.approx(_mean(SEEDS) * 1.7)
+        assert ok["mean"] == pytest.approx(_mean(SEEDS) * LOSS_PER_BPB)
         # The reference's val_bpb in the tested experiment's tokens.
-        assert ok["reference_mean"] == pytest.approx(1.30 * 1.7)
+        assert ok["reference_mean"] == pytest.approx(1.30 * LOSS_PER_BPB)
     response = per_token(no_loss)
     assert response.status_code == 422
     (problem,) = response.json()["detail"]

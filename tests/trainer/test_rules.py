@@ -1,10 +1,9 @@
-"""The schema's cross-field rules: the trainer and the server evaluate the same list and
-refuse exactly the same configs."""
+"""The schema's cross-field rules: one evaluator (trainer/config.py), which the trainer
+runs on every config and the server at submit time."""
 
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 
@@ -73,7 +72,7 @@ def test_every_rule_has_a_violation_here():
 
 
 @pytest.mark.parametrize("rule_id", sorted(VIOLATIONS))
-def test_each_rule_refuses_the_same_config_on_both_sides(rule_id, tmp_path):
+def test_each_rule_is_refused_by_the_trainer_and_at_submit(rule_id, tmp_path):
     overrides = VIOLATIONS[rule_id]
     values = {**presets.resolved_config("tiny", overrides)}
     assert [rule["id"] for rule, _ in failed_rules(values)] == [rule_id]
@@ -83,37 +82,6 @@ def test_each_rule_refuses_the_same_config_on_both_sides(rule_id, tmp_path):
     rule = next(r for r in RULES if r["id"] == rule_id)
     blamed = next(f for f in rule["fields"] if f in overrides)
     assert in_server == f"config.{blamed}: {lower_names(in_trainer)}"
-
-
-def test_random_combinations_get_the_same_verdict_on_both_sides(tmp_path):
-    rng = random.Random(3)
-    choices = {
-        "model_dim": [16, 32, 48, 60, 64, 72],
-        "num_heads": [1, 2, 3, 4, 8],
-        "num_kv_heads": [1, 2, 3, 4],
-        "num_layers": [1, 2, 4],
-        "rope_dims": [0, 2, 4, 6, 16, 32],
-        "xsa_last_n": [0, 1, 2, 5],
-        "train_seq_len": [16, 64, 128, 256],
-        "train_batch_tokens": [1024, 4096, 4000, 512],
-        "val_batch_size": [1024, 2048, 16384],
-        "eval_mode": ["standard", "sliding"],
-        "eval_seq_len": [0, 32, 256],
-        "eval_stride": [1, 64, 200],
-        "ttt_epochs": [0, 1],
-        "ttt_chunk_tokens": [16, 128, 512],
-        "bigram_buckets": [0, 1, 7],
-        "recur_layers": [0, 1, 2],
-        "recur_start": [0, 1, 3],
-        "parallel_last_n": [0, 1, 3],
-    }
-    refused = 0
-    for _ in range(250):
-        overrides = {k: rng.choice(v) for k, v in choices.items() if rng.random() < 0.35}
-        in_trainer, in_server = trainer_problem(overrides, tmp_path), server_problem(overrides)
-        assert (in_trainer is None) == (in_server is None), (overrides, in_trainer, in_server)
-        refused += in_trainer is not None
-    assert 50 < refused < 200  # both verdicts were exercised
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -135,17 +103,13 @@ def test_every_preset_passes_every_rule(preset, tmp_path):
         ("mode == 'sliding'", True),
     ],
 )
-def test_both_evaluators_agree_on_python_semantics(expression, value):
-    names = {"mode": "sliding"}
-    assert expression_value(expression, names) == value
-    assert presets.expression_value(expression, names) == value
+def test_the_evaluator_has_python_semantics(expression, value):
+    assert expression_value(expression, {"mode": "sliding"}) == value
 
 
-def test_other_syntax_is_refused_by_both():
+def test_other_syntax_is_refused():
     with pytest.raises(ConfigError, match="unsupported syntax"):
         expression_value("__import__('os')", {})
-    with pytest.raises(RuntimeError, match="unsupported syntax"):
-        presets.expression_value("__import__('os')", {})
 
 
 def test_micro_batches_of_the_rules_are_the_trainers():

@@ -11,10 +11,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from server import logstream, records
-from server.experiments import finalize_experiment
 from server.models import Experiment
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
-from tests.factories import make_experiment, make_log, make_run, make_scored_run
+from tests.factories import (
+    make_experiment,
+    make_finished_experiment,
+    make_log,
+    make_run,
+    make_scored_run,
+)
 from tests.web.live import LiveServer
 from tests.web.test_experiment_page import import_tree
 from tests.web.test_log_stream import append, line
@@ -55,19 +60,10 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def finished(session: Session, name: str, scores: list[float], **fields: object) -> Experiment:
-    experiment = make_experiment(session, name=name, seeds=list(range(1, len(scores) + 1)),
-                                 **fields)
-    for seed, score in enumerate(scores, start=1):
-        make_scored_run(session, experiment, seed=seed, val_bpb=score)
-    finalize_experiment(session, experiment.id)
-    return experiment
-
-
 def test_leaderboard_numbers_sort_and_pages(page: Page, session: Session) -> None:
     for index in range(27):  # more than one page of 25
-        finished(session, f"exp-{index:02d}", [1.3 - index * 0.001, 1.31 - index * 0.001,
-                                               1.305 - index * 0.001], author=f"a{index % 3}")
+        scores = [1.3 - index * 0.001, 1.31 - index * 0.001, 1.305 - index * 0.001]
+        make_finished_experiment(session, scores, name=f"exp-{index:02d}", author=f"a{index % 3}")
 
     page.goto("/")
     rows = page.locator("table.board > tbody.entry")
@@ -142,8 +138,8 @@ def test_submit_form_creates_an_experiment_and_shows_field_errors(page: Page, se
 
 
 def test_compare_page(page: Page, session: Session) -> None:
-    a = finished(session, "better", [1.2001, 1.2012, 1.1995])
-    b = finished(session, "older", [1.2301, 1.2322, 1.2289])
+    a = make_finished_experiment(session, [1.2001, 1.2012, 1.1995], name="better")
+    b = make_finished_experiment(session, [1.2301, 1.2322, 1.2289], name="older")
 
     page.goto(f"/experiments/{a.id}")
     page.fill("#compare-b", str(b.id))
@@ -241,8 +237,8 @@ def test_experiment_page_with_its_test_and_reference(page: Page, live_server: Li
                                                      session: Session, admin_token: str) -> None:
     page.context.add_cookies([{"name": "caddie_token", "value": admin_token,
                                "url": live_server.url}])
-    experiment = finished(session, "reference line", [1.20576485, 1.20617460, 1.20715923],
-                          reference_bpb=1.2266)
+    experiment = make_finished_experiment(session, [1.20576485, 1.20617460, 1.20715923],
+                                          name="reference line", reference_bpb=1.2266)
     page.goto(f"/experiments/{experiment.id}")
     assert page.locator("svg.seed-plot line.reference").count() == 2  # the plot's and the key's
     assert page.locator("dd.test-name").inner_text() == "one-sided one-sample t-test"
@@ -345,8 +341,8 @@ def test_compare_picks_experiments_and_overlays_their_curves(page: Page, session
 
 
 def test_track_switch_and_an_imports_page(page: Page, session: Session, tmp_path: Path) -> None:
-    finished(session, "ten minutes", [1.12, 1.12, 1.13])
-    finished(session, "two hours", [1.00, 1.01, 1.00], track=NON_RECORD_TRACK)
+    make_finished_experiment(session, [1.12, 1.12, 1.13], name="ten minutes")
+    make_finished_experiment(session, [1.00, 1.01, 1.00], name="two hours", track=NON_RECORD_TRACK)
     records.import_records(session, import_tree(tmp_path / "records"), reference_bpb=2.0)
 
     page.goto("/")

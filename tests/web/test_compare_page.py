@@ -5,26 +5,24 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from server.experiments import finalize_experiment
 from server.models import Experiment
 from server.statistics import welch_test
-from tests.factories import make_experiment, make_log, make_run, make_scored_run
+from tests.factories import (
+    make_experiment,
+    make_finished_experiment,
+    make_log,
+    make_run,
+    make_scored_run,
+)
 from tests.web.dom import fetch
 
 A_SCORES = [1.2001, 1.2012, 1.1995]
 B_SCORES = [1.2301, 1.2322, 1.2289, 1.2310]
 
 
-def finished(session: Session, name: str, scores: list[float]) -> Experiment:
-    experiment = make_experiment(session, name=name, seeds=list(range(1, len(scores) + 1)))
-    for seed, score in enumerate(scores, start=1):
-        make_scored_run(session, experiment, seed=seed, val_bpb=score)
-    finalize_experiment(session, experiment.id)
-    return experiment
-
-
 def test_api_compare_runs_welchs_test(client: TestClient, session: Session) -> None:
-    a, b = finished(session, "better", A_SCORES), finished(session, "older", B_SCORES)
+    a = make_finished_experiment(session, A_SCORES, name="better")
+    b = make_finished_experiment(session, B_SCORES, name="older")
 
     body = client.get(f"/api/compare?a={a.id}&b={b.id}").json()
 
@@ -39,7 +37,7 @@ def test_api_compare_runs_welchs_test(client: TestClient, session: Session) -> N
 
 
 def test_api_compare_errors(client: TestClient, session: Session) -> None:
-    a = finished(session, "one", A_SCORES)
+    a = make_finished_experiment(session, A_SCORES, name="one")
 
     assert client.get(f"/api/compare?a={a.id}&b=999").status_code == 404
     response = client.get(f"/api/compare?a={a.id}", headers={"accept": "application/json"})
@@ -49,7 +47,8 @@ def test_api_compare_errors(client: TestClient, session: Session) -> None:
 
 def test_compare_page_shows_both_sides_and_the_test(client: TestClient,
                                                     session: Session) -> None:
-    a, b = finished(session, "better", A_SCORES), finished(session, "older", B_SCORES)
+    a = make_finished_experiment(session, A_SCORES, name="better")
+    b = make_finished_experiment(session, B_SCORES, name="older")
 
     page = fetch(client, f"/compare?a={a.id}&b={b.id}")
 
@@ -67,7 +66,8 @@ def test_compare_page_shows_both_sides_and_the_test(client: TestClient,
 
 
 def test_compare_with_too_few_seeds_says_why(client: TestClient, session: Session) -> None:
-    a, b = finished(session, "single", [1.2]), finished(session, "older", B_SCORES)
+    a = make_finished_experiment(session, [1.2], name="single")
+    b = make_finished_experiment(session, B_SCORES, name="older")
 
     page = fetch(client, f"/compare?a={a.id}&b={b.id}")
 
@@ -109,7 +109,8 @@ def logged(session: Session, experiment: Experiment, seed: int, *, start: float,
 
 
 def test_compare_without_parameters_offers_a_list_to_pick_from(client: TestClient, session: Session) -> None:
-    a, b = finished(session, "better", A_SCORES), finished(session, "older", B_SCORES)
+    a = make_finished_experiment(session, A_SCORES, name="better")
+    b = make_finished_experiment(session, B_SCORES, name="older")
 
     page = fetch(client, "/compare")  # was "400 a: Field required"
 

@@ -15,22 +15,19 @@ from server import scripts
 from server.auth import Role, create_token
 from server.experiments import finalize_experiment
 from server.models import Run
-from tests.factories import LOSS_PER_BPB, make_experiment, make_run, make_scored_run
+from tests.factories import (
+    LOSS_PER_BPB,
+    make_experiment,
+    make_finished_experiment,
+    make_run,
+    make_scored_run,
+)
 from tests.web.dom import Element, cells, fetch, form_token, parse
 from tests.web.test_experiment_page import facts
 
 SCORES = [1.20576485, 1.20617460, 1.20715923]
 # The record margin, 0.005 nats per token, in bits per byte of the factory's runs.
 RECORD_MARGIN_BPB = 0.005 / LOSS_PER_BPB
-
-
-def finished(session: Session, **fields: object) -> int:
-    experiment = make_experiment(session, name="three seeds", seeds=[1, 2, 3], **fields)
-    for seed, score in enumerate(SCORES, start=1):
-        make_scored_run(session, experiment, seed=seed, val_bpb=score)
-    assert finalize_experiment(session, experiment.id)
-    assert experiment.id is not None
-    return experiment.id
 
 
 def plot_line(page: Element, kind: str) -> float:
@@ -42,7 +39,8 @@ def plot_line(page: Element, kind: str) -> float:
 def test_statistics_show_the_test_and_the_plot_its_reference(client: TestClient,
                                                             session: Session) -> None:
     # The example: threshold 1.2193657 gives t≈31.4, df=2, one-sided p≈0.0005.
-    experiment_id = finished(session, reference_bpb=1.2193657 + RECORD_MARGIN_BPB)
+    experiment_id = make_finished_experiment(session, SCORES, name="three seeds",
+                                             reference_bpb=1.2193657 + RECORD_MARGIN_BPB).id
 
     page = fetch(client, f"/experiments/{experiment_id}")
 
@@ -66,7 +64,8 @@ def test_statistics_show_the_test_and_the_plot_its_reference(client: TestClient,
 
 
 def test_a_close_result_says_how_many_more_seeds(client: TestClient, session: Session) -> None:
-    experiment_id = finished(session, reference_bpb=1.2066 + RECORD_MARGIN_BPB + 0.0005)
+    experiment_id = make_finished_experiment(session, SCORES, name="three seeds",
+                                             reference_bpb=1.2066 + RECORD_MARGIN_BPB + 0.0005).id
 
     test = facts(fetch(client, f"/experiments/{experiment_id}"), "stats-heading", index=1)
 
@@ -161,7 +160,8 @@ def test_an_arm_that_ran_the_controls_settings_reads_as_not_a_result(client: Tes
 
 def test_add_seeds_queues_runs_and_reopens_a_finished_experiment(client: TestClient,
                                                                  session: Session) -> None:
-    experiment_id = finished(session, reference_bpb=2.0)
+    experiment_id = make_finished_experiment(session, SCORES, name="three seeds",
+                                             reference_bpb=2.0).id
     token = form_token(client, f"/experiments/{experiment_id}")
 
     response = client.post(f"/experiments/{experiment_id}/seeds",
@@ -178,7 +178,7 @@ def test_add_seeds_queues_runs_and_reopens_a_finished_experiment(client: TestCli
 
 
 def test_add_seeds_problems_show_under_the_field(client: TestClient, session: Session) -> None:
-    experiment_id = finished(session)
+    experiment_id = make_finished_experiment(session, SCORES, name="three seeds").id
     token = form_token(client, f"/experiments/{experiment_id}")
 
     for seeds, message in [("2, 9", "already used by this experiment: [2]"),
@@ -194,7 +194,7 @@ def test_add_seeds_problems_show_under_the_field(client: TestClient, session: Se
 
 
 def test_actions_need_the_owner_and_the_form_token(client: TestClient, session: Session) -> None:
-    experiment_id = finished(session)
+    experiment_id = make_finished_experiment(session, SCORES, name="three seeds").id
     with Session(session.get_bind()) as other:
         stranger = create_token(other, name="stranger", role=Role.member)[1]
     token = form_token(client, f"/experiments/{experiment_id}")
@@ -211,7 +211,7 @@ def test_actions_need_the_owner_and_the_form_token(client: TestClient, session: 
 
 
 def test_export_downloads_the_records_folder(client: TestClient, session: Session) -> None:
-    experiment_id = finished(session)
+    experiment_id = make_finished_experiment(session, SCORES, name="three seeds").id
     token = form_token(client, f"/experiments/{experiment_id}")
 
     response = client.post(f"/experiments/{experiment_id}/export", data={"csrf_token": token})

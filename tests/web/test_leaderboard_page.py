@@ -2,32 +2,24 @@
 
 import statistics
 from pathlib import Path
-from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from server import presets, records, tracks
+from server import presets, records
 from server.experiments import finalize_experiment
 from server.models import Experiment
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
-from tests.factories import LOSS_PER_BPB, make_experiment, make_rerun, make_run, make_scored_run
+from tests.factories import (
+    LOSS_PER_BPB,
+    make_experiment,
+    make_finished_experiment,
+    make_rerun,
+    make_run,
+    make_scored_run,
+)
 from tests.web.dom import Element, cells, fetch
 from tests.web.test_experiment_page import import_tree
-
-
-def finished(session: Session, name: str, scores: list[float], *, preset: str = "baseline",
-             author: str = "ada", **run_fields: Any) -> Experiment:
-    """An experiment whose seeds all succeeded with `scores`, finalized for real."""
-    seeds = list(range(1, len(scores) + 1))
-    # Its track as a submission gets it (the tiny preset has no training cap: non-record).
-    track = tracks.from_limits(kind="trainer", preset=preset, config={}, env={}, gpu_count=None)
-    experiment = make_experiment(session, name=name, preset=preset, author=author, seeds=seeds,
-                                 track=track)
-    for seed, score in zip(seeds, scores, strict=True):
-        make_scored_run(session, experiment, seed=seed, val_bpb=score, **run_fields)
-    assert finalize_experiment(session, experiment.id)
-    return experiment
 
 
 def entries(page: Element) -> list[Element]:
@@ -44,8 +36,8 @@ def main_row(entry: Element) -> Element:
 
 
 def test_rows_are_ranked_with_their_numbers(client: TestClient, session: Session) -> None:
-    middle = finished(session, "middle", [1.22, 1.23, 1.24])
-    best = finished(session, "best", [1.101, 1.12, 1.11], author="grace")
+    middle = make_finished_experiment(session, [1.22, 1.23, 1.24], name="middle")
+    best = make_finished_experiment(session, [1.101, 1.12, 1.11], name="best", author="grace")
     unscored = make_experiment(session, name="unscored", seeds=[5])
     make_run(session, unscored, seed=5, status="failed", reason="trainer exited with code 1")
     finalize_experiment(session, unscored.id)
@@ -115,9 +107,12 @@ def test_badge_title_and_details_list_the_failed_rules(client: TestClient,
 
 
 def test_sort_links_and_sorted_rows(client: TestClient, session: Session) -> None:
-    finished(session, "small", [1.30, 1.30, 1.30], bytes_total=12_000_000)
-    finished(session, "big", [1.10, 1.10, 1.10], bytes_total=15_990_000)
-    finished(session, "mid", [1.20, 1.20, 1.20], bytes_total=14_000_000)
+    make_finished_experiment(session, [1.30, 1.30, 1.30], name="small",
+                             run_fields={"bytes_total": 12_000_000})
+    make_finished_experiment(session, [1.10, 1.10, 1.10], name="big",
+                             run_fields={"bytes_total": 15_990_000})
+    make_finished_experiment(session, [1.20, 1.20, 1.20], name="mid",
+                             run_fields={"bytes_total": 14_000_000})
     unscored = make_experiment(session, name="crashed", seeds=[1])
     make_run(session, unscored, seed=1, status="failed", reason="trainer exited with code 1")
     finalize_experiment(session, unscored.id)
@@ -152,9 +147,9 @@ def test_sort_links_and_sorted_rows(client: TestClient, session: Session) -> Non
 
 
 def test_filters_by_link_and_keep_the_sort(client: TestClient, session: Session) -> None:
-    finished(session, "eligible", [1.2, 1.21, 1.19])
-    finished(session, "two seeds", [1.1, 1.1], author="bob")
-    finished(session, "tiny one", [1.5, 1.51, 1.49], preset="tiny")
+    make_finished_experiment(session, [1.2, 1.21, 1.19], name="eligible")
+    make_finished_experiment(session, [1.1, 1.1], name="two seeds", author="bob")
+    make_finished_experiment(session, [1.5, 1.51, 1.49], name="tiny one", preset="tiny")
 
     page = fetch(client, "/?sort=name")
     filters = page.find("nav", class_="filters")
@@ -177,7 +172,7 @@ def test_filters_by_link_and_keep_the_sort(client: TestClient, session: Session)
 
 def test_pages_by_link(client: TestClient, session: Session) -> None:
     for index in range(5):
-        finished(session, f"e{index}", [1.0 + index / 10] * 3)
+        make_finished_experiment(session, [1.0 + index / 10] * 3, name=f"e{index}")
 
     first = fetch(client, "/?per_page=2")
     assert names(first) == ["e0", "e1"]
@@ -210,8 +205,8 @@ def test_pages_by_link(client: TestClient, session: Session) -> None:
 
 
 def test_the_track_selector_switches_boards(client: TestClient, session: Session) -> None:
-    finished(session, "ten minutes", [1.12, 1.12, 1.13])
-    long_run = finished(session, "two hours", [1.00, 1.01, 1.00])
+    make_finished_experiment(session, [1.12, 1.12, 1.13], name="ten minutes")
+    long_run = make_finished_experiment(session, [1.00, 1.01, 1.00], name="two hours")
     long_run.track = NON_RECORD_TRACK
     session.add(long_run)
     session.commit()
@@ -233,8 +228,8 @@ def test_the_track_selector_switches_boards(client: TestClient, session: Session
 
 
 def test_delta_names_its_reference_and_unit(client: TestClient, session: Session) -> None:
-    standing = finished(session, "SP8192 QK5", [1.0856, 1.0857, 1.0855])
-    tested = finished(session, "tested", [1.0820, 1.0822, 1.0821])
+    standing = make_finished_experiment(session, [1.0856, 1.0857, 1.0855], name="SP8192 QK5")
+    tested = make_finished_experiment(session, [1.0820, 1.0822, 1.0821], name="tested")
     tested.stats = {"units": "nats_per_token", "delta": -0.0073, "p": 0.002, "reference": {
         "kind": "record", "experiment_id": standing.id, "name": "SP8192 QK5",
         "val_bpb": 1.0856, "date": "2026-04-06", "source": "the standing record"}}
@@ -274,7 +269,7 @@ def test_an_import_is_dated_by_its_record_with_both_verdicts(client: TestClient,
 def test_rank_is_the_place_on_the_board_under_any_filter(client: TestClient,
                                                          session: Session) -> None:
     for index, author in enumerate(["ada", "bob", "cy", "ada", "dexhunter", "dexhunter"]):
-        finished(session, f"e{index}", [1.1 + index / 100] * 3, author=author)
+        make_finished_experiment(session, [1.1 + index / 100] * 3, name=f"e{index}", author=author)
 
     page = fetch(client, "/?author=dexhunter")
 
@@ -285,7 +280,7 @@ def test_rank_is_the_place_on_the_board_under_any_filter(client: TestClient,
 
 def test_self_reported_scores_only_behind_a_filter_and_marked(client: TestClient,
                                                               session: Session) -> None:
-    finished(session, "measured", [1.2, 1.21, 1.19])
+    make_finished_experiment(session, [1.2, 1.21, 1.19], name="measured")
     printed = make_experiment(session, name="prints its own score", kind="script", seeds=[1, 2, 3])
     for seed in (1, 2, 3):
         make_scored_run(session, printed, seed=seed, val_bpb=0.0001)
@@ -317,11 +312,11 @@ def test_bad_parameters_get_an_error_page_naming_them(client: TestClient) -> Non
 
 
 def test_the_rerun_column_links_each_entrys_newest_rerun(client: TestClient, session: Session) -> None:
-    held = finished(session, "held", [1.10, 1.11, 1.12])
-    fell = finished(session, "fell", [1.13, 1.14, 1.15])
-    live = finished(session, "live", [1.16, 1.17, 1.18])
-    few = finished(session, "few", [1.19, 1.20, 1.21])
-    finished(session, "never", [1.22, 1.23, 1.24])
+    held = make_finished_experiment(session, [1.10, 1.11, 1.12], name="held")
+    fell = make_finished_experiment(session, [1.13, 1.14, 1.15], name="fell")
+    live = make_finished_experiment(session, [1.16, 1.17, 1.18], name="live")
+    few = make_finished_experiment(session, [1.19, 1.20, 1.21], name="few")
+    make_finished_experiment(session, [1.22, 1.23, 1.24], name="never")
     make_rerun(session, held, [1.1000, 1.1001, 1.1002], [1.2000, 1.2001, 1.2002])  # older, superseded below
     newest = make_rerun(session, held, [1.1000, 1.1001, 1.1002], [1.1000, 1.1002, 1.1001])
     worse = make_rerun(session, fell, [1.1300, 1.1301, 1.1302], [1.2300, 1.2301, 1.2302])

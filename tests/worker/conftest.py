@@ -18,7 +18,7 @@ from server.db import make_engine
 from tests.databases import postgres_database
 from tests.sshd import Sshd
 from tests.worker.harness import FAKE_TRAINER
-from tests.worker.runpod_standin import RunPodStandIn
+from tests.worker.runpod_standin import ACCOUNT_KEY, RunPodStandIn
 from worker.bundle import TrainerBundle
 from worker.director import RunDirector
 
@@ -72,9 +72,6 @@ def finalized() -> Finalized:
 @pytest.fixture
 def director(settings: Settings, engine: Engine, finalized: Finalized) -> RunDirector:
     return RunDirector(settings, engine, bundle=TrainerBundle(FAKE_TRAINER), finalize=finalized)
-
-
-ACCOUNT_KEY = "rpa_ACCOUNTKEY0123456789abcdef"  # the stand-in's account API key
 
 
 @pytest.fixture

@@ -81,6 +81,9 @@ class Recorded:
     status: int = 0
 
 
+ACCOUNT_KEY = "rpa_ACCOUNTKEY0123456789abcdef"  # the account API key the stand-in accepts in tests
+
+
 def problem(status: int, title: str, detail: str, errors: list[str] | None = None) -> tuple[int, Any]:
     """RunPod v2's error body (RFC 9457 problem details)."""
     body: dict[str, Any] = {"title": title, "status": status, "detail": detail}

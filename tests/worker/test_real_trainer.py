@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 
 from server.models import LogChunk
 from server.states import FINAL_RUN_STATUSES
-from tests.trainer.conftest import write_docstring_corpus
+from tests.corpora import write_docstring_corpus
 from tests.worker.harness import drive, new_run
 from trainer.contract import code_digest
 from worker.bundle import default_bundle

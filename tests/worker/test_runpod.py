@@ -18,8 +18,9 @@ from server import costs
 from server.experiments import cancel_run
 from server.models import Experiment, LogChunk, Pod, Run, RunEvent
 from server.states import FINAL_RUN_STATUSES, RunStatus
-from tests.worker.conftest import ACCOUNT_KEY, FETCH_ALLOWANCE_S
+from tests.worker.conftest import FETCH_ALLOWANCE_S
 from tests.worker.harness import drive, new_run, read_run, running_past_its_deadline
+from tests.worker.runpod_standin import ACCOUNT_KEY
 from worker import reconciler
 from worker.errors import StepFailed
 from worker.providers import RetryLater
