@@ -11,10 +11,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from app.main import create_app
 from server.auth import Role, create_token
 from server.config import get_settings
 from server.db import get_engine
-from server.main import create_app
 from server.migrate import upgrade_head
 from server.queue import get_producer
 from tests.databases import postgres_database

@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from app.main import create_app
 from server import logconfig, redaction
 from server.config import Settings, get_settings
-from server.main import create_app
 
 API_KEY = "rpa_LOGTESTKEY0123456789"
 HOOK = "https://hooks.example.com/services/T000/B000/hooktoken42"

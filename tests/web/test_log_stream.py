@@ -303,7 +303,7 @@ def test_a_graceful_stop_ends_open_streams(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "server.main:app", "--port", str(port),
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
          "--log-level", "warning"], cwd=Path(__file__).parents[2])
     try:
         base = f"http://127.0.0.1:{port}"

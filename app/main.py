@@ -1,7 +1,7 @@
 """Builds the FastAPI app: API routers, the web pages and error handlers.
 
-The composition root: the only server module that imports `web` (which itself uses the
-server's services). The schema is migrations' job.
+The composition root: it joins the server's API and the `web` pages (which use the server's
+services), so that `server` itself never imports `web`. The schema is migrations' job.
 """
 
 import logging
