@@ -26,10 +26,10 @@ from sqlmodel import Session, col, select
 
 from server import ablation, costs, notify, policies, presets, reference, scripts, tracks
 from server.config import Settings, get_settings
+from server.dispatch import enqueue_advance
 from server.eligibility import MAX_BYTES_TOTAL
 from server.errors import Conflict, InvalidTransition, LeaseLost, NotFound
 from server.models import Experiment, Run, RunEvent, utcnow
-from server.queue import enqueue_advance
 from server.runs import get_run, transition, transition_free, update_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus, experiment_sources
 from server.statistics import Significance, bytes_per_token

@@ -5,7 +5,7 @@ A records folder (`records/<track>/<date>_<name>/`) holds `submission.json` (the
 stated values), `README.md`, the counted code (`train_gpt.py`) and one train log per seed.
 
 Import reads every such folder under a directory into one finished experiment with one run
-per seed log, its numbers read by `server.logparse`, judged by the rules a log can show
+per seed log, its numbers read by `server.communitylog`, judged by the rules a log can show
 (`log_reasons`), and lists where the stated values disagree with the logs. Imported
 experiments have provider `import`: their runs are created already ended, with no pod, so
 neither the worker nor the reconciler ever acts on them. A folder is imported once, keyed by
@@ -28,8 +28,8 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from server import experiments, officialboard, policies, scripts, tracks
+from server.communitylog import parse_log
 from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS, time_reason
-from server.logparse import parse_log
 from server.models import Experiment, LogChunk, Run, RunEvent, as_utc
 from server.states import ExperimentStatus, RunStatus
 

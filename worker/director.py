@@ -33,14 +33,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 import trainer.contract as contract
-from server import costs, logconfig, nodes, notify, queueing
+from server import costs, logsetup, nodes, notify, waitlist
+from server.communitylog import parse_log
 from server.config import Settings
 from server.eligibility import Measurements, run_reasons
 from server.errors import Conflict, LeaseLost
-from server.logparse import parse_log
-from server.logstream import publish_log
 from server.models import Experiment, LogChunk, Pod, Run, RunEvent, as_utc, utcnow
 from server.pods import move_pod
+from server.runlog_stream import publish_log
 from server.runs import acquire_lease, get_run, release_lease, transition, update_run
 from server.scripts import file_names, list_files
 from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUS_VALUES, PodStatus, RunStatus
@@ -119,7 +119,7 @@ class RunDirector:
     def step(self, run_id: int, fence: int) -> Delay:
         """Do what the run's current state asks; failures end the run with a reason."""
         run = self._load(Run, run_id)
-        logconfig.bind(experiment_id=run.experiment_id, pod_id=run.pod_id)  # for this task's log lines
+        logsetup.bind(experiment_id=run.experiment_id, pod_id=run.pod_id)  # for this task's log lines
         status = RunStatus(run.status)
         if status in FINAL_RUN_STATUSES:
             return None
@@ -160,7 +160,7 @@ class RunDirector:
                                 shared_by=experiment.id if experiment.share_pods else None)
             update_run(session, run.id, fence=fence, pod_id=pod.id)
             if pod.host is None and pod.external_id is None and provider.rents:
-                ahead = queueing.pods_ahead(session, pod, self.settings)  # up, or ahead in the queue
+                ahead = waitlist.pods_ahead(session, pod, self.settings)  # up, or ahead in the queue
                 if ahead >= self.settings.max_pods:
                     waiting = (f"waiting for a pod: {ahead} {provider.name} pods are up or ahead in line, "
                                f"the cap is {self.settings.max_pods} (CADDIE_MAX_PODS)")

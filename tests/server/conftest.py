@@ -15,8 +15,8 @@ from app.main import create_app
 from server.auth import Role, create_token
 from server.config import get_settings
 from server.db import get_engine
+from server.dispatch import get_producer
 from server.migrate import upgrade_head
-from server.queue import get_producer
 from tests.databases import postgres_database
 
 TABLES = ("runevent", "logchunk", "pod", "run", "experiment", "apitoken")
