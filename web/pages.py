@@ -45,8 +45,8 @@ from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep
 from server.config import get_settings
 from server.db import read_session
 from server.errors import CaddieError, NotFound, Unauthorized
-from server.experiments import RunEventPublic, RunPublic
 from server.leaderboard import TRACK_LABELS, Track
+from server.models import RunEventPublic, RunPublic
 from server.reference import reference_bpb
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, ExperimentStatus, RunStatus

@@ -10,7 +10,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from server import auth, experiments, runlog, runlog_stream
 from server.api.deps import MAX_ID, ApiPrincipalDep, IdPath, SessionDep
 from server.db import get_engine
-from server.experiments import RunPublic, RunPublicWithEvents
+from server.models import RunPublic, RunPublicWithEvents
 from server.runlog import LogSlice
 
 router = APIRouter(prefix="/runs", tags=["runs"])
