@@ -7,6 +7,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY server server
 COPY worker worker
 COPY web web
+COPY app app
 COPY cli cli
 COPY migrations migrations
 COPY trainer trainer

@@ -141,7 +141,7 @@ def main() -> None:
         port = free_port()
         env = {**os.environ, "CADDIE_DATA_DIR": data_dir, "CADDIE_DATABASE_URL": "",
                "CADDIE_REDIS_URL": ""}
-        server = subprocess.Popen([sys.executable, "-m", "uvicorn", "server.main:app", "--port",
+        server = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port",
                                    str(port), "--log-level", "warning"], cwd=ROOT, env=env)
         try:
             base = f"http://127.0.0.1:{port}"

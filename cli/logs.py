@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.logparse import parse_log
+from server.communitylog import parse_log
 
 # Exit status for a file that cannot be read (argparse's own usage-error status).
 UNREADABLE_FILE = 2

@@ -44,7 +44,7 @@ class Stack:
         # Beat prints its banner before any hook can stop it: with json logs only records may be written.
         quiet = ["--quiet"] if self.settings.log_format == "json" else []
         return {
-            "server": [py, "-m", "uvicorn", "server.main:app", "--host", self.host,
+            "server": [py, "-m", "uvicorn", "app.main:app", "--host", self.host,
                        "--port", str(self.port), "--log-level", "warning"],
             "worker": [py, "-m", "celery", "-A", "worker.app", "worker", "--pool", "prefork",
                        "--concurrency", str(self.worker_concurrency), "--loglevel", "INFO",

@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from server import experiments, statistics
 from server.api.deps import MAX_ID
-from server.experiments import ExperimentPublic
+from server.models import ExperimentPublic
 from server.states import RunStatus
 
 ExperimentId = Annotated[int, Query(ge=1, le=MAX_ID, description="experiment id")]

@@ -150,7 +150,7 @@ class Settings(BaseSettings):
     webhook_url: SecretStr | None = None
 
     # Log lines of the API server, worker and beat: "text" for people, "json" for a log
-    # collector (one object per line, with the run, pod and experiment ids; server/logconfig.py).
+    # collector (one object per line, with the run, pod and experiment ids; server/logsetup.py).
     log_format: Literal["text", "json"] = "text"
 
     @field_validator("database_url", "redis_url", "budget_usd", "experiment_budget_usd",

@@ -1,5 +1,5 @@
 """Where a records folder's stated numbers and its logs differ, in words: one sentence per
-stored disagreement ({"field", "stated", "logs", "note"}, `server/records.py`), as the CLI prints
+stored disagreement ({"field", "stated", "logs", "note"}, `server/records/checks.py`), as the CLI prints
 it and the experiment page shows it."""
 
 from typing import Any

@@ -1,10 +1,23 @@
 """SQL tables (SQLModel) and the API's request/response schemas."""
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import JSON, Column, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from server import presets
+from server.config import get_settings
+
+SEED_LIMIT = 2**31  # seeds are non-negative int32, as torch and numpy take them
 
 
 def utcnow() -> datetime:
@@ -193,3 +206,318 @@ class ApiToken(SQLModel, table=True):
     token_sha256: str = Field(max_length=64, unique=True)
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = None
+
+
+# The API's request and response schemas. Their checks use the scripts' rules, and
+# server.scripts reads the ExperimentFile table above: imported here, once the tables exist,
+# so that either module may be imported first.
+from server import scripts  # noqa: E402
+
+MAX_SEEDS = 64
+SCRIPT_PRESET = "script"  # the preset column of a script experiment (as of an imported record)
+
+# Surrounding blanks are dropped; NUL is refused because PostgreSQL text cannot hold it.
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
+                                        pattern=r"^[^\x00]*$")]
+Author = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100,
+                                          pattern=r"^[^\x00]*$")]
+Seed = Annotated[StrictInt, Field(ge=0, lt=SEED_LIMIT)]
+MAX_VARIANTS = 16
+MAX_RETRIES = 16
+VariantName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+GpuType = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100,
+                                           pattern=r"^[A-Za-z0-9 ._()/-]+$")]
+
+
+class VariantSpec(BaseModel):
+    """One arm of an ablation study: config fields changed from the control (a trainer
+    experiment), or environment variables changed from the control's env (a script experiment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: VariantName
+    config: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("config")
+    @classmethod
+    def _valid_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return presets.check_config(_unicode_only(value, "config"))
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return scripts.check_env(value)
+
+    def check_kind(self, kind: str) -> None:
+        """A trainer arm changes config, a script arm env; an arm that changes nothing is refused."""
+        used, other = ("env", "config") if kind == "script" else ("config", "env")
+        if getattr(self, other):
+            raise ValueError(f"variants.{self.name}.{other}: a {kind} experiment's variants set {used}, "
+                             f"not {other}")
+        if not getattr(self, used):
+            raise ValueError(f"variants.{self.name}.{used}: a variant must change at least one "
+                             f"{'variable' if used == 'env' else 'field'} from the control")
+
+
+def _unicode_only(value: Any, where: str) -> Any:
+    """`value` if no key or string in it holds a lone surrogate: JSON can carry one, UTF-8
+    cannot, so it would be stored and then fail every response (and the run.json) after."""
+    texts = [*value.keys(), *value.values()] if isinstance(value, dict) else (
+        value if isinstance(value, list) else [value])
+    for item in texts:
+        if isinstance(item, dict | list):
+            _unicode_only(item, where)
+        elif isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise ValueError(f"{where}: not valid Unicode text (a lone surrogate)") from None
+    return value
+
+
+# Properties to receive on creation.
+class ExperimentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    author: Author = ""
+    preset: str = "baseline"
+    # Field overrides on top of the preset (see trainer/schema.json).
+    config: dict[str, Any] = Field(default_factory=dict)
+    seeds: list[Seed] = Field(min_length=1, max_length=MAX_SEEDS)
+    provider: Literal["local", "ssh", "runpod"] = "local"
+    # What it must beat (server/reference.py): an experiment's seeds, or a val_bpb.
+    reference_experiment_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    reference_bpb: float | None = Field(default=None, gt=0, lt=10)
+
+    # "script": the participant's own train_gpt.py (server/scripts.py), run with `env`.
+    kind: Literal["trainer", "script"] = "trainer"
+    files: dict[str, str] = Field(default_factory=dict)  # file name -> text
+    env: dict[str, str] = Field(default_factory=dict)
+    # A failed seed: left as is, run again, or replaced by a new seed; `max_retries` extra runs.
+    failure_policy: Literal["none", "retry", "replace"] = "none"
+    max_retries: int = Field(default=2, ge=0, le=MAX_RETRIES)
+    # While the test's p >= alpha once every seed ended, add seeds up to `max_seeds`.
+    alpha: float = Field(default=0.01, gt=0, le=0.5)
+    max_seeds: int | None = Field(default=None, ge=1, le=MAX_SEEDS)
+    priority: int = Field(default=0, ge=-100, le=100)
+    budget_usd: float | None = Field(default=None, ge=0, le=1_000_000)
+    gpu_type: GpuType | None = None
+    gpu_count: int | None = Field(default=None, ge=1, le=8)
+    share_pods: bool = False
+    variants: list[VariantSpec] = Field(default_factory=list, max_length=MAX_VARIANTS)
+
+    @field_validator("files")
+    @classmethod
+    def _valid_files(cls, value: dict[str, str]) -> dict[str, str]:
+        return scripts.check_files(value)
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return scripts.check_env(value)
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_variants(cls, value: list[VariantSpec]) -> list[VariantSpec]:
+        names = [v.name for v in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variant names must be unique; repeated: {repeated}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentCreate":
+        if self.kind == "script":
+            if scripts.ENTRYPOINT not in self.files:
+                raise ValueError(f"files: a script experiment needs {scripts.ENTRYPOINT}")
+            if self.config:
+                raise ValueError("config: a script experiment takes env, not config")
+        elif self.files or self.env:
+            raise ValueError("files: only a script experiment (kind 'script') takes files and env")
+        for variant in self.variants:
+            variant.check_kind(self.kind)
+        if self.max_seeds is not None and self.max_seeds < len(self.seeds):
+            raise ValueError(f"max_seeds: must be at least the {len(self.seeds)} seeds given")
+        if self.kind == "trainer":
+            self._check_rules()
+        return self
+
+    def _check_rules(self) -> None:
+        """The trainer's cross-field rules, for the control and each variant on top of it,
+        so a combination the trainer would refuse is a 422 now, not a failed run later."""
+        presets.check_combination(self.preset, self.config)
+        for variant in self.variants:
+            try:
+                presets.check_combination(self.preset, {**self.config, **variant.config})
+            except ValueError as exc:
+                raise ValueError(f"variants.{variant.name}.{exc}") from None
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_configured(cls, value: str) -> str:
+        """ssh runs on the operator's hosts: with none configured every seed would fail at
+        provisioning, so refuse now."""
+        if value == "ssh" and not get_settings().ssh_hosts.strip():
+            raise ValueError("provider: 'ssh' has no hosts here: the operator lists them in "
+                             "CADDIE_SSH_HOSTS (user@host:port, comma-separated); "
+                             "pick 'local' or 'runpod', or ask for hosts")
+        return value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        return presets.check_preset(value)
+
+    @field_validator("config")
+    @classmethod
+    def _valid_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return presets.check_config(_unicode_only(value, "config"))
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seeds must be unique; repeated: {repeated}")
+        return value
+
+
+class SeedsAdd(BaseModel):
+    """Seeds to add to an experiment: each runs in every arm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: list[Seed] = Field(min_length=1, max_length=MAX_SEEDS)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        return ExperimentCreate._unique_seeds(value)
+
+
+class FilePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    nbytes: int
+    sha256: str
+
+
+# Properties to return via API.
+class ExperimentPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    author: str
+    preset: str
+    config: dict[str, Any]
+    seeds: list[int]
+    provider: str
+    owner: str  # the token user who submitted it
+    reference_experiment_id: int | None
+    reference_bpb: float | None
+    stats: dict[str, Any] | None  # the significance test against the reference, when finished
+    status: str
+    created_at: datetime
+    finished_at: datetime | None
+    n_succeeded: int
+    mean_val_bpb: float | None
+    std_val_bpb: float | None
+    eligible: bool
+    reasons: list[str]
+    kind: str
+    env: dict[str, str]
+    files: list[FilePublic] = Field(default_factory=list)  # a script experiment's files
+    failure_policy: str
+    max_retries: int
+    alpha: float
+    max_seeds: int | None
+    priority: int
+    budget_usd: float | None
+    gpu_type: str | None
+    gpu_count: int | None
+    share_pods: bool
+    variants: list[dict[str, Any]]
+    source: dict[str, Any] | None  # where an imported experiment came from
+    track: str  # track_10min_16mb (the record track) or track_non_record_16mb
+    accepted: bool | None  # an import: listed on the challenge's leaderboard; None: our own
+    record_date: datetime  # an import's record date; our own: its submission time
+    reproduces_id: int | None = None  # the imported record a re-run reproduces
+    seed_env: dict[str, dict[str, str]] = Field(default_factory=dict)  # a re-run's env per seed
+    cost_usd: float | None = None  # dollars its pods have cost so far
+
+    @model_validator(mode="after")
+    def _as_shown(self) -> "ExperimentPublic":
+        """A script experiment is labelled `script` whatever an older row's preset column holds,
+        and env values whose names look like secrets are hidden (server.scripts.shown_env)."""
+        if self.kind == "script":
+            self.preset = SCRIPT_PRESET
+        self.env = scripts.shown_env(self.env)
+        self.variants = [{**v, "env": scripts.shown_env(v["env"])} if v.get("env") else v for v in self.variants]
+        return self
+
+
+class ExperimentsPublic(BaseModel):
+    data: list[ExperimentPublic]
+    count: int  # matching experiments over all pages
+
+
+class RunPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    experiment_id: int
+    seed: int
+    status: str
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    cancel_requested: bool
+    log_offset: int  # bytes of train.log stored so far
+    exit_code: int | None
+    val_loss: float | None  # nats per token
+    val_bpb: float | None  # bits per byte
+    pre_quant_val_bpb: float | None
+    steps: int | None
+    train_time_s: float | None
+    eval_time_s: float | None
+    code_bytes: int | None
+    model_bytes: int | None
+    bytes_total: int | None
+    artifact_sha256: str | None
+    code_sha256: str | None
+    val_tokens: int | None
+    gpu_name: str | None
+    gpu_count: int | None
+    eligible: bool | None
+    reasons: list[str]
+    variant: str  # ablation variant; "" is the control
+    retry_of: int | None  # the failed run this one stands in for
+    superseded: bool  # failed, and a retry or replacement stands in for it
+    flags: list[str]  # informational, e.g. a slow node
+    cost_usd: float | None = None  # dollars its pod has cost so far
+
+
+class RunEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    from_status: str | None
+    to_status: str
+    reason: str | None
+    created_at: datetime
+
+
+class ExperimentPublicWithRuns(ExperimentPublic):
+    runs: list[RunPublic]
+
+
+class RunPublicWithEvents(RunPublic):
+    last_log_lines: str | None
+    results: dict[str, Any] | None  # results.json as the trainer wrote it
+    events: list[RunEventPublic]

@@ -10,8 +10,8 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from server.config import get_settings
+from server.dispatch import enqueue_notification
 from server.models import Run
-from server.queue import enqueue_notification
 from server.states import RunStatus
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,10 @@ from typing import Any
 
 from sqlmodel import Session
 
-from server.models import Experiment, Run, RunEvent
+from server.models import SEED_LIMIT, Experiment, Run, RunEvent
 from server.states import RunStatus
 from server.statistics import Significance
 
-SEED_LIMIT = 2**31  # seeds are non-negative int32, as torch and numpy take them
 CONTROL = ""  # the variant name of an ablation's control arm (and of a plain experiment's runs)
 
 

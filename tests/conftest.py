@@ -14,8 +14,8 @@ from sqlmodel import Session
 from server.auth import Role, create_token
 from server.config import get_settings
 from server.db import get_engine
+from server.dispatch import get_producer
 from server.migrate import upgrade_head
-from server.queue import get_producer
 from tests.databases import postgres_database
 from tests.sshd import Sshd
 

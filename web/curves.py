@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 
 from sqlmodel import Session
 
-from server import logs
+from server import runlog
 from trainer import contract
 from web.downloads import run_file
 
@@ -115,8 +115,8 @@ def _lines_between(session: Session, run_id: int, start: int, end: int) -> Itera
     cut at `start` is dropped: it may be the end of one)."""
     carry, offset, first = "", start, start > 0
     while offset < end:
-        piece = logs.read_log(session, run_id, offset=offset,
-                              limit=min(logs.MAX_READ_BYTES, end - offset))
+        piece = runlog.read_log(session, run_id, offset=offset,
+                              limit=min(runlog.MAX_READ_BYTES, end - offset))
         if piece.next_offset == offset:
             break
         *lines, carry = (carry + piece.text).split("\n")

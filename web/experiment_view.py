@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server import disagreements
-from server.experiments import ExperimentPublicWithRuns
+from server.models import ExperimentPublicWithRuns
 from server.statistics import Units
 from web.rendering import MISSING
 

@@ -35,18 +35,18 @@ from server import (
     comparison,
     experiments,
     export,
-    logs,
     presets,
-    queueing,
     quotas,
+    runlog,
     scripts,
+    waitlist,
 )
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.config import get_settings
 from server.db import read_session
 from server.errors import CaddieError, NotFound, Unauthorized
-from server.experiments import RunEventPublic, RunPublic
 from server.leaderboard import TRACK_LABELS, Track
+from server.models import RunEventPublic, RunPublic
 from server.reference import reference_bpb
 from server.runs import get_run
 from server.states import ENDED_EXPERIMENT_STATUSES, FINAL_RUN_STATUSES, ExperimentStatus, RunStatus
@@ -187,7 +187,7 @@ def past_last_page(request: Request, view: BoardView, last_page: int) -> HTMLRes
 def read_queue_page(request: Request, session: SessionDep) -> HTMLResponse:
     """Experiments waiting for pods, with their position and estimated start."""
     return templates.TemplateResponse(request, "queue.html",
-                                      {"entries": queueing.queue(session)})
+                                      {"entries": waitlist.queue(session)})
 
 
 @router.get("/experiments")
@@ -397,7 +397,7 @@ def read_run_page(request: Request, session: SessionDep, run_id: IdPath) -> HTML
     run = experiments.run_with_events(session, run_id)
     experiment = experiments.get_experiment(session, run.experiment_id)
     tail_from = max(0, run.log_offset - LOG_TAIL_BYTES)
-    tail = logs.read_log(session, run_id, offset=tail_from, limit=LOG_TAIL_BYTES)
+    tail = runlog.read_log(session, run_id, offset=tail_from, limit=LOG_TAIL_BYTES)
     return templates.TemplateResponse(request, "run.html", {
         "run": run, "experiment": experiment, "checks": run_checks(run),
         "timeline": timeline(run.events), "log_text": _whole_lines(tail.text, tail_from),
@@ -414,7 +414,7 @@ def log_file(run_id: int) -> Iterator[bytes]:
     offset = 0
     while True:
         with read_session() as session:
-            piece = logs.read_log(session, run_id, offset=offset, limit=logs.MAX_READ_BYTES)
+            piece = runlog.read_log(session, run_id, offset=offset, limit=runlog.MAX_READ_BYTES)
         if piece.next_offset == offset:
             return
         yield piece.text.encode("utf-8")

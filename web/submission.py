@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from server import costs, presets, scripts
 from server.config import get_settings
 from server.costs import Estimate
-from server.experiments import ExperimentCreate
+from server.models import ExperimentCreate
 
 PROVIDERS = ("local", "ssh", "runpod")
 DEFAULT_SEEDS = "1337, 42, 2025"

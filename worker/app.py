@@ -14,9 +14,9 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_init, setup_logging
 
-from server import logconfig
+from server import logsetup
 from server.config import Settings, get_settings
-from server.queue import RECONCILE
+from server.dispatch import RECONCILE
 
 SOFT_TIME_LIMIT_S = 240  # a step raises SoftTimeLimitExceeded; its lease then expires
 HARD_TIME_LIMIT_S = 300  # the process running the step is killed
@@ -62,9 +62,9 @@ app = make_app(get_settings())
 def _configure_logging(loglevel: int | str | None = None, logfile: str | None = None,
                        **_kwargs: object) -> None:
     """Our handlers instead of Celery's (worker and beat): the chosen format, the ids of the
-    work in hand and the secret redactor on every record (server/logconfig.py)."""
+    work in hand and the secret redactor on every record (server/logsetup.py)."""
     settings = get_settings()
-    logconfig.configure(settings, level=loglevel or logging.INFO, filename=logfile or None)
+    logsetup.configure(settings, level=loglevel or logging.INFO, filename=logfile or None)
     if settings.log_format == "json":
         # Anything a library prints becomes a record rather than a stray non-JSON line.
         app.log.redirect_stdouts_to_logger(logging.getLogger("celery.redirected"), loglevel=logging.WARNING)
@@ -80,5 +80,5 @@ def _json_from_the_start(instance: Any = None, **_kwargs: object) -> None:
         return
     if instance is not None:
         instance.quiet = True
-    logconfig.configure(settings)
+    logsetup.configure(settings)
     logging.captureWarnings(True)

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 import trainer.contract as contract
-from server import costs, logconfig, nodes, notify, queueing
+from server import costs, logsetup, nodes, notify, waitlist
 from server.config import Settings
 from server.errors import Conflict
 from server.models import Experiment, Pod, Run, RunEvent, as_utc, utcnow
@@ -101,7 +101,7 @@ class RunDirector:
     def step(self, run_id: int, fence: int) -> Delay:
         """Do what the run's current state asks; failures end the run with a reason."""
         run = self._load(Run, run_id)
-        logconfig.bind(experiment_id=run.experiment_id, pod_id=run.pod_id)  # for this task's log lines
+        logsetup.bind(experiment_id=run.experiment_id, pod_id=run.pod_id)  # for this task's log lines
         status = RunStatus(run.status)
         if status in FINAL_RUN_STATUSES:
             return None
@@ -321,7 +321,7 @@ class RunDirector:
     def _wait_to_rent(self, session: Session, run: Run, fence: int, pod: Pod, provider: Provider,
                       life_s: float) -> Delay:
         """Seconds to wait while the pod cap or a budget holds the rent back; None: rent it now."""
-        ahead = queueing.pods_ahead(session, pod, self.settings)  # up, or ahead in the queue
+        ahead = waitlist.pods_ahead(session, pod, self.settings)  # up, or ahead in the queue
         if ahead >= self.settings.max_pods:
             waiting = (f"waiting for a pod: {ahead} {provider.name} pods are up or ahead in line, "
                        f"the cap is {self.settings.max_pods} (CADDIE_MAX_PODS)")

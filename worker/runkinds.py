@@ -24,9 +24,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 import trainer.contract as contract
+from server.communitylog import parse_log
 from server.config import Settings
 from server.eligibility import Measurements, run_reasons
-from server.logparse import parse_log
 from server.models import Experiment, Pod, Run, as_utc, utcnow
 from server.scripts import file_names, list_files
 from server.workerfacts import WorkerFacts, with_worker

@@ -97,7 +97,7 @@ def pick_artifact(listing: str, uploaded: set[str]) -> str | None:
 
 
 def score(parsed: dict[str, Any], *, code_bytes: int, artifact_bytes: int) -> tuple[dict[str, Any], list[str]]:
-    """(the run row's numbers, reasons) from `server.logparse.parse_log`'s answer and what the
+    """(the run row's numbers, reasons) from `server.communitylog.parse_log`'s answer and what the
     worker measured. The log's own byte counts are compared, never used."""
     final = parsed["score"] or {}
     numbers = {

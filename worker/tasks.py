@@ -1,16 +1,16 @@
 """Celery entry points. Thin: they find the director and hand it the run id.
 
-Named by `server.queue` (the server enqueues by name and never imports this module).
+Named by `server.dispatch` (the server enqueues by name and never imports this module).
 """
 
 from functools import lru_cache
 
 import httpx
 
-from server import logconfig
+from server import logsetup
 from server.config import get_settings
 from server.db import get_engine
-from server.queue import ADVANCE_RUN, NOTIFY, RECONCILE
+from server.dispatch import ADVANCE_RUN, NOTIFY, RECONCILE
 from worker import reconciler
 from worker.app import app
 from worker.director import RunDirector
@@ -24,7 +24,7 @@ def get_director() -> RunDirector:
 @app.task(name=ADVANCE_RUN)
 def advance_run(run_id: int) -> None:
     """One step of a run; enqueues the next at once when the run can go straight on."""
-    with logconfig.work(run_id=run_id):
+    with logsetup.work(run_id=run_id):
         if get_director().advance(run_id):
             advance_run.delay(run_id)
 
@@ -45,8 +45,8 @@ def send_notification(payload: dict[str, object]) -> None:
     url = get_settings().webhook_url
     if url is None:
         return
-    ids = {k: v for k, v in payload.items() if k in logconfig.IDS and isinstance(v, int)}
-    with logconfig.work(**ids):
+    ids = {k: v for k, v in payload.items() if k in logsetup.IDS and isinstance(v, int)}
+    with logsetup.work(**ids):
         try:
             httpx.post(url.get_secret_value(), json=payload, timeout=10).raise_for_status()
         except httpx.HTTPStatusError as exc:

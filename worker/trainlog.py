@@ -1,7 +1,7 @@
 """Copying a run's train.log from its pod into the database while it runs, and at its end.
 
 Each step reads the file from the run's `log_offset` and stores whole lines as LogChunk rows
-(server.logs.add_log_chunks: a line longer than a chunk is cut between characters), then
+(server.runlog.add_log_chunks: a line longer than a chunk is cut between characters), then
 moves `log_offset` past them under the run's lease, so a redelivered step carries on where
 the last one stopped. The stored log is capped (CADDIE_LOG_CAP_BYTES): past the cap, the
 end of the run stores a marker and the file's last bytes, where the final metrics are.
@@ -16,9 +16,9 @@ from sqlmodel import Session
 import trainer.contract as contract
 from server.config import Settings
 from server.errors import LeaseLost
-from server.logs import add_log_chunks, log_chunk
-from server.logstream import publish_log
 from server.models import Run
+from server.runlog import add_log_chunks, log_chunk
+from server.runlog_stream import publish_log
 from server.runs import get_run, update_run
 from worker.remote import Remote
 
@@ -78,7 +78,7 @@ class TrainLog:
 
     def _store(self, run_id: int, fence: int, offset: int, data: bytes, *, complete: bool = True,
                nbytes: int | None = None) -> int:
-        """Store bytes of train.log from `offset` (whole lines, see server.logs.line_chunks) and
+        """Store bytes of train.log from `offset` (whole lines, see server.runlog.line_chunks) and
         move the run's log_offset past them; returns how many bytes that is. With `nbytes`,
         `data` is one marker chunk standing for that many bytes past the log cap."""
         with Session(self.engine) as session:

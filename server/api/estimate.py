@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from server import costs, presets
 from server.config import get_settings
 from server.costs import Estimate
-from server.experiments import MAX_SEEDS, MAX_VARIANTS
+from server.models import MAX_SEEDS, MAX_VARIANTS
 
 router = APIRouter(prefix="/estimate", tags=["estimate"])
 

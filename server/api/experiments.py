@@ -9,7 +9,7 @@ from server import auth, experiments, quotas, reference
 from server.api.deps import ApiPrincipalDep, FilterText, IdPath, Limit, Offset, SessionDep
 from server.config import get_settings
 from server.errors import Forbidden, NotFound
-from server.experiments import (
+from server.models import (
     ExperimentCreate,
     ExperimentPublic,
     ExperimentPublicWithRuns,

@@ -3,9 +3,9 @@
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from server import queueing
+from server import waitlist
 from server.api.deps import SessionDep
-from server.queueing import QueueEntry
+from server.waitlist import QueueEntry
 
 router = APIRouter(prefix="/queue", tags=["queue"])
 
@@ -19,5 +19,5 @@ class QueuePublic(BaseModel):
 def read_queue(session: SessionDep) -> QueuePublic:
     """Experiments with runs waiting for a pod: priority (higher first), then submission time,
     with each one's position, waiting runs and estimated start."""
-    entries = queueing.queue(session)
+    entries = waitlist.queue(session)
     return QueuePublic(data=entries, count=len(entries))

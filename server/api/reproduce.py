@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from server import auth, experiments, quotas, reproduce, rerun
 from server.api.deps import ApiPrincipalDep, IdPath, SessionDep
 from server.api.experiments import check_provider
-from server.experiments import ExperimentPublicWithRuns
+from server.models import ExperimentPublicWithRuns
 from server.reproduce import GitSource, Overrides, Plan, SourceError
 
 router = APIRouter(tags=["reproduce"])

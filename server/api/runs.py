@@ -7,11 +7,11 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from server import auth, experiments, logs, logstream
+from server import auth, experiments, runlog, runlog_stream
 from server.api.deps import MAX_ID, ApiPrincipalDep, IdPath, SessionDep
 from server.db import get_engine
-from server.experiments import RunPublic, RunPublicWithEvents
-from server.logs import LogSlice
+from server.models import RunPublic, RunPublicWithEvents
+from server.runlog import LogSlice
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -29,12 +29,12 @@ def read_run_log(
     session: SessionDep,
     run_id: IdPath,
     offset: Annotated[int, Query(ge=0, le=MAX_ID, description="byte offset in train.log")] = 0,
-    limit: Annotated[int, Query(ge=1, le=logs.MAX_READ_BYTES, description="bytes at most")] = (
-        logs.DEFAULT_READ_BYTES
+    limit: Annotated[int, Query(ge=1, le=runlog.MAX_READ_BYTES, description="bytes at most")] = (
+        runlog.DEFAULT_READ_BYTES
     ),
 ) -> LogSlice:
     """Read the run's train.log from a byte offset; continue from `next_offset`."""
-    return logs.read_log(session, run_id, offset=offset, limit=limit)
+    return runlog.read_log(session, run_id, offset=offset, limit=limit)
 
 
 def stream_offset(
@@ -52,7 +52,7 @@ def stream_offset(
             raise _invalid(where, f"must be a byte offset (0 to {MAX_ID}), got {last_event_id!r}")
         start = int(last_event_id)
     try:
-        logstream.check_offset(get_engine(), run_id, start)
+        runlog_stream.check_offset(get_engine(), run_id, start)
     except ValueError as exc:
         raise _invalid(where, str(exc)) from None
     return start
@@ -73,7 +73,7 @@ async def stream_run_log(
     ended and all of its log was sent. Resume with `Last-Event-ID` or `?offset=`.
     """
     retry: int | None = RECONNECT_MS  # sent once per connection
-    async for event in logstream.log_events(get_engine(), run_id, start):
+    async for event in runlog_stream.log_events(get_engine(), run_id, start):
         yield ServerSentEvent(event=event.kind, data=event.data, id=event.id, retry=retry)
         retry = None
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.logparse import parse_log
+from server.communitylog import parse_log
 from tests.fixture_files import RECORD_LOGS
 
 REPO = Path(__file__).resolve().parents[2]

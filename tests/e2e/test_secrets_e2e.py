@@ -147,7 +147,7 @@ def test_no_secret_reaches_logs_rows_pods_or_answers(monkeypatch: pytest.MonkeyP
     assert run["status"] == "succeeded", run
 
     records = list(log_records(tmp_path / "logs"))
-    # The API server logs only warnings and errors here (its json lines: tests/server/test_logconfig.py).
+    # The API server logs only warnings and errors here (its json lines: tests/server/test_logsetup.py).
     assert {r["file"] for r in records} >= {"worker.log", "beat.log"}
     assert (tmp_path / "logs" / "server.log").exists()
     ours = [r for r in records if r.get("run_id") == run["id"]]

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from server.main import create_app
+from app.main import create_app
 
 
 @pytest.fixture

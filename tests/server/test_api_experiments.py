@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from server.config import get_settings
+from server.dispatch import ADVANCE_RUN
 from server.models import Experiment, Run, RunEvent
-from server.queue import ADVANCE_RUN
 from tests.factories import make_experiment, make_run
 from tests.server.broker import queued_tasks
 

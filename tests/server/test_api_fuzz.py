@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from server.main import create_app
+from app.main import create_app
 
 # The app reads its settings and opens its database at the first request, which happens
 # inside the test, after `settings_env` pointed them at that test's database.

@@ -6,8 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
+from server.dispatch import ADVANCE_RUN
 from server.models import LogChunk
-from server.queue import ADVANCE_RUN
 from server.runs import acquire_lease, transition
 from server.states import RunStatus
 from tests.factories import make_experiment, make_log, make_run

@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 from sqlmodel import Session
 
+from app.main import create_app
 from server.db import get_session
-from server.main import create_app
 
 
 def test_healthz_answers_when_the_database_does(client: TestClient) -> None:
@@ -40,7 +40,7 @@ def test_unexpected_errors_are_500_without_a_traceback(
         yield
 
     app.dependency_overrides[get_session] = broken_session
-    with caplog.at_level(logging.ERROR, logger="server.main"), \
+    with caplog.at_level(logging.ERROR, logger="app.main"), \
             TestClient(app, raise_server_exceptions=False) as client:
         response = client.get("/api/experiments")
     assert (response.status_code, response.json()) == (500, {"detail": "internal error"})

@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlmodel import Session
 
+from app.main import create_app
 from server.auth import Role, create_token, revoke_token
 from server.config import get_settings
-from server.main import create_app
 from tests.factories import make_experiment, make_run
 
 SPEC = {"name": "wd 0.04", "preset": "baseline", "seeds": [1, 2, 3]}

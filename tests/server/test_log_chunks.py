@@ -3,8 +3,8 @@
 import pytest
 from sqlmodel import Session, col, select
 
-from server.logs import add_log_chunks, line_chunks, read_log
 from server.models import LogChunk
+from server.runlog import add_log_chunks, line_chunks, read_log
 from tests.factories import make_experiment, make_run
 
 MIB = 1024 * 1024

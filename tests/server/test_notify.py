@@ -10,8 +10,8 @@ import pytest
 from sqlmodel import Session
 
 from server.config import get_settings
+from server.dispatch import NOTIFY
 from server.experiments import finalize_experiment
-from server.queue import NOTIFY
 from server.runs import transition
 from server.states import RunStatus
 from tests.factories import make_experiment, make_run

@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
+from app.main import create_app
 from server.auth import Role, create_token
 from server.experiments import add_seeds, finalize_experiment
-from server.main import create_app
 from server.models import Run
 from tests.factories import make_experiment, make_finished_experiment, make_run
 from tests.server.broker import queued_tasks

@@ -10,9 +10,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.main import create_app
 from server.auth import create_token
 from server.config import get_settings
-from server.main import create_app
 from server.models import Run, RunEvent
 
 

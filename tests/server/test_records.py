@@ -8,10 +8,10 @@ import pytest
 from sqlmodel import Session, col, select
 
 from server import records
+from server.communitylog import parse_log
 from server.config import get_settings
-from server.logparse import parse_log
+from server.dispatch import NOTIFY
 from server.models import Experiment, ExperimentFile, LogChunk, Pod, Run, RunEvent
-from server.queue import NOTIFY
 from tests.fixture_files import record_log
 from tests.server.broker import queued_tasks
 

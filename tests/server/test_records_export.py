@@ -11,9 +11,9 @@ import pytest
 from sqlmodel import Session, select
 
 from server import export, records
+from server.communitylog import parse_log
 from server.errors import NotFound
 from server.experiments import finalize_experiment
-from server.logparse import parse_log
 from server.models import Experiment
 from tests.factories import make_experiment, make_log, make_scored_run
 from tests.server.test_records import (

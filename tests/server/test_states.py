@@ -23,7 +23,7 @@ from server.states import (
 from tests.factories import make_experiment, make_pod, make_run
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("server", "worker", "web", "cli")
+PACKAGES = ("app", "server", "worker", "web", "cli")
 # The one writer of each status; everything else creates rows (a status at birth) or reads.
 WRITERS = {"server/runs.py", "server/pods.py", "server/experiments.py"}
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from server.main import create_app
+from app.main import create_app
 
 
 class LiveServer:

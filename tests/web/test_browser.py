@@ -10,7 +10,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from server import logstream, records
+from server import records, runlog_stream
 from server.models import Experiment
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 from tests.factories import (
@@ -154,16 +154,16 @@ def test_run_page_resumes_the_log_after_a_dropped_connection(
     """Every connection is cut after one event; the browser reconnects with Last-Event-ID
     and the page shows each line once."""
     starts: list[int] = []
-    real = logstream.log_events
+    real = runlog_stream.log_events
 
     async def one_event_per_connection(engine: Engine, run_id: int,
-                                       offset: int) -> AsyncIterator[logstream.LogEvent]:
+                                       offset: int) -> AsyncIterator[runlog_stream.LogEvent]:
         starts.append(offset)
         async for event in real(engine, run_id, offset):
             yield event
             return
 
-    monkeypatch.setattr(logstream, "log_events", one_event_per_connection)
+    monkeypatch.setattr(runlog_stream, "log_events", one_event_per_connection)
     run = make_run(session, make_experiment(session), seed=5, status="running")
     make_log(session, run, [line(1)])
 

@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from server import records
+from server.communitylog import parse_log
 from server.experiments import finalize_experiment
-from server.logparse import parse_log
 from server.models import Experiment
 from server.runs import get_run
 from tests.factories import make_experiment, make_pod, make_run, make_scored_run

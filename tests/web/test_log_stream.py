@@ -20,7 +20,7 @@ from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from server import logstream
+from server import runlog_stream
 from server.config import get_settings
 from server.db import get_engine
 from server.models import LogChunk, Run
@@ -47,7 +47,7 @@ def append(run_id: int, text: str) -> int:
         session.add(run)
         session.commit()
         offset = run.log_offset
-    logstream.publish_log(run_id, offset)
+    runlog_stream.publish_log(run_id, offset)
     return offset
 
 
@@ -152,7 +152,7 @@ def test_a_large_log_comes_in_several_events(client: TestClient, session: Sessio
 
     logged = [e for e in events if e.kind == "log"]
     assert len(logged) >= 3
-    assert all(len(e.data["text"].encode()) <= logstream.EVENT_BYTES for e in logged)
+    assert all(len(e.data["text"].encode()) <= runlog_stream.EVENT_BYTES for e in logged)
     assert "".join(e.data["text"] for e in logged) == "".join(lines)
 
 
@@ -188,7 +188,7 @@ def test_redis_message_wakes_the_stream_at_once(
     # With a 60 s recheck, only the published message can bring the line within a second.
     monkeypatch.setenv("CADDIE_REDIS_URL", REDIS_URL)
     get_settings.cache_clear()
-    monkeypatch.setattr(logstream, "RECHECK_S", 60.0)
+    monkeypatch.setattr(runlog_stream, "RECHECK_S", 60.0)
     run = make_run(session, make_experiment(session), seed=1, status="running")
     make_log(session, run, [line(1)])
     server = LiveServer().start()
@@ -217,9 +217,9 @@ def test_a_client_that_leaves_frees_its_subscription(
     run = make_run(session, make_experiment(session), seed=1, status="running")
     make_log(session, run, [line(1)])
     # Run ids restart in every test database: a channel of its own keeps counts exact.
-    monkeypatch.setattr(logstream, "CHANNEL_PREFIX", f"caddie:test:{uuid.uuid4().hex}:")
+    monkeypatch.setattr(runlog_stream, "CHANNEL_PREFIX", f"caddie:test:{uuid.uuid4().hex}:")
     watcher = redis.Redis.from_url(REDIS_URL)
-    subscribers = lambda: watcher.pubsub_numsub(logstream.channel(run.id))[0][1]  # noqa: E731
+    subscribers = lambda: watcher.pubsub_numsub(runlog_stream.channel(run.id))[0][1]  # noqa: E731
     server = LiveServer().start()
     try:
         with httpx.Client(timeout=10) as http, http.stream(
@@ -303,7 +303,7 @@ def test_a_graceful_stop_ends_open_streams(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "server.main:app", "--port", str(port),
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
          "--log-level", "warning"], cwd=Path(__file__).parents[2])
     try:
         base = f"http://127.0.0.1:{port}"

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from server.main import create_app
+from app.main import create_app
 from tests.factories import make_experiment, make_run
 from tests.web.dom import fetch, parse
 from web import pages

@@ -3,7 +3,7 @@
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from server import queueing
+from server import waitlist
 from tests.factories import make_experiment, make_run
 from tests.web.dom import cells, fetch
 
@@ -21,7 +21,7 @@ def test_waiting_experiments_in_line_order(client: TestClient, session: Session)
     page = fetch(client, "/queue")
 
     rows = page.find("table", class_="queue").find("tbody").find_all("tr")
-    expected = queueing.queue(session)
+    expected = waitlist.queue(session)
     assert [e.name for e in expected] == ["urgent", "early"]
     assert [row.attrs["data-experiment"] for row in rows] == [str(urgent.id), str(early.id)]
     position, name, author, provider, priority, _submitted, waiting, _start = cells(rows[0])

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from server import logs
+from server import runlog
 from server.runs import transition
 from server.states import RunStatus
 from tests.factories import make_experiment, make_log, make_pod, make_run, make_scored_run
@@ -153,7 +153,7 @@ def test_long_log_shows_its_last_whole_lines(client: TestClient, session: Sessio
 
 def test_download_joins_reads_of_a_long_log(client: TestClient, session: Session,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "MAX_READ_BYTES", 50)  # several reads for the few lines below
+    monkeypatch.setattr(runlog, "MAX_READ_BYTES", 50)  # several reads for the few lines below
     run = make_run(session, make_experiment(session), seed=1, status="running")
     make_log(session, run, LOG * 3)
 
@@ -326,8 +326,8 @@ def test_curves_of_a_huge_log_read_only_its_ends(client: TestClient, session: Se
     run = make_run(session, make_experiment(session), seed=1, status="running")
     make_log(session, run, ["".join(lines[:200]), "".join(lines[200:])])
     read: list[int] = []
-    read_log = logs.read_log
-    monkeypatch.setattr(logs, "read_log", lambda s, r, offset, limit: (
+    read_log = runlog.read_log
+    monkeypatch.setattr(runlog, "read_log", lambda s, r, offset, limit: (
         read.append(limit), read_log(s, r, offset=offset, limit=limit))[1])
 
     page = fetch(client, f"/runs/{run.id}")
@@ -340,7 +340,7 @@ def test_curves_of_a_huge_log_read_only_its_ends(client: TestClient, session: Se
 
 def test_the_log_download_is_streamed(client: TestClient, session: Session,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "MAX_READ_BYTES", 50)
+    monkeypatch.setattr(runlog, "MAX_READ_BYTES", 50)
     run = make_run(session, make_experiment(session), seed=1, status="running")
     make_log(session, run, LOG * 3)
 

@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
+from app.main import create_app
 from server.auth import create_token
 from server.config import get_settings
-from server.main import create_app
 from tests.factories import make_experiment, make_run
 from tests.web.dom import form_token, parse
 

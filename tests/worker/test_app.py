@@ -14,8 +14,8 @@ from sqlmodel import Session, SQLModel, select
 
 from server.config import Settings
 from server.db import make_engine
+from server.dispatch import ADVANCE_RUN, RECONCILE
 from server.models import Run, RunEvent
-from server.queue import ADVANCE_RUN, RECONCILE
 from tests.databases import redis_url as shared_redis_url
 from tests.factories import make_experiment, make_run
 from worker.app import HARD_TIME_LIMIT_S, SOFT_TIME_LIMIT_S, make_app

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from server.logs import read_log
 from server.models import LogChunk, Pod, Run, RunEvent, utcnow
+from server.runlog import read_log
 from server.runs import acquire_lease, release_lease, update_run
 from server.states import FINAL_RUN_STATUSES, RUN_PATH, RunStatus
 from tests.worker.harness import FAKE_TRAINER, drive, new_run, read_run

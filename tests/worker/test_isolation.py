@@ -146,7 +146,7 @@ def script_run(engine: Engine, provider: str, env: dict[str, str]) -> int:
 
 
 def stored_log(engine: Engine, run_id: int) -> str:
-    from server.logs import read_log
+    from server.runlog import read_log
     with Session(engine) as session:
         return read_log(session, run_id, limit=4 * 1024 * 1024).text
 

@@ -8,8 +8,8 @@ import pytest
 from sqlmodel import Session
 
 from server.config import Settings, get_settings
+from server.dispatch import NOTIFY, get_producer
 from server.experiments import cancel_run
-from server.queue import NOTIFY, get_producer
 from server.states import FINAL_RUN_STATUSES, RunStatus
 from tests.factories import make_experiment, make_run
 from tests.server.broker import queued_tasks

@@ -10,7 +10,7 @@ from sqlmodel import Session
 
 from server.config import Settings, get_settings
 from server.models import Experiment, Pod, Run
-from server.queueing import admitted, pods_ahead, queue
+from server.waitlist import admitted, pods_ahead, queue
 from tests.factories import make_experiment, make_pod, make_run
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

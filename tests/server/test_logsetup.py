@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from server import logconfig, redaction
+from app.main import create_app
+from server import logsetup, redaction
 from server.config import Settings, get_settings
-from server.main import create_app
 
 API_KEY = "rpa_LOGTESTKEY0123456789"
 HOOK = "https://hooks.example.com/services/T000/B000/hooktoken42"
@@ -49,11 +49,11 @@ def records(text: str) -> list[dict[str, object]]:
 
 def test_each_record_is_one_json_line_with_the_ids_bound(root_logging: None, tmp_path: Path) -> None:
     out = io.StringIO()
-    this_thread(logconfig.configure(json_settings(tmp_path), stream=out))
+    this_thread(logsetup.configure(json_settings(tmp_path), stream=out))
     log = logging.getLogger("worker.director")
     log.info("outside any task")
-    with logconfig.work(run_id=3):
-        logconfig.bind(pod_id=5, experiment_id=2)
+    with logsetup.work(run_id=3):
+        logsetup.bind(pod_id=5, experiment_id=2)
         log.warning("run %s: line\nwith a break", 3)
     log.info("after the task")
     first, second, third = records(out.getvalue())
@@ -67,9 +67,9 @@ def test_each_record_is_one_json_line_with_the_ids_bound(root_logging: None, tmp
 
 def test_an_exception_is_a_field_and_secrets_are_redacted(root_logging: None, tmp_path: Path) -> None:
     out = io.StringIO()
-    this_thread(logconfig.configure(json_settings(tmp_path), stream=out))
+    this_thread(logsetup.configure(json_settings(tmp_path), stream=out))
     log = logging.getLogger("worker.providers.runpod")
-    with logconfig.work(run_id=9):
+    with logsetup.work(run_id=9):
         try:
             raise RuntimeError(f"RunPod refused key {API_KEY}")
         except RuntimeError:
@@ -87,7 +87,7 @@ def test_an_exception_is_a_field_and_secrets_are_redacted(root_logging: None, tm
 def test_a_traceback_another_handler_formatted_first_is_still_redacted(root_logging: None,
                                                                        tmp_path: Path) -> None:
     out = io.StringIO()
-    this_thread(logconfig.configure(json_settings(tmp_path), stream=out))
+    this_thread(logsetup.configure(json_settings(tmp_path), stream=out))
     log = logging.getLogger("worker.providers.elsewhere")
     first = logging.StreamHandler(io.StringIO())  # e.g. one whose redactor knows other secrets
     first.addFilter(redaction.SecretRedactor([]))
@@ -105,8 +105,8 @@ def test_a_traceback_another_handler_formatted_first_is_still_redacted(root_logg
 
 def test_text_lines_carry_the_ids(root_logging: None, tmp_path: Path) -> None:
     out = io.StringIO()
-    this_thread(logconfig.configure(Settings(data_dir=tmp_path), stream=out))
-    with logconfig.work(run_id=4, experiment_id=1):
+    this_thread(logsetup.configure(Settings(data_dir=tmp_path), stream=out))
+    with logsetup.work(run_id=4, experiment_id=1):
         logging.getLogger("worker.director").info("run 4 failed: it broke")
     (line,) = out.getvalue().splitlines()
     assert line.endswith(" INFO worker.director: run 4 failed: it broke [run_id=4 experiment_id=1]")
@@ -114,8 +114,8 @@ def test_text_lines_carry_the_ids(root_logging: None, tmp_path: Path) -> None:
 
 def test_configuring_twice_keeps_one_handler(root_logging: None, tmp_path: Path) -> None:
     first, second = io.StringIO(), io.StringIO()
-    logconfig.configure(json_settings(tmp_path), stream=first)
-    this_thread(logconfig.configure(json_settings(tmp_path), stream=second))
+    logsetup.configure(json_settings(tmp_path), stream=first)
+    this_thread(logsetup.configure(json_settings(tmp_path), stream=second))
     logging.getLogger("server").warning("once")
     assert first.getvalue() == "" and len(records(second.getvalue())) == 1
 

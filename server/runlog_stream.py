@@ -30,7 +30,7 @@ from sqlmodel import Session
 
 from server.config import get_settings
 from server.db import reader
-from server.logs import read_log
+from server.runlog import read_log
 from server.runs import get_run
 from server.states import FINAL_RUN_STATUSES, RunStatus
 

@@ -1,7 +1,7 @@
 """Builds the FastAPI app: API routers, the web pages and error handlers.
 
-The composition root: the only server module that imports `web` (which itself uses the
-server's services). The schema is migrations' job.
+The composition root: it joins the server's API and the `web` pages (which use the server's
+services), so that `server` itself never imports `web`. The schema is migrations' job.
 """
 
 import logging
@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from server import body_limits, logconfig, logstream, redaction, security_headers
+from server import body_limits, logsetup, redaction, runlog_stream, security_headers
 from server.api import apidocs, health
 from server.api.deps import read_access
 from server.api.main import api_router
@@ -29,7 +29,7 @@ def create_app() -> FastAPI:
         summary="Runs OpenAI's Parameter Golf challenge: seeds, pods, verification, leaderboard.",
         version="0.1.0",
         lifespan=_lifespan,
-        dependencies=[Depends(logconfig.bind_path_ids)],
+        dependencies=[Depends(logsetup.bind_path_ids)],
         # /openapi.json by _docs_router and /docs by server/api/apidocs.py (no CDN), both
         # following CADDIE_PUBLIC_READ; ReDoc is off.
         openapi_url=None, docs_url=None, redoc_url=None,
@@ -62,8 +62,8 @@ def _docs_router(app: FastAPI) -> APIRouter:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with logconfig.api_lifespan(app):
-        with logstream.closed_on_stop():
+    async with logsetup.api_lifespan(app):
+        with runlog_stream.closed_on_stop():
             yield
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from server.logparse import parse_log
+from server.communitylog import parse_log
 from tests.fixture_files import RECORD_LOGS, record_log
 
 TRUTH_FILE = RECORD_LOGS / "truth.json"

@@ -4,9 +4,9 @@ place."""
 
 from sqlmodel import Session
 
-from server.queueing import admitted, queue
+from server.waitlist import admitted, queue
 from tests.factories import make_run
-from tests.server.test_queue import HOUR, NOW, busy_pod, settings, submitted
+from tests.server.test_waitlist import HOUR, NOW, busy_pod, settings, submitted
 
 
 def test_a_running_experiment_with_nothing_waiting_still_takes_its_place(session: Session) -> None:
