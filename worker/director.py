@@ -572,7 +572,7 @@ class RunDirector:
         with Session(self.engine) as session:
             rows = list_files(session, experiment.id)
         try:
-            found = script.script_files(rows)
+            found = script.script_files(rows, experiment)
         except ValueError as exc:
             raise StepFailed(str(exc)) from None
         return found.uploaded, found.counted
@@ -608,7 +608,8 @@ class RunDirector:
         env = script.script_env(experiment, self._load(Run, run.id))
         try:
             return launcher.launch_script(
-                argv=script.torchrun_argv(provider.python, run.gpu_count), cwd=f"{run_dir}/code", env=env,
+                argv=script.torchrun_argv(provider.python, run.gpu_count, script.entrypoint(experiment)),
+                cwd=f"{run_dir}/code", env=env,
                 output=contract.TRAIN_LOG, setup=setup, setup_deadline_s=script.SETUP_DEADLINE_S, **common)
         except ValueError as exc:
             raise StepFailed(str(exc)) from None
