@@ -2,9 +2,10 @@
 of a folder of a git repository at a commit, every value editable before launch; and the
 verdict block on a re-run's page and on the record's page.
 
-A zip's plan page carries the zip itself (base64, at most WEB_ZIP_BYTES) in its launch form,
-so that the launch plans the same bytes again; a folder on the server's own disk stays with
-the API and the CLI (admins), as does a bigger zip.
+A zip's plan page carries the zip itself (URL-safe base64, at most WEB_ZIP_BYTES) in its
+launch form, so that the launch plans the same bytes again; in pieces of ZIP_PIECE characters,
+each a form field under the form parser's 1 MiB per field. A folder on the server's own disk
+stays with the API and the CLI (admins), as does a bigger zip.
 """
 
 import base64
@@ -26,8 +27,10 @@ from web.rendering import templates
 
 Text = Annotated[str, Form(max_length=200_000)]
 Short = Annotated[str, Form(max_length=500)]
+Hidden = dict[str, Any]  # the source's fields in the launch form: a string, or a list of pieces
 WEB_ZIP_BYTES = 5_000_000  # a records folder's zip is ~100 KB; bigger ones go through the API
-ZipText = Annotated[str, Form(max_length=4 * WEB_ZIP_BYTES // 3 + 4)]
+ZIP_PIECE = 512 * 1024  # base64 characters per hidden field (Starlette's limit is 1 MiB a field)
+ZipPieces = Annotated[list[str] | None, Form(max_length=4 * WEB_ZIP_BYTES // 3 // ZIP_PIECE + 1)]
 
 
 def verdict_context(session: Session, experiment_id: int) -> dict[str, Any]:
@@ -70,7 +73,7 @@ def _plan_page(request: Request, session: Session, experiment_id: int, overrides
 
 
 def _render_plan(request: Request, plan: Plan, overrides: Overrides, problems: list[str], status_code: int, *,
-                 title: str, action: str, hidden: dict[str, str], record: Experiment | None = None) -> HTMLResponse:
+                 title: str, action: str, hidden: Hidden, record: Experiment | None = None) -> HTMLResponse:
     """The plan page: files with sha256, editable env, seeds, provider, budget; the launch form
     posts to `action` with `hidden` (the source) beside the edited values."""
     return templates.TemplateResponse(request, "reproduce.html", {
@@ -99,7 +102,9 @@ def zip_plan_page(request: Request, principal: PrincipalDep, file: Annotated[byt
     if len(file) > WEB_ZIP_BYTES:
         return _source_page(request, principal, [f"source.zip: {len(file):,} bytes; the page takes "
                                                  f"{WEB_ZIP_BYTES:,}, the API and the CLI more"], status_code=422)
-    hidden = {"source": "zip", "zip_data": base64.b64encode(file).decode(), "path": path}
+    text = base64.urlsafe_b64encode(file).decode()
+    hidden = {"source": "zip", "zip_data": [text[i:i + ZIP_PIECE] for i in range(0, len(text), ZIP_PIECE)],
+              "path": path}
     return _source_plan(request, principal, hidden, Overrides(), [])
 
 
@@ -110,7 +115,7 @@ def git_plan_page(request: Request, principal: PrincipalDep, url: Short = "", co
     return _source_plan(request, principal, hidden, Overrides(), [])
 
 
-def _source_plan(request: Request, principal: auth.Principal, hidden: dict[str, str], overrides: Overrides,
+def _source_plan(request: Request, principal: auth.Principal, hidden: Hidden, overrides: Overrides,
                  problems: list[str], status_code: int = 200) -> HTMLResponse:
     """The plan of the source `hidden` names; the source form again with the problem when it
     cannot be read."""
@@ -123,28 +128,31 @@ def _source_plan(request: Request, principal: auth.Principal, hidden: dict[str, 
                         action="/reproduce/create", hidden=hidden)
 
 
-def _plan_of(hidden: dict[str, str], principal: auth.Principal) -> Plan:
+def _plan_of(hidden: Hidden, principal: auth.Principal) -> Plan:
     """Plan the source again from the fields the plan page carries."""
     if hidden.get("source") == "zip":
         try:
-            data = base64.b64decode(hidden.get("zip_data", ""), validate=True)
+            data = base64.b64decode("".join(hidden.get("zip_data", [])), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             raise SourceError("source.zip: the page's copy of the zip is damaged; upload it again") from None
-        with reproduce.zip_source(data, hidden.get("path", "")) as folder:
-            return reproduce.plan_folder(folder, {"kind": "zip", "path": hidden.get("path", "")})
+        path = str(hidden.get("path", ""))
+        with reproduce.zip_source(data, path) as folder:
+            return reproduce.plan_folder(folder, {"kind": "zip", "path": path})
     if hidden.get("source") == "git":
-        source = GitSource(url=hidden.get("url", ""), commit=hidden.get("commit", ""), path=hidden.get("path", ""))
+        source = GitSource(url=str(hidden.get("url", "")), commit=str(hidden.get("commit", "")),
+                           path=str(hidden.get("path", "")))
         with reproduce.git_source(source, allow_file=principal.is_admin) as folder:
             return reproduce.plan_folder(folder, {"kind": "git", **source.model_dump()})
     raise SourceError("source: a zip or a git repository is needed")
 
 
 def create_from_source_page(request: Request, session: SessionDep, principal: PrincipalDep,
-                            source: Short = "", zip_data: ZipText = "", url: Short = "",
+                            source: Short = "", zip_data: ZipPieces = None, url: Short = "",
                             commit: Short = "", path: Short = "", env: Text = "", seed_env: Text = "",
                             seeds: Text = "", provider: Text = "runpod", budget_usd: Text = "") -> Response:
     """Create the re-run of a zip or git source from the edited plan; or the plan again."""
-    hidden = {"source": source, "path": path, **({"zip_data": zip_data} if source == "zip" else {"url": url, "commit": commit})}
+    hidden: Hidden = {"source": source, "path": path,
+                      **({"zip_data": zip_data or []} if source == "zip" else {"url": url, "commit": commit})}
     return _create(request, session, principal, lambda: _plan_of(hidden, principal),
                    lambda problems: _source_plan(request, principal, hidden, Overrides(), problems, 422),
                    env, seed_env, seeds, provider, budget_usd)
