@@ -6,9 +6,9 @@ else its stored code), a folder path, a zip, or a git repository at a commit. It
 every file the run needs byte for byte with each file's sha256 (sub-folders as relative paths,
 binary files such as a tokenizer model as they are; not its logs, README, submission or
 pictures), the script it launches (`entry_point`: the one its README's or shell scripts'
-`torchrun` / `python` lines run, else train_gpt.py, else its only trainer-like `*.py`); the
-environment its README's command
-lines set in front of `torchrun` / `python` (per seed where they differ; `\\` continuations,
+`torchrun` / `python` lines run, else train_gpt.py, else its only trainer-like `*.py`) and
+the files its code bytes count (`counted_paths`); the environment its README's command lines
+set in front of `torchrun` / `python` (per seed where they differ; `\\` continuations,
 `export X=..` lines, `for SEED in ...` loops), else the hyperparameters its logs echo for the
 names its code reads; the tokenizer and dataset variant; the seeds it claims; and the claims
 themselves (per seed val_bpb, val_loss, bytes, times), which `server.rerun` judges the re-run
@@ -684,7 +684,7 @@ def _plan_from_rows(session: Session, record: Experiment) -> Plan:
     runs = [run for run in experiments.list_runs(session, record.id) if run.val_bpb is not None]
     logs = [records._log_bytes(session, run).decode(errors="replace") for run in runs]  # noqa: SLF001
     entry = entry_point(files, "", [])
-    counted = counted_paths(files, entry) if entry in files else []
+    counted = counted_paths(files, entry)
     code = _texts(files, counted)
     documented = documented_env("", logs, code)
     variant = data_variant(documented.env, logs, code, "")
