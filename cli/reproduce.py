@@ -88,8 +88,10 @@ def _overrides(args: argparse.Namespace, plan: Plan) -> Overrides:
 
 
 def describe(plan: dict[str, Any]) -> str:
-    lines = [plan["name"], "", "code (byte for byte):"]
-    lines += [f"  {f['name']:<24} {f['nbytes']:>10,} bytes  sha256 {f['sha256']}" for f in plan["files"]]
+    lines = [plan["name"], "", f"launches: torchrun --standalone --nproc_per_node="
+             f"{plan['hardware']['gpu_count']} {plan['entrypoint']}", "", "files (byte for byte):"]
+    lines += [f"  {f['name']:<32} {f['nbytes']:>10,} bytes  sha256 {f['sha256']}"
+              f"{'  counted' if f['counted'] else ''}{'' if f['text'] else '  binary'}" for f in plan["files"]]
     lines += ["", f"env (from {plan['env_from']}):"] + [f"  {k}={v}" for k, v in plan["env"].items()]
     lines += [f"  seed {seed}: " + " ".join(f"{k}={v}" for k, v in env.items())
               for seed, env in plan["seed_env"].items() if env]

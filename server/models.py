@@ -8,6 +8,7 @@ from pydantic import (
     ConfigDict,
     StrictInt,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -328,9 +329,12 @@ class ExperimentCreate(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ExperimentCreate":
+    def _consistent(self, info: ValidationInfo) -> "ExperimentCreate":
+        # A re-run's files (relative paths, any bytes, its own entry point) are checked by
+        # `scripts.check_carried` and stored apart: its spec comes with context files_checked.
+        carried = bool((info.context or {}).get("files_checked"))
         if self.kind == "script":
-            if scripts.ENTRYPOINT not in self.files:
+            if scripts.ENTRYPOINT not in self.files and not carried:
                 raise ValueError(f"files: a script experiment needs {scripts.ENTRYPOINT}")
             if self.config:
                 raise ValueError("config: a script experiment takes env, not config")

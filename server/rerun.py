@@ -4,9 +4,12 @@ Per seed, the claimed and re-run val_bpb, bytes, train and eval time with their 
 the rules as Caddie's worker measured them (bytes <= 16,000,000, train and eval <= 600 s, no
 crash); over seeds, Welch's one-sided test of "the re-run is worse than claimed by more than a
 tolerance" (0.005 nats per token by default) and its mirror, "the re-run is within the
-tolerance". Scores are compared in nats per token: val_bpb x ln 2 x bytes-per-token, the
-bytes-per-token of the claimed logs (val_loss / (val_bpb x ln 2)), which is the val_loss
-difference on one tokenizer. `docs/validation.md` has the formulas.
+tolerance": a paired t-test of (re-run - claimed) by seed when every scored re-run seed is one
+the submission claims (a like-for-like re-run), else Welch's test of the two sets (fresh seeds).
+A paired test whose differences have no spread (a deterministic re-run) is exact: the mean
+difference alone decides. Scores are compared in nats per token: val_bpb x ln 2 x
+bytes-per-token, the bytes-per-token of the claimed logs (val_loss / (val_bpb x ln 2)), which
+is the val_loss difference on one tokenizer. `docs/validation.md` has the formulas.
 
 Outcomes: "running" while a seed runs; "not reproduced" when a rule fails or the shortfall is
 significant (p < alpha), naming what failed; "reproduced" when every rule holds and the re-run is
@@ -32,6 +35,9 @@ from server.states import FINAL_RUN_STATUSES, RunStatus
 from server.statistics import MAX_SEEDS
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, RUNNING = "reproduced", "not reproduced", "inconclusive", "running"
+PAIRED, WELCH = "paired", "welch"  # the test's `kind`
+PAIRED_TEST = "one-sided paired t-test by seed"
+WELCH_TEST = "one-sided Welch's t-test"
 DEFAULT_TOLERANCE_NATS = 0.005
 DEFAULT_ALPHA = 0.01
 LAST_LINES = 8
@@ -85,7 +91,8 @@ def verdict(session: Session, experiment: Experiment) -> Verdict:
     claims = {int(c["seed"]): c for c in claims_of(experiment)}
     rows = [_seed_row(run, claims.get(run.seed)) for run in runs]
     failed, reasons = _rule_failures(rows)
-    test = welch(claims.values(), [r for r in runs if r.status == RunStatus.succeeded.value], tolerance, alpha)
+    test = score_test(list(claims.values()), [r for r in runs if r.status == RunStatus.succeeded.value],
+                      tolerance, alpha)
     live = any(run.status not in {s.value for s in FINAL_RUN_STATUSES} for run in runs)
     outcome, more = _outcome(live, failed, reasons, test)
     return Verdict(experiment.id, experiment.reproduces_id, outcome, failed, reasons, rows, test, more)
@@ -143,19 +150,78 @@ def bytes_per_token(claims: list[dict[str, Any]]) -> float | None:
     return float(np.mean(ratios)) if ratios else None
 
 
+def is_like_for_like(claims: list[dict[str, Any]], runs: list[Run]) -> bool:
+    """True when every scored re-run seed is a seed the submission claims a score for."""
+    claimed = {int(c["seed"]) for c in claims if c.get("val_bpb") is not None}
+    scored = [r.seed for r in runs if r.val_bpb is not None]
+    return bool(scored) and all(seed in claimed for seed in scored)
+
+
+def score_test(claims: list[dict[str, Any]], runs: list[Run], tolerance: float, alpha: float) -> dict[str, Any]:
+    """The paired test for a like-for-like re-run, else Welch's."""
+    if is_like_for_like(claims, runs):
+        return paired(claims, runs, tolerance, alpha)
+    return welch(claims, runs, tolerance, alpha)
+
+
+def _nats_scale(claimed: list[dict[str, Any]]) -> tuple[float | None, float]:
+    """(bytes per token of the claims or None, what a bpb is multiplied by: ln 2 x bytes per
+    token, or ln 2 alone (nats per byte) without a val_loss)."""
+    bpt = bytes_per_token(claimed)
+    return bpt, math.log(2) * (bpt or 1.0)
+
+
+def _test_facts(kind: str, bpt: float | None, tolerance: float, alpha: float) -> dict[str, Any]:
+    return {"kind": kind, "test": PAIRED_TEST if kind == PAIRED else WELCH_TEST,
+            "units": "nats_per_token" if bpt else "nats_per_byte", "bytes_per_token": bpt,
+            "tolerance_nats": tolerance, "alpha": alpha, "mean_diff_bpb": None, "mean_diff_nats": None,
+            "t": None, "df": None, "p_worse": None, "p_within": None, "note": ""}
+
+
+def paired(claims: list[dict[str, Any]], runs: list[Run], tolerance: float, alpha: float) -> dict[str, Any]:
+    """Both one-sided paired t-tests of d = (re-run - claimed) per seed, in nats per token,
+    against the tolerance: t = (mean d - tolerance) / (sd d / sqrt n), n - 1 degrees of freedom.
+    sd d = 0 (every difference equal, a deterministic re-run among them) is exact: p is 0 or 1
+    by the sign of mean d - tolerance."""
+    claimed = {int(c["seed"]): c for c in claims if c.get("val_bpb") is not None}
+    bpt, scale = _nats_scale(list(claimed.values()))
+    pairs = [(run.seed, run.val_bpb, claimed[run.seed]["val_bpb"]) for run in runs
+             if run.val_bpb is not None and run.seed in claimed]
+    rerun = np.array([p[1] for p in pairs], dtype=float) * scale
+    mine = np.array([p[2] for p in pairs], dtype=float) * scale
+    diffs = rerun - mine
+    out = {**_test_facts(PAIRED, bpt, tolerance, alpha), "n_rerun": len(pairs), "n_claimed": len(claimed),
+           "n_pairs": len(pairs), "paired_seeds": [p[0] for p in pairs], "mean_rerun_bpb": _mean(rerun / scale),
+           "mean_claimed_bpb": _mean(mine / scale), "sd_diff_nats": None}
+    if len(diffs) == 0:
+        out["note"] = "no scored seed to pair"
+        return out
+    mean = float(diffs.mean())
+    out["mean_diff_nats"], out["mean_diff_bpb"] = mean, mean / scale
+    if len(diffs) < 2:
+        out["note"] = "the paired test needs at least 2 seeds"
+        return out
+    sd = float(diffs.std(ddof=1))
+    shortfall = mean - tolerance
+    out.update(sd_diff_nats=sd, shortfall_nats=shortfall)
+    if sd == 0:  # every seed moved by the same amount (0 for a deterministic re-run): exact
+        out.update(p_worse=0.0 if shortfall > 0 else 1.0, p_within=0.0 if shortfall < 0 else 1.0,
+                   note="every difference is the same: the mean difference decides")
+        return out
+    t, df = shortfall / (sd / math.sqrt(len(diffs))), len(diffs) - 1
+    out.update(t=t, df=float(df), p_worse=float(stats.t.sf(t, df)), p_within=float(stats.t.cdf(t, df)))
+    return out
+
+
 def welch(claims: Any, runs: list[Run], tolerance: float, alpha: float) -> dict[str, Any]:
     """Both one-sided Welch tests on nats per token; None where the data cannot define them."""
     claimed = [c for c in claims if c.get("val_bpb") is not None]
-    bpt = bytes_per_token(claimed)
-    scale = math.log(2) * (bpt or 1.0)  # bpb -> nats per token (per byte without a val_loss)
+    bpt, scale = _nats_scale(claimed)
     a = np.array([r.val_bpb for r in runs if r.val_bpb is not None], dtype=float) * scale
     b = np.array([c["val_bpb"] for c in claimed], dtype=float) * scale
     out: dict[str, Any] = {
-        "test": "one-sided Welch's t-test", "units": "nats_per_token" if bpt else "nats_per_byte",
-        "bytes_per_token": bpt, "tolerance_nats": tolerance, "alpha": alpha,
-        "n_rerun": len(a), "n_claimed": len(b), "mean_rerun_bpb": _mean(a / scale),
-        "mean_claimed_bpb": _mean(b / scale), "mean_diff_bpb": None, "mean_diff_nats": None,
-        "t": None, "df": None, "p_worse": None, "p_within": None, "note": ""}
+        **_test_facts(WELCH, bpt, tolerance, alpha), "n_rerun": len(a), "n_claimed": len(b),
+        "mean_rerun_bpb": _mean(a / scale), "mean_claimed_bpb": _mean(b / scale)}
     if len(a) == 0 or len(b) == 0:
         out["note"] = "no scored seed on one side"
         return out
@@ -215,10 +281,22 @@ def seeds_to_settle(test: dict[str, Any]) -> int | None:
     tests reaches p < alpha; None out of reach within statistics.MAX_SEEDS."""
     if test["t"] is None:
         return 2 if test["n_rerun"] < 2 and test["n_claimed"] >= 2 else None
+    if test["kind"] == PAIRED:
+        return _pairs_to_settle(test)
     var_a, var_b, nb = test["var_rerun"], test["var_claimed"], test["n_claimed"]
     for n in range(test["n_rerun"] + 1, MAX_SEEDS + 1):
         se = math.sqrt(var_a / n + var_b / nb)
         if se > 0 and stats.t.sf(abs(test["shortfall_nats"]) / se, _welch_df(var_a, n, var_b, nb)) < test["alpha"]:
+            return n
+    return None
+
+
+def _pairs_to_settle(test: dict[str, Any]) -> int | None:
+    """The fewest pairs (same mean and sd of the differences) at which one paired test reaches
+    p < alpha. More pairs need more claimed seeds: None past them or past MAX_SEEDS."""
+    for n in range(test["n_pairs"] + 1, min(test["n_claimed"], MAX_SEEDS) + 1):
+        t = abs(test["shortfall_nats"]) / (test["sd_diff_nats"] / math.sqrt(n))
+        if stats.t.sf(t, n - 1) < test["alpha"]:
             return n
     return None
 
@@ -279,19 +357,29 @@ def evidence_readme(experiment: Experiment, found: Verdict, runs: list[Run],
               f"{_num(test['bytes_per_token'], 4)} bytes per token), alpha {test['alpha']}: "
               f"n = {test['n_rerun']} re-run vs {test['n_claimed']} claimed, mean Δ "
               f"{_num(test['mean_diff_bpb'], 5)} bpb, t = {_num(test['t'], 3)}, df = {_num(test['df'], 2)}, "
-              f"p(worse) = {_num(test['p_worse'], 4)}, p(within) = {_num(test['p_within'], 4)}. "
-              + (test["note"] or ""), "", "## Commands and environment", "", "```bash"]
+              f"p(worse) = {_num(test['p_worse'], 4)}, p(within) = {_num(test['p_within'], 4)}"
+              + _paired_facts(test) + ". " + (test["note"] or ""), "", "## Commands and environment", "", "```bash"]
     seed_env = experiment.seed_env or {}
+    entry = ((experiment.source or {}).get("reproduce") or {}).get("entrypoint") or scripts.ENTRYPOINT
     for run in sorted(runs, key=lambda r: r.seed):
         env = {**experiment.env, **seed_env.get(str(run.seed), {}), "SEED": str(run.seed)}
         words = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
-        lines.append(f"{words} torchrun --standalone --nproc_per_node=8 train_gpt.py")
+        lines.append(f"{words} torchrun --standalone --nproc_per_node=8 {shlex.quote(entry)}")
     lines += ["```", "", "## Code (byte for byte as submitted)", "", "| file | bytes | sha256 |", "|---|---|---|"]
     lines += [f"| {name} | {nbytes:,} | `{sha}` |" for name, nbytes, sha in code]
     lines += ["", "## Pods", "", "| seed | run | GPU | GPUs | provider | started | ended |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r.seed} | {r.id} | {r.gpu_name or '-'} | {r.gpu_count or '-'} | {experiment.provider} | "
               f"{r.started_at or '-'} | {r.ended_at or '-'} |" for r in sorted(runs, key=lambda r: r.seed)]
     return "\n".join(lines) + "\n"
+
+
+def _paired_facts(test: dict[str, Any]) -> str:
+    """What a paired test adds: the seeds it paired and the sd of their differences."""
+    if test.get("kind") != PAIRED:
+        return ""
+    seeds = ", ".join(str(seed) for seed in test.get("paired_seeds") or []) or "none"
+    sd = test.get("sd_diff_nats")
+    return f", paired seeds {seeds}, sd of the differences {'-' if sd is None else f'{sd:.6g}'} nats per token"
 
 
 def _num(value: Any, decimals: int) -> str:

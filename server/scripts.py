@@ -2,7 +2,9 @@
 
 A script experiment carries `train_gpt.py` (required), optionally `requirements.txt` and a
 few small extra files, as text. Names are plain file names (never paths), so a file can only
-land in its run's own directory on the pod. Environment variables go to the script under
+land in its run's own directory on the pod. A re-run of a records folder carries the folder's
+files as they are (`check_carried`): relative paths of plain names, any bytes, its own entry
+point, and the list of the files its code bytes count (`server.reproduce.counted_paths`). Environment variables go to the script under
 `torchrun`; their names and values are checked here and quoted again where the launcher
 writes them, so neither can become shell syntax.
 """
@@ -35,6 +37,7 @@ RESERVED_ENV = frozenset({
 RESERVED_ENV_PREFIXES = ("CADDIE_", "RUNPOD_", "TORCHELASTIC_", "BASH_FUNC_")
 # Written by `caddie export` beside the code: a code file may not take their place.
 EXPORTED_NAMES = frozenset({"README.md", "submission.json", "run.json"})
+MAX_PATH = 100  # characters of a carried file's relative path (ExperimentFile.name)
 _SEED_LOG = re.compile(r"train_seed\d+\.log")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
@@ -62,6 +65,31 @@ def check_files(files: dict[str, str]) -> dict[str, str]:
         if size > MAX_FILE_BYTES:
             raise ValueError(f"files.{name}: {size:,} bytes, the limit is {MAX_FILE_BYTES:,}")
         total += size
+    if total > MAX_TOTAL_BYTES:
+        raise ValueError(f"files: {total:,} bytes in all, the limit is {MAX_TOTAL_BYTES:,}")
+    return files
+
+
+def check_carried(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Return a re-run's `files` (relative path -> bytes) if every path and size is allowed:
+    `/`-separated plain names (no `..`, no absolute path, no leading dot), the same limits as
+    `check_files`; ValueError naming `files.<path>`."""
+    if len(files) > MAX_FILES:
+        raise ValueError(f"files: at most {MAX_FILES} files, got {len(files)}")
+    total = 0
+    for path, data in files.items():
+        parts = path.split("/")
+        if len(path) > MAX_PATH or not all(_FILE_NAME.fullmatch(part) and ".." not in part for part in parts):
+            raise ValueError(f"files.{path[:120]!r}: a relative path of plain names (letters, digits, '.', "
+                             f"'_', '-'; no '..', no leading dot or '/') of at most {MAX_PATH} characters is needed")
+        if any(part.startswith(ARTIFACT_PREFIX) for part in parts):
+            raise ValueError(f"files.{path}: names starting with {ARTIFACT_PREFIX!r} are kept for "
+                             "the artifact the script writes")
+        if len(parts) == 1 and (path in EXPORTED_NAMES or _SEED_LOG.fullmatch(path)):
+            raise ValueError(f"files.{path}: reserved for the records folder Caddie exports")
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"files.{path}: {len(data):,} bytes, the limit is {MAX_FILE_BYTES:,}")
+        total += len(data)
     if total > MAX_TOTAL_BYTES:
         raise ValueError(f"files: {total:,} bytes in all, the limit is {MAX_TOTAL_BYTES:,}")
     return files
@@ -106,10 +134,11 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def store_files(session: Session, experiment_id: int, files: dict[str, str]) -> None:
-    """Add the files as rows of the experiment (the caller commits)."""
+def store_files(session: Session, experiment_id: int, files: dict[str, str] | dict[str, bytes]) -> None:
+    """Add the files (text, or a re-run's bytes as carried) as rows of the experiment (the
+    caller commits)."""
     for name, text in sorted(files.items()):
-        content = text.encode()
+        content = text if isinstance(text, bytes) else text.encode()
         session.add(ExperimentFile(experiment_id=experiment_id, name=name, nbytes=len(content),
                                    sha256=hashlib.sha256(content).hexdigest(), content=content))
 

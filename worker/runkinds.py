@@ -213,7 +213,7 @@ class ScriptRun(RunKind):
         with Session(self.engine) as session:
             rows = list_files(session, self.experiment.id)
         try:
-            found = script.script_files(rows)
+            found = script.script_files(rows, self.experiment)
         except ValueError as exc:
             raise StepFailed(str(exc)) from None
         return found.uploaded, found.counted
@@ -247,7 +247,8 @@ class ScriptRun(RunKind):
         env = script.script_env(self.experiment, run)
         try:
             return launcher.launch_script(
-                argv=script.torchrun_argv(provider.python, run.gpu_count), cwd=f"{run_dir}/code", env=env,
+                argv=script.torchrun_argv(provider.python, run.gpu_count, script.entrypoint(self.experiment)),
+                cwd=f"{run_dir}/code", env=env,
                 output=contract.TRAIN_LOG, setup=setup, setup_deadline_s=script.SETUP_DEADLINE_S, **common)
         except ValueError as exc:
             raise StepFailed(str(exc)) from None

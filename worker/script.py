@@ -3,8 +3,9 @@ runs with, which file is its artifact, and its score, read from its log.
 
 The script's files go to `<run dir>/code/`, which is also its working folder, so nothing it
 writes can overwrite the launcher's files in the run directory. It runs as the community
-runs it, `torchrun --standalone --nproc_per_node=<GPUs> train_gpt.py`, with its stdout and
-stderr as the run's `train.log`.
+runs it, `torchrun --standalone --nproc_per_node=<GPUs> train_gpt.py` (a re-run: the script its
+records folder runs, `entrypoint`), with its stdout and stderr as the run's `train.log`. A
+re-run's files keep their relative paths under `code/`.
 """
 
 import hashlib
@@ -27,15 +28,30 @@ _ARTIFACT = re.compile(rf"^{ARTIFACT_PREFIX}[A-Za-z0-9._-]*\.pt[A-Za-z0-9]*$")
 
 @dataclass(frozen=True)
 class ScriptFiles:
-    uploaded: dict[str, bytes]  # name under code/ -> bytes, every file of the experiment
-    counted: dict[str, bytes]  # the code bytes of the run: every uploaded file but requirements.txt
+    uploaded: dict[str, bytes]  # relative path under code/ -> bytes, every file of the experiment
+    counted: dict[str, bytes]  # the code bytes of the run (see script_files)
 
 
-def script_files(rows: list[ExperimentFile]) -> ScriptFiles:
+def _reproduce(experiment: Experiment | None) -> dict[str, Any]:
+    return ((experiment.source or {}).get("reproduce") or {}) if experiment is not None else {}
+
+
+def entrypoint(experiment: Experiment | None) -> str:
+    """The script torchrun launches: train_gpt.py, or the one a re-run's records folder runs."""
+    return str(_reproduce(experiment).get("entrypoint") or ENTRYPOINT)
+
+
+def script_files(rows: list[ExperimentFile], experiment: Experiment | None = None) -> ScriptFiles:
+    """The files and the counted ones: every uploaded file but requirements.txt, or for a
+    re-run the files its plan counted (the script that runs and the sources it uses)."""
     uploaded = {row.name: bytes(row.content) for row in rows}
-    if ENTRYPOINT not in uploaded:
-        raise ValueError(f"the experiment has no {ENTRYPOINT}")
-    return ScriptFiles(uploaded, {name: data for name, data in uploaded.items() if name != REQUIREMENTS})
+    entry = entrypoint(experiment)
+    if entry not in uploaded:
+        raise ValueError(f"the experiment has no {entry}")
+    listed = _reproduce(experiment).get("counted")
+    counted = {name: data for name, data in uploaded.items()
+               if (name in listed if listed is not None else name != REQUIREMENTS)}
+    return ScriptFiles(uploaded, counted)
 
 
 def script_env(experiment: Experiment, run: Run) -> dict[str, str]:
@@ -63,10 +79,10 @@ def _arm_settings(experiment: Experiment, arm: str) -> dict[str, str]:
     return {"MAX_WALLCLOCK_SECONDS": f"{SCRIPT_DEFAULT_WALLCLOCK_S:g}", **arm_env(experiment, arm)}
 
 
-def torchrun_argv(python: str, gpu_count: int | None) -> list[str]:
+def torchrun_argv(python: str, gpu_count: int | None, entry: str = ENTRYPOINT) -> list[str]:
     """`torchrun` as a module of the pod's Python, one process per GPU (one on a CPU pod)."""
     return [python, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={gpu_count or 1}", ENTRYPOINT]
+            f"--nproc_per_node={gpu_count or 1}", entry]
 
 
 def deadline_s(experiment: Experiment, *, grace_s: float, requirements: bool, arm: str = "") -> float:

@@ -22,6 +22,7 @@ def test_plan_by_key_then_create_then_evidence(env: dict[str, str], tmp_path: Pa
     plan = caddie(env, "reproduce", "track_10min_16mb/2026-12-01_Tiny", "--provider", "local")
     assert plan.returncode == 0, plan.stderr
     assert "train_gpt_decode.py" in plan.stdout and "MATRIX_LR=0.025" in plan.stdout
+    assert "launches: torchrun --standalone --nproc_per_node=8 train_gpt.py" in plan.stdout
     assert "seed 3: ITERATIONS=40" in plan.stdout and "Nothing created" in plan.stdout
     unknown = caddie(env, "reproduce", "track_10min_16mb/nope")
     assert unknown.returncode == 2 and "no imported record" in unknown.stdout

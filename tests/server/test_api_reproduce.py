@@ -13,8 +13,10 @@ from server.models import Experiment, ExperimentFile, Run
 from server.records import import_records
 from tests.fixture_files import FIXTURES
 from tests.server.test_reproduce import bare_repository
+from worker import script
 
 GOOD = FIXTURES / "reproduce" / "records" / "good"
+CARRIED = FIXTURES / "reproduce" / "records" / "carried"
 
 
 def folder_zip(folder: Path) -> bytes:
@@ -115,8 +117,36 @@ def test_an_imported_record_then_its_verdict_and_evidence(client: TestClient, se
     with zipfile.ZipFile(io.BytesIO(evidence.content)) as archive:
         readme = archive.read(f"rerun-{rerun_id}/README.md").decode()
     assert "**Verdict: reproduced**" in readme and "NUM_LAYERS=11" in readme
+    assert "one-sided paired t-test by seed" in readme and "paired seeds 1, 2, 3" in readme
+    verdict = client.get(f"/api/experiments/{rerun_id}/verdict").json()["verdict"]
+    assert verdict["test"]["kind"] == "paired" and verdict["test"]["sd_diff_nats"] == 0.0
     assert "| 3 | succeeded |" in readme
     page = client.get(f"/experiments/{record_id}").text
     assert "Reproduce this record" in page and f'href="/experiments/{rerun_id}"' in page
     not_rerun = client.get(f"/api/experiments/{record_id}/evidence")
     assert not_rerun.status_code == 422
+
+
+def test_a_zip_with_sub_folders_and_binary_files_runs_its_own_script(client: TestClient, session: Session) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(CARRIED.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"records/track_non_record_16mb/carried/{path.relative_to(CARRIED).as_posix()}")
+    data = buffer.getvalue()
+    plan = client.post("/api/reproduce/zip/preview", files={"file": ("carried.zip", data)}).json()
+    assert plan["entrypoint"] == "train_gpt_cuda.py"
+    assert {f["name"]: f["counted"] for f in plan["files"]}["tokenizers/tok.model"] is False
+    created = client.post("/api/reproduce/zip", files={"file": ("carried.zip", data)},
+                          data={"overrides": '{"provider": "local"}'})
+    assert created.status_code == 201, created.text
+    experiment = session.get(Experiment, created.json()["experiment"]["id"])
+    rows = session.exec(select(ExperimentFile).where(ExperimentFile.experiment_id == experiment.id)).all()
+    assert {row.name: bytes(row.content) for row in rows} == {
+        name: (CARRIED / name).read_bytes() for name in plan["counted"] + ["prep_data.py", "requirements.txt",
+                                                                          "tokenizers/tok.model"]}
+    # What the worker uploads, counts and launches for it.
+    found = script.script_files(list(rows), experiment)
+    assert sorted(found.uploaded) == sorted(f["name"] for f in plan["files"])
+    assert sorted(found.counted) == ["helper_mod.py", "kernels/ext.cpp", "train_gpt_cuda.py"]
+    assert script.torchrun_argv("python3", 8, script.entrypoint(experiment))[-1] == "train_gpt_cuda.py"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server import reproduce
+from server import reproduce, scripts
 from server.reproduce import GitSource, SourceError
 from tests.fixture_files import FIXTURES, fixture_bytes
 
@@ -98,8 +98,10 @@ def test_a_folder_plan_carries_every_code_file_byte_equal_with_claims_and_seed_e
     folder = RECORDS / "good"
     plan = reproduce.plan_folder(folder, {"kind": "path"})
     assert sorted(plan.files) == ["train_gpt.py", "train_gpt_decode.py"]
-    for name, text in plan.files.items():
-        assert text.encode() == (folder / name).read_bytes()
+    for name, data in plan.files.items():
+        assert data == (folder / name).read_bytes()
+    assert plan.entrypoint == "train_gpt.py"
+    assert plan.counted == ["train_gpt.py", "train_gpt_decode.py"]  # runpy.run_path names the second
     public = plan.public(provider="runpod")
     facts = {f["name"]: f for f in public["files"]}
     assert facts["train_gpt.py"]["sha256"] == hashlib.sha256((folder / "train_gpt.py").read_bytes()).hexdigest()
@@ -150,7 +152,7 @@ def test_a_git_source_at_a_commit(tmp_path: Path) -> None:
     with reproduce.git_source(source, allow_file=True) as folder:
         plan = reproduce.plan_folder(folder, {"kind": "git"})
         assert not (folder.parents[2] / "later.txt").exists()
-    assert plan.files["train_gpt.py"].encode() == (RECORDS / "good" / "train_gpt.py").read_bytes()
+    assert plan.files["train_gpt.py"] == (RECORDS / "good" / "train_gpt.py").read_bytes()
     with pytest.raises(SourceError, match="source.url"), reproduce.git_source(source, allow_file=False):
         pass
     with pytest.raises(SourceError, match="source.url"), reproduce.git_source(
@@ -167,10 +169,76 @@ def test_quoted_source_in_a_log_is_not_a_hyperparameter_and_seeds_run_once() -> 
     assert reproduce.log_env([log], reproduce.code_env_names(code)) == {"NUM_HEADS": "8"}
 
 
-def test_a_folder_without_train_gpt_py_is_refused_naming_its_script(tmp_path: Path) -> None:
-    folder = tmp_path / "2026-03-19_Other"
+def test_a_folder_with_two_trainers_and_no_command_is_refused_naming_them(tmp_path: Path) -> None:
+    folder = tmp_path / "2026-03-29_Study"
     folder.mkdir()
-    (folder / "train_gpt_v5.py").write_text("print(1)\n")
+    (folder / "train_gpt_hnet.py").write_text("print(1)\n")
+    (folder / "train_gpt_hnet_byte.py").write_text("print(2)\n")
     shutil.copy(RECORDS / "good" / "train_seed1.log", folder / "train.log")
-    with pytest.raises(SourceError, match=r"no train_gpt.py \(train_gpt_v5.py\)"):
+    with pytest.raises(SourceError, match=r"cannot tell which script runs \(train_gpt_hnet.py, train_gpt_hnet_byte.py\)"):
         reproduce.plan_folder(folder, {"kind": "path"})
+
+
+def test_sub_folders_and_binary_files_are_carried_byte_equal_and_the_script_is_launched() -> None:
+    folder = RECORDS / "carried"
+    plan = reproduce.plan_folder(folder, {"kind": "path"})
+    # Not carried: the README, submission, train log, the log under logs/, notes and the picture.
+    assert sorted(plan.files) == ["helper_mod.py", "kernels/ext.cpp", "prep_data.py", "requirements.txt",
+                                  "tokenizers/tok.model", "train_gpt_cuda.py"]
+    for name, data in plan.files.items():
+        assert data == (folder / name).read_bytes()
+    assert b"\x00" in plan.files["tokenizers/tok.model"]
+    # The README runs it from the repository's root: the folder's own file of that name.
+    assert plan.entrypoint == "train_gpt_cuda.py" and plan.env == {"QK_GAIN": "5.0"}
+    # Counted: the script, the module it imports, the C++ source it names; not the data step.
+    assert plan.counted == ["helper_mod.py", "kernels/ext.cpp", "train_gpt_cuda.py"]
+    facts = {f["name"]: f for f in plan.public()["files"]}
+    model = (folder / "tokenizers" / "tok.model").read_bytes()
+    assert facts["tokenizers/tok.model"] == {"name": "tokenizers/tok.model", "nbytes": len(model),
+                                             "sha256": hashlib.sha256(model).hexdigest(),
+                                             "counted": False, "text": False}
+    assert facts["kernels/ext.cpp"]["counted"] and facts["kernels/ext.cpp"]["text"]
+
+
+@pytest.mark.parametrize(("readme_name", "files", "entry", "note"), [
+    # 2026-03-31_LegendreGPT: a data download with python3, then the trainer with python3.
+    ("python_entry.md", ["train_gpt_legendre.py"], "train_gpt_legendre.py", "launches it with torchrun"),
+    # 2026-03-19_smeargate_orthoinit_muonwd: the README names train_gpt.py, the folder has v5.
+    ("stale_name.md", ["train_gpt_v5.py"], "train_gpt_v5.py", "only trainer-like Python file"),
+    # 2026-04-05_118M_XNOR-Net: no command in the README, the runner script's torchrun line.
+    ("script_only.md", ["run_cuda_xnor.sh", "train_gpt_cuda_xnor.py", "train_gpt_cuda_xnor_eggroll_lora.py"],
+     "train_gpt_cuda_xnor.py", ""),
+])
+def test_the_entry_point_from_real_readmes(readme_name: str, files: list[str], entry: str, note: str) -> None:
+    runner = b"NUM_LAYERS=10 \\\n  torchrun --standalone --nproc_per_node=8 train_gpt_cuda_xnor.py\n"
+    carried = {name: runner if name.endswith(".sh") else b"print(1)\n" for name in files}
+    notes: list[str] = []
+    assert reproduce.entry_point(carried, readme(readme_name), notes) == entry
+    assert any(note in n for n in notes) if note else notes == []
+
+
+def test_counted_files_follow_imports_and_names_from_the_entry_point() -> None:
+    files = {"train.py": b"import a.b as ab\nfrom c import d, e\nrunpy.run_path('f.py')\n",
+             "a/b.py": b"import g\n", "a/__init__.py": b"", "c/d.py": b"", "c/e.py": b"x = 'k.cu'\n",
+             "f.py": b"", "g.py": b"", "k.cu": b"", "unused.py": b"import train\n", "tok.model": b"\x00"}
+    assert reproduce.counted_paths(files, "train.py") == ["a/__init__.py", "a/b.py", "c/d.py", "c/e.py",
+                                                          "f.py", "g.py", "k.cu", "train.py"]
+
+
+def test_links_and_limits_of_a_carried_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "record"
+    shutil.copytree(RECORDS / "carried", folder)
+    (folder / "inside.py").symlink_to(folder / "helper_mod.py")
+    plan = reproduce.plan_folder(folder, {"kind": "path"})
+    assert "inside.py" not in plan.files and "inside.py: a link, not followed" in plan.notes
+    (folder / "secret").symlink_to("/etc")
+    with pytest.raises(SourceError, match="secret is a link out of the records folder"):
+        reproduce.plan_folder(folder, {"kind": "path"})
+    (folder / "secret").unlink()
+    for i in range(12):
+        (folder / "kernels" / f"k{i}.cpp").write_text("int k;\n")
+    with pytest.raises(SourceError, match="at most 16 files"):
+        reproduce.plan_folder(folder, {"kind": "path"})
+    for bad in ("../x.py", "/etc/x.py", "a/../b.py", ".hidden/x.py", "a//b.py"):
+        with pytest.raises(ValueError, match="relative path of plain names"):
+            scripts.check_carried({bad: b""})
