@@ -34,10 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from server import experiments, policies, records, scripts
+from server.communitylog import parse_log
 from server.config import get_settings
 from server.costs import estimate_experiment
 from server.eligibility import MAX_TRAIN_SECONDS
-from server.logparse import parse_log
 from server.models import Experiment, Run
 
 RULES_GPU_TYPE = "NVIDIA H100 80GB HBM3"  # the rules' 8xH100 SXM, as RunPod names it

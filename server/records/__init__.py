@@ -30,9 +30,12 @@ from server.records.importer import (
     official_note,
 )
 from server.records.reader import (
+    NOT_LOGS,
     SUBMISSION,
     RecordFolder,
     SeedLog,
+    _is_submission,
+    _looks_like_train_log,
     _plain_file,
     find_record_folders,
     read_record_folder,
@@ -40,10 +43,10 @@ from server.records.reader import (
 )
 
 # The names other modules and the tests use, as they did when this package was one module
-# (the underscored ones by server/export.py and the tests).
+# (the underscored ones by server/export.py, server/reproduce.py and the tests).
 __all__ = [
-    "IMPORT_PRESET", "IMPORT_PROVIDER", "SUBMISSION", "ImportResult", "RecordFolder", "SeedLog",
-    "_imported_keys", "_log_bytes", "_plain_file", "_text", "disagreements", "find_record_folders",
+    "IMPORT_PRESET", "IMPORT_PROVIDER", "NOT_LOGS", "SUBMISSION", "ImportResult", "RecordFolder", "SeedLog",
+    "_imported_keys", "_is_submission", "_log_bytes", "_looks_like_train_log", "_plain_file", "_text", "disagreements", "find_record_folders",
     "import_record", "import_records", "log_reasons", "official_note", "parse_log",
     "read_record_folder", "stated_seeds",
 ]
