@@ -24,7 +24,7 @@ from sqlalchemy import func, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
-from server import ablation, costs, notify, policies, presets, reference, scripts, tracks
+from server import ablation, costs, notify, policies, presets, reference, scripts, tracks, waiver
 from server.config import Settings, get_settings
 from server.eligibility import MAX_BYTES_TOTAL
 from server.errors import Conflict, InvalidTransition, LeaseLost, NotFound
@@ -115,6 +115,9 @@ class ExperimentCreate(BaseModel):
     # What it must beat (server/reference.py): an experiment's seeds, or a val_bpb.
     reference_experiment_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
     reference_bpb: float | None = Field(default=None, gt=0, lt=10)
+    # A systems-only change of this finished experiment: the 0.005-nat test is waived and
+    # server/waiver.py checks the ML, score and speed against it instead.
+    systems_only_of: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
     # "script": the participant's own train_gpt.py (server/scripts.py), run with `env`.
     kind: Literal["trainer", "script"] = "trainer"
@@ -273,6 +276,7 @@ class ExperimentPublic(BaseModel):
     reproduces_id: int | None = None  # the imported record a re-run reproduces
     seed_env: dict[str, dict[str, str]] = Field(default_factory=dict)  # a re-run's env per seed
     cost_usd: float | None = None  # dollars its pods have cost so far
+    systems_only_of: int | None = None  # declared systems-only change of this experiment
 
     @model_validator(mode="after")
     def _as_shown(self) -> "ExperimentPublic":
@@ -719,6 +723,10 @@ def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run])
     experiment.mean_val_bpb = statistics.fmean(scores) if scores else None
     experiment.std_val_bpb = statistics.stdev(scores) if len(scores) >= 2 else None
     experiment.stats, why = _tests(session, experiment, runs)
+    waived = None
+    if experiment.systems_only_of is not None:
+        waived = waiver.judge(session, experiment, runs, _bytes_per_token(runs))
+        experiment.stats = {**(experiment.stats or {}), "systems_waiver": waived}
     if experiment.track == tracks.NON_RECORD_TRACK:
         # Judged by its own track's rules: the byte cap and a score; no caps on time, no seed
         # count, no record to beat (docs/validation.md, "Non-record track").
@@ -727,7 +735,9 @@ def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run])
             experiment.stats = {**(experiment.stats or {}), "rule": non_record_rule(runs)}
     else:
         experiment.reasons = experiment_reasons(runs)
-        if why:
+        if waived is not None:  # its checks stand in for the record test's reason
+            experiment.reasons = [*experiment.reasons, *waived["reasons"]]
+        elif why:
             experiment.reasons = [*experiment.reasons, why]
     if experiment.variants:
         summary = ablation.summarize(experiment, all_runs)

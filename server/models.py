@@ -77,6 +77,9 @@ class Experiment(SQLModel, table=True):
     # seed where the submission's commands differ per seed ({"42": {"NAME": "value"}}).
     reproduces_id: int | None = Field(default=None, foreign_key="experiment.id", index=True)
     seed_env: dict[str, dict[str, str]] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # A declared systems-only change (server/waiver.py): the earlier experiment whose ML this
+    # one keeps; the challenge then waives the 0.005-nat test, and other checks stand in.
+    systems_only_of: int | None = Field(default=None, foreign_key="experiment.id")
 
 
 class ExperimentFile(SQLModel, table=True):
