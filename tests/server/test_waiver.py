@@ -2,15 +2,17 @@
 systems-only change of an earlier one is judged without the 0.005-nat test against the record,
 by the ML it keeps, its score beside the named one's and its step time; through finalize."""
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from server import presets, waiver
+from server import export, presets, waiver
 from server.experiments import finalize_experiment
-from server.models import Experiment
+from server.models import Experiment, Run
 from tests.factories import make_experiment, make_scored_run
 
 SCORES = (1.2240, 1.2250, 1.2245)
@@ -170,3 +172,20 @@ def test_the_api_and_the_leaderboard_show_the_verdict(
     entries = {e["experiment_id"]: e for e in client.get("/api/leaderboard").json()["data"]}
     assert entries[faster.id]["waiver"] == body["stats"]["systems_waiver"]["rule"]
     assert entries[named.id]["waiver"] is None
+
+
+def test_the_export_carries_the_verdict(session: Session, named: Experiment, data_dir: Path) -> None:
+    faster = finished(session, steps=11_000, systems_only_of=named.id)
+    for run in session.exec(select(Run).where(Run.experiment_id == faster.id)).all():
+        code = data_dir / "runs" / str(run.id) / "code"
+        code.mkdir(parents=True)
+        (code / "train_gpt.py").write_text("print('the trainer as uploaded')\n")
+    session.commit()
+
+    files = export.export_files(session, faster.id)
+
+    submission = json.loads(files["submission.json"])
+    assert submission["eligible"] is True
+    assert submission["statistics"]["systems_waiver"]["granted"] is True
+    rule = submission["statistics"]["systems_waiver"]["rule"]
+    assert f"- record-eligible without the 0.005-nat test: {rule}" in files["README.md"].decode()
