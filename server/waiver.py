@@ -66,6 +66,10 @@ def check_declared(session: Session, named_id: int | None, *, kind: str) -> None
 def ml_differences(experiment: Experiment, named: Experiment) -> list[str]:
     """The ML fields whose resolved values differ, as "field: theirs → ours"; [] when the ML is
     the same. Both must be trainer experiments."""
+    known = presets.load_schema()["presets"]
+    gone = [p for p in (named.preset, experiment.preset) if p not in known]
+    if gone:  # a preset removed from the schema since: its fields cannot be resolved
+        return [f"preset: {gone[0]!r} is no longer in trainer/schema.json, so the configs cannot be compared"]
     ours = presets.resolved_config(experiment.preset, experiment.config)
     theirs = presets.resolved_config(named.preset, named.config)
     skipped = set(systems_fields())
@@ -94,8 +98,9 @@ def judge(session: Session, experiment: Experiment, runs: list[Run],
     ml, differences = _ml(experiment, named)
     verdict |= {"applies": True, "ml": ml, "ml_differences": differences}
     verdict |= _score(runs, named, per_token_bytes) | _speed(session, runs, named)
-    reasons = _reasons(verdict, of)
-    return verdict | {"granted": not reasons, "reasons": reasons, "rule": _rule(verdict, of, reasons)}
+    failures = _failures(verdict)
+    return verdict | {"granted": not failures, "rule": _rule(verdict, of, failures),
+                      "reasons": [f"systems-only change of {of}: {why}" for why in failures]}
 
 
 def granted_rule(stats: dict[str, Any] | None) -> str | None:
@@ -145,33 +150,32 @@ def _mean_step_ms(runs: list[Run]) -> float | None:
     return statistics.fmean(times) if times else None
 
 
-def _reasons(verdict: dict[str, Any], of: str) -> list[str]:
-    """Why the waiver is refused; [] when it is granted."""
-    prefix = f"systems-only change of {of}"
-    reasons = []
+def _failures(verdict: dict[str, Any]) -> list[str]:
+    """Which stand-in checks fail, each in words; [] when the waiver is granted."""
+    failures = []
     if verdict["ml"] == DIFFERS:
-        reasons.append(f"{prefix}: ML fields differ: {'; '.join(verdict['ml_differences'])}")
+        failures.append(f"ML fields differ: {'; '.join(verdict['ml_differences'])}")
     units, margin, delta = verdict["units"], verdict["margin"], verdict["delta"]
     if delta is None:
-        reasons.append(f"{prefix}: no scored seed to compare")
+        failures.append("no scored seed to compare")
     elif delta > margin:
-        reasons.append(f"{prefix}: mean {verdict['mean']:.5f} is {delta:.5f} {units} worse than "
-                       f"{verdict['reference_mean']:.5f}, beyond the {margin:.5f} margin")
+        failures.append(f"mean {verdict['mean']:.5f} is {delta:.5f} {units} worse than "
+                        f"{verdict['reference_mean']:.5f}, beyond the {margin:.5f} margin")
     mine, theirs = verdict["step_ms"], verdict["reference_step_ms"]
     if mine is None or theirs is None:
         missing = "its seeds" if mine is None else "the named experiment's seeds"
-        reasons.append(f"{prefix}: step time unknown for {missing} (train_time_s / steps), "
-                       "so faster cannot be shown")
+        failures.append(f"step time unknown for {missing} (train_time_s / steps), so faster "
+                        "cannot be shown")
     elif mine >= theirs:
-        reasons.append(f"{prefix}: not faster: {mine:.1f} ms/step vs {theirs:.1f} ms/step")
-    return reasons
+        failures.append(f"not faster: {mine:.1f} ms/step vs {theirs:.1f} ms/step")
+    return failures
 
 
-def _rule(verdict: dict[str, Any], of: str, reasons: list[str]) -> str:
+def _rule(verdict: dict[str, Any], of: str, failures: list[str]) -> str:
     """The verdict in words, as the experiment page and the export show it."""
-    if reasons:
+    if failures:
         return (f"systems-only change of {of}: waiver of the 0.005-nat, p < 0.01 test refused: "
-                + "; ".join(r.split(": ", 1)[1] for r in reasons))
+                + "; ".join(failures))
     ml = ("ML verified unchanged (same config outside the systems fields)" if verdict["ml"] == VERIFIED
           else "ML unchanged as declared by the submitter, not verified")
     return (f"systems-only change of {of}: the 0.005-nat, p < 0.01 test against the record is "

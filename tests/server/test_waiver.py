@@ -88,6 +88,13 @@ def test_a_preset_that_changes_fields_counts_as_an_ml_change(
         and tiny[name] != presets.resolved_config("baseline", {})[name]}
 
 
+def test_a_preset_no_longer_in_the_schema_is_an_ml_difference(
+        session: Session, named: Experiment) -> None:
+    other = make_experiment(session, preset="retired", systems_only_of=named.id)
+    assert waiver.ml_differences(other, named) == [
+        "preset: 'retired' is no longer in trainer/schema.json, so the configs cannot be compared"]
+
+
 def test_a_slower_run_is_refused(session: Session, named: Experiment) -> None:
     slower = finished(session, steps=9_000, systems_only_of=named.id)
     assert slower.eligible is False
