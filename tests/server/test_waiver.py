@@ -121,6 +121,24 @@ def test_a_script_experiment_is_declared_not_verified(session: Session, named: E
     assert "declared by the submitter, not verified" in verdict["rule"]
 
 
+def test_a_named_experiment_reopened_since_refuses_the_waiver(
+        session: Session, named: Experiment) -> None:
+    named.status, named.mean_val_bpb = "running", None  # seeds added to it meanwhile
+    session.add(named)
+    session.commit()
+    later = finished(session, steps=11_000, systems_only_of=named.id)
+    assert later.reasons == [f"systems-only change of the record (experiment {named.id}): it is "
+                             "not finished with a score now"]
+
+
+def test_the_non_record_track_waives_nothing(session: Session, named: Experiment) -> None:
+    long_run = finished(session, steps=11_000, systems_only_of=named.id,
+                        track="track_non_record_16mb")
+    verdict = (long_run.stats or {})["systems_waiver"]
+    assert (verdict["applies"], verdict["reasons"], long_run.eligible) == (False, [], True)
+    assert verdict["rule"].endswith("the non-record track tests no record, so there is nothing to waive")
+
+
 def test_the_other_rules_still_hold(session: Session, named: Experiment) -> None:
     experiment = make_experiment(session, seeds=[1, 2, 3], reference_bpb=None, systems_only_of=named.id)
     for seed in (1, 2):
