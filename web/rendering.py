@@ -12,6 +12,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from server.eligibility import MAX_BYTES_TOTAL
+from server.waiver import granted_rule
 
 WEB_DIR = Path(__file__).parent
 STATIC_DIR = WEB_DIR / "static"
@@ -69,5 +70,6 @@ def timestamp(value: datetime | None) -> Markup | str:
 
 
 templates.env.filters.update(score=score, count=count, seconds=seconds, duration=duration,
-                             timestamp=timestamp, dollars=dollars)
+                             timestamp=timestamp, dollars=dollars,
+                             waived=granted_rule)  # the systems-only waiver's rule, if granted
 templates.env.globals.update(MAX_BYTES_TOTAL=MAX_BYTES_TOTAL)

@@ -45,6 +45,9 @@ def test_the_experiment_page_shows_the_waiver(client: TestClient, session: Sessi
     assert "systems-only change of the record" in badge.attrs["title"]
     spec = page.find("dd", class_="systems-only-of")
     assert spec.find("a").attrs["href"] == f"/experiments/{named.id}"
+    listed = [b for b in fetch(client, "/experiments").find_all("span", class_="badge")
+              if b.text() == "record-eligible (waived)"]
+    assert len(listed) == 1 and listed[0].attrs["title"] == badge.attrs["title"]
 
 
 def test_the_leaderboard_badge_says_why(client: TestClient, session: Session) -> None:
