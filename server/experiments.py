@@ -14,7 +14,7 @@ from sqlalchemy import func, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
-from server import ablation, costs, notify, policies, reference, scripts, tracks
+from server import ablation, costs, notify, policies, reference, scripts, tracks, waiver
 from server.config import Settings
 from server.dispatch import enqueue_advance
 from server.eligibility import MAX_BYTES_TOTAL
@@ -421,6 +421,10 @@ def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run])
     experiment.mean_val_bpb = statistics.fmean(scores) if scores else None
     experiment.std_val_bpb = statistics.stdev(scores) if len(scores) >= 2 else None
     experiment.stats, why = _tests(session, experiment, runs)
+    waived = None
+    if experiment.systems_only_of is not None:
+        waived = waiver.judge(session, experiment, runs, _bytes_per_token(runs))
+        experiment.stats = {**(experiment.stats or {}), "systems_waiver": waived}
     if experiment.track == tracks.NON_RECORD_TRACK:
         # Judged by its own track's rules: the byte cap and a score; no caps on time, no seed
         # count, no record to beat (docs/validation.md, "Non-record track").
@@ -429,7 +433,9 @@ def _fill_results(session: Session, experiment: Experiment, all_runs: list[Run])
             experiment.stats = {**(experiment.stats or {}), "rule": non_record_rule(runs)}
     else:
         experiment.reasons = experiment_reasons(runs)
-        if why:
+        if waived is not None:  # its checks stand in for the record test's reason
+            experiment.reasons = [*experiment.reasons, *waived["reasons"]]
+        elif why:
             experiment.reasons = [*experiment.reasons, why]
     if experiment.variants:
         summary = ablation.summarize(experiment, all_runs)

@@ -39,6 +39,7 @@ from server.states import ExperimentStatus, RunStatus
 from server.statistics import Units
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
 from server.workerfacts import WorkerFacts
+from server.waiver import granted_rule
 
 Number = TypeVar("Number", int, float)
 
@@ -156,6 +157,8 @@ class LeaderboardEntry(BaseModel):
     eligible: bool  # Caddie's verdict
     accepted: bool | None  # an import: the challenge's (on its leaderboard); None: our own
     reasons: list[str]
+    # Eligible by the systems-only waiver (server/waiver.py): its verdict in words; else None.
+    waiver: str | None = None
     rerun: RerunOutcome | None  # its newest compliance re-run; None when never re-run
     seeds: list[LeaderboardSeed]
 
@@ -334,6 +337,7 @@ def _entry(experiment: Experiment, runs: list[Run], position: int | None,
         eligible=experiment.eligible,
         accepted=experiment.accepted,
         reasons=experiment.reasons,
+        waiver=granted_rule(experiment.stats),
         rerun=RerunOutcome(experiment_id=latest_rerun["rerun_id"], outcome=latest_rerun["outcome"],
                            headline=latest_rerun["headline"]) if latest_rerun else None,
         seeds=[_seed(run) for run in runs],

@@ -91,6 +91,9 @@ class Experiment(SQLModel, table=True):
     # seed where the submission's commands differ per seed ({"42": {"NAME": "value"}}).
     reproduces_id: int | None = Field(default=None, foreign_key="experiment.id", index=True)
     seed_env: dict[str, dict[str, str]] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # A declared systems-only change (server/waiver.py): the earlier experiment whose ML this
+    # one keeps; the challenge then waives the 0.005-nat test, and other checks stand in.
+    systems_only_of: int | None = Field(default=None, foreign_key="experiment.id")
 
 
 class ExperimentFile(SQLModel, table=True):
@@ -291,6 +294,9 @@ class ExperimentCreate(BaseModel):
     # What it must beat (server/reference.py): an experiment's seeds, or a val_bpb.
     reference_experiment_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
     reference_bpb: float | None = Field(default=None, gt=0, lt=10)
+    # A systems-only change of this finished experiment: the 0.005-nat test is waived and
+    # server/waiver.py checks the ML, score and speed against it instead.
+    systems_only_of: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
     # "script": the participant's own train_gpt.py (server/scripts.py), run with `env`.
     kind: Literal["trainer", "script"] = "trainer"
@@ -452,6 +458,7 @@ class ExperimentPublic(BaseModel):
     reproduces_id: int | None = None  # the imported record a re-run reproduces
     seed_env: dict[str, dict[str, str]] = Field(default_factory=dict)  # a re-run's env per seed
     cost_usd: float | None = None  # dollars its pods have cost so far
+    systems_only_of: int | None = None  # declared systems-only change of this experiment
 
     @model_validator(mode="after")
     def _as_shown(self) -> "ExperimentPublic":

@@ -40,6 +40,7 @@ from server import (
     runlog,
     scripts,
     waitlist,
+    waiver,
 )
 from server.api.deps import MAX_ID, FilterText, IdPath, PrincipalDep, SessionDep, read_access
 from server.config import get_settings
@@ -370,6 +371,11 @@ def submit_experiment_page(
         entered.errors["provider"] = refusal[1]
         return submit_form(request, entered, status_code=refusal[0])
     if spec is None:
+        return submit_form(request, entered, status_code=422)
+    try:
+        waiver.check_declared(session, spec.systems_only_of, kind=spec.kind)
+    except ValueError as exc:
+        entered.errors[waiver.FIELD] = str(exc).removeprefix(f"{waiver.FIELD}: ")
         return submit_form(request, entered, status_code=422)
     quotas.check_submission(session, principal, runs=experiments.run_count(spec),
                             priority=spec.priority)

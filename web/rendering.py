@@ -18,6 +18,7 @@ from server.eligibility import (
     RECORD_GPU_COUNT,
     RECORD_GPU_NAME,
 )
+from server.waiver import granted_rule
 
 WEB_DIR = Path(__file__).parent
 STATIC_DIR = WEB_DIR / "static"
@@ -75,7 +76,8 @@ def timestamp(value: datetime | None) -> Markup | str:
 
 
 templates.env.filters.update(score=score, count=count, seconds=seconds, duration=duration,
-                             timestamp=timestamp, dollars=dollars)
+                             timestamp=timestamp, dollars=dollars,
+                             waived=granted_rule)  # the systems-only waiver's rule, if granted
 # The challenge's limits, for the pages that state them (their owner: server/eligibility.py).
 templates.env.globals.update(MAX_BYTES_TOTAL=MAX_BYTES_TOTAL, MAX_TRAIN_SECONDS=MAX_TRAIN_SECONDS,
                              MAX_EVAL_SECONDS=MAX_EVAL_SECONDS, RECORD_GPU_COUNT=RECORD_GPU_COUNT,

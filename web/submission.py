@@ -24,7 +24,7 @@ FILE_PREFIX = "file."  # upload inputs are named file.<the file's name in the ex
 UPLOADS = (scripts.ENTRYPOINT, scripts.REQUIREMENTS)
 # Optional spec fields typed as plain inputs; blank leaves the API's default.
 TYPED_FIELDS = {"max_retries": "int", "alpha": "float", "max_seeds": "int", "priority": "int",
-                "budget_usd": "float", "gpu_type": "str", "gpu_count": "int"}
+                "budget_usd": "float", "gpu_type": "str", "gpu_count": "int", "systems_only_of": "int"}
 _PROBLEM = re.compile(r"^config\.(\w+): (.*)$")
 _FIELD_PREFIX = re.compile(r"^(\w+)(?:\.([^:]+))?: (.*)$", re.DOTALL)
 

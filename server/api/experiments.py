@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
-from server import auth, experiments, quotas, reference
+from server import auth, experiments, quotas, reference, waiver
 from server.api.deps import ApiPrincipalDep, FilterText, IdPath, Limit, Offset, SessionDep
 from server.config import get_settings
 from server.errors import Forbidden, NotFound
@@ -29,6 +29,7 @@ def create_experiment(
     """Submit an experiment: one run per seed, queued at once."""
     check_provider(principal, experiment_in.provider)
     _check_reference(session, experiment_in.reference_experiment_id)
+    _check_systems_only(session, experiment_in)
     quotas.check_submission(session, principal, runs=experiments.run_count(experiment_in),
                             priority=experiment_in.priority)
     experiment = experiments.create_experiment(session, experiment_in, owner=principal.name)
@@ -56,6 +57,17 @@ def _check_reference(session: SessionDep, reference_id: int | None) -> None:
         raise RequestValidationError([{
             "loc": ("body", "reference_experiment_id"), "type": "value_error",
             "msg": f"reference_experiment_id: experiment {reference_id} not found"}]) from None
+
+
+def _check_systems_only(session: SessionDep, experiment_in: ExperimentCreate) -> None:
+    """A declared systems-only change names a finished, scored experiment the verdict can use
+    (server/waiver.py); 422 naming `systems_only_of` otherwise. The new experiment has no id
+    yet, so naming itself is naming an experiment that does not exist."""
+    try:
+        waiver.check_declared(session, experiment_in.systems_only_of, kind=experiment_in.kind)
+    except ValueError as exc:
+        raise RequestValidationError([{"loc": ("body", waiver.FIELD), "type": "value_error",
+                                       "msg": str(exc)}]) from None
 
 
 @router.get("")
