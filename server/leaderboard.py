@@ -38,8 +38,8 @@ from server.reference import reference_bpb
 from server.states import ExperimentStatus, RunStatus
 from server.statistics import Units
 from server.tracks import NON_RECORD_TRACK, RECORD_TRACK
-from server.workerfacts import WorkerFacts
 from server.waiver import granted_rule
+from server.workerfacts import WorkerFacts
 
 Number = TypeVar("Number", int, float)
 
