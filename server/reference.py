@@ -85,7 +85,7 @@ def standing_record(session: Session, experiment: Experiment) -> Experiment | No
     """The best record of the experiment's track dated strictly before it (never itself)."""
     judged = or_(col(Experiment.accepted).is_(True),
                  and_(col(Experiment.accepted).is_(None),
-                      Experiment.eligible == True))  # noqa: E712 - SQL, not Python truth
+                      col(Experiment.eligible).is_(True)))
     query = (select(Experiment)
              .where(Experiment.track == experiment.track, judged,
                     Experiment.status == ExperimentStatus.finished.value,
@@ -148,12 +148,13 @@ def test_against_reference(session: Session, experiment: Experiment, scores: lis
         units = Units.NATS_PER_BYTE
     factor = scale(units, per_token_bytes)
     mine = [score * factor for score in scores]
-    extra = {"bytes_per_token": per_token_bytes if units is Units.NATS_PER_TOKEN else None}
+    bytes_per_token = per_token_bytes if units is Units.NATS_PER_TOKEN else None
     if against["kind"] == "experiment":
         theirs = [score * factor for score in seed_scores(session, against["experiment_id"])]
-        return welch_test(mine, theirs, alpha=alpha, units=units, **extra), against
+        return welch_test(mine, theirs, alpha=alpha, units=units,
+                          bytes_per_token=bytes_per_token), against
     return one_sample_test(mine, against["val_bpb"] * factor, alpha=alpha, units=units,
-                           **extra), against
+                           bytes_per_token=bytes_per_token), against
 
 
 def stored(significance: Significance, against: dict[str, Any]) -> dict[str, Any]:

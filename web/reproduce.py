@@ -60,9 +60,10 @@ def create_rerun_page(request: Request, session: SessionDep, principal: Principa
                       provider: Text = "runpod", budget_usd: Text = "") -> Response:
     """Create the re-run from the edited plan, then show it; or the plan again with the problem."""
     try:
-        overrides = Overrides(env=parse_env(env), seed_env=parse_seed_env(seed_env),
-                              seeds=parse_seeds(seeds), provider=provider,  # type: ignore[arg-type]
-                              budget_usd=float(budget_usd) if budget_usd.strip() else None)
+        # Validated as the API validates it: a provider outside its choices is a ValidationError.
+        overrides = Overrides.model_validate({
+            "env": parse_env(env), "seed_env": parse_seed_env(seed_env), "seeds": parse_seeds(seeds),
+            "provider": provider, "budget_usd": float(budget_usd) if budget_usd.strip() else None})
         plan = reproduce.apply(reproduce.plan_record(session, experiment_id), overrides)
         refusal = experiments.provider_refusal(overrides.provider, admin=principal.is_admin, settings=get_settings())
         if refusal is not None:

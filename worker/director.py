@@ -39,7 +39,7 @@ from server.eligibility import Measurements, run_reasons
 from server.errors import Conflict, LeaseLost
 from server.logparse import parse_log
 from server.logstream import publish_log
-from server.models import Experiment, LogChunk, Pod, Run, RunEvent, as_utc, utcnow
+from server.models import Experiment, LogChunk, Pod, Run, RunEvent, as_utc, table_of, utcnow
 from server.pods import move_pod
 from server.runs import acquire_lease, get_run, release_lease, transition, update_run
 from server.scripts import file_names, list_files
@@ -162,7 +162,7 @@ class RunDirector:
             if pod.host is None and pod.external_id is None and provider.rents:
                 ahead = queueing.pods_ahead(session, pod, self.settings)  # up, or ahead in the queue
                 if ahead >= self.settings.max_pods:
-                    waiting = (f"waiting for a pod: {ahead} {provider.name} pods are up or ahead in line, "
+                    waiting: str | None = (f"waiting for a pod: {ahead} {provider.name} pods are up or ahead in line, "
                                f"the cap is {self.settings.max_pods} (CADDIE_MAX_PODS)")
                     update_run(session, run.id, fence=fence, reason=waiting)
                     return self.settings.poll_interval_s
@@ -422,7 +422,7 @@ class RunDirector:
         it is done with it, and waits while it is busy; None: this run rents it (usual steps)."""
         with Session(self.engine) as session:
             pods = list(session.exec(select(Pod).where(Pod.experiment_id == experiment.id,
-                                                       col(Pod.status).in_(LIVE_POD_STATUS_VALUES)).order_by(Pod.id)).all())
+                                                       col(Pod.status).in_(LIVE_POD_STATUS_VALUES)).order_by(col(Pod.id))).all())
             pod = next((p for p in pods if p.run_id == run.id), None)
             if pod is not None and pod.host is None:
                 return None  # it is renting the pod
@@ -446,13 +446,13 @@ class RunDirector:
     def _claim(self, session: Session, run: Run, pod: Pod, life_s: float) -> Pod | None:
         """Make the run the holder of a free shared pod and move its deadline on; None when
         another seed took it first (the update is conditional on the holder it saw)."""
-        table = Pod.__table__  # type: ignore[attr-defined]
+        table = table_of(Pod)
         deadline_at = max(as_utc(pod.deadline_at), utcnow() + timedelta(seconds=life_s)) if pod.deadline_at else None
         claimed = session.execute(update(table).where(table.c.id == pod.id, table.c.run_id == pod.run_id,
                                                       table.c.status == PodStatus.ready.value)
                                   .values(run_id=run.id, deadline_at=deadline_at, updated_at=utcnow()))
         session.commit()
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult
             return None
         session.refresh(pod)
         log.info("run %s takes the experiment's pod %s from run %s", run.id, pod.name, pod.run_id)
@@ -588,7 +588,7 @@ class RunDirector:
         watchdog = provider.watchdog_script(pod, until_deadline) if until_deadline is not None else None
         if watchdog is not None:
             remote.put_bytes(watchdog.encode(), f"{run_dir}/{launcher.WATCHDOG_SCRIPT}")
-        common = {"run_dir": run_dir, "deadline_s": self._deadline_s(run), "cpu_threads": provider.cpu_threads,
+        common: dict[str, Any] = {"run_dir": run_dir, "deadline_s": self._deadline_s(run), "cpu_threads": provider.cpu_threads,
                   "watchdog": watchdog is not None}
         if experiment.kind == "script":
             launch = self._script_launch(run, experiment, run_dir, provider, files, common)
@@ -763,7 +763,7 @@ class RunDirector:
     def _pod_row(self, session: Session, run: Run, provider: Provider, deadline_at: datetime, *,
                  shared_by: int | None = None) -> Pod:
         name = f"{self.settings.pod_prefix}{run.id}"
-        pod = session.exec(select(Pod).where(Pod.name == name).order_by(Pod.id)).first()  # type: ignore[arg-type]
+        pod = session.exec(select(Pod).where(Pod.name == name).order_by(col(Pod.id))).first()
         if pod is None:
             pod = Pod(run_id=run.id, provider=provider.name, name=name,
                       deadline_at=deadline_at, experiment_id=shared_by)
@@ -812,7 +812,7 @@ class RunDirector:
         """An event in the run's history that changes no status, said once per run (not per try)."""
         said = select(RunEvent.id).where(RunEvent.run_id == run_id, col(RunEvent.reason).startswith(key))
         if session.exec(said).first() is None:
-            status = RunStatus.provisioning.value
+            status = RunStatus.provisioning
             session.add(RunEvent(run_id=run_id, from_status=status, to_status=status, reason=note))
             session.commit()
 
@@ -835,15 +835,15 @@ class RunDirector:
 
     def _move(self, run: Run, fence: int, to: RunStatus, **fields: Any) -> None:
         with Session(self.engine) as session:
-            transition(session, run.id, to, fence=fence, **fields)  # type: ignore[arg-type]
+            transition(session, run.id, to, fence=fence, **fields)
 
     def _update(self, run: Run, fence: int, **fields: Any) -> None:
         with Session(self.engine) as session:
-            update_run(session, run.id, fence=fence, **fields)  # type: ignore[arg-type]
+            update_run(session, run.id, fence=fence, **fields)
 
     def _load(self, table: type, row_id: int | None) -> Any:
         with Session(self.engine) as session:
-            row = get_run(session, row_id) if table is Run else session.get(table, row_id)
+            row = None if row_id is None else get_run(session, row_id) if table is Run else session.get(table, row_id)
             if row is None:
                 raise StepFailed(f"{table.__name__.lower()} {row_id} does not exist")
             session.expunge(row)
@@ -852,14 +852,14 @@ class RunDirector:
 
 def _ended(session: Session, run_id: int | None) -> bool:
     run = session.get(Run, run_id) if run_id is not None else None
-    return run is None or run.status in {s.value for s in FINAL_RUN_STATUSES}
+    return run is None or run.status in FINAL_RUN_STATUSES
 
 
 def _first_waiting(session: Session, experiment_id: int) -> int | None:
     """The experiment's earliest seed that has no pod yet: the one that rents the shared pod."""
     waiting = [RunStatus.queued.value, RunStatus.provisioning.value]
     query = select(Run.id).where(Run.experiment_id == experiment_id, col(Run.status).in_(waiting),
-                                 col(Run.cancel_requested).is_(False)).order_by(Run.id)
+                                 col(Run.cancel_requested).is_(False)).order_by(col(Run.id))
     return session.exec(query).first()
 
 

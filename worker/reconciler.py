@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from server import notify
 from server.errors import InvalidTransition
-from server.models import Experiment, Pod, Run, as_utc, utcnow
+from server.models import Experiment, Pod, Run, as_utc, table_of, utcnow
 from server.pods import move_pod
 from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUS_VALUES, ExperimentStatus, PodStatus
 from worker.director import RunDirector
@@ -49,7 +49,7 @@ def wake_due_runs(director: RunDirector, *, enqueue: Callable[[int], object]) ->
     settings = director.settings
     now = utcnow()
     hold = now + timedelta(seconds=max(30.0, 6 * settings.reconcile_interval_s))
-    table = Run.__table__  # type: ignore[attr-defined]
+    table = table_of(Run)
     due = (
         table.c.status.notin_(_FINAL),
         or_(table.c.next_check_at.is_(None), table.c.next_check_at <= now),
@@ -62,7 +62,7 @@ def wake_due_runs(director: RunDirector, *, enqueue: Callable[[int], object]) ->
             claimed = session.execute(update(table).where(table.c.id == run_id, *due)
                                       .values(next_check_at=hold))
             session.commit()
-            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            if claimed.rowcount == 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult
                 enqueue(run_id)
                 woken.append(run_id)
     return woken
@@ -129,7 +129,7 @@ def _end_pods(director: RunDirector, provider: Provider, listed: list[ListedPod]
     return ended
 
 
-def _stop_reason(why: str, rows: list[Pod], live_runs: set[int | None], now: datetime) -> str:
+def _stop_reason(why: str, rows: list[Pod], live_runs: set[int], now: datetime) -> str:
     """Which safety stop ended the pod, in words for the operator's notification."""
     if why == "no longer listed":
         return "the provider no longer lists it (its provider deadline or its watchdog ended it)"
@@ -185,7 +185,7 @@ def finalize_ended_experiments(director: RunDirector) -> None:
         experiment_ids = list(session.exec(query).all())
         for experiment_id in experiment_ids:
             try:
-                director.finalize(session, experiment_id)  # type: ignore[arg-type]
+                director.finalize(session, experiment_id)
             except Exception:
                 session.rollback()
                 log.exception("experiment %s: finalizing failed", experiment_id)

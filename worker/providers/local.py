@@ -120,8 +120,8 @@ class LocalProvider(Provider):
         live = select(Pod).where(Pod.provider == self.name, col(Pod.status).in_(LIVE_POD_STATUS_VALUES),
                                  Pod.id != pod.id)
         pods = list(session.exec(live).all())
-        holders = [p for p in pods if p.host is not None and (not before_only or p.id < pod.id)]  # type: ignore[operator]
-        ahead = [p for p in pods if p.host is None and p.id < pod.id]  # type: ignore[operator]
+        holders = [p for p in pods if p.host is not None and (not before_only or p.id < pod.id)]
+        ahead = [p for p in pods if p.host is None and p.id < pod.id]
         return len(holders), len(ahead)
 
     def connect(self, pod: Pod, *, pinned_host_key: str | None) -> Remote:

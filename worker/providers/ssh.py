@@ -52,7 +52,7 @@ class SSHProvider(Provider):
 
     def displaced(self, session: Session, pod: Pod) -> bool:
         """Two workers that picked the same free host at once both see it: the lower pod id keeps it."""
-        return any(p.id < pod.id for p in self._holders(session, exclude=pod.id)  # type: ignore[operator]
+        return any(p.id < pod.id for p in self._holders(session, exclude=pod.id)
                    if (p.host, p.port) == (pod.host, pod.port))
 
     def connect(self, pod: Pod, *, pinned_host_key: str | None) -> Remote:
