@@ -122,7 +122,7 @@ def folder_name(experiment: Experiment) -> str:
 def _submitted_runs(session: Session, experiment_id: int) -> list[Run]:
     return list(session.exec(
         select(Run).where(Run.experiment_id == experiment_id, Run.variant == "",
-                          Run.status == RunStatus.succeeded.value, col(Run.superseded).is_(False),
+                          Run.status == RunStatus.succeeded, col(Run.superseded).is_(False),
                           col(Run.val_bpb).is_not(None))
         .order_by(col(Run.id))).all())
 

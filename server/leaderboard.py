@@ -183,7 +183,7 @@ def read_leaderboard(
     measured, or of every score with `unverified`; `failed` adds the unscored experiments;
     the other filters hide rows and never change a rank."""
     board_conditions: list[ColumnElement[bool]] = [
-        col(Experiment.status) == ExperimentStatus.finished.value,
+        col(Experiment.status) == ExperimentStatus.finished,
         col(Experiment.track) == Track(track).value]
     if not unverified:
         board_conditions.append(_verified())
@@ -235,7 +235,7 @@ def _board(board_conditions: list[ColumnElement[bool]], conditions: list[ColumnE
     if order in MAXIMA:
         maxima = (select(col(Run.experiment_id).label("experiment_id"),
                          func.max(MAXIMA[order]).label("value"))
-                  .where(col(Run.status) == RunStatus.succeeded.value, col(Run.variant) == CONTROL,
+                  .where(col(Run.status) == RunStatus.succeeded, col(Run.variant) == CONTROL,
                          col(Run.superseded).is_(False))
                   .group_by(col(Run.experiment_id)).subquery("maxima"))
         query = query.add_columns(maxima.c.value.label("key")).outerjoin(

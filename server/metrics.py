@@ -12,7 +12,7 @@ from server import costs
 from server.models import LogChunk, Pod, Run, as_utc, utcnow
 from server.states import LIVE_POD_STATUSES, RunStatus
 
-RUNNING = RunStatus.running.value
+RUNNING = RunStatus.running
 
 
 def runs_by_state(session: Session) -> dict[str, int]:
@@ -71,7 +71,7 @@ def render(session: Session) -> str:
     states = runs_by_state(session)
     _gauge(lines, "caddie_runs", "Runs by lifecycle state.",
            ((f'state="{state}"', n) for state, n in states.items()))
-    _gauge(lines, "caddie_queue_depth", "Runs waiting for a pod.", [("", states[RunStatus.queued.value])])
+    _gauge(lines, "caddie_queue_depth", "Runs waiting for a pod.", [("", states[RunStatus.queued])])
     alive = pods_alive(session)
     _gauge(lines, "caddie_pods_alive", "Pods not yet released or terminated, by provider.",
            ((f'provider="{p}"', n) for p, n in sorted(alive.items())) if alive else [("", 0)])

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from server.config import Settings, get_settings
 from server.models import Experiment, Pod, Run, as_utc, utcnow
-from server.states import LIVE_POD_STATUS_VALUES, ExperimentStatus, RunStatus
+from server.states import LIVE_POD_STATUSES, ExperimentStatus, RunStatus
 
 OPEN_EXPERIMENT_STATUSES = (ExperimentStatus.queued, ExperimentStatus.running)
 RECENT_PODS = 50  # pods whose planned life gives the typical time a run holds a pod
@@ -78,7 +78,7 @@ def pods_ahead(session: Session, pod: Pod, settings: Settings | None = None) -> 
         .join(Experiment, col(Experiment.id) == func.coalesce(Pod.experiment_id, Run.experiment_id),
               isouter=True)
         .where(Pod.provider == pod.provider, Pod.id != pod.id,
-               col(Pod.status).in_(LIVE_POD_STATUS_VALUES))
+               col(Pod.status).in_(LIVE_POD_STATUSES))
     ).all()
     return sum(1 for other, experiment in rows if _before(other, experiment, pod, mine))
 
@@ -123,7 +123,7 @@ def _waiting_runs(session: Session) -> dict[int, list[Run]]:
 
 def _experiments(session: Session, ids: set[int] | None) -> list[Experiment]:
     query = select(Experiment).where(
-        col(Experiment.status).in_([s.value for s in OPEN_EXPERIMENT_STATUSES]))
+        col(Experiment.status).in_(list(OPEN_EXPERIMENT_STATUSES)))
     if ids is not None:
         if not ids:
             return []
@@ -210,7 +210,7 @@ def _slots(session: Session, provider: str, now: datetime,
     deadlines = session.exec(
         select(Pod.deadline_at).where(
             Pod.provider == provider,
-            col(Pod.status).in_(LIVE_POD_STATUS_VALUES),
+            col(Pod.status).in_(LIVE_POD_STATUSES),
             or_(col(Pod.host).is_not(None), col(Pod.external_id).is_not(None)))
     ).all()
     frees = [max(as_utc(d), now) if d is not None else None for d in deadlines]

@@ -47,7 +47,7 @@ def check_more_runs(session: Session, principal: Principal, runs: int) -> None:
     active = session.exec(select(func.count()).select_from(Run).join(
         Experiment, col(Experiment.id) == col(Run.experiment_id)).where(
         Experiment.owner == principal.name,
-        col(Run.status).not_in([s.value for s in FINAL_RUN_STATUSES]))).one()
+        col(Run.status).not_in(list(FINAL_RUN_STATUSES)))).one()
     session.commit()  # end the read: SQLite's writers wait on open transactions
     if active + runs > limit:
         raise QuotaExceeded(f"{principal.name} has {active} runs not ended and asks for {runs} "

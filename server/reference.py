@@ -59,7 +59,7 @@ def seed_scores(session: Session, experiment_id: int) -> list[float]:
 
 def _seed_pairs(session: Session, experiment_id: int) -> list[tuple[float | None, float | None]]:
     rows = session.exec(select(Run.val_loss, Run.val_bpb).where(
-        Run.experiment_id == experiment_id, Run.status == RunStatus.succeeded.value,
+        Run.experiment_id == experiment_id, Run.status == RunStatus.succeeded,
         Run.variant == "", col(Run.superseded).is_(False), col(Run.val_bpb).is_not(None))).all()
     return [(loss, bpb) for loss, bpb in rows]
 
@@ -73,7 +73,7 @@ def best_eligible(session: Session, *, excluding: int | None) -> Experiment | No
     """The record-eligible finished experiment with the lowest mean val_bpb."""
     query = (select(Experiment)
              .where(Experiment.eligible == True,  # noqa: E712 - SQL, not Python truth
-                    Experiment.status == ExperimentStatus.finished.value,
+                    Experiment.status == ExperimentStatus.finished,
                     col(Experiment.mean_val_bpb).is_not(None))
              .order_by(col(Experiment.mean_val_bpb)))
     if excluding is not None:
@@ -88,7 +88,7 @@ def standing_record(session: Session, experiment: Experiment) -> Experiment | No
                       col(Experiment.eligible).is_(True)))
     query = (select(Experiment)
              .where(Experiment.track == experiment.track, judged,
-                    Experiment.status == ExperimentStatus.finished.value,
+                    Experiment.status == ExperimentStatus.finished,
                     col(Experiment.mean_val_bpb).is_not(None),
                     col(Experiment.record_date) < experiment.record_date)
              .order_by(col(Experiment.mean_val_bpb), col(Experiment.id)))

@@ -31,7 +31,7 @@ def acquire_lease(session: Session, run_id: int, *, owner: str, lease_s: float) 
         update(table)
         .where(
             table.c.id == run_id,
-            table.c.status.notin_([s.value for s in FINAL_RUN_STATUSES]),
+            table.c.status.notin_(list(FINAL_RUN_STATUSES)),
             or_(
                 table.c.lease_owner.is_(None),
                 table.c.lease_expires_at < now,

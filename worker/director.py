@@ -43,7 +43,7 @@ from server.models import Experiment, LogChunk, Pod, Run, RunEvent, as_utc, tabl
 from server.pods import move_pod
 from server.runs import acquire_lease, get_run, release_lease, transition, update_run
 from server.scripts import file_names, list_files
-from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUS_VALUES, PodStatus, RunStatus
+from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUSES, PodStatus, RunStatus
 from worker import datasets, launcher, script
 from worker.bundle import Bundle, default_bundle, run_config, run_deadline_s
 from worker.errors import ConnectError, StepFailed
@@ -366,7 +366,7 @@ class RunDirector:
         """Give the run's pod back (stopping anything left on it) and finalize its experiment."""
         run = self._load(Run, run_id)
         pod = self._load(Pod, run.pod_id) if run.pod_id is not None else None
-        if pod is not None and pod.status in LIVE_POD_STATUS_VALUES and pod.run_id in (None, run.id):
+        if pod is not None and pod.status in LIVE_POD_STATUSES and pod.run_id in (None, run.id):
             provider = get_provider(pod.provider, self.settings)
             if run.remote_dir:  # whatever the run started, even after it exited 0, goes before the pod is handed on
                 self._stop_leftovers(run, pod, provider)
@@ -375,7 +375,7 @@ class RunDirector:
             else:
                 self._set_pod_status(run, provider.release(pod))
         with Session(self.engine) as session:
-            if run.status == RunStatus.succeeded.value:
+            if run.status == RunStatus.succeeded:
                 nodes.flag_slow_nodes(session, run.experiment_id, ratio=self.settings.slow_node_ratio)
             self.finalize(session, run.experiment_id)
 
@@ -422,12 +422,12 @@ class RunDirector:
         it is done with it, and waits while it is busy; None: this run rents it (usual steps)."""
         with Session(self.engine) as session:
             pods = list(session.exec(select(Pod).where(Pod.experiment_id == experiment.id,
-                                                       col(Pod.status).in_(LIVE_POD_STATUS_VALUES)).order_by(col(Pod.id))).all())
+                                                       col(Pod.status).in_(LIVE_POD_STATUSES)).order_by(col(Pod.id))).all())
             pod = next((p for p in pods if p.run_id == run.id), None)
             if pod is not None and pod.host is None:
                 return None  # it is renting the pod
             for free in pods if pod is None else []:
-                if free.status == PodStatus.ready.value and _ended(session, free.run_id):
+                if free.status == PodStatus.ready and _ended(session, free.run_id):
                     pod = self._claim(session, run, free, life_s)
                     if pod is not None:
                         break
@@ -449,7 +449,7 @@ class RunDirector:
         table = table_of(Pod)
         deadline_at = max(as_utc(pod.deadline_at), utcnow() + timedelta(seconds=life_s)) if pod.deadline_at else None
         claimed = session.execute(update(table).where(table.c.id == pod.id, table.c.run_id == pod.run_id,
-                                                      table.c.status == PodStatus.ready.value)
+                                                      table.c.status == PodStatus.ready)
                                   .values(run_id=run.id, deadline_at=deadline_at, updated_at=utcnow()))
         session.commit()
         if claimed.rowcount != 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult
@@ -462,7 +462,7 @@ class RunDirector:
         """Whether an ended run's shared pod stays up for the experiment's next seed: one is
         waiting, and the pod got as far as this run's files (a pod that failed its preflight
         or could not be reached is given back)."""
-        if pod.experiment_id is None or run.remote_dir is None or pod.status == PodStatus.requested.value:
+        if pod.experiment_id is None or run.remote_dir is None or pod.status == PodStatus.requested:
             return False
         if pod.deadline_at is not None and as_utc(pod.deadline_at) <= utcnow():
             return False
@@ -476,7 +476,7 @@ class RunDirector:
             return False
         with Session(self.engine) as session:
             waiting = select(Run.id).where(Run.experiment_id == pod.experiment_id, Run.id != run.id,
-                                           col(Run.status).notin_([s.value for s in FINAL_RUN_STATUSES]),
+                                           col(Run.status).notin_(list(FINAL_RUN_STATUSES)),
                                            col(Run.cancel_requested).is_(False))
             return session.exec(waiting).first() is not None
 
@@ -732,7 +732,7 @@ class RunDirector:
         log.info("run %s: %s; try %d of %d", run.id, exc.reason, attempts, limit)
         # Before a pod is up the run's reason says what it waits for; provisioning clears it.
         waiting = {"reason": f"waiting: {exc.reason} (try {attempts} of {limit})"} \
-            if run.status == RunStatus.provisioning.value else {}
+            if run.status == RunStatus.provisioning else {}
         self._update(run, fence, attempts=attempts, **waiting)
         return min(most, first * 2 ** (attempts - 1))
 
@@ -747,7 +747,7 @@ class RunDirector:
         pod = self._load(Pod, run.pod_id) if run.pod_id is not None else None
         if pod is None:
             raise StepFailed("the run has no pod")
-        if pod.status in (PodStatus.released.value, PodStatus.terminated.value):
+        if pod.status in (PodStatus.released, PodStatus.terminated):
             raise StepFailed(f"its pod {pod.name} was ended (past its deadline at {pod.deadline_at:%H:%M:%S} UTC, "
                              "or gone at the provider)" if pod.deadline_at else f"its pod {pod.name} was ended")
         provider = get_provider(pod.provider, self.settings)
@@ -857,7 +857,7 @@ def _ended(session: Session, run_id: int | None) -> bool:
 
 def _first_waiting(session: Session, experiment_id: int) -> int | None:
     """The experiment's earliest seed that has no pod yet: the one that rents the shared pod."""
-    waiting = [RunStatus.queued.value, RunStatus.provisioning.value]
+    waiting = [RunStatus.queued, RunStatus.provisioning]
     query = select(Run.id).where(Run.experiment_id == experiment_id, col(Run.status).in_(waiting),
                                  col(Run.cancel_requested).is_(False)).order_by(col(Run.id))
     return session.exec(query).first()

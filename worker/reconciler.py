@@ -18,13 +18,13 @@ from server import notify
 from server.errors import InvalidTransition
 from server.models import Experiment, Pod, Run, as_utc, table_of, utcnow
 from server.pods import move_pod
-from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUS_VALUES, ExperimentStatus, PodStatus
+from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUSES, ExperimentStatus, PodStatus
 from worker.director import RunDirector
 from worker.providers import ListedPod, Provider, get_provider
 
 log = logging.getLogger(__name__)
 
-_FINAL = [s.value for s in FINAL_RUN_STATUSES]
+_FINAL = list(FINAL_RUN_STATUSES)
 # Providers whose pods are rented and can be listed; each is asked once per pass.
 RENTING_PROVIDERS = ("runpod",)
 # Listed statuses of pods that no longer exist (nothing to end, nothing billed).
@@ -71,7 +71,7 @@ def wake_due_runs(director: RunDirector, *, enqueue: Callable[[int], object]) ->
 def release_stray_pods(director: RunDirector) -> None:
     with Session(director.engine) as session:
         query = select(Pod).join(Run, col(Pod.run_id) == Run.id).where(
-            col(Pod.status).in_(LIVE_POD_STATUS_VALUES), col(Run.status).in_(_FINAL))
+            col(Pod.status).in_(LIVE_POD_STATUSES), col(Run.status).in_(_FINAL))
         waiting = _waiting_experiments(session)
         run_ids = sorted({p.run_id for p in session.exec(query).all()
                           if p.run_id is not None and not _handed_over(p, waiting)})
@@ -104,7 +104,7 @@ def _end_pods(director: RunDirector, provider: Provider, listed: list[ListedPod]
     ours = [p for p in listed if p.name.startswith(prefix) and p.status not in _GONE]
     with Session(director.engine) as session:
         rows = list(session.exec(select(Pod).where(Pod.provider == provider.name,
-                                                   col(Pod.status).in_(LIVE_POD_STATUS_VALUES))).all())
+                                                   col(Pod.status).in_(LIVE_POD_STATUSES))).all())
         live_runs = set(session.exec(select(Run.id).where(col(Run.status).notin_(_FINAL))).all())
         waiting = _waiting_experiments(session)
     now = utcnow()
@@ -148,7 +148,7 @@ def _waiting_experiments(session: Session) -> set[int]:
 
 def _handed_over(pod: Pod, waiting: set[int]) -> bool:
     """A shared pod between two seeds: free (ready), its experiment's next seed about to take it."""
-    return pod.experiment_id is not None and pod.status == PodStatus.ready.value and pod.experiment_id in waiting
+    return pod.experiment_id is not None and pod.status == PodStatus.ready and pod.experiment_id in waiting
 
 
 def _terminate(director: RunDirector, provider: Provider, external_id: str) -> bool:
@@ -164,7 +164,7 @@ def _terminate(director: RunDirector, provider: Provider, external_id: str) -> b
         return False
     with Session(director.engine) as session:
         for pod in session.exec(select(Pod).where(Pod.external_id == external_id,
-                                                  col(Pod.status).in_(LIVE_POD_STATUS_VALUES))).all():
+                                                  col(Pod.status).in_(LIVE_POD_STATUSES))).all():
             try:
                 move_pod(session, pod, PodStatus.terminated, why="the provider confirmed it is gone")
             except InvalidTransition as exc:  # released meanwhile by its run: nothing is left to end
@@ -175,7 +175,7 @@ def _terminate(director: RunDirector, provider: Provider, external_id: str) -> b
 
 
 def finalize_ended_experiments(director: RunDirector) -> None:
-    open_statuses = [ExperimentStatus.queued.value, ExperimentStatus.running.value]
+    open_statuses = [ExperimentStatus.queued, ExperimentStatus.running]
     with Session(director.engine) as session:
         live = select(Run.experiment_id).where(col(Run.status).notin_(_FINAL))
         has_runs = select(Run.experiment_id)

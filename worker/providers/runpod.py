@@ -342,7 +342,7 @@ class RunPodProvider(Provider):
         if experiment is None or not experiment.share_pods:
             return deadline
         seeds = session.exec(select(func.count()).select_from(Run).where(
-            Run.experiment_id == experiment.id, col(Run.status).notin_([s.value for s in FINAL_RUN_STATUSES]),
+            Run.experiment_id == experiment.id, col(Run.status).notin_(list(FINAL_RUN_STATUSES)),
             col(Run.cancel_requested).is_(False))).one()
         seed_s = (as_utc(pod.deadline_at) - as_utc(pod.created_at)).total_seconds() - self.settings.pod_margin_s
         return deadline + timedelta(seconds=max(0, seeds - 1) * max(0.0, seed_s))

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlmodel import Session, col, select
 
 from server.models import Pod
-from server.states import LIVE_POD_STATUS_VALUES, PodStatus
+from server.states import LIVE_POD_STATUSES, PodStatus
 from worker.errors import StepFailed
 from worker.providers import Placement, Provider
 from worker.remote import Remote
@@ -65,7 +65,7 @@ class SSHProvider(Provider):
     def _holders(self, session: Session, *, exclude: int | None) -> list[Pod]:
         query = select(Pod).where(
             Pod.provider == self.name,
-            col(Pod.status).in_(LIVE_POD_STATUS_VALUES),
+            col(Pod.status).in_(LIVE_POD_STATUSES),
             col(Pod.host).is_not(None),
             Pod.id != exclude,
         )
