@@ -147,6 +147,7 @@ def _line(name: str, check: Callable[[], str]) -> bool:
     return True
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+# Quoted: argparse's _SubParsersAction is generic to type checkers only, not at run time.
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     doctor = subparsers.add_parser("doctor", help="check configuration, database, broker and providers")
     doctor.set_defaults(func=cmd_doctor)
