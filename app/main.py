@@ -7,6 +7,7 @@ services), so that `server` itself never imports `web`. The schema is migrations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +41,7 @@ def create_app() -> FastAPI:
     app.include_router(_docs_router(app))
     app.include_router(health.router)
     app.include_router(apidocs.router, dependencies=[Depends(read_access)])
+    # Starlette types a handler as taking any Exception; each is registered for its own class.
     app.add_exception_handler(CaddieError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
@@ -83,7 +85,7 @@ async def _invalid_input(_request: Request, exc: RequestValidationError) -> JSON
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
-def _message(error: dict) -> str:  # type: ignore[type-arg]
+def _message(error: dict[str, Any]) -> str:
     # Our validators already start with the field (`config.num_layers: ...`).
     return str(error["msg"]).removeprefix("Value error, ")
 

@@ -7,6 +7,7 @@ check failed. Secrets are never printed: only where they come from.
 import argparse
 import stat
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import text
@@ -110,7 +111,7 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
         print(f"FAIL settings: {exc}")
         return 1
     print(f"ok   settings: data dir {settings.data_dir.resolve()}")
-    failed = sum(not _line(name, lambda check=check: check(settings)) for name, check in CHECKS.items())
+    failed = sum(not _line(name, partial(check, settings)) for name, check in CHECKS.items())
     failed += sum(not _line(name, check) for name, check in runpod_lines(settings))
     return 1 if failed else 0
 
@@ -146,6 +147,7 @@ def _line(name: str, check: Callable[[], str]) -> bool:
     return True
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+# Quoted: argparse's _SubParsersAction is generic to type checkers only, not at run time.
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     doctor = subparsers.add_parser("doctor", help="check configuration, database, broker and providers")
     doctor.set_defaults(func=cmd_doctor)

@@ -102,7 +102,8 @@ class RunPodChecks:
         from worker.providers import RetryLater
 
         gpu, count = self.settings.runpod_gpu_type, self.settings.runpod_gpu_count
-        centers = [c.strip() for c in self.settings.runpod_data_centers.split(",") if c.strip()] or [None]
+        centers: list[str | None] = [c.strip() for c in self.settings.runpod_data_centers.split(",")
+                                     if c.strip()] or [None]
         stock: list[str] = []
         for center in centers:
             try:

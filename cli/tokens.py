@@ -39,7 +39,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+# Quoted: argparse's _SubParsersAction is generic to type checkers only, not at run time.
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     token = subparsers.add_parser("token", help="create, list and revoke API tokens")
     commands = token.add_subparsers(dest="token_command", required=True)
     create = commands.add_parser("create", help="make a token and print it once")

@@ -2,7 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     def broker_url(self) -> str:
         return self.redis_url or "filesystem://"
 
-    def broker_transport_options(self) -> dict[str, object]:
+    def broker_transport_options(self) -> dict[str, Any]:
         if self.redis_url:
             # Above any task's duration (tasks are short steps; see docs/architecture.md).
             return {"visibility_timeout": 3600}

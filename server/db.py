@@ -10,6 +10,7 @@ A session reads only when it says so: through `reader()` or `read_session()`.
 
 from collections.abc import Iterator
 from functools import lru_cache
+from typing import Any
 
 from fastapi import Request
 from sqlalchemy import event
@@ -37,7 +38,7 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets the server read while the worker writes; the driver must not open
     # transactions itself, so that the "begin" hook above decides how they start.
     dbapi_conn.isolation_level = None

@@ -124,7 +124,7 @@ def folder_name(experiment: Experiment) -> str:
 def _submitted_runs(session: Session, experiment_id: int) -> list[Run]:
     return list(session.exec(
         select(Run).where(Run.experiment_id == experiment_id, Run.variant == "",
-                          Run.status == RunStatus.succeeded.value, col(Run.superseded).is_(False),
+                          Run.status == RunStatus.succeeded, col(Run.superseded).is_(False),
                           col(Run.val_bpb).is_not(None))
         .order_by(col(Run.id))).all())
 
@@ -223,8 +223,8 @@ def exported_settings(experiment: Experiment, runs: list[Run]) -> dict[str, Any]
     """The settings the runs trained with (the trainer's resolved config in results.json,
     else the preset and overrides resolved from the schema), the first seed as SEED's default,
     and the challenge's data paths where the runs had their machine's."""
-    reported = next((run.results["config"] for run in runs
-                     if isinstance((run.results or {}).get("config"), dict)), None)
+    reported = next((config for run in runs
+                     if isinstance(config := (run.results or {}).get("config"), dict)), None)
     if reported is not None:
         settings = dict(reported)
     else:
@@ -265,8 +265,8 @@ def submission_json(experiment: Experiment, runs: list[Run], code: Code, *,
     """submission.json: the records' fields with their types (val_bpb the seed mean,
     bytes_total the largest seed's), then Caddie's own."""
     stated = (experiment.source or {}).get("submission") or {}
-    bpb = [_shown(run.val_bpb) for run in runs if run.val_bpb is not None]
-    loss = [_shown(run.val_loss) for run in runs if run.val_loss is not None]
+    bpb = [round(run.val_bpb, 8) for run in runs if run.val_bpb is not None]  # as _shown
+    loss = [round(run.val_loss, 8) for run in runs if run.val_loss is not None]
     totals = [_bytes_total(run, code) for run in runs]
     # The records' "artifact_bytes" is the whole submission's size: code + compressed model.
     artifacts = [total for total in totals if total is not None]
@@ -406,7 +406,7 @@ def _text(value: Any) -> str:
 # --- README.md -------------------------------------------------------------------------------
 
 def readme(experiment: Experiment, runs: list[Run], submission: dict[str, Any],
-           logs: dict[int | None, str], code: Code) -> str:
+           logs: dict[int, str], code: Code) -> str:
     """README.md: what was run, every seed, the statistics, how to reproduce it."""
     parts = [_readme_head(experiment, submission), _readme_config(experiment, code),
              _readme_seeds(runs, logs, submission), _readme_statistics(experiment),
@@ -445,7 +445,7 @@ def _readme_config(experiment: Experiment, code: Code) -> str:
     return f"## Configuration\n\n{body}"
 
 
-def _readme_seeds(runs: list[Run], logs: dict[int | None, str], submission: dict[str, Any]) -> str:
+def _readme_seeds(runs: list[Run], logs: dict[int, str], submission: dict[str, Any]) -> str:
     rows = ["| seed | val_bpb (bits/byte) | val_loss (nats/token) | bytes_total | model bytes | "
             "steps | train s | eval s | log |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]

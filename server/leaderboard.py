@@ -25,7 +25,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import and_, case, func
+from sqlalchemy import Select, SQLColumnExpression, and_, case, func
 from sqlalchemy.sql.expression import ColumnElement, Subquery
 from sqlmodel import Session, col, select
 
@@ -187,7 +187,7 @@ def read_leaderboard(
     measured, or of every score with `unverified`; `failed` adds the unscored experiments;
     the other filters hide rows and never change a rank."""
     board_conditions: list[ColumnElement[bool]] = [
-        col(Experiment.status) == ExperimentStatus.finished.value,
+        col(Experiment.status) == ExperimentStatus.finished,
         col(Experiment.track) == Track(track).value]
     if not unverified:
         board_conditions.append(_verified())
@@ -212,7 +212,7 @@ def read_leaderboard(
     ids = [experiment.id for experiment, _ in rows]
     runs = _runs_by_experiment(session, ids)
     spent = costs_by_experiment(session, ids)
-    reruns = rerun.latest_outcomes(session, [i for i in ids if i is not None])
+    reruns = rerun.latest_outcomes(session, ids)
     entries = [_entry(experiment, runs[experiment.id], position, spent.get(experiment.id),
                       reruns.get(experiment.id))
                for experiment, position in rows]
@@ -234,12 +234,12 @@ def _board(board_conditions: list[ColumnElement[bool]], conditions: list[ColumnE
                       func.row_number().over(order_by=RANK_ORDER).label("position"))
                .where(*board_conditions, col(Experiment.mean_val_bpb).is_not(None))
                .subquery("ranking"))
-    query = (select(col(Experiment.id).label("id"), ranking.c.position.label("position"))
+    query: Select[*tuple[Any, ...]] = (select(col(Experiment.id).label("id"), ranking.c.position.label("position"))
              .outerjoin(ranking, ranking.c.id == Experiment.id))
     if order in MAXIMA:
         maxima = (select(col(Run.experiment_id).label("experiment_id"),
                          func.max(MAXIMA[order]).label("value"))
-                  .where(col(Run.status) == RunStatus.succeeded.value, col(Run.variant) == CONTROL,
+                  .where(col(Run.status) == RunStatus.succeeded, col(Run.variant) == CONTROL,
                          col(Run.superseded).is_(False))
                   .group_by(col(Run.experiment_id)).subquery("maxima"))
         query = query.add_columns(maxima.c.value.label("key")).outerjoin(
@@ -261,7 +261,7 @@ MAXIMA: dict[LeaderboardOrder, Any] = {
 }
 
 
-def _experiment_key(order: LeaderboardOrder) -> ColumnElement[Any]:
+def _experiment_key(order: LeaderboardOrder) -> SQLColumnExpression[Any]:
     """The sort value of orders read from the experiment's own row."""
     stats = col(Experiment.stats)
     mean = col(Experiment.mean_val_bpb)
@@ -271,7 +271,7 @@ def _experiment_key(order: LeaderboardOrder) -> ColumnElement[Any]:
         reference = func.coalesce(stats["reference_mean"].as_float(),
                                   stats[("reference", "val_bpb")].as_float())
         return func.coalesce(_stored_delta(), (mean - reference) * math.log(2))
-    columns: dict[LeaderboardOrder, ColumnElement[Any]] = {
+    columns: dict[LeaderboardOrder, SQLColumnExpression[Any]] = {
         LeaderboardOrder.rank: mean,
         LeaderboardOrder.p: stats["p"].as_float(),
         LeaderboardOrder.seeds: col(Experiment.n_succeeded),
@@ -290,9 +290,8 @@ def _stored_delta() -> ColumnElement[Any]:
     return case((bits, delta * math.log(2)), else_=delta)
 
 
-def _runs_by_experiment(session: Session, experiment_ids: list[int | None],
-                        ) -> dict[int | None, list[Run]]:
-    grouped: dict[int | None, list[Run]] = defaultdict(list)
+def _runs_by_experiment(session: Session, experiment_ids: list[int]) -> dict[int, list[Run]]:
+    grouped: dict[int, list[Run]] = defaultdict(list)
     if experiment_ids:
         for run in session.exec(
             select(Run).where(col(Run.experiment_id).in_(experiment_ids)).order_by(col(Run.id))

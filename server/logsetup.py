@@ -108,7 +108,7 @@ def formatter(settings: Settings) -> logging.Formatter:
     return JsonFormatter() if settings.log_format == "json" else TextFormatter()
 
 
-class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _OurHandler(logging.StreamHandler[IO[str]]):
     """The root handler `configure` installs; a second call replaces it instead of adding one."""
 
 
@@ -123,7 +123,9 @@ def configure(settings: Settings, *, level: int | str = logging.INFO, stream: IO
     for old in [h for h in root.handlers if isinstance(h, _OurHandler)]:
         root.removeHandler(old)
         old.close()
-    target = open(filename, "a", encoding="utf-8") if filename else (stream or sys.__stderr__)  # noqa: SIM115
+    # sys.__stderr__ is None only in a process started without one; logging then uses sys.stderr.
+    target: IO[str] = (open(filename, "a", encoding="utf-8") if filename  # noqa: SIM115
+                       else (stream or sys.__stderr__ or sys.stderr))
     handler = _OurHandler(target)
     _dress(handler, settings)
     root.addHandler(handler)

@@ -10,9 +10,9 @@ from sqlmodel import Session, col, select
 
 from server import costs
 from server.models import LogChunk, Pod, Run, as_utc, utcnow
-from server.states import LIVE_POD_STATUS_VALUES, RunStatus
+from server.states import LIVE_POD_STATUSES, RunStatus
 
-RUNNING = RunStatus.running.value
+RUNNING = RunStatus.running
 
 
 def runs_by_state(session: Session) -> dict[str, int]:
@@ -23,7 +23,7 @@ def runs_by_state(session: Session) -> dict[str, int]:
 def pods_alive(session: Session) -> dict[str, int]:
     rows = session.exec(
         select(Pod.provider, func.count())
-        .where(Pod.status.in_(LIVE_POD_STATUS_VALUES))  # type: ignore[attr-defined]
+        .where(col(Pod.status).in_(LIVE_POD_STATUSES))
         .group_by(Pod.provider)
     ).all()
     return {provider: int(n) for provider, n in rows}
@@ -42,7 +42,7 @@ def spend(session: Session) -> tuple[float, float]:
         price = pod.cost_per_hour if pod.cost_per_hour is not None else (costs.price_of(run) if run else None)
         if not price:
             continue
-        if pod.status in LIVE_POD_STATUS_VALUES:
+        if pod.status in LIVE_POD_STATUSES:
             per_hour += price
         spent += costs.pod_cost(pod, price, now)[0]
     return round(per_hour, 6), round(spent, 6)
@@ -56,9 +56,9 @@ def log_lag_seconds(session: Session) -> float:
     """
     newest = session.exec(
         select(Run.id, func.max(LogChunk.created_at))
-        .join(LogChunk, LogChunk.run_id == Run.id, isouter=True)  # type: ignore[arg-type]
+        .join(LogChunk, col(LogChunk.run_id) == Run.id, isouter=True)
         .where(Run.status == RUNNING)
-        .group_by(Run.id)
+        .group_by(col(Run.id))
     ).all()
     now = utcnow()
     lags = [(now - as_utc(seen)).total_seconds() for _, seen in newest if seen is not None]
@@ -71,7 +71,7 @@ def render(session: Session) -> str:
     states = runs_by_state(session)
     _gauge(lines, "caddie_runs", "Runs by lifecycle state.",
            ((f'state="{state}"', n) for state, n in states.items()))
-    _gauge(lines, "caddie_queue_depth", "Runs waiting for a pod.", [("", states[RunStatus.queued.value])])
+    _gauge(lines, "caddie_queue_depth", "Runs waiting for a pod.", [("", states[RunStatus.queued])])
     alive = pods_alive(session)
     _gauge(lines, "caddie_pods_alive", "Pods not yet released or terminated, by provider.",
            ((f'provider="{p}"', n) for p, n in sorted(alive.items())) if alive else [("", 0)])

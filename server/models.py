@@ -1,6 +1,7 @@
 """SQL tables (SQLModel) and the API's request/response schemas."""
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -12,11 +13,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy import JSON, Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Dialect, LargeBinary, String, Table, Text, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from server import presets
 from server.config import get_settings
+from server.states import ExperimentStatus, PodStatus, RunStatus
 
 SEED_LIMIT = 2**31  # seeds are non-negative int32, as torch and numpy take them
 
@@ -31,8 +34,39 @@ def as_utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+class Status(TypeDecorator[StrEnum]):
+    """A status column: stored as its enum's value in a VARCHAR(16), read back as the member.
+
+    A value outside the enum is refused when written (ValueError naming it), so no row holds a
+    status its state table does not know.
+    """
+
+    impl = String(16)
+    cache_ok = True  # the enum class is the only argument, and it is hashable
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> StrEnum | None:
+        return None if value is None else self.enum(value)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a table model, for conditional UPDATEs that check the rows they hit."""
+    # SQLModel's class declares no __table__; SQLAlchemy sets one on every table=True model.
+    return model.__table__  # type: ignore[attr-defined]
+
+
+# Every table's `id` is typed `int`: None only until the row is first flushed, and every row
+# read from the database, or passed on after its insert, has one.
+
+
 class Experiment(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)
     name: str = Field(max_length=200, index=True)
     author: str = Field(default="", max_length=100, index=True)
     preset: str = Field(max_length=64, index=True)
@@ -42,7 +76,8 @@ class Experiment(SQLModel, table=True):
     provider: str = Field(default="local", max_length=32, index=True)
     # Name of the API token's user who submitted it: may cancel it (as may any admin).
     owner: str = Field(default="", max_length=100, index=True)
-    status: str = Field(default="queued", max_length=16, index=True)
+    status: ExperimentStatus = Field(default=ExperimentStatus.queued, sa_type=Status(ExperimentStatus),
+                                     index=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     finished_at: datetime | None = None
     # Filled once every seed has ended.
@@ -101,7 +136,7 @@ class ExperimentFile(SQLModel, table=True):
 
     __table_args__ = (UniqueConstraint("experiment_id", "name", name="uq_experimentfile_name"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiment.id", index=True)
     name: str = Field(max_length=100)  # a plain file name, never a path
     nbytes: int
@@ -110,7 +145,7 @@ class ExperimentFile(SQLModel, table=True):
 
 
 class Pod(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)
     run_id: int | None = Field(default=None, foreign_key="run.id", index=True)
     provider: str = Field(max_length=32)
     name: str = Field(max_length=200, index=True)  # carries the run id: caddie-run-<id>
@@ -118,7 +153,7 @@ class Pod(SQLModel, table=True):
     host: str | None = Field(default=None, max_length=255)
     port: int | None = None
     username: str | None = Field(default=None, max_length=64)
-    status: str = Field(default="requested", max_length=16, index=True)
+    status: PodStatus = Field(default=PodStatus.requested, sa_type=Status(PodStatus), index=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     deadline_at: datetime | None = None
@@ -130,10 +165,10 @@ class Pod(SQLModel, table=True):
 
 
 class Run(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiment.id", index=True)
     seed: int
-    status: str = Field(default="queued", max_length=16, index=True)
+    status: RunStatus = Field(default=RunStatus.queued, sa_type=Status(RunStatus), index=True)
     reason: str | None = Field(default=None, sa_column=Column(Text))  # why it ended, if it did
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -182,10 +217,10 @@ class Run(SQLModel, table=True):
 
 
 class RunEvent(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
-    from_status: str | None = Field(default=None, max_length=16)
-    to_status: str = Field(max_length=16)
+    from_status: RunStatus | None = Field(default=None, sa_type=Status(RunStatus))
+    to_status: RunStatus = Field(sa_type=Status(RunStatus))
     reason: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -193,7 +228,7 @@ class RunEvent(SQLModel, table=True):
 class LogChunk(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("run_id", "offset", name="uq_logchunk_run_offset"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
     offset: int  # byte offset of text's first byte in train.log
     nbytes: int  # bytes of train.log this chunk covers (text may carry U+FFFD for bad bytes)
@@ -204,7 +239,7 @@ class LogChunk(SQLModel, table=True):
 class ApiToken(SQLModel, table=True):
     """An API token. Only its sha256 is stored; the token itself is shown once, at creation."""
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)
     name: str = Field(max_length=100, index=True)  # the user it stands for
     role: str = Field(default="member", max_length=16)  # "admin" | "member"
     token_sha256: str = Field(max_length=64, unique=True)

@@ -40,7 +40,7 @@ def slow_node_flag(ms: float, others: list[float], ratio: float) -> str | None:
 def flag_slow_nodes(session: Session, experiment_id: int, *, ratio: float) -> list[int]:
     """Set or clear the slow node flag of every succeeded seed of the experiment; returns the
     ids of runs whose flags changed."""
-    query = select(Run).where(Run.experiment_id == experiment_id, Run.status == RunStatus.succeeded.value)
+    query = select(Run).where(Run.experiment_id == experiment_id, Run.status == RunStatus.succeeded)
     groups: dict[str, list[tuple[Run, float]]] = defaultdict(list)
     for run in session.exec(query).all():
         ms = step_ms(run)

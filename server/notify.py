@@ -72,9 +72,9 @@ def _already_told(session: Session, run: Run, *, final: bool, cap: str) -> bool:
     pattern = f"%{cap}%"
     if final:
         query = select(Run.id).where(Run.experiment_id == run.experiment_id, Run.id != run.id,
-                                     Run.status == RunStatus.failed.value, col(Run.reason).like(pattern))
+                                     Run.status == RunStatus.failed, col(Run.reason).like(pattern))
     else:
         query = select(Run.id).where(Run.experiment_id == run.experiment_id,
-                                     Run.status == RunStatus.provisioning.value,
+                                     Run.status == RunStatus.provisioning,
                                      col(Run.reason).like(f"waiting: {pattern}"))
     return session.exec(query.limit(1)).first() is not None

@@ -14,7 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from server.errors import InvalidTransition
-from server.models import Pod, utcnow
+from server.models import Pod, table_of, utcnow
 from server.states import PodStatus, pod_sources
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,11 @@ def move_pod(session: Session, pod: Pod, to_status: PodStatus, *, why: str | Non
     values: dict[str, Any] = {"status": to_status.value, "updated_at": now, **fields}
     if to_status == PodStatus.terminated:
         values.setdefault("terminated_at", now)
-    table = Pod.__table__  # type: ignore[attr-defined]
+    table = table_of(Pod)
     sources = (*pod_sources(to_status), to_status.value)
     result = session.execute(update(table).where(table.c.id == pod_id, table.c.status.in_(sources))
                              .values(**values))
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult
         session.rollback()
         stored = session.exec(select(Pod.status).where(Pod.id == pod_id)).first()
         raise InvalidTransition(f"pod {pod_id} ({name}): {stored or 'missing'} -> {to_status} "

@@ -97,7 +97,7 @@ def queue_runs(session: Session, runs: Sequence[Run]) -> None:
     """Store new runs with their first event (queued), in the caller's transaction."""
     session.add_all(runs)
     session.flush()
-    session.add_all(RunEvent(run_id=run.id, from_status=None, to_status=RunStatus.queued.value)
+    session.add_all(RunEvent(run_id=run.id, from_status=None, to_status=RunStatus.queued)
                     for run in runs)
 
 

@@ -59,7 +59,7 @@ def seed_scores(session: Session, experiment_id: int) -> list[float]:
 
 def _seed_pairs(session: Session, experiment_id: int) -> list[tuple[float | None, float | None]]:
     rows = session.exec(select(Run.val_loss, Run.val_bpb).where(
-        Run.experiment_id == experiment_id, Run.status == RunStatus.succeeded.value,
+        Run.experiment_id == experiment_id, Run.status == RunStatus.succeeded,
         Run.variant == "", col(Run.superseded).is_(False), col(Run.val_bpb).is_not(None))).all()
     return [(loss, bpb) for loss, bpb in rows]
 
@@ -73,7 +73,7 @@ def best_eligible(session: Session, *, excluding: int | None) -> Experiment | No
     """The record-eligible finished experiment with the lowest mean val_bpb."""
     query = (select(Experiment)
              .where(Experiment.eligible == True,  # noqa: E712 - SQL, not Python truth
-                    Experiment.status == ExperimentStatus.finished.value,
+                    Experiment.status == ExperimentStatus.finished,
                     col(Experiment.mean_val_bpb).is_not(None))
              .order_by(col(Experiment.mean_val_bpb)))
     if excluding is not None:
@@ -85,10 +85,10 @@ def standing_record(session: Session, experiment: Experiment) -> Experiment | No
     """The best record of the experiment's track dated strictly before it (never itself)."""
     judged = or_(col(Experiment.accepted).is_(True),
                  and_(col(Experiment.accepted).is_(None),
-                      Experiment.eligible == True))  # noqa: E712 - SQL, not Python truth
+                      col(Experiment.eligible).is_(True)))
     query = (select(Experiment)
              .where(Experiment.track == experiment.track, judged,
-                    Experiment.status == ExperimentStatus.finished.value,
+                    Experiment.status == ExperimentStatus.finished,
                     col(Experiment.mean_val_bpb).is_not(None),
                     col(Experiment.record_date) < experiment.record_date)
              .order_by(col(Experiment.mean_val_bpb), col(Experiment.id)))
@@ -148,12 +148,13 @@ def test_against_reference(session: Session, experiment: Experiment, scores: lis
         units = Units.NATS_PER_BYTE
     factor = scale(units, per_token_bytes)
     mine = [score * factor for score in scores]
-    extra = {"bytes_per_token": per_token_bytes if units is Units.NATS_PER_TOKEN else None}
+    bytes_per_token = per_token_bytes if units is Units.NATS_PER_TOKEN else None
     if against["kind"] == "experiment":
         theirs = [score * factor for score in seed_scores(session, against["experiment_id"])]
-        return welch_test(mine, theirs, alpha=alpha, units=units, **extra), against
+        return welch_test(mine, theirs, alpha=alpha, units=units,
+                          bytes_per_token=bytes_per_token), against
     return one_sample_test(mine, against["val_bpb"] * factor, alpha=alpha, units=units,
-                           **extra), against
+                           bytes_per_token=bytes_per_token), against
 
 
 def stored(significance: Significance, against: dict[str, Any]) -> dict[str, Any]:

@@ -162,7 +162,7 @@ def closed_on_stop() -> Iterator[None]:
 
     def stop(sig: int, frame: FrameType | None) -> None:
         loop.call_soon_threadsafe(close_streams)
-        handler = previous[sig]
+        handler = previous[signal.Signals(sig)]
         if callable(handler):
             handler(sig, frame)
 

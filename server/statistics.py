@@ -136,7 +136,7 @@ def one_sample_test(
     margin = record_margin(units)
     threshold = reference - margin
     summary = _Summary.of(values)
-    base = dict(test=ONE_SAMPLE_TEST, units=units.value, alpha=alpha, margin=margin,
+    base: dict[str, Any] = dict(test=ONE_SAMPLE_TEST, units=units.value, alpha=alpha, margin=margin,
                 threshold=threshold, n=summary.n, mean=summary.mean, std=summary.std,
                 bytes_per_token=bytes_per_token)
     undefined = _undefined_reason(summary, "scores")
@@ -145,9 +145,10 @@ def one_sample_test(
                             more_seeds=None, note=undefined)
     result = stats.ttest_1samp(values, threshold, alternative="less")
     t, p, df = -float(result.statistic), float(result.pvalue), float(summary.n - 1)
+    mean, std = summary.moments()
     extra, note = _more_seeds(
         summary, alpha, p, t, max_seeds,
-        lambda n: _one_sample_p(summary.mean, summary.std, threshold, n),
+        lambda n: _one_sample_p(mean, std, threshold, n),
     )
     return Significance(**base, t=t, df=df, p=p, significant=p < alpha,
                         more_seeds=extra, note=note)
@@ -171,7 +172,7 @@ def welch_test(
     margin = record_margin(units)
     mine, theirs = _Summary.of(values), _Summary.of(reference)
     threshold = (theirs.mean - margin) if theirs.mean is not None else None
-    base = dict(test=WELCH_TEST, units=units.value, alpha=alpha, margin=margin,
+    base: dict[str, Any] = dict(test=WELCH_TEST, units=units.value, alpha=alpha, margin=margin,
                 threshold=threshold, n=mine.n, mean=mine.mean, std=mine.std,
                 reference_n=theirs.n, reference_mean=theirs.mean, reference_std=theirs.std,
                 bytes_per_token=bytes_per_token)
@@ -187,9 +188,10 @@ def welch_test(
         result = stats.ttest_ind(values, reference - margin, equal_var=False,
                                  alternative="less")
     t, p, df = -float(result.statistic), float(result.pvalue), float(result.df)
+    (mean, std), (reference_mean, reference_std) = mine.moments(), theirs.moments()
     extra, note = _more_seeds(
         mine, alpha, p, t, max_seeds,
-        lambda n: _welch_p(mine.mean, mine.std, theirs, threshold, n),
+        lambda n: _welch_p(mean, std, n, reference_std, theirs.n, reference_mean - margin),
     )
     return Significance(**base, t=t, df=df, p=p, significant=p < alpha,
                         more_seeds=extra, note=note)
@@ -208,6 +210,12 @@ class _Summary:
         std = float(values.std(ddof=1)) if n >= 2 else None
         return cls(n, mean, std)
 
+    def moments(self) -> tuple[float, float]:
+        """(mean, std) of at least 2 values; the tests call it once they have checked n."""
+        if self.mean is None or self.std is None:
+            raise ValueError(f"{self.n} value(s) have no mean and spread")
+        return self.mean, self.std
+
 
 def _undefined_reason(summary: _Summary, name: str) -> str:
     if summary.n < 2:
@@ -221,7 +229,8 @@ def _undefined_reason(summary: _Summary, name: str) -> str:
 
 def _no_spread(summary: _Summary) -> bool:
     """Identical values, allowing for float rounding (0.1 + 0.2 vs 0.3)."""
-    return summary.std is not None and summary.std <= 1e-12 * max(1.0, abs(summary.mean))
+    return (summary.std is not None and summary.mean is not None
+            and summary.std <= 1e-12 * max(1.0, abs(summary.mean)))
 
 
 def _welch_undefined_reason(mine: _Summary, theirs: _Summary) -> str:
@@ -239,11 +248,12 @@ def _one_sample_p(mean: float, std: float, threshold: float, n: int) -> float:
     return float(stats.t.sf(t, n - 1))
 
 
-def _welch_p(mean: float, std: float, reference: _Summary, threshold: float, n: int) -> float:
-    mine_var, theirs_var = std**2 / n, reference.std**2 / reference.n
+def _welch_p(mean: float, std: float, n: int, reference_std: float, reference_n: int,
+             threshold: float) -> float:
+    mine_var, theirs_var = std**2 / n, reference_std**2 / reference_n
     se = math.sqrt(mine_var + theirs_var)
     df = (mine_var + theirs_var) ** 2 / (
-        mine_var**2 / (n - 1) + theirs_var**2 / (reference.n - 1))
+        mine_var**2 / (n - 1) + theirs_var**2 / (reference_n - 1))
     return float(stats.t.sf((threshold - mean) / se, df))
 
 

@@ -36,6 +36,7 @@ def from_limits(*, kind: str, preset: str, config: dict[str, Any], env: dict[str
 def training_cap_s(*, kind: str, preset: str, config: dict[str, Any],
                    env: dict[str, str]) -> float | None:
     """The training cap in seconds the run will stop at; None or 0 means no cap."""
+    raw: Any
     if kind == "script":
         raw = env.get("MAX_WALLCLOCK_SECONDS", str(SCRIPT_DEFAULT_WALLCLOCK_S))
     else:

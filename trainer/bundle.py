@@ -200,12 +200,12 @@ def _strip(text: str, module: str) -> str:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and (
                 node.module == "__future__" or node.module.split(".")[0] == PACKAGE):
-            drop |= set(range(node.lineno, node.end_lineno + 1))
+            drop |= set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
         if isinstance(node, ast.Import) and any(a.name.split(".")[0] == PACKAGE for a in node.names):
-            drop |= set(range(node.lineno, node.end_lineno + 1))
+            drop |= set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
     for node in tree.body:
         if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
-            drop |= set(range(node.lineno, node.end_lineno + 1))
+            drop |= set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
     stripped = _without_contract_prefix(text)
     bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     bound |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments)

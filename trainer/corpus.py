@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
@@ -29,7 +30,7 @@ from trainer.data import shard_name, write_shard
 BOS_ID = 1
 SHARD_TOKENS = 10**8  # tokens per shard, as in the official export
 # The challenge exporter's SentencePiece settings; ids 0..3 are pad/bos/eos/unk.
-TOKENIZER_SETTINGS = dict(
+TOKENIZER_SETTINGS: dict[str, Any] = dict(
     model_type="bpe",
     character_coverage=0.999,
     byte_fallback=True,

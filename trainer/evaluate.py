@@ -328,7 +328,8 @@ def evaluate_ttt(
         if c < chunks - 1:
             _train_chunk(model, optimizer, params, val_tokens, ttt, c, rank, world_size, device)
     model.train()
-    return _reduce(*totals, complete, device)
+    loss_sum, token_count, byte_count = totals
+    return _reduce(loss_sum, token_count, byte_count, complete, device)
 
 
 def _score_windows(model, val_tokens, tables, batch, window, batch_seqs, offsets, totals,

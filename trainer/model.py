@@ -143,13 +143,13 @@ class Rotary(nn.Module):
         if torch.compiler.is_compiling():
             cos, sin = self._tables(seq_len, device)
             return cos.to(dtype=dtype), sin.to(dtype=dtype)
-        stale = self._cos is None or self._cached_len != seq_len or self._cos.device != device
+        cos, sin = self._cos, self._sin
         # Tables built under inference_mode (validation) cannot be saved for backward.
-        stale = stale or (self._cos.is_inference() and not torch.is_inference_mode_enabled())
-        if stale:
-            self._cos, self._sin = self._tables(seq_len, device)
-            self._cached_len = seq_len
-        return self._cos.to(dtype=dtype), self._sin.to(dtype=dtype)
+        if (cos is None or sin is None or self._cached_len != seq_len or cos.device != device
+                or (cos.is_inference() and not torch.is_inference_mode_enabled())):
+            cos, sin = self._tables(seq_len, device)
+            self._cos, self._sin, self._cached_len = cos, sin, seq_len
+        return cos.to(dtype=dtype), sin.to(dtype=dtype)
 
     def _tables(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """cos and sin, each [1, 1, seq_len, head_dim/2]."""
@@ -393,7 +393,7 @@ class GPT(nn.Module):
     def embed(self, input_ids: Tensor) -> Tensor:
         """Normalized input embedding [batch, seq, dim], with BigramHash and SmearGate."""
         x = self.tok_emb(input_ids)
-        if self.bigram_emb is not None:
+        if self.bigram_emb is not None and self.bigram_proj is not None:  # made together
             x = x + self.bigram_proj(self.bigram_emb(self.bigram_buckets(input_ids)).to(x.dtype))
         x = F.rms_norm(x, (self.shape.model_dim,))
         if self.smear_gate is not None:

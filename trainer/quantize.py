@@ -158,6 +158,7 @@ def quantize_rows(
         best_q = torch.where(better[:, None], q, best_q)
         best_scale = torch.where(better, scale, best_scale)
         best_err = torch.where(better, err, best_err)
+    assert best_q is not None and best_scale is not None  # clips always holds a candidate
     return best_q.to(torch.int8).contiguous(), best_scale.contiguous()
 
 

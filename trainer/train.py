@@ -701,6 +701,7 @@ def _run(config: Any, out: Path, launch: Launch) -> dict[str, Any] | None:
     # ==================================================================================
     # Results: the record the worker verifies against the files it downloads.
     # ==================================================================================
+    assert pre_quant is not None  # the last step always validates
     results = {
         "val_loss": final.val_loss,
         "val_bpb": final.val_bpb,

@@ -135,8 +135,8 @@ def import_facts(experiment: ExperimentPublicWithRuns) -> ImportFacts | None:
     source = experiment.source
     if not isinstance(source, dict):
         return None
-    submission = source.get("submission") if isinstance(source.get("submission"), dict) else {}
-    found = source.get("disagreements") if isinstance(source.get("disagreements"), list) else []
+    submission = stated if isinstance(stated := source.get("submission"), dict) else {}
+    found = listed if isinstance(listed := source.get("disagreements"), list) else []
     return ImportFacts(
         folder=f"records/{source['key']}" if source.get("key") else MISSING,
         path=str(source.get("path") or MISSING),

@@ -121,6 +121,7 @@ def include_pages(app: FastAPI) -> None:
     """Add the pages to `app`, and HTML 404 pages for unknown URLs outside /api."""
     app.include_router(router)
     app.include_router(open_router)
+    # Starlette types a handler as taking any Exception; this one is registered for HTTPException.
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
 
 

@@ -7,10 +7,12 @@ anything that does not convert is passed on as typed, so the server's own valida
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from server import costs, presets, scripts
 from server.config import get_settings
@@ -196,8 +198,8 @@ def _overrides(form: dict[str, str]) -> dict[str, Any]:
 
 
 def _typed(kind: str, raw: str) -> Any:
-    converters = {"int": int, "float": float, "bool": {"true": True, "false": False}.__getitem__,
-                  "str": str}
+    converters: dict[str, Callable[[str], Any]] = {
+        "int": int, "float": float, "bool": {"true": True, "false": False}.__getitem__, "str": str}
     try:
         return converters[kind](raw)
     except (KeyError, ValueError):
@@ -215,7 +217,7 @@ def parse_seeds(raw: str) -> list[int] | str:
     return [int(part) for part in parts]
 
 
-def _add_problem(submission: Submission, error: dict[str, Any]) -> None:
+def _add_problem(submission: Submission, error: ErrorDetails) -> None:
     loc = [str(part) for part in error["loc"]]
     message = str(error["msg"]).removeprefix("Value error, ")
     if loc and loc[0] == "config":

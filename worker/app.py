@@ -28,7 +28,7 @@ VISIBILITY_TIMEOUT_S = 3600
 def make_app(settings: Settings) -> Celery:
     app = Celery("caddie", broker=settings.broker_url(), include=["worker.tasks"])
     transport = dict(settings.broker_transport_options())
-    transport["visibility_timeout"] = max(int(transport.get("visibility_timeout", 0)),  # type: ignore[call-overload]
+    transport["visibility_timeout"] = max(int(transport.get("visibility_timeout", 0)),
                                           VISIBILITY_TIMEOUT_S)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.conf.update(

@@ -174,7 +174,9 @@ class SSHRemote:
     def _sftp_client(self) -> paramiko.SFTPClient:
         if self._sftp is None:
             self._sftp = self._client.open_sftp()
-            self._sftp.get_channel().settimeout(CHANNEL_TIMEOUT_S)
+            channel = self._sftp.get_channel()
+            assert channel is not None  # open_sftp opened it; paramiko's types leave it optional
+            channel.settimeout(CHANNEL_TIMEOUT_S)
         return self._sftp
 
 

@@ -5,6 +5,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import StatementError
 from sqlmodel import Session, select
 
 from server.errors import InvalidTransition
@@ -174,3 +176,18 @@ def test_the_writers_commit_only_a_legal_move(session: Session) -> None:
     rows = (session.get(Run, run.id, populate_existing=True), session.get(Pod, pod.id, populate_existing=True),
             session.get(Experiment, experiment.id, populate_existing=True))
     assert [row.status for row in rows] == ["provisioning", "terminated", "running"]
+
+
+def test_a_status_is_stored_as_its_text_and_read_back_as_its_member(session: Session) -> None:
+    run = make_run(session, make_experiment(session), seed=1, status=RunStatus.running.value)
+    stored = session.execute(text("SELECT status FROM run WHERE id = :id"), {"id": run.id}).scalar_one()
+    assert (type(stored), stored) == (str, "running")
+    assert session.get(Run, run.id, populate_existing=True).status is RunStatus.running
+
+
+def test_a_status_outside_its_enum_is_refused_and_nothing_is_written(session: Session) -> None:
+    experiment = make_experiment(session)
+    with pytest.raises(StatementError, match="'finishd' is not a valid RunStatus"):
+        make_run(session, experiment, seed=1, status="finishd")
+    session.rollback()
+    assert session.exec(select(Run).where(Run.experiment_id == experiment.id)).all() == []

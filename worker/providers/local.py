@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlmodel import Session, col, select
 
 from server.models import Pod
-from server.states import LIVE_POD_STATUS_VALUES, PodStatus
+from server.states import LIVE_POD_STATUSES, PodStatus
 from worker.errors import CommandTimeout, RemoteError, StepFailed
 from worker.providers import Placement, Provider
 from worker.remote import CommandResult, Remote
@@ -117,11 +117,11 @@ class LocalProvider(Provider):
     def _line(self, session: Session, pod: Pod, *, before_only: bool = False) -> tuple[int, int]:
         """(local pods holding this machine, local pods waiting ahead of `pod`); with
         before_only, holders counted only among pods older than `pod`."""
-        live = select(Pod).where(Pod.provider == self.name, col(Pod.status).in_(LIVE_POD_STATUS_VALUES),
+        live = select(Pod).where(Pod.provider == self.name, col(Pod.status).in_(LIVE_POD_STATUSES),
                                  Pod.id != pod.id)
         pods = list(session.exec(live).all())
-        holders = [p for p in pods if p.host is not None and (not before_only or p.id < pod.id)]  # type: ignore[operator]
-        ahead = [p for p in pods if p.host is None and p.id < pod.id]  # type: ignore[operator]
+        holders = [p for p in pods if p.host is not None and (not before_only or p.id < pod.id)]
+        ahead = [p for p in pods if p.host is None and p.id < pod.id]
         return len(holders), len(ahead)
 
     def connect(self, pod: Pod, *, pinned_host_key: str | None) -> Remote:

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlmodel import Session, col, select
 
 from server.models import Pod
-from server.states import LIVE_POD_STATUS_VALUES, PodStatus
+from server.states import LIVE_POD_STATUSES, PodStatus
 from worker.errors import StepFailed
 from worker.providers import Placement, Provider
 from worker.remote import Remote
@@ -52,7 +52,7 @@ class SSHProvider(Provider):
 
     def displaced(self, session: Session, pod: Pod) -> bool:
         """Two workers that picked the same free host at once both see it: the lower pod id keeps it."""
-        return any(p.id < pod.id for p in self._holders(session, exclude=pod.id)  # type: ignore[operator]
+        return any(p.id < pod.id for p in self._holders(session, exclude=pod.id)
                    if (p.host, p.port) == (pod.host, pod.port))
 
     def connect(self, pod: Pod, *, pinned_host_key: str | None) -> Remote:
@@ -65,7 +65,7 @@ class SSHProvider(Provider):
     def _holders(self, session: Session, *, exclude: int | None) -> list[Pod]:
         query = select(Pod).where(
             Pod.provider == self.name,
-            col(Pod.status).in_(LIVE_POD_STATUS_VALUES),
+            col(Pod.status).in_(LIVE_POD_STATUSES),
             col(Pod.host).is_not(None),
             Pod.id != exclude,
         )
