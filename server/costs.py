@@ -83,7 +83,7 @@ def run_costs(session: Session, runs: Sequence[Run], now: datetime | None = None
               ) -> dict[int | None, float | None]:
     """`run_cost` of each of `runs`, by run id, reading their pods in one query."""
     pod_ids = [run.pod_id for run in runs if run.pod_id is not None]
-    pods = {pod.id: pod for pod in session.exec(select(Pod).where(col(Pod.id).in_(pod_ids)))} \
+    pods: dict[int | None, Pod] = {pod.id: pod for pod in session.exec(select(Pod).where(col(Pod.id).in_(pod_ids)))} \
         if pod_ids else {}
     return {run.id: _own_cost(run, pods.get(run.pod_id), now) for run in runs}
 

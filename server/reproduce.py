@@ -688,7 +688,7 @@ def _plan_from_rows(session: Session, record: Experiment) -> Plan:
     code = _texts(files, counted)
     documented = documented_env("", logs, code)
     variant = data_variant(documented.env, logs, code, "")
-    claims = [{"seed": run.seed, "file": "", "val_bpb": run.val_bpb, "val_loss": run.val_loss,
+    claims: list[dict[str, Any]] = [{"seed": run.seed, "file": "", "val_bpb": run.val_bpb, "val_loss": run.val_loss,
                "bytes_total": run.bytes_total, "val_tokens": run.val_tokens,
                "train_time_s": run.train_time_s, "eval_time_s": run.eval_time_s} for run in runs]
     notes = ["the record's folder is no longer on disk: its stored code and logs are used", *documented.notes]

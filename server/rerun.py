@@ -322,7 +322,7 @@ def evidence_files(session: Session, experiment: Experiment) -> dict[str, bytes]
     verdict.json, each seed's train log as the worker stored it, and the code's sha256 list."""
     assert experiment.id is not None
     found = verdict(session, experiment)
-    runs = {run.id: run for run in experiments.list_runs(session, experiment.id)}
+    runs: dict[int | None, Run] = {run.id: run for run in experiments.list_runs(session, experiment.id)}
     files: dict[str, bytes] = {"verdict.json": _json(found.to_dict())}
     for row in found.seeds:
         run = runs.get(row.run_id)

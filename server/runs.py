@@ -133,7 +133,7 @@ def transition(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         raise LeaseLost(f"run {run_id}: changed under us while moving to {to_status}")
-    session.add(RunEvent(run_id=run_id, from_status=from_status.value, to_status=to_status.value,
+    session.add(RunEvent(run_id=run_id, from_status=from_status, to_status=to_status,
                          reason=reason, created_at=now))
     session.commit()
     session.expire_all()

@@ -11,6 +11,7 @@ writes them, so neither can become shell syntax.
 
 import hashlib
 import re
+from collections.abc import Mapping
 
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
@@ -134,7 +135,7 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def store_files(session: Session, experiment_id: int, files: dict[str, str] | dict[str, bytes]) -> None:
+def store_files(session: Session, experiment_id: int, files: Mapping[str, str | bytes]) -> None:
     """Add the files (text, or a re-run's bytes as carried) as rows of the experiment (the
     caller commits)."""
     for name, text in sorted(files.items()):

@@ -54,6 +54,7 @@ class PodStatus(StrEnum):
 
 # Pods that exist (or are being asked for) at their provider: they bill and count toward caps.
 LIVE_POD_STATUSES = (PodStatus.requested, PodStatus.starting, PodStatus.ready, PodStatus.busy)
+LIVE_POD_STATUS_VALUES = tuple(s.value for s in LIVE_POD_STATUSES)  # as stored, for SQL
 
 # Every move a pod makes. A pod row is made `requested`; a rented pod is `starting` once its
 # provider has it; `ready` once it has a host; `busy` while a run's trainer is on it; back to

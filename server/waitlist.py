@@ -11,7 +11,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
-from sqlalchemy import and_, func, or_
+from sqlalchemy import ColumnElement, and_, func, or_
 from sqlmodel import Session, col, select
 
 from server.config import Settings, get_settings
@@ -110,8 +110,8 @@ def _waiting_runs(session: Session) -> dict[int, list[Run]]:
     of the provider yet (no host, no provider id)."""
     rows = session.exec(
         select(Run).join(Pod, col(Pod.id) == Run.pod_id, isouter=True)
-        .where(or_(Run.status == RunStatus.queued.value,
-                   and_(Run.status == RunStatus.provisioning.value, _pod_not_asked())))
+        .where(or_(col(Run.status) == RunStatus.queued,
+                   and_(col(Run.status) == RunStatus.provisioning, _pod_not_asked())))
         .order_by(col(Run.id))
     ).all()
     grouped: dict[int, list[Run]] = defaultdict(list)
@@ -160,13 +160,13 @@ def _started(session: Session, experiment_ids: list[int]) -> set[int]:
     rows = session.exec(
         select(Run.experiment_id).join(Pod, col(Pod.id) == Run.pod_id, isouter=True)
         .where(col(Run.experiment_id).in_(experiment_ids),
-               Run.status != RunStatus.queued.value,
-               or_(Run.status != RunStatus.provisioning.value, ~_pod_not_asked()))
+               col(Run.status) != RunStatus.queued,
+               or_(col(Run.status) != RunStatus.provisioning, ~_pod_not_asked()))
     ).all()
     return set(rows)
 
 
-def _pod_not_asked():  # type: ignore[no-untyped-def]
+def _pod_not_asked() -> ColumnElement[bool]:
     """SQL: the run's pod (joined, maybe absent) has neither a host nor a provider id."""
     return and_(col(Pod.host).is_(None), col(Pod.external_id).is_(None))
 

@@ -398,7 +398,7 @@ class RunDirector:
         """An event in the run's history that changes no status, said once per run (not per try)."""
         said = select(RunEvent.id).where(RunEvent.run_id == run_id, col(RunEvent.reason).startswith(key))
         if session.exec(said).first() is None:
-            status = RunStatus.provisioning.value
+            status = RunStatus.provisioning
             session.add(RunEvent(run_id=run_id, from_status=status, to_status=status, reason=note))
             session.commit()
 
@@ -470,15 +470,15 @@ class RunDirector:
 
     def _move(self, run: Run, fence: int, to: RunStatus, **fields: Any) -> None:
         with Session(self.engine) as session:
-            transition(session, run.id, to, fence=fence, **fields)  # type: ignore[arg-type]
+            transition(session, run.id, to, fence=fence, **fields)
 
     def _update(self, run: Run, fence: int, **fields: Any) -> None:
         with Session(self.engine) as session:
-            update_run(session, run.id, fence=fence, **fields)  # type: ignore[arg-type]
+            update_run(session, run.id, fence=fence, **fields)
 
     def _load(self, table: type, row_id: int | None) -> Any:
         with Session(self.engine) as session:
-            row = get_run(session, row_id) if table is Run else session.get(table, row_id)
+            row = None if row_id is None else get_run(session, row_id) if table is Run else session.get(table, row_id)
             if row is None:
                 raise StepFailed(f"{table.__name__.lower()} {row_id} does not exist")
             session.expunge(row)

@@ -26,7 +26,7 @@ def turn(session: Session, run: Run, experiment_id: int, life_s: float) -> Pod |
     a reason while it waits for it, None when this run rents it (the usual provisioning).
     `life_s`: the most seconds the run keeps the pod."""
     pods = list(session.exec(select(Pod).where(Pod.experiment_id == experiment_id,
-                                               col(Pod.status).in_(LIVE_POD_STATUS_VALUES)).order_by(Pod.id)).all())
+                                               col(Pod.status).in_(LIVE_POD_STATUS_VALUES)).order_by(col(Pod.id))).all())
     pod = next((p for p in pods if p.run_id == run.id), None)
     if pod is not None and pod.host is None:
         return None  # it is renting the pod
@@ -87,7 +87,7 @@ def _ended(session: Session, run_id: int | None) -> bool:
 
 def _first_waiting(session: Session, experiment_id: int) -> int | None:
     """The experiment's earliest seed that has no pod yet: the one that rents the shared pod."""
-    waiting = [RunStatus.queued.value, RunStatus.provisioning.value]
+    waiting = [RunStatus.queued, RunStatus.provisioning]
     query = select(Run.id).where(Run.experiment_id == experiment_id, col(Run.status).in_(waiting),
-                                 col(Run.cancel_requested).is_(False)).order_by(Run.id)
+                                 col(Run.cancel_requested).is_(False)).order_by(col(Run.id))
     return session.exec(query).first()

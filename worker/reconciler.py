@@ -133,7 +133,7 @@ def _end_pods(director: RunDirector, provider: Provider, listed: list[ListedPod]
     return ended
 
 
-def _stop_reason(why: str, rows: list[Pod], live_runs: set[int | None], now: datetime) -> str:
+def _stop_reason(why: str, rows: list[Pod], live_runs: set[int], now: datetime) -> str:
     """Which safety stop ended the pod, in words for the operator's notification."""
     if why == "no longer listed":
         return "the provider no longer lists it (its provider deadline or its watchdog ended it)"
@@ -188,7 +188,7 @@ def finalize_ended_experiments(director: RunDirector) -> None:
         experiment_ids = list(session.exec(query).all())
         for experiment_id in experiment_ids:
             try:
-                director.finalize(session, experiment_id)  # type: ignore[arg-type]
+                director.finalize(session, experiment_id)
             except Exception:
                 session.rollback()
                 log.exception("experiment %s: finalizing failed", experiment_id)

@@ -263,7 +263,7 @@ def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
     return Experiment(
         name=name[:200], author=_text(stated.get("author"))[:100], preset=IMPORT_PRESET,
         seeds=[log.seed for log in record.logs], provider=IMPORT_PROVIDER, kind="script",
-        status=ExperimentStatus.running.value, created_at=date, record_date=date,
+        status=ExperimentStatus.running, created_at=date, record_date=date,
         track=tracks.from_folder(record.path.parent.name), reference_bpb=reference_bpb,
         source=source)
 
@@ -292,7 +292,7 @@ def _add_run(session: Session, experiment_id: int, log: SeedLog, track: str) -> 
     parsed = log.parsed
     status = RunStatus.succeeded if log.scored else RunStatus.failed
     reasons = log_reasons(parsed, track)
-    run = Run(experiment_id=experiment_id, seed=log.seed, status=status.value,
+    run = Run(experiment_id=experiment_id, seed=log.seed, status=status,
               reason=None if log.scored else "the log has no final metric line",
               val_loss=log.val_loss, val_bpb=log.val_bpb, steps=parsed["steps"],
               train_time_s=_seconds(parsed["train_time_ms"]), eval_time_s=_seconds(parsed["eval_time_ms"]),
@@ -303,7 +303,7 @@ def _add_run(session: Session, experiment_id: int, log: SeedLog, track: str) -> 
     session.add(run)
     session.flush()
     assert run.id is not None
-    session.add(RunEvent(run_id=run.id, from_status=None, to_status=status.value,
+    session.add(RunEvent(run_id=run.id, from_status=None, to_status=status,
                          reason=f"imported from {log.file}"))
     run.log_offset = _store_log(session, run.id, log.data)
 
