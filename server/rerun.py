@@ -93,7 +93,7 @@ def verdict(session: Session, experiment: Experiment) -> Verdict:
     failed, reasons = _rule_failures(rows)
     test = score_test(list(claims.values()), [r for r in runs if r.status == RunStatus.succeeded.value],
                       tolerance, alpha)
-    live = any(run.status not in {s.value for s in FINAL_RUN_STATUSES} for run in runs)
+    live = any(run.status not in FINAL_RUN_STATUSES for run in runs)
     outcome, more = _outcome(live, failed, reasons, test)
     return Verdict(experiment.id, experiment.reproduces_id, outcome, failed, reasons, rows, test, more)
 

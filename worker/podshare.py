@@ -15,7 +15,13 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from server.models import Pod, Run, as_utc, utcnow
-from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUS_VALUES, PodStatus, RunStatus
+from server.states import (
+    FINAL_RUN_STATUS_VALUES,
+    FINAL_RUN_STATUSES,
+    LIVE_POD_STATUS_VALUES,
+    PodStatus,
+    RunStatus,
+)
 from worker.providers import Provider
 
 log = logging.getLogger(__name__)
@@ -75,14 +81,14 @@ def hand_over(session: Session, run: Run, pod: Pod, provider: Provider, seed_lif
         log.info("run %s: pod %s ends at %s, too soon for another seed", run.id, pod.name, stop_at)
         return False
     waiting = select(Run.id).where(Run.experiment_id == pod.experiment_id, Run.id != run.id,
-                                   col(Run.status).notin_([s.value for s in FINAL_RUN_STATUSES]),
+                                   col(Run.status).notin_(FINAL_RUN_STATUS_VALUES),
                                    col(Run.cancel_requested).is_(False))
     return session.exec(waiting).first() is not None
 
 
 def _ended(session: Session, run_id: int | None) -> bool:
     run = session.get(Run, run_id) if run_id is not None else None
-    return run is None or run.status in {s.value for s in FINAL_RUN_STATUSES}
+    return run is None or run.status in FINAL_RUN_STATUSES
 
 
 def _first_waiting(session: Session, experiment_id: int) -> int | None:
