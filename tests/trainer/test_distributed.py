@@ -132,13 +132,18 @@ def test_two_ranks_equal_one_rank_with_gradient_accumulation(tiny_run: TinyRun, 
     one, two = val_losses(single), val_losses(double)
     assert len(one) == len(two) == 5  # steps 0..4
     assert one[0] != one[-1]  # training moved the model
-    assert two == pytest.approx(one, rel=2e-6, abs=0)
+    # The weights may differ by a bf16 rounding step of Muon's update (below), which moves a
+    # loss of ~5 by a few 1e-5 at most on some CPUs' summation orders; a different data split
+    # or a lost micro-batch moves it by 1e-2 and more.
+    assert two == pytest.approx(one, rel=2e-5, abs=0)
     weights_one = torch.load(single / contract.RAW_MODEL)
     weights_two = torch.load(double / contract.RAW_MODEL)
     # Summation order differs (DDP averages two partial sums), so a Muon update's bf16
     # Newton-Schulz may round an element one bf16 step differently: at most about
-    # matrix_lr * 2^-7 per step. Adam-updated tensors agree far tighter.
+    # matrix_lr * 2^-7 per step. Adam-updated tensors agree tighter, but Adam divides by the
+    # gradient's running RMS, so an element whose gradient is near zero magnifies the two
+    # orders' rounding: 1e-3 over 4 steps (measured up to 1.3e-4 on an AMD EPYC).
     muon_bound = 4 * 0.04 * 2**-7
     for name, value in weights_one.items():
-        bound = muon_bound if value.ndim == 2 and name.startswith("blocks.") else 1e-4
+        bound = muon_bound if value.ndim == 2 and name.startswith("blocks.") else 1e-3
         assert (weights_two[name] - value).abs().max().item() <= bound, name
