@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from server.eligibility import MAX_BYTES_TOTAL
@@ -58,6 +59,12 @@ _STOP = re.compile(
     r"^stopping_early:.*?\btrain_time:\s*(?P<ms>\d+(?:\.\d+)?)ms\s+step:\s*(?P<step>\d+)/\d+"
 )
 _TOTAL = re.compile(r"^Total submission size(?: (?P<kind>[^:]+?))?:\s*(?P<n>\d+) bytes")
+# Some non-record scripts state the size their own way: exactly (`budget:15670651/16000000
+# (15.67/16.00MB) FITS`), or only in megabytes (`INT4+fp8+brotli: 15.67MB model + 0.077MB code =
+# 15.75/16.00MB FITS`), which bounds it to within half the last printed digit.
+_BUDGET = re.compile(r"^budget:\s*(?P<n>\d+)/\d+\b")
+_MB_TOTAL = re.compile(r"^\s*(?:[\w+.-]+:\s*)?\d+(?:\.\d+)?MB model \+ \d+(?:\.\d+)?MB code = "
+                       r"(?P<mb>\d+(?:\.(?P<decimals>\d+))?)/\d+(?:\.\d+)?MB")
 _MODEL = re.compile(r"^Serialized model(?: (?P<kind>[^:]+?))?:\s*(?P<n>\d+) bytes")
 _CODE = re.compile(r"^Code size(?: \((?P<kind>\w+)\))?:\s*(?P<n>\d+) bytes")
 _SEED = re.compile(r"^\s*seed:\s*(\d+)\s*$")
@@ -104,6 +111,7 @@ class _Run:
     code_bytes_compressed: int | None = None
     model_bytes: int | None = None
     totals: list[tuple[str | None, int, int]] = field(default_factory=list)  # kind, bytes, line
+    megabytes: tuple[str, int] | None = None  # a total stated only in MB (as printed), its line
     metrics: list[_Metric] = field(default_factory=list)
     diagnostics: list[_Metric] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -226,6 +234,16 @@ def _on_total(run: _Run, m: re.Match[str], number: int) -> None:
     run.totals.append((m["kind"], int(m["n"]), number))
 
 
+def _on_budget(run: _Run, m: re.Match[str], number: int) -> None:
+    run.progressed = True
+    run.totals.append(("budget", int(m["n"]), number))
+
+
+def _on_megabytes(run: _Run, m: re.Match[str], number: int) -> None:
+    run.progressed = True
+    run.megabytes = (m["mb"], number)
+
+
 def _on_model(run: _Run, m: re.Match[str], _number: int) -> None:
     run.progressed = True
     if m["kind"]:  # the unnamed one is the raw fp32/bf16 state dict, not the artifact
@@ -255,6 +273,8 @@ _HANDLERS: list[tuple[re.Pattern[str], Callable[[_Run, re.Match[str], int], None
     (_STOP, _on_stop),
     (_METRIC, _on_metric),
     (_TOTAL, _on_total),
+    (_BUDGET, _on_budget),
+    (_MB_TOTAL, _on_megabytes),
     (_MODEL, _on_model),
     (_CODE, _on_code),
     (_SEED, _on_seed),
@@ -288,6 +308,7 @@ def _report(run: _Run, run_count: int, warnings: list[str]) -> dict[str, Any]:
         "metrics": [metric.as_dict() for metric in run.metrics],
         "diagnostics": [metric.as_dict() for metric in run.diagnostics],
         "bytes_total": bytes_total,
+        "bytes_total_at_most": None if bytes_total is not None else _at_most(run, warnings),
         "code_bytes": code_bytes,
         "model_bytes": run.model_bytes,
         "steps": run.steps,
@@ -381,6 +402,19 @@ def _bytes_total(run: _Run, code_bytes: int | None, warnings: list[str]) -> int 
         warnings.append(f"bytes_total {bytes_total:,} is over the {MAX_BYTES_TOTAL:,}-byte cap: "
                         f"not record-eligible")
     return bytes_total
+
+
+def _at_most(run: _Run, warnings: list[str]) -> int | None:
+    """The most bytes a total stated only in megabytes can be: the printed value plus half its
+    last digit (15.75 MB: at most 15,755,000 bytes)."""
+    if run.megabytes is None:
+        return None
+    printed, line = run.megabytes
+    decimals = len(printed.partition(".")[2])
+    at_most = math.floor((Decimal(printed) + Decimal(5) / 10 ** (decimals + 1)) * 10**6)
+    warnings.append(f"the artifact's size is stated only as {printed} MB (line {line}): "
+                    f"at most {at_most:,} bytes")
+    return at_most
 
 
 def _finite(text: str) -> float:

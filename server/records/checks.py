@@ -129,22 +129,45 @@ def _whole(value: float) -> int | float:
 # --- our rules, as far as a log can show them --------------------------------------------
 
 
-def log_reasons(parsed: dict[str, Any], track: str = tracks.RECORD_TRACK) -> list[str]:
+# Where a run's size comes from when its log states no exact total.
+MEGABYTES = "the log's megabytes, rounded up"
+STATED = "submission.json"
+
+
+def log_size(parsed: dict[str, Any], stated_bytes: int | None) -> tuple[int | None, str | None]:
+    """A run's artifact size in bytes and where it came from (None: the log's exact total):
+    the log's total, else the most a total it states only in megabytes can be, else the
+    size submission.json states."""
+    if parsed["bytes_total"] is not None:
+        return parsed["bytes_total"], None
+    if parsed.get("bytes_total_at_most") is not None:
+        return parsed["bytes_total_at_most"], MEGABYTES
+    return stated_bytes, STATED if stated_bytes is not None else None
+
+
+def log_reasons(parsed: dict[str, Any], track: str = tracks.RECORD_TRACK, *,
+                stated_bytes: int | None = None) -> list[str]:
     """Why a run known only from its log is not eligible on its track; empty when it is.
 
     The rules a log can show: a score, bytes_total <= 16,000,000, and on the record track
     train and eval time <= 600 s each (the non-record track has no time cap). What a log
     cannot prove (the hardware, the worker's clock, the full validation split, which scripts
-    count differently) is not judged here.
+    count differently) is not judged here. The size: the log's exact total, else the most a
+    total it states only in megabytes can be, else `stated_bytes` (submission.json's), as the
+    challenge's reviewers read it.
     """
     reasons = []
     if parsed["score"] is None:
         reasons.append("no score: the log has no final metric line")
-    total = parsed["bytes_total"]
+    total, source = log_size(parsed, stated_bytes)
     if total is None:
         reasons.append("artifact size not stated in the log")
+    elif total > MAX_BYTES_TOTAL and source == MEGABYTES:
+        reasons.append(f"the log states the size only in megabytes: up to {total:,} bytes, "
+                       f"which may pass {MAX_BYTES_TOTAL:,}")
     elif total > MAX_BYTES_TOTAL:
-        reasons.append(f"bytes_total {total:,} > {MAX_BYTES_TOTAL:,}")
+        reasons.append(f"bytes_total {total:,} > {MAX_BYTES_TOTAL:,}"
+                       + (" (as submission.json states)" if source == STATED else ""))
     if track == tracks.NON_RECORD_TRACK:
         return reasons
     step_ms = parsed.get("step_ms")

@@ -16,6 +16,7 @@ from server.records.checks import (
     _duplicate_disagreements,
     disagreements,
     log_reasons,
+    log_size,
 )
 from server.records.reader import (
     LOG_SUFFIXES,
@@ -26,6 +27,7 @@ from server.records.reader import (
     _close,
     _files_below,
     _float,
+    _int,
     _plain_file,
     _seed_entries,
     find_record_folders,
@@ -150,8 +152,9 @@ def import_record(session: Session, record: RecordFolder, *, reference_bpb: floa
     session.flush()
     assert experiment.id is not None
     scripts.store_files(session, experiment.id, record.code)
+    stated_bytes = _int(record.submission.get("bytes_total"))  # for logs that state no size
     for log in record.logs:
-        _add_run(session, experiment.id, log, experiment.track)
+        _add_run(session, experiment.id, log, experiment.track, stated_bytes)
     # Commits; an import is not news, so no webhook per folder.
     experiments.finalize_experiment(session, experiment.id, announce=False)
     session.refresh(experiment)
@@ -288,18 +291,20 @@ def _pulls_mentioned(folder: Path) -> set[int]:
             if name in ("README.md", SUBMISSION) for number in _PULL_MENTION.findall(text)}
 
 
-def _add_run(session: Session, experiment_id: int, log: SeedLog, track: str) -> None:
+def _add_run(session: Session, experiment_id: int, log: SeedLog, track: str, stated_bytes: int | None) -> None:
     parsed = log.parsed
     status = RunStatus.succeeded if log.scored else RunStatus.failed
-    reasons = log_reasons(parsed, track)
+    reasons = log_reasons(parsed, track, stated_bytes=stated_bytes)
+    size, size_from = log_size(parsed, stated_bytes)
     run = Run(experiment_id=experiment_id, seed=log.seed, status=status,
               reason=None if log.scored else "the log has no final metric line",
               val_loss=log.val_loss, val_bpb=log.val_bpb, steps=parsed["steps"],
               train_time_s=_seconds(parsed["train_time_ms"]), eval_time_s=_seconds(parsed["eval_time_ms"]),
               code_bytes=parsed["code_bytes"], model_bytes=parsed["model_bytes"],
-              bytes_total=parsed["bytes_total"], val_tokens=parsed["val_tokens"],
+              bytes_total=size, val_tokens=parsed["val_tokens"],
               eligible=log.scored and not reasons, reasons=reasons,
-              results={"log": {"file": log.file, "sha256": log.sha256, "parsed": parsed}})
+              results={"log": {"file": log.file, "sha256": log.sha256, "parsed": parsed,
+                               **({"bytes_total_from": size_from} if size_from else {})}})
     session.add(run)
     session.flush()
     assert run.id is not None

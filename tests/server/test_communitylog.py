@@ -320,3 +320,32 @@ def test_source_opening_with_a_raw_docstring_is_skipped() -> None:
     result = parse_log(_text(source + _run(3, "1.25000000")))
     assert result["score"]["val_bpb"] == 1.25
     assert all(m["val_bpb"] != 0.05 for m in result["metrics"])
+
+
+# Size lines of non-record scripts, in the forms the challenge's records print them (the
+# numbers are made up).
+BUDGET_LOG = """step:50/50 val_loss:2.9692 val_bpb:1.1497 train_time:7763355ms
+artifact:15.60MB binary:97320960(13685760B) fp:2542200(2585072B) code:70399
+budget:15670651/16000000 (15.67/16.00MB) FITS
+final_sliding val_loss:2.9027 val_bpb:1.1239 (stride=16, T=0.90) eval_time:768782ms
+"""
+MEGABYTES_LOG = """step:100/100 val_loss:3.3425 val_bpb:1.2942 train_time:9738936ms
+--- Compression ---:
+  INT4+fp8+brotli: 15.67MB model + 0.077MB code = {total}/16.00MB FITS
+final_sliding val_loss:3.1157 val_bpb:1.2064 (stride=16, T=1.02) time:130598ms
+"""
+
+
+def test_a_budget_line_states_the_exact_total() -> None:
+    result = parse_log(BUDGET_LOG)
+    assert result["bytes_total"] == 15_670_651 and result["bytes_total_at_most"] is None
+    assert result["score"]["val_bpb"] == 1.1239
+
+
+@pytest.mark.parametrize(("total", "at_most"), [("15.75", 15_755_000), ("15.9", 15_950_000),
+                                                 ("15.999", 15_999_500)])
+def test_a_total_in_megabytes_is_bounded_by_half_its_last_digit(total: str, at_most: int) -> None:
+    result = parse_log(MEGABYTES_LOG.format(total=total))
+    assert result["bytes_total"] is None
+    assert result["bytes_total_at_most"] == at_most
+    assert any(f"only as {total} MB" in warning for warning in result["warnings"])

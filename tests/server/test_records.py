@@ -224,6 +224,35 @@ def test_a_log_without_a_final_score_is_a_failed_seed(session: Session, tmp_path
                                      "note": "no train log with a final score"}]
 
 
+def test_a_size_the_log_gives_in_megabytes_or_not_at_all_is_read_as_reviewers_read_it(
+        session: Session, tmp_path: Path) -> None:
+    """Non-record logs: a total only in megabytes counts at its most; a log with no size takes
+    submission.json's; over the cap either way is not eligible, and the run says where the
+    size came from."""
+    score = "final_int8_zlib_roundtrip_exact val_loss:2.0 val_bpb:1.2 eval_time:1500ms\n"
+    megabytes = "seed:1\nstep:10/10 val_loss:2.1 val_bpb:1.25 train_time:9000ms\n" \
+        "  INT4: 15.67MB model + 0.077MB code = {total}/16.00MB FITS\n" + score
+    silent = "seed:2\nstep:10/10 val_loss:2.1 val_bpb:1.25 train_time:9000ms\n" + score
+    for name, log, stated in (("2026-01-04_Fits", megabytes.format(total="15.75"), None),
+                              ("2026-01-05_MayPass", megabytes.format(total="16.00"), None),
+                              ("2026-01-06_Stated", silent, 15_702_333),
+                              ("2026-01-07_StatedOver", silent, 16_000_001),
+                              ("2026-01-08_Silent", silent, None)):
+        make_folder(tmp_path, name, {"train.log": log.encode()},
+                    {"name": name} | ({"bytes_total": stated} if stated else {}))
+    results = {r.key.split("/")[1]: r for r in records.import_records(session, tmp_path)}
+    found = {name: runs_of(session, session.get(Experiment, r.experiment_id))[0] for name, r in results.items()}
+    assert (found["2026-01-04_Fits"].bytes_total, found["2026-01-04_Fits"].reasons) == (15_755_000, [])
+    assert found["2026-01-04_Fits"].results["log"]["bytes_total_from"] == "the log's megabytes, rounded up"
+    assert found["2026-01-05_MayPass"].reasons == [
+        "the log states the size only in megabytes: up to 16,005,000 bytes, which may pass 16,000,000"]
+    assert (found["2026-01-06_Stated"].bytes_total, found["2026-01-06_Stated"].reasons) == (15_702_333, [])
+    assert found["2026-01-06_Stated"].results["log"]["bytes_total_from"] == "submission.json"
+    assert found["2026-01-07_StatedOver"].reasons == [
+        "bytes_total 16,000,001 > 16,000,000 (as submission.json states)"]
+    assert found["2026-01-08_Silent"].reasons == ["artifact size not stated in the log"]
+
+
 def test_a_folder_without_logs_imports_nothing(session: Session, tmp_path: Path) -> None:
     make_folder(tmp_path, "2026-01-04_Empty", {}, {"name": "Empty", "val_bpb": 1.2})
     (result,) = records.import_records(session, tmp_path)
