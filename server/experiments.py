@@ -33,6 +33,7 @@ from server.models import (
     RunPublic,
     RunPublicWithEvents,
     SeedsAdd,
+    table_of,
     utcnow,
 )
 from server.runs import get_run, transition, transition_free, update_run
@@ -222,11 +223,11 @@ def move_experiment(session: Session, experiment: Experiment, to_status: Experim
     if experiment.status == to_status.value:
         return
     experiment_id, before = experiment.id, experiment.status
-    table = Experiment.__table__  # type: ignore[attr-defined]
+    table = table_of(Experiment)
     result = session.execute(update(table).where(table.c.id == experiment_id,
                                                  table.c.status.in_(experiment_sources(to_status)))
                              .values(status=to_status.value))
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult
         session.rollback()
         raise InvalidTransition(f"experiment {experiment_id}: {before} -> {to_status} is not allowed")
     set_committed_value(experiment, "status", to_status.value)

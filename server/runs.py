@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 
 from server import notify
 from server.errors import InvalidTransition, LeaseLost, NotFound
-from server.models import Run, RunEvent, utcnow
+from server.models import Run, RunEvent, table_of, utcnow
 from server.states import FINAL_RUN_STATUS_VALUES, FINAL_RUN_STATUSES, RunStatus, allowed_next
 
 
@@ -26,7 +26,7 @@ def get_run(session: Session, run_id: int) -> Run:
 def acquire_lease(session: Session, run_id: int, *, owner: str, lease_s: float) -> int | None:
     """Take the run's lease if it is free, expired or already ours; returns the new fence."""
     now = utcnow()
-    table = Run.__table__  # type: ignore[attr-defined]
+    table = table_of(Run)
     result = session.execute(
         update(table)
         .where(
@@ -45,7 +45,7 @@ def acquire_lease(session: Session, run_id: int, *, owner: str, lease_s: float) 
         )
     )
     session.commit()
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult
         return None
     return session.execute(select(Run.fence).where(Run.id == run_id)).scalar_one()
 
@@ -60,12 +60,12 @@ def update_run(session: Session, run_id: int, *, fence: int | None, **fields: An
     """Write fields (never status) of a run, only while `fence` is still the run's fence."""
     if "status" in fields:
         raise ValueError("status is written only by transition()")
-    table = Run.__table__  # type: ignore[attr-defined]
+    table = table_of(Run)
     stmt = update(table).where(table.c.id == run_id).values(updated_at=utcnow(), **fields)
     if fence is not None:
         stmt = stmt.where(table.c.fence == fence)
     result = session.execute(stmt)
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult
         session.rollback()
         raise LeaseLost(f"run {run_id}: lease lost (fence {fence})")
     session.commit()
@@ -83,7 +83,7 @@ def transition_free(session: Session, experiment_id: int, from_status: RunStatus
     values: dict[str, Any] = {"status": to_status.value, "updated_at": now, "reason": reason}
     if to_status in FINAL_RUN_STATUSES:
         values.update(ended_at=now, lease_owner=None, lease_expires_at=None, next_check_at=None)
-    table = Run.__table__  # type: ignore[attr-defined]
+    table = table_of(Run)
     free = or_(table.c.lease_owner.is_(None),
                and_(table.c.lease_expires_at.is_not(None), table.c.lease_expires_at < now))
     moved = [row[0] for row in session.execute(
@@ -91,7 +91,7 @@ def transition_free(session: Session, experiment_id: int, from_status: RunStatus
         .where(table.c.experiment_id == experiment_id, table.c.status == from_status.value, free)
         .values(**values).returning(table.c.id))]
     if moved:
-        session.execute(insert(RunEvent.__table__), [  # type: ignore[attr-defined]
+        session.execute(insert(table_of(RunEvent)), [
             {"run_id": run_id, "from_status": from_status.value, "to_status": to_status.value,
              "reason": reason, "created_at": now} for run_id in moved])
     session.commit()
@@ -125,12 +125,12 @@ def transition(
     if to_status in FINAL_RUN_STATUSES:
         values.setdefault("ended_at", now)
         values.update(lease_owner=None, lease_expires_at=None, next_check_at=None)
-    table = Run.__table__  # type: ignore[attr-defined]
+    table = table_of(Run)
     stmt = update(table).where(table.c.id == run_id, table.c.status == from_status.value)
     if fence is not None:
         stmt = stmt.where(table.c.fence == fence)
     result = session.execute(stmt.values(**values))
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult
         session.rollback()
         raise LeaseLost(f"run {run_id}: changed under us while moving to {to_status}")
     session.add(RunEvent(run_id=run_id, from_status=from_status, to_status=to_status,

@@ -156,5 +156,6 @@ def list_files(session: Session, experiment_id: int, *, content: bool = True) ->
     query = select(ExperimentFile).where(ExperimentFile.experiment_id == experiment_id)
     if not content:
         # SQLModel types the class attribute as its value; at runtime it is the column defer takes.
+        # SQLModel types the class attribute as its value; at runtime it is the column defer takes.
         query = query.options(defer(ExperimentFile.content))  # type: ignore[arg-type]
     return list(session.exec(query.order_by(col(ExperimentFile.name))).all())

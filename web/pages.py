@@ -122,6 +122,7 @@ def include_pages(app: FastAPI) -> None:
     app.include_router(router)
     app.include_router(open_router)
     # Starlette types a handler as taking any Exception; this one is registered for HTTPException.
+    # Starlette types a handler as taking any Exception; this one is registered for HTTPException.
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
 
 

@@ -172,9 +172,10 @@ def _create(request: Request, session: Session, principal: auth.Principal, plann
             budget_usd: str) -> Response:
     """The re-run of `planned()` with the edited values, then its page; else `again` with the problem."""
     try:
-        overrides = Overrides(env=parse_env(env), seed_env=parse_seed_env(seed_env),
-                              seeds=parse_seeds(seeds), provider=provider,  # type: ignore[arg-type]
-                              budget_usd=float(budget_usd) if budget_usd.strip() else None)
+        # Validated as the API validates it: a provider outside its choices is a ValidationError.
+        overrides = Overrides.model_validate({
+            "env": parse_env(env), "seed_env": parse_seed_env(seed_env), "seeds": parse_seeds(seeds),
+            "provider": provider, "budget_usd": float(budget_usd) if budget_usd.strip() else None})
         plan = reproduce.apply(planned(), overrides)
         refusal = experiments.provider_refusal(overrides.provider, admin=principal.is_admin, settings=get_settings())
         if refusal is not None:

@@ -368,7 +368,7 @@ class RunDirector:
     def _pod_row(self, session: Session, run: Run, provider: Provider, deadline_at: datetime, *,
                  shared_by: int | None = None) -> Pod:
         name = f"{self.settings.pod_prefix}{run.id}"
-        pod = session.exec(select(Pod).where(Pod.name == name).order_by(Pod.id)).first()  # type: ignore[arg-type]
+        pod = session.exec(select(Pod).where(Pod.name == name).order_by(col(Pod.id))).first()
         if pod is None:
             pod = Pod(run_id=run.id, provider=provider.name, name=name,
                       deadline_at=deadline_at, experiment_id=shared_by)

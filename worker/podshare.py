@@ -14,7 +14,7 @@ from datetime import timedelta
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from server.models import Pod, Run, as_utc, utcnow
+from server.models import Pod, Run, as_utc, table_of, utcnow
 from server.states import (
     FINAL_RUN_STATUS_VALUES,
     FINAL_RUN_STATUSES,
@@ -52,13 +52,13 @@ def turn(session: Session, run: Run, experiment_id: int, life_s: float) -> Pod |
 def claim(session: Session, run: Run, pod: Pod, life_s: float) -> Pod | None:
     """Make the run the holder of a free shared pod and move its deadline on; None when
     another seed took it first (the update is conditional on the holder it saw)."""
-    table = Pod.__table__  # type: ignore[attr-defined]
+    table = table_of(Pod)
     deadline_at = max(as_utc(pod.deadline_at), utcnow() + timedelta(seconds=life_s)) if pod.deadline_at else None
     claimed = session.execute(update(table).where(table.c.id == pod.id, table.c.run_id == pod.run_id,
                                                   table.c.status == PodStatus.ready.value)
                               .values(run_id=run.id, deadline_at=deadline_at, updated_at=utcnow()))
     session.commit()
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult
         return None
     session.refresh(pod)
     log.info("run %s takes the experiment's pod %s from run %s", run.id, pod.name, pod.run_id)

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from server import notify
 from server.errors import InvalidTransition
-from server.models import Experiment, Pod, Run, as_utc, utcnow
+from server.models import Experiment, Pod, Run, as_utc, table_of, utcnow
 from server.pods import move_pod
 from server.states import (
     FINAL_RUN_STATUS_VALUES,
@@ -53,7 +53,7 @@ def wake_due_runs(director: RunDirector, *, enqueue: Callable[[int], object]) ->
     settings = director.settings
     now = utcnow()
     hold = now + timedelta(seconds=max(30.0, 6 * settings.reconcile_interval_s))
-    table = Run.__table__  # type: ignore[attr-defined]
+    table = table_of(Run)
     due = (
         table.c.status.notin_(FINAL_RUN_STATUS_VALUES),
         or_(table.c.next_check_at.is_(None), table.c.next_check_at <= now),
@@ -66,7 +66,7 @@ def wake_due_runs(director: RunDirector, *, enqueue: Callable[[int], object]) ->
             claimed = session.execute(update(table).where(table.c.id == run_id, *due)
                                       .values(next_check_at=hold))
             session.commit()
-            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            if claimed.rowcount == 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult
                 enqueue(run_id)
                 woken.append(run_id)
     return woken
