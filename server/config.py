@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server import fsbroker
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CADDIE_", extra="ignore")
@@ -172,7 +174,7 @@ class Settings(BaseSettings):
         return (self.data_dir / "broker").resolve()
 
     def broker_url(self) -> str:
-        return self.redis_url or "filesystem://"
+        return self.redis_url or fsbroker.register()
 
     def broker_transport_options(self) -> dict[str, Any]:
         if self.redis_url:

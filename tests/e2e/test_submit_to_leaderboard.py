@@ -172,7 +172,7 @@ def test_embedded_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     stack = start_stack(monkeypatch, tmp_path, {"CADDIE_LOCAL_PROVIDER": "members"})
     try:
         assert stack.settings.resolved_database_url().startswith("sqlite:///")
-        assert stack.settings.broker_url() == "filesystem://"
+        assert stack.settings.broker_url() == "caddiefs://"
         experiment = submit_and_wait(stack, dataset, "local")
         run_id = experiment["runs"][0]["id"]
         pod_log = Path(stack.settings.data_dir) / "pods" / f"run-{run_id}" / "train.log"

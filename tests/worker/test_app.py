@@ -36,7 +36,7 @@ def test_app_is_configured_for_short_idempotent_steps(tmp_path):
         assert timeout > HARD_TIME_LIMIT_S
     assert conf.beat_schedule["reconcile"] == {"task": RECONCILE, "schedule": 7.0, "options": {"expires": 7.0}}
     assert conf.beat_schedule_filename == str(tmp_path.resolve() / "celerybeat-schedule")
-    assert conf.broker_url == "filesystem://"
+    assert conf.broker_url == "caddiefs://"
     assert (tmp_path / "broker" / "queue").is_dir()
 
 
@@ -163,7 +163,7 @@ def test_a_real_worker_logs_one_json_object_per_line(tmp_path):
                                    "--without-gossip", "--without-mingle"],
                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        producer = Celery("test-producer", broker="filesystem://")
+        producer = Celery("test-producer", broker=Settings(data_dir=data_dir).broker_url())
         producer.conf.broker_transport_options = Settings(data_dir=data_dir).broker_transport_options()
         producer.send_task(ADVANCE_RUN, args=[run_id])
         (ended,) = wait_for_end(engine, [run_id], timeout_s=60)
