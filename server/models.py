@@ -16,6 +16,7 @@ from pydantic import (
 from sqlalchemy import JSON, Column, Dialect, LargeBinary, String, Table, Text, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
+from sqlmodel.main import SQLModelConfig
 
 from server import presets
 from server.config import get_settings
@@ -65,15 +66,48 @@ def table_of(model: type[SQLModel]) -> Table:
 # read from the database, or passed on after its insert, has one.
 
 
-class Experiment(SQLModel, table=True):
-    id: int = Field(default=None, primary_key=True)
+class ExperimentBase(SQLModel):
+    """What a submitter chooses: the table's columns, and the fields ExperimentCreate takes (it
+    narrows their types: trimmed, bounded, one of a few values) and ExperimentPublic shows."""
+
     name: str = Field(max_length=200, index=True)
     author: str = Field(default="", max_length=100, index=True)
-    preset: str = Field(max_length=64, index=True)
-    # Field overrides on top of the preset, exactly as submitted.
+    preset: str = Field(default="baseline", max_length=64, index=True)
+    # Field overrides on top of the preset, exactly as submitted (see trainer/schema.json).
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     seeds: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     provider: str = Field(default="local", max_length=32, index=True)
+    # What it must beat: another experiment, or a val_bpb; neither: see server/reference.py.
+    reference_experiment_id: int | None = None
+    reference_bpb: float | None = None
+    # "trainer": the bundled trainer at `preset` + `config`; "script": the participant's own
+    # train_gpt.py (ExperimentFile rows, server/scripts.py) run under torchrun with `env`.
+    kind: str = Field(default="trainer", max_length=16)
+    env: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # A failed seed: "none" leaves it, "retry" runs the same seed again, "replace" runs a new
+    # seed in its place; at most `max_retries` extra runs in all.
+    failure_policy: str = Field(default="none", max_length=16)
+    max_retries: int = 2
+    # Adaptive seeding: while p >= alpha once every seed ended, add seeds up to `max_seeds`
+    # (None: never add).
+    alpha: float = 0.01
+    max_seeds: int | None = None
+    priority: int = Field(default=0, index=True)  # higher starts first in the queue
+    budget_usd: float | None = None  # this experiment's cap on pod dollars
+    # Hardware asked of a renting provider; None: the provider's default (8 x H100 SXM).
+    gpu_type: str | None = Field(default=None, max_length=100)
+    gpu_count: int | None = None
+    share_pods: bool = False  # seeds run one after another on one pod, set-up paid once
+    # Ablation study: [{"name", "config"}] (a script's: [{"name", "env"}]), each run on every
+    # seed beside the control.
+    variants: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # A declared systems-only change (server/waiver.py): the earlier experiment whose ML this
+    # one keeps; the challenge then waives the 0.005-nat test, and other checks stand in.
+    systems_only_of: int | None = Field(default=None, foreign_key="experiment.id")
+
+
+class Experiment(ExperimentBase, table=True):
+    id: int = Field(default=None, primary_key=True)
     # Name of the API token's user who submitted it: may cancel it (as may any admin).
     owner: str = Field(default="", max_length=100, index=True)
     status: ExperimentStatus = Field(default=ExperimentStatus.queued, sa_type=Status(ExperimentStatus),
@@ -86,31 +120,8 @@ class Experiment(SQLModel, table=True):
     std_val_bpb: float | None = None
     eligible: bool = False
     reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    # What it must beat: another experiment, or a val_bpb; neither: see server/reference.py.
-    reference_experiment_id: int | None = None
-    reference_bpb: float | None = None
     # The significance test against the reference, once finalized (server/statistics.py).
     stats: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
-
-    # "trainer": the bundled trainer at `preset` + `config`; "script": the participant's own
-    # train_gpt.py (ExperimentFile rows) run under torchrun with `env`.
-    kind: str = Field(default="trainer", max_length=16)
-    env: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    # A failed seed: "none" leaves it, "retry" runs the same seed again, "replace" runs a new
-    # seed in its place; at most `max_retries` extra runs in all.
-    failure_policy: str = Field(default="none", max_length=16)
-    max_retries: int = 2
-    # Adaptive seeding: while p >= alpha, add seeds up to `max_seeds` (None: never add).
-    alpha: float = 0.01
-    max_seeds: int | None = None
-    priority: int = Field(default=0, index=True)  # higher starts first in the queue
-    budget_usd: float | None = None  # this experiment's cap on pod dollars
-    # Hardware asked of a renting provider; None: the provider's default (8 x H100 SXM).
-    gpu_type: str | None = Field(default=None, max_length=100)
-    gpu_count: int | None = None
-    share_pods: bool = False  # seeds run one after another on one pod, set-up paid once
-    # Ablation study: [{"name", "config"}], each run on every seed beside the control.
-    variants: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # Where an imported experiment came from (`caddie import records`); None if run here.
     source: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     # The challenge's track (server/tracks.py): "track_10min_16mb" or "track_non_record_16mb".
@@ -121,26 +132,26 @@ class Experiment(SQLModel, table=True):
     # The date the challenge's chronology counts from (the as-of-date reference): an import's
     # submission.json date (else its folder name's), our own experiment's submission time.
     record_date: datetime = Field(default_factory=utcnow, index=True)
-    # A re-run of a submission (server/reproduce.py): the imported record it reproduces, if any
+    # A re-run of a submission (server/reproduce/): the imported record it reproduces, if any
     # (the claims it is judged against are in `source["reproduce"]`), and the env of each
     # seed where the submission's commands differ per seed ({"42": {"NAME": "value"}}).
     reproduces_id: int | None = Field(default=None, foreign_key="experiment.id", index=True)
     seed_env: dict[str, dict[str, str]] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    # A declared systems-only change (server/waiver.py): the earlier experiment whose ML this
-    # one keeps; the challenge then waives the 0.005-nat test, and other checks stand in.
-    systems_only_of: int | None = Field(default=None, foreign_key="experiment.id")
 
 
-class ExperimentFile(SQLModel, table=True):
+class ExperimentFileBase(SQLModel):
     """A file of a bring-your-own-script experiment (train_gpt.py, requirements.txt, ...)."""
 
+    name: str = Field(max_length=100)  # a plain file name, or a re-run's relative path
+    nbytes: int
+    sha256: str = Field(max_length=64)
+
+
+class ExperimentFile(ExperimentFileBase, table=True):
     __table_args__ = (UniqueConstraint("experiment_id", "name", name="uq_experimentfile_name"),)
 
     id: int = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiment.id", index=True)
-    name: str = Field(max_length=100)  # a plain file name, never a path
-    nbytes: int
-    sha256: str = Field(max_length=64)
     content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
@@ -164,8 +175,9 @@ class Pod(SQLModel, table=True):
     prepared_at: datetime | None = None  # data fetched and checked on the pod
 
 
-class Run(SQLModel, table=True):
-    id: int = Field(default=None, primary_key=True)
+class RunBase(SQLModel):
+    """One seed of one arm: the table's columns that RunPublic shows."""
+
     experiment_id: int = Field(foreign_key="experiment.id", index=True)
     seed: int
     status: RunStatus = Field(default=RunStatus.queued, sa_type=Status(RunStatus), index=True)
@@ -174,26 +186,13 @@ class Run(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None  # trainer launched (worker's clock)
     ended_at: datetime | None = None
-
-    # Lease: one worker at a time acts on a run; fence increases with every new lease.
-    lease_owner: str | None = Field(default=None, max_length=200)
-    lease_expires_at: datetime | None = None
-    fence: int = 0
-    next_check_at: datetime | None = Field(default=None, index=True)
-    attempts: int = 0  # tries of the current step (connect retries, etc.)
     cancel_requested: bool = False  # set by the API; the worker stops the trainer and ends the run
-
-    pod_id: int | None = Field(default=None, foreign_key="pod.id")
-    remote_dir: str | None = Field(default=None, max_length=500)
-    host_key: str | None = Field(default=None, max_length=200)  # pinned on first connect
     log_offset: int = 0  # bytes of train.log stored so far (whole lines only)
     exit_code: int | None = None
-    exited_at: datetime | None = None  # trainer exit seen by the worker
-    last_log_lines: str | None = Field(default=None, sa_column=Column(Text))
 
     # Measured by the worker from downloaded files, or reported by the trainer.
-    val_loss: float | None = None
-    val_bpb: float | None = None
+    val_loss: float | None = None  # nats per token
+    val_bpb: float | None = None  # bits per byte
     pre_quant_val_bpb: float | None = None
     steps: int | None = None
     train_time_s: float | None = None
@@ -208,7 +207,6 @@ class Run(SQLModel, table=True):
     gpu_count: int | None = None
     eligible: bool | None = None
     reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    results: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
     variant: str = Field(default="", max_length=64)  # ablation variant; "" is the control
     retry_of: int | None = Field(default=None, foreign_key="run.id")  # the failed run it stands in for
@@ -216,13 +214,36 @@ class Run(SQLModel, table=True):
     flags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # e.g. slow node
 
 
-class RunEvent(SQLModel, table=True):
+class Run(RunBase, table=True):
     id: int = Field(default=None, primary_key=True)
-    run_id: int = Field(foreign_key="run.id", index=True)
+
+    # Lease: one worker at a time acts on a run; fence increases with every new lease.
+    lease_owner: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = None
+    fence: int = 0
+    next_check_at: datetime | None = Field(default=None, index=True)
+    attempts: int = 0  # tries of the current step (connect retries, etc.)
+
+    pod_id: int | None = Field(default=None, foreign_key="pod.id")
+    remote_dir: str | None = Field(default=None, max_length=500)
+    host_key: str | None = Field(default=None, max_length=200)  # pinned on first connect
+    exited_at: datetime | None = None  # trainer exit seen by the worker
+    last_log_lines: str | None = Field(default=None, sa_column=Column(Text))
+    results: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class RunEventBase(SQLModel):
+    """One move of a run's status, written by server/runs.py:transition() with the move."""
+
     from_status: RunStatus | None = Field(default=None, sa_type=Status(RunStatus))
     to_status: RunStatus = Field(sa_type=Status(RunStatus))
     reason: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class RunEvent(RunEventBase, table=True):
+    id: int = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
 
 
 class LogChunk(SQLModel, table=True):
@@ -315,40 +336,33 @@ def _unicode_only(value: Any, where: str) -> Any:
     return value
 
 
-# Properties to receive on creation.
-class ExperimentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# Properties to receive on creation: ExperimentBase's, each narrowed to what a submission may
+# hold, and the script's files.
+class ExperimentCreate(ExperimentBase):
+    model_config = SQLModelConfig(extra="forbid")
 
     name: Name
     author: Author = ""
-    preset: str = "baseline"
-    # Field overrides on top of the preset (see trainer/schema.json).
-    config: dict[str, Any] = Field(default_factory=dict)
     seeds: list[Seed] = Field(min_length=1, max_length=MAX_SEEDS)
     provider: Literal["local", "ssh", "runpod"] = "local"
-    # What it must beat (server/reference.py): an experiment's seeds, or a val_bpb.
     reference_experiment_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
     reference_bpb: float | None = Field(default=None, gt=0, lt=10)
-    # A systems-only change of this finished experiment: the 0.005-nat test is waived and
-    # server/waiver.py checks the ML, score and speed against it instead.
-    systems_only_of: int | None = Field(default=None, ge=1, le=2**31 - 1)
-
-    # "script": the participant's own train_gpt.py (server/scripts.py), run with `env`.
     kind: Literal["trainer", "script"] = "trainer"
-    files: dict[str, str] = Field(default_factory=dict)  # file name -> text
-    env: dict[str, str] = Field(default_factory=dict)
-    # A failed seed: left as is, run again, or replaced by a new seed; `max_retries` extra runs.
     failure_policy: Literal["none", "retry", "replace"] = "none"
     max_retries: int = Field(default=2, ge=0, le=MAX_RETRIES)
-    # While the test's p >= alpha once every seed ended, add seeds up to `max_seeds`.
     alpha: float = Field(default=0.01, gt=0, le=0.5)
     max_seeds: int | None = Field(default=None, ge=1, le=MAX_SEEDS)
     priority: int = Field(default=0, ge=-100, le=100)
     budget_usd: float | None = Field(default=None, ge=0, le=1_000_000)
     gpu_type: GpuType | None = None
     gpu_count: int | None = Field(default=None, ge=1, le=8)
-    share_pods: bool = False
-    variants: list[VariantSpec] = Field(default_factory=list, max_length=MAX_VARIANTS)
+    # Narrowed to the arms' schema; stored as the plain dicts ExperimentBase types (mypy holds a
+    # field's type to its base's, pydantic validates the narrower one).
+    variants: list[VariantSpec] = Field(default_factory=list, max_length=MAX_VARIANTS)  # type: ignore[assignment]
+    # A systems-only change of this finished experiment: the 0.005-nat test is waived and
+    # server/waiver.py checks the ML, score and speed against it instead.
+    systems_only_of: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    files: dict[str, str] = Field(default_factory=dict)  # a script's files: name -> text
 
     @field_validator("files")
     @classmethod
@@ -442,30 +456,15 @@ class SeedsAdd(BaseModel):
         return ExperimentCreate._unique_seeds(value)
 
 
-class FilePublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    name: str
-    nbytes: int
-    sha256: str
+class FilePublic(ExperimentFileBase):
+    pass
 
 
 # Properties to return via API.
-class ExperimentPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
+class ExperimentPublic(ExperimentBase):
     id: int
-    name: str
-    author: str
-    preset: str
-    config: dict[str, Any]
-    seeds: list[int]
-    provider: str
     owner: str  # the token user who submitted it
-    reference_experiment_id: int | None
-    reference_bpb: float | None
-    stats: dict[str, Any] | None  # the significance test against the reference, when finished
-    status: str
+    status: ExperimentStatus
     created_at: datetime
     finished_at: datetime | None
     n_succeeded: int
@@ -473,19 +472,8 @@ class ExperimentPublic(BaseModel):
     std_val_bpb: float | None
     eligible: bool
     reasons: list[str]
-    kind: str
-    env: dict[str, str]
+    stats: dict[str, Any] | None  # the significance test against the reference, when finished
     files: list[FilePublic] = Field(default_factory=list)  # a script experiment's files
-    failure_policy: str
-    max_retries: int
-    alpha: float
-    max_seeds: int | None
-    priority: int
-    budget_usd: float | None
-    gpu_type: str | None
-    gpu_count: int | None
-    share_pods: bool
-    variants: list[dict[str, Any]]
     source: dict[str, Any] | None  # where an imported experiment came from
     track: str  # track_10min_16mb (the record track) or track_non_record_16mb
     accepted: bool | None  # an import: listed on the challenge's leaderboard; None: our own
@@ -493,7 +481,6 @@ class ExperimentPublic(BaseModel):
     reproduces_id: int | None = None  # the imported record a re-run reproduces
     seed_env: dict[str, dict[str, str]] = Field(default_factory=dict)  # a re-run's env per seed
     cost_usd: float | None = None  # dollars its pods have cost so far
-    systems_only_of: int | None = None  # declared systems-only change of this experiment
 
     @model_validator(mode="after")
     def _as_shown(self) -> "ExperimentPublic":
@@ -511,52 +498,13 @@ class ExperimentsPublic(BaseModel):
     count: int  # matching experiments over all pages
 
 
-class RunPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
+class RunPublic(RunBase):
     id: int
-    experiment_id: int
-    seed: int
-    status: str
-    reason: str | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    ended_at: datetime | None
-    cancel_requested: bool
-    log_offset: int  # bytes of train.log stored so far
-    exit_code: int | None
-    val_loss: float | None  # nats per token
-    val_bpb: float | None  # bits per byte
-    pre_quant_val_bpb: float | None
-    steps: int | None
-    train_time_s: float | None
-    eval_time_s: float | None
-    code_bytes: int | None
-    model_bytes: int | None
-    bytes_total: int | None
-    artifact_sha256: str | None
-    code_sha256: str | None
-    val_tokens: int | None
-    gpu_name: str | None
-    gpu_count: int | None
-    eligible: bool | None
-    reasons: list[str]
-    variant: str  # ablation variant; "" is the control
-    retry_of: int | None  # the failed run this one stands in for
-    superseded: bool  # failed, and a retry or replacement stands in for it
-    flags: list[str]  # informational, e.g. a slow node
     cost_usd: float | None = None  # dollars its pod has cost so far
 
 
-class RunEventPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
+class RunEventPublic(RunEventBase):
     id: int
-    from_status: str | None
-    to_status: str
-    reason: str | None
-    created_at: datetime
 
 
 class ExperimentPublicWithRuns(ExperimentPublic):
