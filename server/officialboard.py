@@ -4,7 +4,8 @@ Two tables: under "## Leaderboard" the 10-minute record track, under "Unlimited 
 Leaderboard & Non-record Submissions" the non-record track. Each row is `| Run | Score |
 Author | Summary | Date | Info |`; its Info links point at the records folder's README
 (`records/<track>/<folder>/README.md`) or at a pull request. A folder is accepted when a row
-links to it, else when a row of its track has its score (4 decimals), date and author.
+links to it, else when a row of its track has its score (4 decimals), date and author (or its
+run's name within the folder's name, where the row names its author by another handle).
 """
 
 import re
@@ -21,6 +22,9 @@ _FOLDER_LINK = re.compile(r"records/(?P<track>track_[\w]+)/(?P<folder>[^/)\s]+)/
 _PULL_LINK = re.compile(r"/pull/(\d+)")
 # A row's date may be its pull request's, a folder's its own run's: a few days apart.
 DATE_SLACK_DAYS = 3
+# Letters and digits a row's run name needs before it may stand for its author (see accepted_row):
+# shorter ones ("SP8192") name many folders.
+MIN_RUN_NAME = 8
 _NON_RECORD_HEADING = re.compile(r"^#+ .*non-record", re.IGNORECASE)
 _RECORD_HEADING = re.compile(r"^#+ Leaderboard\s*$", re.IGNORECASE)
 
@@ -80,8 +84,9 @@ def accepted_row(rows: list[Row], *, key: str, track: str, val_bpb: float | None
                  authors: set[str], pulls: Collection[int] = ()) -> Row | None:
     """The row that lists the folder `key` ("<track>/<folder>"): by its link; else an
     unlinked row of the same track with the score (to the table's 4 decimals, within one unit
-    of the last) and the date and author; else with the score, a date at most DATE_SLACK_DAYS
-    apart, and the author or the row's pull request among those the folder mentions (`pulls`)."""
+    of the last), the date, and the author or the row's run named in the folder's name; else
+    with the score, a date at most DATE_SLACK_DAYS apart, and the author or the row's pull
+    request among those the folder mentions (`pulls`)."""
     for row in rows:
         if row.folder == key:
             return row
@@ -91,13 +96,24 @@ def accepted_row(rows: list[Row], *, key: str, track: str, val_bpb: float | None
     scored = [row for row in rows if row.folder is None and row.track == track
               and row.score is not None and abs(row.score - val_bpb) <= 0.0001 + 1e-9]
     for row in scored:
-        if row.date == date and row.author.lower() in names:
+        if row.date == date and (row.author.lower() in names or _names_folder(row.run, key)):
             return row
     for row in scored:
         near = _days_apart(row.date, date) <= DATE_SLACK_DAYS
         if near and (row.author.lower() in names or row.pull in pulls):
             return row
     return None
+
+
+def _names_folder(run: str, key: str) -> bool:
+    """Whether the row's run name, in letters and digits, is in the folder's name: a row may name
+    its author by a handle the folder does not (ByteJEPA: `hardik-bhadani-git`, `Hardik`)."""
+    wanted = _letters_digits(run)
+    return len(wanted) >= MIN_RUN_NAME and wanted in _letters_digits(key.rpartition("/")[2])
+
+
+def _letters_digits(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
 def _days_apart(first: str, second: str) -> int:

@@ -187,3 +187,26 @@ def test_a_row_linked_to_a_pull_request_matches_a_folder_that_names_it(session: 
     assert match("2026-03-17", {31}) is row
     assert match("2026-03-17", {32}) is None  # the folder names no such pull request
     assert match("2026-03-19", {31}) is None  # more than DATE_SLACK_DAYS apart
+
+
+def test_a_row_under_another_handle_matches_by_its_run_name_on_the_same_day() -> None:
+    from server import officialboard
+    # As ByteJEPA's row of the real table: the same score and date as the folder's
+    # submission.json, the author a handle the folder never states, and a pull request link.
+    row = officialboard.Row(track="track_non_record_16mb", run="ByteJEPA", score=1.3496,
+                            author="hardik-bhadani-git", date="2026-04-07", folder=None, pull=1443)
+
+    def match(key: str, date: str, score: float = 1.34960213) -> officialboard.Row | None:
+        return officialboard.accepted_row([row], key=key, track="track_non_record_16mb", val_bpb=score,
+                                          date=date, authors={"Hardik", "hardikformail"})
+
+    assert match("track_non_record_16mb/2026-03-30_ByteJEPA", "2026-04-07") is row
+    assert match("track_non_record_16mb/2026-03-30_Byte-JEPA_v2", "2026-04-07") is row
+    assert match("track_non_record_16mb/2026-03-30_ByteJEPA", "2026-04-08") is None  # another day
+    assert match("track_non_record_16mb/2026-03-30_ByteJEPA", "2026-04-07", 1.3512) is None
+    assert match("track_non_record_16mb/2026-03-30_TokenJEPA", "2026-04-07") is None
+    short = officialboard.Row(track="track_non_record_16mb", run="SP8192", score=1.3496, author="x",
+                              date="2026-04-07", folder=None)
+    assert officialboard.accepted_row([short], key="track_non_record_16mb/2026-04-07_SP8192_Other",
+                                      track="track_non_record_16mb", val_bpb=1.3496, date="2026-04-07",
+                                      authors=set()) is None  # too short a name to stand for an author
