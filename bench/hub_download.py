@@ -2,7 +2,7 @@
 huggingface_hub's `hf_hub_download` that it uses now, against the same local stand-in of the
 Hub (tests/trainer/hub_standin.py), on the same files.
 
-    .venv/bin/python bench/hub_download.py [--files 4] [--mb 64] [--repeats 3]
+    .venv/bin/python bench/hub_download.py [--files 4] [--mb 64] [--repeats 3] [--jobs 8] [--delay-s 0]
 
 Each client downloads every file once per repeat into a fresh folder (huggingface_hub into a
 fresh cache: nothing is reused); the figure is total bytes / wall time, the best of the repeats.
@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,6 +63,9 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--mb", type=int, default=64, help="size of each file in MB (10^6 bytes)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=8, help="downloads at once in the last row")
+    parser.add_argument("--delay-s", type=float, default=0.0,
+                        help="the stand-in waits this long before each file's body (a slow link)")
     args = parser.parse_args()
     size = args.mb * 1_000_000
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +74,7 @@ def main() -> int:
         for name in names:
             (root / "remote" / name).parent.mkdir(parents=True, exist_ok=True)
             (root / "remote" / name).write_bytes(os.urandom(size))
-        hub = HubStandIn(root / "remote")
+        hub = HubStandIn(root / "remote", delay_s=args.delay_s)
         hub.start()
         try:
             for name in names:  # the stand-in hashes each file once; do it before timing
@@ -88,8 +92,15 @@ def main() -> int:
             def new(name: str) -> None:
                 hub_get(hub, name, out / "cache")
 
+            def together(name: str) -> None:
+                # The whole set at `--jobs` at a time, as `data fetch` does: started by the first name.
+                if name == names[0]:
+                    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                        list(pool.map(new, names))
+
             results = {}
-            for label, run in (("urllib (former trainer/hub.py)", old), ("huggingface_hub hf_hub_download", new)):
+            for label, run in (("urllib (former trainer/hub.py)", old), ("huggingface_hub hf_hub_download", new),
+                               (f"hf_hub_download, {args.jobs} at a time", together)):
                 def each(name: str, run=run) -> None:
                     if name == names[0]:
                         fresh()
@@ -99,7 +110,8 @@ def main() -> int:
             hub.stop()
     import huggingface_hub
 
-    print(f"{args.files} files x {args.mb} MB on loopback, best of {args.repeats}; "
+    print(f"{args.files} files x {args.mb} MB on loopback, {args.delay_s} s before each body, "
+          f"best of {args.repeats}; "
           f"Python {platform.python_version()}, huggingface_hub {huggingface_hub.__version__}, "
           f"{platform.machine()} {os.cpu_count()} CPUs")
     for label, mbps in results.items():

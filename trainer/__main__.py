@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--revision", help="branch, tag or commit of the dataset (default: main)")
     fetch.add_argument("--cache-dir", help="huggingface_hub's cache (default: $HF_HUB_CACHE, else its own)")
     fetch.add_argument("--root", default="datasets", help="folder of manifest.json under it")
+    fetch.add_argument("--jobs", type=int, default=8, help="shards downloaded at once")
     return parser
 
 
@@ -105,7 +106,7 @@ def _data_fetch(args: argparse.Namespace) -> int:
     from trainer.hub import fetch
 
     fetched = fetch(args.variant, args.train_shards, args.out, args.endpoint, args.root, repo=args.repo,
-                    revision=args.revision, cache_dir=args.cache_dir)
+                    revision=args.revision, cache_dir=args.cache_dir, jobs=args.jobs)
     print(fetched.data_path)
     print(fetched.tokenizer_path or "")
     return 0

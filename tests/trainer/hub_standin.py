@@ -13,7 +13,8 @@ It serves what `huggingface_hub.hf_hub_download` and `snapshot_download` ask of 
 Files live under `folder`; `revisions` maps a revision name to its commit hash ("main" and the
 hash itself always resolve). Every request is recorded as (method, path, Range, Authorization).
 Faults, used once each: `cut` holds paths whose next GET sends half its bytes and then closes
-the connection, as a dropped link does.
+the connection, as a dropped link does. `delay_s` holds each file GET that long before its body,
+as a slow link does; `most_at_once` is the most file GETs in flight at one time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,7 +47,16 @@ class HubStandIn:
     revisions: dict[str, str] = field(default_factory=lambda: {"main": COMMIT})
     requests: list[Request] = field(default_factory=list)
     cut: set[str] = field(default_factory=set)
+    delay_s: float = 0.0
+    most_at_once: int = 0
     url: str = ""
+    _in_flight: int = 0
+    _count_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def counting(self, change: int) -> None:
+        with self._count_lock:
+            self._in_flight += change
+            self.most_at_once = max(self.most_at_once, self._in_flight)
 
     def start(self) -> None:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -165,7 +176,14 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if not send_body:
                 return
-            send = size - start
+            hub.counting(+1)
+            try:
+                self._send(local, relative, size - start, start)
+            finally:
+                hub.counting(-1)
+
+        def _send(self, local: Path, relative: str, send: int, start: int) -> None:
+            time.sleep(hub.delay_s)
             if relative in hub.cut:
                 hub.cut.discard(relative)
                 send //= 2

@@ -69,7 +69,8 @@ def test_fetch_mirrors_the_manifest_layout_and_verifies_it(hub: HubStandIn, tmp_
                 f"datasets/{NAME}/fineweb_train_000001.bin",
                 "tokenizers/fineweb_1024_bpe.model", "tokenizers/fineweb_1024_bpe.vocab"]
     assert got.downloaded == expected and got.kept == []
-    assert hub.gets() == [remote(r) for r in expected]  # through the Hub's resolve URLs, once each
+    # Through the Hub's resolve URLs, once each (the shards several at a time, in any order).
+    assert sorted(hub.gets()) == sorted(remote(r) for r in expected)
     for relative in expected:
         assert (out / relative).read_bytes() == hub.file(remote(relative)).read_bytes()
     assert not (got.data_path / "fineweb_train_000002.bin").exists()
@@ -78,6 +79,31 @@ def test_fetch_mirrors_the_manifest_layout_and_verifies_it(hub: HubStandIn, tmp_
     # huggingface_hub's cache holds the bytes; the data folder links to them (no second copy).
     blobs = {p.stat().st_ino for p in (tmp_path / "hf-cache").rglob("blobs/*")}
     assert (out / VAL).stat().st_ino in blobs
+
+
+def test_shards_download_several_at_a_time_and_arrive_as_one_at_a_time(hub: HubStandIn,
+                                                                       tmp_path: Path):
+    hub.delay_s = 0.5  # a slow link: each file's body starts half a second after its GET
+    one = get(hub, tmp_path / "one" / "data", 3, jobs=1)
+    assert hub.most_at_once == 1
+    hub.most_at_once = 0
+    many = get(hub, tmp_path / "many" / "data", 3, jobs=4)
+    assert hub.most_at_once >= 2  # the 4 shards overlap
+    assert many.downloaded == one.downloaded  # listed in shard order whatever finished first
+    for relative in one.downloaded:
+        assert ((tmp_path / "many" / "data" / relative).read_bytes()
+                == (tmp_path / "one" / "data" / relative).read_bytes() == hub.file(remote(relative)).read_bytes())
+    with pytest.raises(FetchError, match="--jobs=0"):
+        get(hub, tmp_path / "none" / "data", 1, jobs=0)
+
+
+def test_a_failed_shard_among_many_fails_the_fetch_by_its_name(hub: HubStandIn, tmp_path: Path):
+    hub.file(remote(f"datasets/{NAME}/fineweb_train_000001.bin")).unlink()
+    with pytest.raises(FetchError, match="fineweb_train_000001.bin: not in dataset"):
+        get(hub, tmp_path / "data", 3, jobs=4)
+    # The other shards still arrived whole: a second fetch would keep them.
+    assert (tmp_path / "data" / f"datasets/{NAME}/fineweb_train_000002.bin").is_file()
+    assert not list((tmp_path / "data").rglob("*.part"))
 
 
 def test_a_second_fetch_asks_only_for_what_it_lacks(hub: HubStandIn, tmp_path: Path):
