@@ -69,7 +69,7 @@ def _plan(session: Session, target: str, args: argparse.Namespace) -> Plan:
             return reproduce.plan_folder(found, {"kind": "path", "path": str(found.resolve())})
     if target.isdigit():
         return reproduce.plan_record(session, int(target))
-    keys = records._imported_keys(session)  # noqa: SLF001
+    keys = records.imported_keys(session)
     if target not in keys:
         raise SourceError(f"target: {target!r} is no imported record's key, id or folder")
     return reproduce.plan_record(session, keys[target])

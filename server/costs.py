@@ -28,7 +28,7 @@ from server import presets
 from server.config import Settings
 from server.eligibility import MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
 from server.models import Pod, Run, as_utc, utcnow
-from server.states import LIVE_POD_STATUS_VALUES
+from server.states import LIVE_POD_STATUSES
 from server.workerfacts import WorkerFacts
 
 
@@ -54,7 +54,7 @@ def pod_cost(pod: Pod, price: float | None, now: datetime | None = None) -> tupl
         return 0.0, 0.0
     now = now or utcnow()
     start = as_utc(pod.created_at)
-    live = pod.status in LIVE_POD_STATUS_VALUES
+    live = pod.status in LIVE_POD_STATUSES
     end = now if live else as_utc(pod.terminated_at or pod.updated_at)
     spent = price * max(0.0, (end - start).total_seconds()) / 3600
     if not live or pod.deadline_at is None:
@@ -117,7 +117,7 @@ def experiment_costs(now: datetime | None = None,
     with a known price (NULL when none has one), as `spend(...).spent` counts them; of every
     experiment, or of those in `experiment_ids` (and perhaps a few more)."""
     now_value = literal(now or utcnow(), DateTime(timezone=True))
-    live = col(Pod.status).in_(LIVE_POD_STATUS_VALUES)
+    live = col(Pod.status).in_(LIVE_POD_STATUSES)
     end = case((live, now_value), else_=func.coalesce(Pod.terminated_at, Pod.updated_at))
     seconds = _epoch_seconds(end) - _epoch_seconds(col(Pod.created_at))
     price = func.coalesce(col(Pod.cost_per_hour),

@@ -35,7 +35,7 @@ from server import experiments, presets, scripts, waiver
 from server.config import get_settings
 from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS
 from server.models import Experiment, Run
-from server.records import IMPORT_PROVIDER, _log_bytes
+from server.records import IMPORT_PROVIDER, clean_text, run_log_bytes
 from server.states import RunStatus
 from server.workerfacts import WorkerFacts
 
@@ -74,7 +74,7 @@ def export_files(session: Session, experiment_id: int, *, github_id: str | None 
     submission = submission_json(experiment, runs, code, github_id=github_id, blurb=blurb)
     files = {"README.md": readme(experiment, runs, submission, logs, code).encode(),
              "submission.json": (json.dumps(submission, indent=2) + "\n").encode()}
-    files |= {logs[run.id]: _log_bytes(session, run) for run in runs}
+    files |= {logs[run.id]: run_log_bytes(session, run) for run in runs}
     return files | code.files
 
 
@@ -273,10 +273,10 @@ def submission_json(experiment: Experiment, runs: list[Run], code: Code, *,
     return {
         "name": experiment.name,
         "author": experiment.author,
-        "github_id": github_id or _text(stated.get("github_id")) or experiment.author,
+        "github_id": github_id or clean_text(stated.get("github_id")) or experiment.author,
         "date": _submission_date(experiment),
         "track": TRACK,
-        "blurb": blurb or _text(stated.get("blurb")) or _blurb(experiment, runs),
+        "blurb": blurb or clean_text(stated.get("blurb")) or _blurb(experiment, runs),
         "val_bpb": _shown(statistics.fmean(bpb)) if bpb else None,
         "val_bpb_std": _shown(statistics.stdev(bpb)) if len(bpb) >= 2 else None,
         "val_loss": _shown(statistics.fmean(loss)) if len(loss) == len(runs) and loss else None,
@@ -397,10 +397,6 @@ def _config(experiment: Experiment) -> dict[str, Any]:
 
 def _overrides(experiment: Experiment) -> dict[str, Any]:
     return {k: v for k, v in experiment.config.items() if k not in (*PATH_FIELDS, *LOCAL_FIELDS)}
-
-
-def _text(value: Any) -> str:
-    return value.replace("\x00", "").strip() if isinstance(value, str) else ""
 
 
 # --- README.md -------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def move_pod(session: Session, pod: Pod, to_status: PodStatus, *, why: str | Non
     if to_status == PodStatus.terminated:
         values.setdefault("terminated_at", now)
     table = table_of(Pod)
-    sources = (*pod_sources(to_status), to_status.value)
+    sources = (*pod_sources(to_status), to_status)
     result = session.execute(update(table).where(table.c.id == pod_id, table.c.status.in_(sources))
                              .values(**values))
     if result.rowcount != 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult

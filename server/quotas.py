@@ -14,7 +14,7 @@ from server.auth import Principal
 from server.config import get_settings
 from server.errors import CaddieError, Forbidden
 from server.models import Experiment, Run, utcnow
-from server.states import FINAL_RUN_STATUS_VALUES
+from server.states import FINAL_RUN_STATUSES
 
 
 class QuotaExceeded(CaddieError):
@@ -47,7 +47,7 @@ def check_more_runs(session: Session, principal: Principal, runs: int) -> None:
     active = session.exec(select(func.count()).select_from(Run).join(
         Experiment, col(Experiment.id) == col(Run.experiment_id)).where(
         Experiment.owner == principal.name,
-        col(Run.status).not_in(FINAL_RUN_STATUS_VALUES))).one()
+        col(Run.status).not_in(FINAL_RUN_STATUSES))).one()
     session.commit()  # end the read: SQLite's writers wait on open transactions
     if active + runs > limit:
         raise QuotaExceeded(f"{principal.name} has {active} runs not ended and asks for {runs} "

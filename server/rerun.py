@@ -327,7 +327,7 @@ def evidence_files(session: Session, experiment: Experiment) -> dict[str, bytes]
     for row in found.seeds:
         run = runs.get(row.run_id)
         if run is not None:
-            files[f"rerun_seed{row.seed}.log"] = records._log_bytes(session, run)  # noqa: SLF001
+            files[f"rerun_seed{row.seed}.log"] = records.run_log_bytes(session, run)
     code = [(f.name, f.nbytes, f.sha256) for f in scripts.list_files(session, experiment.id, content=False)]
     files["README.md"] = evidence_readme(experiment, found, list(runs.values()), code).encode()
     return files

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 from server import notify
 from server.errors import InvalidTransition, LeaseLost, NotFound
 from server.models import Run, RunEvent, table_of, utcnow
-from server.states import FINAL_RUN_STATUS_VALUES, FINAL_RUN_STATUSES, RunStatus, allowed_next
+from server.states import FINAL_RUN_STATUSES, RunStatus, allowed_next
 
 
 def get_run(session: Session, run_id: int) -> Run:
@@ -31,7 +31,7 @@ def acquire_lease(session: Session, run_id: int, *, owner: str, lease_s: float) 
         update(table)
         .where(
             table.c.id == run_id,
-            table.c.status.notin_(FINAL_RUN_STATUS_VALUES),
+            table.c.status.notin_(FINAL_RUN_STATUSES),
             or_(
                 table.c.lease_owner.is_(None),
                 table.c.lease_expires_at < now,

@@ -21,7 +21,6 @@ class RunStatus(StrEnum):
 
 
 FINAL_RUN_STATUSES = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled})
-FINAL_RUN_STATUS_VALUES = tuple(sorted(s.value for s in FINAL_RUN_STATUSES))  # as stored, for SQL
 
 # The happy path, in order; any live state may also go to failed or cancelled.
 RUN_PATH = (
@@ -54,7 +53,6 @@ class PodStatus(StrEnum):
 
 # Pods that exist (or are being asked for) at their provider: they bill and count toward caps.
 LIVE_POD_STATUSES = (PodStatus.requested, PodStatus.starting, PodStatus.ready, PodStatus.busy)
-LIVE_POD_STATUS_VALUES = tuple(s.value for s in LIVE_POD_STATUSES)  # as stored, for SQL
 
 # Every move a pod makes. A pod row is made `requested`; a rented pod is `starting` once its
 # provider has it; `ready` once it has a host; `busy` while a run's trainer is on it; back to
@@ -73,9 +71,9 @@ POD_MOVES: dict[PodStatus, frozenset[PodStatus]] = {
 }
 
 
-def pod_sources(status: PodStatus) -> tuple[str, ...]:
-    """The stored statuses a pod may move to `status` from, for a conditional UPDATE."""
-    return tuple(s.value for s, moves in POD_MOVES.items() if status in moves)
+def pod_sources(status: PodStatus) -> tuple[PodStatus, ...]:
+    """The statuses a pod may move to `status` from, for a conditional UPDATE."""
+    return tuple(s for s, moves in POD_MOVES.items() if status in moves)
 
 
 class ExperimentStatus(StrEnum):
@@ -87,7 +85,6 @@ class ExperimentStatus(StrEnum):
 
 # An open experiment has seeds to come; an ended one has none, until seeds are added.
 OPEN_EXPERIMENT_STATUSES = (ExperimentStatus.queued, ExperimentStatus.running)
-OPEN_EXPERIMENT_STATUS_VALUES = tuple(s.value for s in OPEN_EXPERIMENT_STATUSES)  # as stored, for SQL
 ENDED_EXPERIMENT_STATUSES = (ExperimentStatus.finished, ExperimentStatus.cancelled)
 
 # Every move an experiment makes: it runs once a seed leaves the queue, ends finished or
@@ -101,6 +98,6 @@ EXPERIMENT_MOVES: dict[ExperimentStatus, frozenset[ExperimentStatus]] = {
 }
 
 
-def experiment_sources(status: ExperimentStatus) -> tuple[str, ...]:
-    """The stored statuses an experiment may move to `status` from, for a conditional UPDATE."""
-    return tuple(s.value for s, moves in EXPERIMENT_MOVES.items() if status in moves)
+def experiment_sources(status: ExperimentStatus) -> tuple[ExperimentStatus, ...]:
+    """The statuses an experiment may move to `status` from, for a conditional UPDATE."""
+    return tuple(s for s, moves in EXPERIMENT_MOVES.items() if status in moves)

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from server.config import Settings, get_settings
 from server.models import Experiment, Pod, Run, as_utc, utcnow
-from server.states import LIVE_POD_STATUS_VALUES, OPEN_EXPERIMENT_STATUS_VALUES, RunStatus
+from server.states import LIVE_POD_STATUSES, OPEN_EXPERIMENT_STATUSES, RunStatus
 
 RECENT_PODS = 50  # pods whose planned life gives the typical time a run holds a pod
 # Providers whose pods are rented: CADDIE_MAX_PODS and CADDIE_MAX_RUNNING_EXPERIMENTS apply.
@@ -77,7 +77,7 @@ def pods_ahead(session: Session, pod: Pod, settings: Settings | None = None) -> 
         .join(Experiment, col(Experiment.id) == func.coalesce(Pod.experiment_id, Run.experiment_id),
               isouter=True)
         .where(Pod.provider == pod.provider, Pod.id != pod.id,
-               col(Pod.status).in_(LIVE_POD_STATUS_VALUES))
+               col(Pod.status).in_(LIVE_POD_STATUSES))
     ).all()
     return sum(1 for other, experiment in rows if _before(other, experiment, pod, mine))
 
@@ -122,7 +122,7 @@ def _waiting_runs(session: Session) -> dict[int, list[Run]]:
 
 def _experiments(session: Session, ids: set[int] | None) -> list[Experiment]:
     query = select(Experiment).where(
-        col(Experiment.status).in_(OPEN_EXPERIMENT_STATUS_VALUES))
+        col(Experiment.status).in_(OPEN_EXPERIMENT_STATUSES))
     if ids is not None:
         if not ids:
             return []
@@ -209,7 +209,7 @@ def _slots(session: Session, provider: str, now: datetime,
     deadlines = session.exec(
         select(Pod.deadline_at).where(
             Pod.provider == provider,
-            col(Pod.status).in_(LIVE_POD_STATUS_VALUES),
+            col(Pod.status).in_(LIVE_POD_STATUSES),
             or_(col(Pod.host).is_not(None), col(Pod.external_id).is_not(None)))
     ).all()
     frees = [max(as_utc(d), now) if d is not None else None for d in deadlines]

@@ -13,6 +13,7 @@ from typing import Any
 from sqlmodel import Session
 
 from server import tracks
+from server.config import Settings, get_settings
 from server.experiments import finalize_experiment
 from server.models import Experiment, LogChunk, Pod, Run, RunEvent
 
@@ -21,6 +22,7 @@ SP1024_VAL_TOKENS = 62_021_632
 # val_loss / val_bpb of the runs made here: ln 2 × bytes per token, roughly sp1024's (2.44).
 LOSS_PER_BPB = 1.69
 POD_START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # when a finished experiment's priced pods began
+QUEUE_NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # the moment the queue tests read the line at
 
 
 def make_experiment(
@@ -143,3 +145,26 @@ def make_rerun(session: Session, record: Experiment, claimed: Sequence[float],
         else:
             make_scored_run(session, rerun, seed=seed, val_bpb=bpb)
     return rerun
+
+
+def make_submitted(session: Session, name: str, minutes_ago: int, *, priority: int = 0,
+                   provider: str = "runpod", run_seeds: Sequence[int] = (1,), run_status: str = "queued",
+                   **fields: Any) -> Experiment:
+    """An experiment in the queue's order: submitted `minutes_ago` before QUEUE_NOW, with one run
+    per seed of `run_seeds`, each in `run_status` (none with `run_seeds=()`)."""
+    experiment = make_experiment(session, name=name, priority=priority, provider=provider,
+                                 created_at=QUEUE_NOW - timedelta(minutes=minutes_ago), **fields)
+    for seed in run_seeds:
+        make_run(session, experiment, seed=seed, status=run_status)
+    return experiment
+
+
+def make_busy_pod(session: Session, run: Run, *, frees_in: timedelta, life: timedelta) -> Pod:
+    """A rented pod up for `run`, planned to live `life`, ending `frees_in` after QUEUE_NOW."""
+    return make_pod(session, run, status="busy", host="10.0.0.1", external_id=f"x{run.id}",
+                    deadline_at=QUEUE_NOW + frees_in, created_at=QUEUE_NOW + frees_in - life)
+
+
+def settings_with(**update: Any) -> Settings:
+    """The test settings with `update`'s fields replaced (caps, budgets)."""
+    return get_settings().model_copy(update=update)

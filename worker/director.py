@@ -38,7 +38,7 @@ from server.errors import Conflict
 from server.models import Experiment, Pod, Run, RunEvent, as_utc, utcnow
 from server.pods import move_pod
 from server.runs import acquire_lease, get_run, release_lease, transition, update_run
-from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUS_VALUES, PodStatus, RunStatus
+from server.states import FINAL_RUN_STATUSES, LIVE_POD_STATUSES, PodStatus, RunStatus
 from server.workerfacts import WorkerFacts, with_worker
 from worker import launcher, podshare, script
 from worker.bundle import Bundle, default_bundle
@@ -258,7 +258,7 @@ class RunDirector:
         """Give the run's pod back (stopping anything left on it) and finalize its experiment."""
         run = self._load(Run, run_id)
         pod = self._load(Pod, run.pod_id) if run.pod_id is not None else None
-        if pod is not None and pod.status in LIVE_POD_STATUS_VALUES and pod.run_id in (None, run.id):
+        if pod is not None and pod.status in LIVE_POD_STATUSES and pod.run_id in (None, run.id):
             provider = get_provider(pod.provider, self.settings)
             if run.remote_dir:  # whatever the run started, even after it exited 0, goes before the pod is handed on
                 self._stop_leftovers(run, pod, provider)

@@ -16,9 +16,8 @@ from sqlmodel import Session, col, select
 
 from server.models import Pod, Run, as_utc, table_of, utcnow
 from server.states import (
-    FINAL_RUN_STATUS_VALUES,
     FINAL_RUN_STATUSES,
-    LIVE_POD_STATUS_VALUES,
+    LIVE_POD_STATUSES,
     PodStatus,
     RunStatus,
 )
@@ -32,7 +31,7 @@ def turn(session: Session, run: Run, experiment_id: int, life_s: float) -> Pod |
     a reason while it waits for it, None when this run rents it (the usual provisioning).
     `life_s`: the most seconds the run keeps the pod."""
     pods = list(session.exec(select(Pod).where(Pod.experiment_id == experiment_id,
-                                               col(Pod.status).in_(LIVE_POD_STATUS_VALUES)).order_by(col(Pod.id))).all())
+                                               col(Pod.status).in_(LIVE_POD_STATUSES)).order_by(col(Pod.id))).all())
     pod = next((p for p in pods if p.run_id == run.id), None)
     if pod is not None and pod.host is None:
         return None  # it is renting the pod
@@ -81,7 +80,7 @@ def hand_over(session: Session, run: Run, pod: Pod, provider: Provider, seed_lif
         log.info("run %s: pod %s ends at %s, too soon for another seed", run.id, pod.name, stop_at)
         return False
     waiting = select(Run.id).where(Run.experiment_id == pod.experiment_id, Run.id != run.id,
-                                   col(Run.status).notin_(FINAL_RUN_STATUS_VALUES),
+                                   col(Run.status).notin_(FINAL_RUN_STATUSES),
                                    col(Run.cancel_requested).is_(False))
     return session.exec(waiting).first() is not None
 

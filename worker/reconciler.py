@@ -19,9 +19,9 @@ from server.errors import InvalidTransition
 from server.models import Experiment, Pod, Run, as_utc, table_of, utcnow
 from server.pods import move_pod
 from server.states import (
-    FINAL_RUN_STATUS_VALUES,
-    LIVE_POD_STATUS_VALUES,
-    OPEN_EXPERIMENT_STATUS_VALUES,
+    FINAL_RUN_STATUSES,
+    LIVE_POD_STATUSES,
+    OPEN_EXPERIMENT_STATUSES,
     PodStatus,
 )
 from worker.director import RunDirector
@@ -55,7 +55,7 @@ def wake_due_runs(director: RunDirector, *, enqueue: Callable[[int], object]) ->
     hold = now + timedelta(seconds=max(30.0, 6 * settings.reconcile_interval_s))
     table = table_of(Run)
     due = (
-        table.c.status.notin_(FINAL_RUN_STATUS_VALUES),
+        table.c.status.notin_(FINAL_RUN_STATUSES),
         or_(table.c.next_check_at.is_(None), table.c.next_check_at <= now),
         or_(table.c.lease_owner.is_(None), table.c.lease_expires_at < now),
     )
@@ -75,7 +75,7 @@ def wake_due_runs(director: RunDirector, *, enqueue: Callable[[int], object]) ->
 def release_stray_pods(director: RunDirector) -> None:
     with Session(director.engine) as session:
         query = select(Pod).join(Run, col(Pod.run_id) == Run.id).where(
-            col(Pod.status).in_(LIVE_POD_STATUS_VALUES), col(Run.status).in_(FINAL_RUN_STATUS_VALUES))
+            col(Pod.status).in_(LIVE_POD_STATUSES), col(Run.status).in_(FINAL_RUN_STATUSES))
         waiting = _waiting_experiments(session)
         run_ids = sorted({p.run_id for p in session.exec(query).all()
                           if p.run_id is not None and not _handed_over(p, waiting)})
@@ -108,8 +108,8 @@ def _end_pods(director: RunDirector, provider: Provider, listed: list[ListedPod]
     ours = [p for p in listed if p.name.startswith(prefix) and p.status not in _GONE]
     with Session(director.engine) as session:
         rows = list(session.exec(select(Pod).where(Pod.provider == provider.name,
-                                                   col(Pod.status).in_(LIVE_POD_STATUS_VALUES))).all())
-        live_runs = set(session.exec(select(Run.id).where(col(Run.status).notin_(FINAL_RUN_STATUS_VALUES))).all())
+                                                   col(Pod.status).in_(LIVE_POD_STATUSES))).all())
+        live_runs = set(session.exec(select(Run.id).where(col(Run.status).notin_(FINAL_RUN_STATUSES))).all())
         waiting = _waiting_experiments(session)
     now = utcnow()
     expected = {}
@@ -146,7 +146,7 @@ def _stop_reason(why: str, rows: list[Pod], live_runs: set[int], now: datetime) 
 
 def _waiting_experiments(session: Session) -> set[int]:
     """Experiments with a live seed that has not asked to be cancelled."""
-    query = select(Run.experiment_id).where(col(Run.status).notin_(FINAL_RUN_STATUS_VALUES), col(Run.cancel_requested).is_(False))
+    query = select(Run.experiment_id).where(col(Run.status).notin_(FINAL_RUN_STATUSES), col(Run.cancel_requested).is_(False))
     return set(session.exec(query).all())
 
 
@@ -168,7 +168,7 @@ def _terminate(director: RunDirector, provider: Provider, external_id: str) -> b
         return False
     with Session(director.engine) as session:
         for pod in session.exec(select(Pod).where(Pod.external_id == external_id,
-                                                  col(Pod.status).in_(LIVE_POD_STATUS_VALUES))).all():
+                                                  col(Pod.status).in_(LIVE_POD_STATUSES))).all():
             try:
                 move_pod(session, pod, PodStatus.terminated, why="the provider confirmed it is gone")
             except InvalidTransition as exc:  # released meanwhile by its run: nothing is left to end
@@ -180,9 +180,9 @@ def _terminate(director: RunDirector, provider: Provider, external_id: str) -> b
 
 def finalize_ended_experiments(director: RunDirector) -> None:
     with Session(director.engine) as session:
-        live = select(Run.experiment_id).where(col(Run.status).notin_(FINAL_RUN_STATUS_VALUES))
+        live = select(Run.experiment_id).where(col(Run.status).notin_(FINAL_RUN_STATUSES))
         has_runs = select(Run.experiment_id)
-        query = select(Experiment.id).where(col(Experiment.status).in_(OPEN_EXPERIMENT_STATUS_VALUES),
+        query = select(Experiment.id).where(col(Experiment.status).in_(OPEN_EXPERIMENT_STATUSES),
                                             col(Experiment.id).in_(has_runs),
                                             col(Experiment.id).notin_(live))
         experiment_ids = list(session.exec(query).all())

@@ -22,31 +22,30 @@ from server.records.importer import (
     IMPORT_PRESET,
     IMPORT_PROVIDER,
     ImportResult,
-    _imported_keys,
-    _log_bytes,
-    _text,
+    clean_text,
     import_record,
     import_records,
+    imported_keys,
     official_note,
+    run_log_bytes,
 )
 from server.records.reader import (
     NOT_LOGS,
     SUBMISSION,
     RecordFolder,
     SeedLog,
-    _is_submission,
-    _looks_like_train_log,
-    _plain_file,
     find_record_folders,
+    is_submission,
+    looks_like_train_log,
+    plain_file,
     read_record_folder,
     stated_seeds,
 )
 
-# The names other modules and the tests use, as they did when this package was one module
-# (the underscored ones by server/export.py, server/reproduce.py and the tests).
+# The names other modules and the tests use, as they did when this package was one module.
 __all__ = [
     "IMPORT_PRESET", "IMPORT_PROVIDER", "NOT_LOGS", "SUBMISSION", "ImportResult", "RecordFolder", "SeedLog",
-    "_imported_keys", "_is_submission", "_log_bytes", "_looks_like_train_log", "_plain_file", "_text", "disagreements", "find_record_folders",
-    "import_record", "import_records", "log_reasons", "official_note", "parse_log",
-    "read_record_folder", "stated_seeds",
+    "clean_text", "disagreements", "find_record_folders", "import_record", "import_records", "imported_keys",
+    "is_submission", "log_reasons", "looks_like_train_log", "official_note", "parse_log", "plain_file",
+    "read_record_folder", "run_log_bytes", "stated_seeds",
 ]

@@ -6,7 +6,14 @@ from typing import Any
 
 from server import tracks
 from server.eligibility import MAX_BYTES_TOTAL, MAX_EVAL_SECONDS, MAX_TRAIN_SECONDS, time_reason
-from server.records.reader import RecordFolder, SeedLog, _close, _float, _seed_entries, stated_seeds
+from server.records.reader import (
+    RecordFolder,
+    SeedLog,
+    as_float,
+    close_as_shown,
+    seed_entries,
+    stated_seeds,
+)
 
 # --- where the submission's word and the logs differ ---------------------------------
 
@@ -22,7 +29,7 @@ def disagreements(submission: dict[str, Any], logs: list[SeedLog]) -> list[dict[
     found: list[dict[str, Any]] = []
     if not scored:
         if submission:
-            found.append(_disagreement("logs", None, None, "no train log with a final score"))
+            found.append(disagreement("logs", None, None, "no train log with a final score"))
         return found
     found += _mean_disagreement(submission, scored, "val_bpb", lambda log: log.val_bpb)
     found += _mean_disagreement(submission, scored, "val_loss", lambda log: log.val_loss)
@@ -33,29 +40,30 @@ def disagreements(submission: dict[str, Any], logs: list[SeedLog]) -> list[dict[
     return found
 
 
-def _disagreement(name: str, stated: Any, logs: Any, note: str) -> dict[str, Any]:
+def disagreement(name: str, stated: Any, logs: Any, note: str) -> dict[str, Any]:
+    """One entry of an experiment's `source["disagreements"]`."""
     return {"field": name, "stated": stated, "logs": logs, "note": note}
 
 
 def _mean_disagreement(submission: dict[str, Any], scored: list[SeedLog], name: str,
                        value: Any) -> list[dict[str, Any]]:
     key = name if name in submission else f"mean_{name}"
-    stated = _float(submission.get(key))
+    stated = as_float(submission.get(key))
     values = {log.seed: value(log) for log in scored if value(log) is not None}
     if stated is None or not values:
         return []
     mean = statistics.fmean(values.values())
-    if _close(stated, mean, submission.get(key)):
+    if close_as_shown(stated, mean, submission.get(key)):
         return []
-    same = [seed for seed, v in values.items() if _close(stated, v, submission.get(key))]
+    same = [seed for seed, v in values.items() if close_as_shown(stated, v, submission.get(key))]
     note = (f"equals seed {same[0]}'s log, not the mean of {len(values)} seed(s)" if same
             else f"matches neither the mean of {len(values)} seed(s) nor any seed's log")
-    return [_disagreement(key, stated, mean, note)]
+    return [disagreement(key, stated, mean, note)]
 
 
 def _max_disagreement(submission: dict[str, Any], scored: list[SeedLog], name: str,
                       parsed_key: str) -> list[dict[str, Any]]:
-    stated = _float(submission.get(name))
+    stated = as_float(submission.get(name))
     values = {log.seed: log.parsed[parsed_key] for log in scored if log.parsed[parsed_key] is not None}
     if stated is None or not values:
         return []
@@ -69,7 +77,7 @@ def _max_disagreement(submission: dict[str, Any], scored: list[SeedLog], name: s
         note = f"is the mean over {len(values)} seeds, not the largest"
     else:
         note = "matches no log"
-    return [_disagreement(name, _whole(stated), largest, note)]
+    return [disagreement(name, _whole(stated), largest, note)]
 
 
 def _seed_set_disagreement(submission: dict[str, Any], scored: list[SeedLog]) -> list[dict[str, Any]]:
@@ -82,10 +90,10 @@ def _seed_set_disagreement(submission: dict[str, Any], scored: list[SeedLog]) ->
         parts.append(f"no scored log for seed(s) {sorted(stated - logged)}")
     if logged - stated:
         parts.append(f"log(s) of seed(s) {sorted(logged - stated)} are not listed")
-    return [_disagreement("seeds", sorted(stated), sorted(logged), "; ".join(parts))]
+    return [disagreement("seeds", sorted(stated), sorted(logged), "; ".join(parts))]
 
 
-def _duplicate_disagreements(record: RecordFolder) -> list[dict[str, Any]]:
+def duplicate_disagreements(record: RecordFolder) -> list[dict[str, Any]]:
     """Each seed with more than one log, as a disagreement: which log counted and why."""
     seeds: dict[int, list[str]] = {}
     for duplicate in record.duplicates:
@@ -93,7 +101,7 @@ def _duplicate_disagreements(record: RecordFolder) -> list[dict[str, Any]]:
     found = []
     for log in record.logs:
         if log.seed in seeds:
-            found.append(_disagreement(
+            found.append(disagreement(
                 f"seeds.{log.seed}.logs", log.file, seeds[log.seed],
                 f"{len(seeds[log.seed]) + 1} logs of seed {log.seed}, one sample: counted "
                 f"{log.file} ({log.chosen_why}), not the others"))
@@ -108,16 +116,16 @@ _SEED_FIELDS = (("val_bpb", "val_bpb"), ("val_loss", "val_loss"), ("bytes_total"
 def _per_seed_disagreements(submission: dict[str, Any], scored: list[SeedLog]) -> list[dict[str, Any]]:
     by_seed = {log.seed: log for log in scored}
     found: list[dict[str, Any]] = []
-    for source_name, stated_seed, entry in _seed_entries(submission):
+    for source_name, stated_seed, entry in seed_entries(submission):
         log = by_seed.get(stated_seed)
         if log is None:
             continue  # said once, by _seed_set_disagreement
         actual = {"val_bpb": log.val_bpb, "val_loss": log.val_loss, **log.parsed}
         for stated_name, parsed_name in _SEED_FIELDS:
             stated, value = entry.get(stated_name), actual.get(parsed_name)
-            if _float(stated) is None or value is None or _close(_float(stated), value, stated):
+            if as_float(stated) is None or value is None or close_as_shown(as_float(stated), value, stated):
                 continue
-            found.append(_disagreement(f"{source_name}.{stated_seed}.{stated_name}", stated, value,
+            found.append(disagreement(f"{source_name}.{stated_seed}.{stated_name}", stated, value,
                                        f"differs from {log.file}"))
     return found
 

@@ -12,9 +12,9 @@ from sqlmodel import Session, col, select
 from server import experiments, officialboard, scripts, tracks
 from server.models import Experiment, LogChunk, Run, RunEvent, as_utc
 from server.records.checks import (
-    _disagreement,
-    _duplicate_disagreements,
+    disagreement,
     disagreements,
+    duplicate_disagreements,
     log_reasons,
     log_size,
 )
@@ -24,14 +24,14 @@ from server.records.reader import (
     SUBMISSION,
     RecordFolder,
     SeedLog,
-    _close,
-    _files_below,
-    _float,
-    _int,
-    _plain_file,
-    _seed_entries,
+    as_float,
+    as_nonnegative_int,
+    close_as_shown,
+    files_below,
     find_record_folders,
+    plain_file,
     read_record_folder,
+    seed_entries,
 )
 from server.runlog import add_log_chunks
 from server.states import ExperimentStatus, RunStatus
@@ -76,7 +76,7 @@ def import_records(session: Session, root: Path, *, reference_bpb: float | None 
     folders = find_record_folders(root)
     readme = readme or officialboard.find_readme(root)
     rows = officialboard.read_rows(readme) if readme is not None else None
-    imported = _imported_keys(session)
+    imported = imported_keys(session)
     session.commit()  # ends the read: on SQLite an open transaction holds the write lock
     results = []
     for folder in folders:
@@ -92,7 +92,8 @@ def import_records(session: Session, root: Path, *, reference_bpb: float | None 
     return results
 
 
-def _imported_keys(session: Session) -> dict[str, int]:
+def imported_keys(session: Session) -> dict[str, int]:
+    """`<track>/<folder>` of every imported records folder, to its experiment's id."""
     rows = session.exec(select(Experiment.id, Experiment.source)
                         .where(Experiment.provider == IMPORT_PROVIDER)).all()
     return {source["key"]: experiment_id for experiment_id, source in rows
@@ -120,7 +121,7 @@ def _verdict_fields(experiment: Experiment) -> dict[str, Any]:
             "accepted": experiment.accepted,
             "official_score": (source.get("official") or {}).get("score"),
             "official_note": str((source.get("official") or {}).get("note") or ""),
-            "stated_val_bpb": _float((source.get("submission") or {}).get("val_bpb")),
+            "stated_val_bpb": as_float((source.get("submission") or {}).get("val_bpb")),
             "test": {key: test.get(key) for key in keep} if test else None,
             "rule": str(stats.get("rule") or "")}
 
@@ -131,12 +132,12 @@ def import_record(session: Session, record: RecordFolder, *, reference_bpb: floa
     official leaderboard's rows, `accepted` says whether it lists the folder."""
     if not record.logs:
         return ImportResult(key=record.key, experiment_id=None, created=False,
-                            name=_text(record.submission.get("name")) or record.path.name,
+                            name=clean_text(record.submission.get("name")) or record.path.name,
                             track=tracks.from_folder(record.path.parent.name),
                             date=_date(record.submission.get("date"), record.path.name).date().isoformat(),
-                            stated_val_bpb=_float(record.submission.get("val_bpb")),
+                            stated_val_bpb=as_float(record.submission.get("val_bpb")),
                             notes=[*record.notes, _nothing_imported(record.path)])
-    found = disagreements(record.submission, record.logs) + _duplicate_disagreements(record)
+    found = disagreements(record.submission, record.logs) + duplicate_disagreements(record)
     experiment = _new_experiment(record, found, reference_bpb)
     if official_rows is not None:
         row = _official_row(record, experiment, official_rows)
@@ -144,7 +145,7 @@ def import_record(session: Session, record: RecordFolder, *, reference_bpb: floa
         if row is not None:
             note = official_note(row.score, record)
             if note:
-                found.append(_disagreement("official", row.score, _mean_of(record.logs), note))
+                found.append(disagreement("official", row.score, _mean_of(record.logs), note))
             experiment.source = {**(experiment.source or {}), "official": {
                 "run": row.run, "score": row.score, "date": row.date, "author": row.author,
                 "note": note}, "disagreements": found}
@@ -152,7 +153,7 @@ def import_record(session: Session, record: RecordFolder, *, reference_bpb: floa
     session.flush()
     assert experiment.id is not None
     scripts.store_files(session, experiment.id, record.code)
-    stated_bytes = _int(record.submission.get("bytes_total"))  # for logs that state no size
+    stated_bytes = as_nonnegative_int(record.submission.get("bytes_total"))  # for logs that state no size
     for log in record.logs:
         _add_run(session, experiment.id, log, experiment.track, stated_bytes)
     # Commits; an import is not news, so no webhook per folder.
@@ -168,14 +169,14 @@ def import_record(session: Session, record: RecordFolder, *, reference_bpb: floa
 def _nothing_imported(folder: Path) -> str:
     """Why a folder gave no experiment, with the files it does hold."""
     files = [f"{path.relative_to(folder).as_posix()}{' (empty)' if _empty(path) else ''}"
-             for path in _files_below(folder)]
+             for path in files_below(folder)]
     return (f"nothing imported: no train log (a file with a step or final-score line) among "
             f"{', '.join(files) or 'no files'}")
 
 
 def _empty(path: Path) -> bool:
     try:
-        return _plain_file(path) and path.stat().st_size == 0
+        return plain_file(path) and path.stat().st_size == 0
     except OSError:
         return False
 
@@ -186,12 +187,12 @@ def official_note(official: float | None, record: RecordFolder) -> str | None:
     the folder's files; None when the mean is the official score (or there is none)."""
     mean = _mean_of(record.logs)
     shown = f"{official:.4f}" if official is not None else ""
-    if official is None or (mean is not None and _close(official, mean, shown)):
+    if official is None or (mean is not None and close_as_shown(official, mean, shown)):
         return None
     ours = (f"Caddie's mean of {len([log for log in record.logs if log.scored])} seed(s) "
             f"{mean:.5f}" if mean is not None else "no scored log")
     matches = [label for label, value in _official_candidates(record)
-               if _close(official, value, shown)]
+               if close_as_shown(official, value, shown)]
     if matches:
         return f"official {shown} = {matches[0]}; {ours}"
     lines = _lines_with(record.path, shown)
@@ -206,11 +207,11 @@ def _official_candidates(record: RecordFolder) -> list[tuple[str, float]]:
              for log in record.logs if log.val_bpb is not None]
     stated = record.submission
     for key, value in stated.items():
-        number = _float(value) if "bpb" in key else None
+        number = as_float(value) if "bpb" in key else None
         if number is not None:
             found.append((f"submission.json's {key} ({value})", number))
-    for source_name, seed, entry in _seed_entries(stated):
-        value = _float(entry.get("val_bpb"))
+    for source_name, seed, entry in seed_entries(stated):
+        value = as_float(entry.get("val_bpb"))
         if value is not None:
             found.append((f"submission.json's {source_name} for seed {seed} ({value})", value))
     found += [(f"a log of seed {d['seed']} not counted ({d['file']}, {d['val_bpb']:.5f})", d["val_bpb"])
@@ -234,8 +235,8 @@ def _lines_with(folder: Path, number: str) -> list[str]:
 def _folder_texts(folder: Path) -> list[tuple[str, str]]:
     """(name, text) of the folder's text files (logs, README.md, notes) of at most 50 MB."""
     texts = []
-    for path in _files_below(folder):
-        if path.suffix not in (*LOG_SUFFIXES, ".md", ".json", ".tsv") or not _plain_file(path):
+    for path in files_below(folder):
+        if path.suffix not in (*LOG_SUFFIXES, ".md", ".json", ".tsv") or not plain_file(path):
             continue
         try:
             if path.stat().st_size <= MAX_LOG_BYTES:
@@ -254,7 +255,7 @@ def _mean_of(logs: list[SeedLog]) -> float | None:
 def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
                     reference_bpb: float | None) -> Experiment:
     stated = record.submission
-    name = _text(stated.get("name")) or record.path.name
+    name = clean_text(stated.get("name")) or record.path.name
     date = _date(stated.get("date"), record.path.name)
     source = {"key": record.key, "path": str(record.path.resolve()), "submission": stated,
               "disagreements": found, "notes": record.notes,
@@ -264,7 +265,7 @@ def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
                        for log in record.logs],
               "duplicate_logs": record.duplicates}
     return Experiment(
-        name=name[:200], author=_text(stated.get("author"))[:100], preset=IMPORT_PRESET,
+        name=name[:200], author=clean_text(stated.get("author"))[:100], preset=IMPORT_PRESET,
         seeds=[log.seed for log in record.logs], provider=IMPORT_PROVIDER, kind="script",
         status=ExperimentStatus.running, created_at=date, record_date=date,
         track=tracks.from_folder(record.path.parent.name), reference_bpb=reference_bpb,
@@ -273,10 +274,10 @@ def _new_experiment(record: RecordFolder, found: list[dict[str, Any]],
 
 def _official_row(record: RecordFolder, experiment: Experiment,
                   rows: list[officialboard.Row]) -> officialboard.Row | None:
-    stated = _float(record.submission.get("val_bpb"))
+    stated = as_float(record.submission.get("val_bpb"))
     scores = [log.val_bpb for log in record.logs if log.val_bpb is not None]
     score = stated if stated is not None else (statistics.fmean(scores) if scores else None)
-    authors = {experiment.author, _text(record.submission.get("github_id"))}
+    authors = {experiment.author, clean_text(record.submission.get("github_id"))}
     return officialboard.accepted_row(rows, key=record.key, track=experiment.track, val_bpb=score,
                                       date=as_utc(experiment.record_date).date().isoformat(),
                                       authors=authors, pulls=_pulls_mentioned(record.path))
@@ -322,7 +323,8 @@ def _seconds(ms: float | None) -> float | None:
     return None if ms is None else ms / 1000
 
 
-def _text(value: Any) -> str:
+def clean_text(value: Any) -> str:
+    """A stated string without NUL characters or surrounding spaces; "" for a non-string."""
     return value.replace("\x00", "").strip() if isinstance(value, str) else ""
 
 
@@ -340,7 +342,7 @@ def _date(stated: Any, folder_name: str) -> datetime:
     return datetime.now(UTC)
 
 
-def _log_bytes(session: Session, run: Run) -> bytes:
+def run_log_bytes(session: Session, run: Run) -> bytes:
     """A run's stored train log, its LogChunk rows joined in order."""
     chunks = session.exec(select(LogChunk.text).where(LogChunk.run_id == run.id)
                           .order_by(col(LogChunk.offset))).all()

@@ -84,30 +84,32 @@ def _folders(root: Path) -> list[Path]:
     return [root, *sorted(folder for folder in below if not folder.is_symlink())]
 
 
-def _files_below(folder: Path) -> list[Path]:
+def files_below(folder: Path) -> list[Path]:
     """Every file entry under `folder` at any depth, symbolic links included (not followed)."""
     return sorted(Path(top) / name for top, _names, files in os.walk(folder) for name in files)
 
 
-def _plain_file(path: Path) -> bool:
+def plain_file(path: Path) -> bool:
+    """A regular file, not a symbolic link (links in a records folder are never followed)."""
     return path.is_file() and not path.is_symlink()
 
 
 def _is_record_folder(folder: Path) -> bool:
-    files = [f for f in folder.iterdir() if _plain_file(f)]
-    return any(_is_submission(f) for f in files) or any(
+    files = [f for f in folder.iterdir() if plain_file(f)]
+    return any(is_submission(f) for f in files) or any(
         _may_be_log(f) and _maybe_train_log(f) for f in files)
 
 
 def _maybe_train_log(path: Path) -> bool:
     """A log too big to read counts (the import says so); else its parse must look like one."""
     try:
-        return path.stat().st_size > MAX_LOG_BYTES or _looks_like_train_log(parse_log(path.read_bytes()))
+        return path.stat().st_size > MAX_LOG_BYTES or looks_like_train_log(parse_log(path.read_bytes()))
     except OSError:
         return False
 
 
-def _is_submission(path: Path) -> bool:
+def is_submission(path: Path) -> bool:
+    """A `submission*.json` file: the submitter's stated values."""
     return path.name.startswith("submission") and path.suffix == ".json"
 
 
@@ -127,7 +129,7 @@ def read_record_folder(folder: Path) -> RecordFolder:
 
 
 def _read_submission(folder: Path, notes: list[str]) -> dict[str, Any]:
-    candidates = sorted(f for f in folder.iterdir() if _plain_file(f) and _is_submission(f))
+    candidates = sorted(f for f in folder.iterdir() if plain_file(f) and is_submission(f))
     if not candidates:
         notes.append("no submission.json: nothing stated to compare with")
         return {}
@@ -163,7 +165,7 @@ def _finite(value: Any) -> Any:
 def _read_logs(folder: Path, notes: list[str]) -> list[SeedLog]:
     logs: list[SeedLog] = []
     seen: set[str] = set()
-    for path in _files_below(folder):
+    for path in files_below(folder):
         name = path.relative_to(folder).as_posix()
         if not _may_be_log(path):
             continue
@@ -180,14 +182,15 @@ def _read_logs(folder: Path, notes: list[str]) -> list[SeedLog]:
             continue
         digest = hashlib.sha256(data).hexdigest()
         parsed = parse_log(data)
-        if digest in seen or not _looks_like_train_log(parsed):
+        if digest in seen or not looks_like_train_log(parsed):
             continue  # a copy of a log already read, or a text file that is no train log
         seen.add(digest)
         logs.append(SeedLog(file=name, sha256=digest, data=data, parsed=parsed))
     return logs
 
 
-def _looks_like_train_log(parsed: dict[str, Any]) -> bool:
+def looks_like_train_log(parsed: dict[str, Any]) -> bool:
+    """A parsed log (`parse_log`) that shows a final score or a step count."""
     return parsed["score"] is not None or parsed["steps"] is not None
 
 
@@ -261,15 +264,15 @@ def _counted_log(submission: dict[str, Any], seed: int, logs: list[SeedLog]) -> 
     scored = [log for log in logs if log.scored]
     if not scored:
         return logs[-1], "none of them has a final score; the last in file order"
-    for source_name, stated_seed, entry in _seed_entries(submission):
+    for source_name, stated_seed, entry in seed_entries(submission):
         stated = entry.get("val_bpb")
-        match = [log for log in scored if stated_seed == seed and _float(stated) is not None
-                 and _close(_float(stated), log.val_bpb or 0.0, stated)]
+        match = [log for log in scored if stated_seed == seed and as_float(stated) is not None
+                 and close_as_shown(as_float(stated), log.val_bpb or 0.0, stated)]
         if match:
             return match[-1], f"its val_bpb is the one submission.json's {source_name} states"
     stated = submission.get("val_bpb")
     match = [log for log in scored
-             if _float(stated) is not None and _close(_float(stated), log.val_bpb or 0.0, stated)]
+             if as_float(stated) is not None and close_as_shown(as_float(stated), log.val_bpb or 0.0, stated)]
     if match:
         return match[-1], "its val_bpb is submission.json's val_bpb"
     trained = [log for log in scored if log.parsed["train_time_ms"] is not None]
@@ -296,7 +299,7 @@ def _borrow_training(chosen: SeedLog, logs: list[SeedLog]) -> None:
 
 def _seed_or_none(value: Any) -> int | None:
     """A seed the run table can hold (non-negative int32, as the API takes them)."""
-    seed = _int(value)
+    seed = as_nonnegative_int(value)
     return seed if seed is not None and seed < policies.SEED_LIMIT else None
 
 
@@ -306,13 +309,13 @@ def stated_seeds(submission: dict[str, Any]) -> list[int]:
     for source in (submission.get("seeds"), submission.get("seed_results")):
         items = source.keys() if isinstance(source, dict) else source if isinstance(source, list) else []
         for item in items:
-            seed = _int(item)
+            seed = as_nonnegative_int(item)
             if seed is not None and seed not in seeds:
                 seeds.append(seed)
     return seeds
 
 
-def _seed_entries(submission: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
+def seed_entries(submission: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
     """(field, seed, {stated per-seed values}) from `seed_results` and a dict `seeds`."""
     entries = []
     for source_name in ("seed_results", "seeds"):
@@ -320,7 +323,7 @@ def _seed_entries(submission: dict[str, Any]) -> list[tuple[str, int, dict[str, 
         if not isinstance(source, dict):
             continue
         for key, value in source.items():
-            seed = _int(key)
+            seed = as_nonnegative_int(key)
             if seed is None:
                 continue
             entry = value if isinstance(value, dict) else {"val_bpb": value}
@@ -328,7 +331,7 @@ def _seed_entries(submission: dict[str, Any]) -> list[tuple[str, int, dict[str, 
     return entries
 
 
-def _close(stated: float | None, actual: float, text: Any) -> bool:
+def close_as_shown(stated: float | None, actual: float, text: Any) -> bool:
     """Equal within half a unit of the last decimal `text` (the JSON value) shows."""
     if stated is None:
         return False
@@ -337,7 +340,8 @@ def _close(stated: float | None, actual: float, text: Any) -> bool:
     return abs(stated - actual) <= 0.5 * 10.0 ** -decimals + 1e-12
 
 
-def _float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
+    """A finite JSON number or numeric string as a float; None for anything else, booleans included."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
@@ -347,6 +351,7 @@ def _float(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _int(value: Any) -> int | None:
-    number = _float(value)
+def as_nonnegative_int(value: Any) -> int | None:
+    """A whole number >= 0 (as `as_float` reads it), else None."""
+    number = as_float(value)
     return int(number) if number is not None and number == int(number) and number >= 0 else None

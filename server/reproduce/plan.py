@@ -105,7 +105,7 @@ def plan_folder(folder: Path, origin: dict[str, Any]) -> Plan:
     claims = [claim(log) for log in record.logs]
     seeds = [c["seed"] for c in claims if c["seed"] >= 0] or documented.seeds or records.stated_seeds(record.submission)
     seeds = list(dict.fromkeys(seeds))  # two logs of one seed run it once
-    name = records._text(record.submission.get("name")) or folder.name  # noqa: SLF001
+    name = records.clean_text(record.submission.get("name")) or folder.name
     return Plan(name=f"re-run: {name}"[:200], origin={**origin, "key": record.key}, files=files,
                 env=env, seed_env=documented.seed_env, seeds=seeds or [1337], claims=claims,
                 data=variant, env_from=documented.source, notes=notes, entrypoint=entry, counted=counted)
@@ -127,7 +127,7 @@ def carried_files(folder: Path, log_files: set[str], notes: list[str]) -> dict[s
         if not path.is_file() or any(p.is_symlink() for p in path.relative_to(folder).parents if str(p) != "."):
             continue
         if (rel in NOT_CODE or rel in log_files or rel.lower().endswith(NOT_CARRIED_SUFFIXES)
-                or (path.parent == folder and records._is_submission(path))):  # noqa: SLF001
+                or (path.parent == folder and records.is_submission(path))):
             continue
         data = path.read_bytes()
         if _is_a_log(rel, data):
@@ -144,7 +144,7 @@ def _is_a_log(rel: str, data: bytes) -> bool:
     log (a copy of one `records` already read, an earlier version's run)."""
     if not rel.endswith(".txt") or Path(rel).name in records.NOT_LOGS:
         return False
-    return "log" in rel.lower() or records._looks_like_train_log(parse_log(data))  # noqa: SLF001
+    return "log" in rel.lower() or records.looks_like_train_log(parse_log(data))
 
 
 def _texts(files: dict[str, bytes], names: list[str]) -> dict[str, str]:
@@ -241,7 +241,7 @@ def _carried_path(files: dict[str, bytes], script: str) -> str | None:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8", errors="replace") if records._plain_file(path) else ""  # noqa: SLF001
+        return path.read_text(encoding="utf-8", errors="replace") if records.plain_file(path) else ""
     except OSError:
         return ""
 
@@ -278,7 +278,7 @@ def _plan_from_rows(session: Session, record: Experiment) -> Plan:
     assert record.id is not None
     files = {row.name: bytes(row.content) for row in scripts.list_files(session, record.id)}
     runs = [run for run in experiments.list_runs(session, record.id) if run.val_bpb is not None]
-    logs = [records._log_bytes(session, run).decode(errors="replace") for run in runs]  # noqa: SLF001
+    logs = [records.run_log_bytes(session, run).decode(errors="replace") for run in runs]
     entry = entry_point(files, "", [])
     counted = counted_paths(files, entry)
     code = _texts(files, counted)

@@ -36,7 +36,7 @@ from sqlmodel import Session, col, select
 
 from server import costs
 from server.models import Experiment, Pod, Run, as_utc, utcnow
-from server.states import FINAL_RUN_STATUS_VALUES, PodStatus
+from server.states import FINAL_RUN_STATUSES, PodStatus
 from trainer.contract import MIN_TORCH  # noqa: F401  (the oldest torch an image may carry; cli doctor reads it here)
 from worker.errors import ConnectError, HostKeyMismatch, StepFailed
 from worker.providers import ListedPod, Placement, Provider, RetryLater
@@ -342,7 +342,7 @@ class RunPodProvider(Provider):
         if experiment is None or not experiment.share_pods:
             return deadline
         seeds = session.exec(select(func.count()).select_from(Run).where(
-            Run.experiment_id == experiment.id, col(Run.status).notin_(FINAL_RUN_STATUS_VALUES),
+            Run.experiment_id == experiment.id, col(Run.status).notin_(FINAL_RUN_STATUSES),
             col(Run.cancel_requested).is_(False))).one()
         seed_s = (as_utc(pod.deadline_at) - as_utc(pod.created_at)).total_seconds() - self.settings.pod_margin_s
         return deadline + timedelta(seconds=max(0, seeds - 1) * max(0.0, seed_s))
