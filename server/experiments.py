@@ -116,7 +116,7 @@ def list_experiments(
     if author is not None:
         conditions.append(Experiment.author == author)
     if status is not None:
-        conditions.append(Experiment.status == status.value)
+        conditions.append(Experiment.status == status)
     count = session.exec(select(func.count()).select_from(Experiment).where(*conditions)).one()
     page = session.exec(
         select(Experiment).where(*conditions)
@@ -220,7 +220,7 @@ def move_experiment(session: Session, experiment: Experiment, to_status: Experim
     status has a legal move to `to_status` (`server.states.EXPERIMENT_MOVES`). One already in
     `to_status` is left as it is. Raises InvalidTransition, rolling back, otherwise.
     """
-    if experiment.status == to_status.value:
+    if experiment.status == to_status:
         return
     experiment_id, before = experiment.id, experiment.status
     table = table_of(Experiment)
@@ -230,7 +230,7 @@ def move_experiment(session: Session, experiment: Experiment, to_status: Experim
     if result.rowcount != 1:  # type: ignore[attr-defined]  # a DML statement's Result is a CursorResult
         session.rollback()
         raise InvalidTransition(f"experiment {experiment_id}: {before} -> {to_status} is not allowed")
-    set_committed_value(experiment, "status", to_status.value)
+    set_committed_value(experiment, "status", to_status)
     log.info("experiment %s: %s -> %s", experiment_id, before, to_status.value)
 
 

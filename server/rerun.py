@@ -91,7 +91,7 @@ def verdict(session: Session, experiment: Experiment) -> Verdict:
     claims = {int(c["seed"]): c for c in claims_of(experiment)}
     rows = [_seed_row(run, claims.get(run.seed)) for run in runs]
     failed, reasons = _rule_failures(rows)
-    test = score_test(list(claims.values()), [r for r in runs if r.status == RunStatus.succeeded.value],
+    test = score_test(list(claims.values()), [r for r in runs if r.status == RunStatus.succeeded],
                       tolerance, alpha)
     live = any(run.status not in FINAL_RUN_STATUSES for run in runs)
     outcome, more = _outcome(live, failed, reasons, test)
@@ -105,11 +105,11 @@ def _seed_row(run: Run, claimed: dict[str, Any] | None) -> SeedRow:
     diff = {key: (mine[key] - claimed[key]) if mine[key] is not None and claimed.get(key) is not None else None
             for key in mine}
     row = SeedRow(run.seed, run.status, run.id, {k: claimed.get(k) for k in mine}, mine, diff)
-    if run.status == RunStatus.failed.value:
+    if run.status == RunStatus.failed:
         row.failed.append("crash")
         tail = "\n".join((run.last_log_lines or "").splitlines()[-LAST_LINES:])
         row.crash = f"{run.reason or 'failed'}" + (f"; last log lines:\n{tail}" if tail else "")
-    elif run.status == RunStatus.succeeded.value:
+    elif run.status == RunStatus.succeeded:
         if run.bytes_total is not None and run.bytes_total > MAX_BYTES_TOTAL:
             row.failed.append("bytes")
         if run.train_time_s is not None and run.train_time_s > MAX_TRAIN_SECONDS:

@@ -54,8 +54,8 @@ def check_declared(session: Session, named_id: int | None, *, kind: str) -> None
     named = session.get(Experiment, named_id)
     if named is None:
         raise ValueError(f"{FIELD}: experiment {named_id} not found")
-    if named.status != ExperimentStatus.finished.value or named.mean_val_bpb is None:
-        state = "finished without a score" if named.status == ExperimentStatus.finished.value else named.status
+    if named.status != ExperimentStatus.finished or named.mean_val_bpb is None:
+        state = "finished without a score" if named.status == ExperimentStatus.finished else named.status
         raise ValueError(f"{FIELD}: experiment {named_id} is {state}; a systems-only change is "
                          "judged against a finished experiment with a score")
     if kind == "trainer" and named.kind != "trainer":
@@ -92,7 +92,7 @@ def judge(session: Session, experiment: Experiment, runs: list[Run],
         return verdict | {"applies": False, "granted": False, "reasons": [],
                           "rule": f"systems-only change of {of}: the non-record track tests no "
                                   "record, so there is nothing to waive"}
-    if named is None or named.status != ExperimentStatus.finished.value or named.mean_val_bpb is None:
+    if named is None or named.status != ExperimentStatus.finished or named.mean_val_bpb is None:
         reason = f"systems-only change of {of}: it is not finished with a score now"
         return verdict | {"applies": True, "granted": False, "reasons": [reason], "rule": reason}
     ml, differences = _ml(experiment, named)
