@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
 
@@ -57,29 +59,35 @@ def director_for(folder: Path, poll_s: float, sshd: Sshd | None) -> RunDirector:
     return RunDirector(settings, engine, bundle=TrainerBundle(FAKE_TRAINER), finalize=lambda s, e: None)
 
 
+@contextmanager
+def _director(provider: str, poll_s: float) -> Iterator[RunDirector]:
+    """A director in a fresh temporary folder; for `ssh`, with an sshd of its own until the end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        sshd = _sshd(folder) if provider == "ssh" else None
+        try:
+            yield director_for(folder, poll_s, sshd)
+        finally:
+            if sshd is not None:
+                sshd.stop()
+
+
 def overhead(runs: int, poll_s: float) -> None:
     print(f"overhead per run (poll every {poll_s:g} s, fake trainer, {runs} runs each)")
     for provider in ("local", "ssh"):
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            sshd = _sshd(folder) if provider == "ssh" else None
-            director = director_for(folder, poll_s, sshd)
-            walls, own = [], []
-            try:
-                for i in range(runs):
-                    run_id = new_run(director.engine, provider=provider, seed=i, fake_pause_s=1.0)
-                    start = time.time()
-                    run = drive(director, run_id, until={"succeeded", "failed"}, timeout_s=120)  # type: ignore[arg-type]
-                    walls.append(time.time() - start)
-                    assert run.status == "succeeded", run.reason
-                    pod = Path(run.remote_dir or "")
-                    own.append((pod / "results.json").stat().st_mtime - (pod / "starts").stat().st_mtime)
-            finally:
-                if sshd is not None:
-                    sshd.stop()
-            spent = [w - o for w, o in zip(walls, own, strict=True)]
-            print(f"  {provider:5} wall {statistics.median(walls):.2f} s, trainer {statistics.median(own):.2f} s, "
-                  f"overhead {statistics.median(spent):.2f} s (min {min(spent):.2f}, max {max(spent):.2f})")
+        walls, own = [], []
+        with _director(provider, poll_s) as director:
+            for i in range(runs):
+                run_id = new_run(director.engine, provider=provider, seed=i, fake_pause_s=1.0)
+                start = time.time()
+                run = drive(director, run_id, until={"succeeded", "failed"}, timeout_s=120)  # type: ignore[arg-type]
+                walls.append(time.time() - start)
+                assert run.status == "succeeded", run.reason
+                pod = Path(run.remote_dir or "")
+                own.append((pod / "results.json").stat().st_mtime - (pod / "starts").stat().st_mtime)
+        spent = [w - o for w, o in zip(walls, own, strict=True)]
+        print(f"  {provider:5} wall {statistics.median(walls):.2f} s, trainer {statistics.median(own):.2f} s, "
+              f"overhead {statistics.median(spent):.2f} s (min {min(spent):.2f}, max {max(spent):.2f})")
 
 
 STAMPER = """\
@@ -94,32 +102,25 @@ def latency(lines: int, poll_s: float) -> None:
     """Drives a sleeping fake run and appends stamped lines to its train.log from outside."""
     print(f"log latency pod file → database row (poll every {poll_s:g} s, {lines} lines)")
     for provider in ("local", "ssh"):
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            sshd = _sshd(folder) if provider == "ssh" else None
-            director = director_for(folder, poll_s, sshd)
-            try:
-                run_id = new_run(director.engine, provider=provider, fake_mode="sleep")
-                drive(director, run_id, until={"running"}, timeout_s=60)  # type: ignore[arg-type]
-                while read_run(director.engine, run_id).log_offset == 0:
-                    director.advance(run_id)
-                log = Path(read_run(director.engine, run_id).remote_dir or "", "train.log")
-                writer = subprocess.Popen([sys.executable, "-c", STAMPER, str(log), str(lines)])
-                while writer.poll() is None:  # as the worker does: the next look after poll_s
-                    if not director.advance(run_id):
-                        time.sleep(poll_s)
-                for _ in range(int(3 / poll_s) + 2):
-                    director.advance(run_id)
+        with _director(provider, poll_s) as director:
+            run_id = new_run(director.engine, provider=provider, fake_mode="sleep")
+            drive(director, run_id, until={"running"}, timeout_s=60)  # type: ignore[arg-type]
+            while read_run(director.engine, run_id).log_offset == 0:
+                director.advance(run_id)
+            log = Path(read_run(director.engine, run_id).remote_dir or "", "train.log")
+            writer = subprocess.Popen([sys.executable, "-c", STAMPER, str(log), str(lines)])
+            while writer.poll() is None:  # as the worker does: the next look after poll_s
+                if not director.advance(run_id):
                     time.sleep(poll_s)
-                delays = _stamp_delays(director, run_id)
-                _cancel(director, run_id)
-            finally:
-                if sshd is not None:
-                    sshd.stop()
-            delays.sort()
-            p95 = delays[min(len(delays) - 1, int(0.95 * len(delays)))]
-            print(f"  {provider:5} {len(delays)} lines: median {statistics.median(delays) * 1000:.0f} ms, "
-                  f"p95 {p95 * 1000:.0f} ms")
+            for _ in range(int(3 / poll_s) + 2):
+                director.advance(run_id)
+                time.sleep(poll_s)
+            delays = _stamp_delays(director, run_id)
+            _cancel(director, run_id)
+        delays.sort()
+        p95 = delays[min(len(delays) - 1, int(0.95 * len(delays)))]
+        print(f"  {provider:5} {len(delays)} lines: median {statistics.median(delays) * 1000:.0f} ms, "
+              f"p95 {p95 * 1000:.0f} ms")
 
 
 def _stamp_delays(director: RunDirector, run_id: int) -> list[float]:

@@ -36,6 +36,7 @@ from server.statistics import (
     Significance,
     Units,
     bytes_per_token,
+    checked_units,
     one_sample_test,
     scale,
     welch_test,
@@ -176,7 +177,7 @@ def test_in_units(session: Session, experiment: Experiment,
     """The experiment's test in `units`, against the reference its stored result used (else
     the one it would use now). Raises ValueError naming `units` when the test cannot be made
     in them (per token without seeds that state val_loss, or no reference at all)."""
-    units = _units(units)
+    units = checked_units(units)
     assert experiment.id is not None
     against = (experiment.stats or {}).get("reference") or resolve(session, experiment)
     if against["kind"] == "experiment" and session.get(Experiment, against["experiment_id"]) is None:
@@ -190,14 +191,6 @@ def test_in_units(session: Session, experiment: Experiment,
     if significance is None:
         raise ValueError(f"units: nothing to test against ({against['source']})")
     return significance, against
-
-
-def _units(units: Units | str) -> Units:
-    try:
-        return Units(units)
-    except ValueError:
-        choices = ", ".join(u.value for u in Units)
-        raise ValueError(f"units: {units!r} is not one of {choices}") from None
 
 
 def _experiment(session: Session, reference_id: int, source: str) -> dict[str, Any]:

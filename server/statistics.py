@@ -129,7 +129,7 @@ def one_sample_test(
     max_seeds: int = MAX_SEEDS,
 ) -> Significance:
     """Test whether the mean of `scores` lies below `reference` − 0.005 nats (in `units`)."""
-    units = _checked_units(units)
+    units = checked_units(units)
     values = _checked_scores(scores, "scores")
     reference = _checked_number(reference, "reference")
     _check_alpha(alpha)
@@ -165,7 +165,7 @@ def welch_test(
 ) -> Significance:
     """Test whether mean(scores) lies below mean(reference_scores) − 0.005 nats (in `units`),
     without assuming equal variances (Welch–Satterthwaite degrees of freedom)."""
-    units = _checked_units(units)
+    units = checked_units(units)
     values = _checked_scores(scores, "scores")
     reference = _checked_scores(reference_scores, "reference_scores")
     _check_alpha(alpha)
@@ -273,7 +273,8 @@ def _more_seeds(summary: _Summary, alpha: float, p: float, t: float, max_seeds: 
                   f"mean and std hold")
 
 
-def _checked_units(units: Units | str) -> Units:
+def checked_units(units: Units | str) -> Units:
+    """`units` as Units; a ValueError naming the choices if it is none of them."""
     try:
         return Units(units)
     except ValueError:

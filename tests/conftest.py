@@ -3,7 +3,7 @@ fresh PostgreSQL database) with settings pointing at it and a session. Tests tak
 `database_url` run on both."""
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,6 +63,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     engine.dispose()
+
+
+@pytest.fixture
+def setting(settings_env: None, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], None]:
+    """`setting(NAME, value)`: one more variable over settings_env's, the cached settings dropped
+    (settings_env drops them again when the test ends)."""
+
+    def set_one(name: str, value: str) -> None:
+        monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+
+    return set_one
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,32 +124,42 @@ def evaluate(
     batch_seqs = local_batch_tokens // seq_len
     total_seqs = (val_tokens.numel() - 1) // seq_len
     first, last = (total_seqs * rank) // world_size, (total_seqs * (rank + 1)) // world_size
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    token_count = torch.zeros((), device=device, dtype=torch.float64)
-    byte_count = torch.zeros((), device=device, dtype=torch.float64)
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else nullcontext()
-    )
+
+    def score(start: int, totals: list[Tensor]) -> None:
+        end = min(start + batch_seqs, last)
+        span = val_tokens[start * seq_len : end * seq_len + 1]
+        span = span.to(device=device, dtype=torch.int64, non_blocking=True)
+        x = span[:-1].reshape(-1, seq_len)  # [sequences, seq_len]
+        y = span[1:].reshape(-1, seq_len)
+        with autocast_for(device):
+            loss = model(x, y).detach()
+        totals[0] += loss.to(torch.float64) * float(y.numel())
+        totals[1] += float(y.numel())
+        totals[2] += tables.target_bytes(x.reshape(-1), y.reshape(-1)).to(torch.float64).sum()
+
+    return _score_batches(model, range(first, last, batch_seqs), score, device, deadline)
+
+
+def _score_batches(
+    model: nn.Module,
+    starts: range,
+    score: Callable[[int, list[Tensor]], None],
+    device: torch.device,
+    deadline: float | None,
+) -> ValResult:
+    """`score(start, totals)` for each batch start in `starts`, under inference mode, until the
+    deadline; it adds to totals = [loss sum, target tokens, target bytes] (float64 scalars)."""
+    totals = [torch.zeros((), device=device, dtype=torch.float64) for _ in range(3)]
     complete = True
     model.eval()
     with torch.inference_mode():
-        for start in range(first, last, batch_seqs):
-            if start > first and _past(deadline):
+        for start in starts:
+            if start > starts.start and _past(deadline):
                 complete = False
                 break
-            end = min(start + batch_seqs, last)
-            span = val_tokens[start * seq_len : end * seq_len + 1]
-            span = span.to(device=device, dtype=torch.int64, non_blocking=True)
-            x = span[:-1].reshape(-1, seq_len)  # [sequences, seq_len]
-            y = span[1:].reshape(-1, seq_len)
-            with autocast:
-                loss = model(x, y).detach()
-            loss_sum += loss.to(torch.float64) * float(y.numel())
-            token_count += float(y.numel())
-            byte_count += tables.target_bytes(x.reshape(-1), y.reshape(-1)).to(torch.float64).sum()
+            score(start, totals)
     model.train()
+    loss_sum, token_count, byte_count = totals
     return _reduce(loss_sum, token_count, byte_count, complete, device)
 
 
@@ -220,25 +231,13 @@ def evaluate_sliding(
     windows = sliding_windows(targets, window, stride)
     first, last = (len(windows) * rank) // world_size, (len(windows) * (rank + 1)) // world_size
     offsets = torch.arange(window, device=device)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    token_count = torch.zeros((), device=device, dtype=torch.float64)
-    byte_count = torch.zeros((), device=device, dtype=torch.float64)
-    complete = True
-    model.eval()
-    with torch.inference_mode():
-        for i in range(first, last, batch_seqs):
-            if i > first and _past(deadline):
-                complete = False
-                break
-            batch = windows[i : min(i + batch_seqs, last)]
-            x, y, losses = _window_losses(model, val_tokens, batch, window, batch_seqs, device)
-            score_from = torch.tensor([o for _, o in batch], device=device)[:, None]
-            scored = offsets[None, :] >= score_from  # [windows, window]
-            loss_sum += losses.to(torch.float64)[scored].sum()
-            token_count += float(scored.sum().item())
-            byte_count += tables.target_bytes(x, y)[scored].to(torch.float64).sum()
-    model.train()
-    return _reduce(loss_sum, token_count, byte_count, complete, device)
+
+    def score(i: int, totals: list[Tensor]) -> None:
+        batch = windows[i : min(i + batch_seqs, last)]
+        _score_windows(model, val_tokens, tables, batch, window, batch_seqs, offsets, totals,
+                       device, None)
+
+    return _score_batches(model, range(first, last, batch_seqs), score, device, deadline)
 
 
 def _window_losses(model, val_tokens, batch, window, batch_seqs, device):

@@ -776,46 +776,34 @@ def score_model(
 
     Artifacts written before sliding evaluation existed have no eval_mode: standard.
     """
-    common = dict(rank=launch.rank, world_size=launch.world_size, device=launch.device)
-    if settings.get("ttt_epochs", 0) > 0:
+    common = dict(
+        rank=launch.rank, world_size=launch.world_size, device=launch.device, deadline=deadline
+    )
+    ttt_epochs = settings.get("ttt_epochs", 0)
+    if ttt_epochs <= 0 and settings.get("eval_mode", "standard") != "sliding":
+        return evaluate(
+            model,
+            val_tokens,
+            tables,
+            seq_len=settings["train_seq_len"],
+            local_batch_tokens=settings["val_batch_size"] // MICRO_BATCHES,
+            **common,
+        )
+    windows = dict(
+        window=settings["eval_seq_len"],
+        stride=settings["eval_stride"],
+        batch_seqs=settings["eval_batch_seqs"],
+    )
+    if ttt_epochs > 0:
         ttt = TTTSettings(
             chunk_tokens=settings["ttt_chunk_tokens"],
-            epochs=settings["ttt_epochs"],
+            epochs=ttt_epochs,
             lr=settings["ttt_lr"],
             momentum=settings["ttt_momentum"],
             seq_len=settings["eval_seq_len"],
         )
-        return evaluate_ttt(
-            model,
-            val_tokens,
-            tables,
-            ttt,
-            window=settings["eval_seq_len"],
-            stride=settings["eval_stride"],
-            batch_seqs=settings["eval_batch_seqs"],
-            deadline=deadline,
-            **common,
-        )
-    if settings.get("eval_mode", "standard") == "sliding":
-        return evaluate_sliding(
-            model,
-            val_tokens,
-            tables,
-            window=settings["eval_seq_len"],
-            stride=settings["eval_stride"],
-            batch_seqs=settings["eval_batch_seqs"],
-            deadline=deadline,
-            **common,
-        )
-    return evaluate(
-        model,
-        val_tokens,
-        tables,
-        seq_len=settings["train_seq_len"],
-        local_batch_tokens=settings["val_batch_size"] // MICRO_BATCHES,
-        deadline=deadline,
-        **common,
-    )
+        return evaluate_ttt(model, val_tokens, tables, ttt, **windows, **common)
+    return evaluate_sliding(model, val_tokens, tables, **windows, **common)
 
 
 def _cpu_fused_adam() -> bool:

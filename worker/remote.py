@@ -4,10 +4,13 @@ A `Remote` is one open connection to a pod: the local machine (a subprocess) or 
 host over SSH. Paths are POSIX paths on the pod.
 """
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
-from worker.errors import StepFailed
+from worker.errors import RemoteError, StepFailed
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,25 @@ def run_or_fail(remote: Remote, command: str) -> None:
     result = remote.run(command, timeout_s=60)
     if not result.ok:
         raise StepFailed(f"command on the pod failed ({command.split()[0]}): {result.stderr.strip()[-200:]}")
+
+
+def copy_to_local(copy: Callable[[str, str], object], path: str, local_path: str, where: str) -> int:
+    """`Remote.get` given the transport's `copy(pod path, local path)`: copy to a temp name, then
+    rename; RemoteError naming the pod (`where`) if the file is not there."""
+    tmp = f"{local_path}.tmp"
+    try:
+        copy(path, tmp)
+    except FileNotFoundError:
+        raise RemoteError(f"{path} does not exist on {where}") from None
+    Path(tmp).replace(local_path)
+    return Path(local_path).stat().st_size
+
+
+def read_slice(open_file: Callable[[], AbstractContextManager[Any]], offset: int, limit: int) -> bytes:
+    """`Remote.read_from` given how to open the pod file for binary reading."""
+    try:
+        with open_file() as handle:
+            handle.seek(offset)
+            return handle.read(limit)
+    except FileNotFoundError:
+        return b""

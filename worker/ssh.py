@@ -17,7 +17,7 @@ from pathlib import Path
 import paramiko
 
 from worker.errors import CommandTimeout, ConnectError, HostKeyMismatch, RemoteError
-from worker.remote import CommandResult
+from worker.remote import CommandResult, copy_to_local, read_slice
 
 log = logging.getLogger(__name__)
 
@@ -148,21 +148,11 @@ class SSHRemote:
         return expected
 
     def get(self, path: str, local_path: str) -> int:
-        tmp = f"{local_path}.tmp"
-        try:
-            self._sftp_client().get(path, tmp)
-        except FileNotFoundError:
-            raise RemoteError(f"{path} does not exist on {self.target}") from None
-        Path(tmp).replace(local_path)
-        return Path(local_path).stat().st_size
+        return copy_to_local(lambda pod, local: self._sftp_client().get(pod, local), path, local_path,
+                             str(self.target))
 
     def read_from(self, path: str, offset: int, limit: int) -> bytes:
-        try:
-            with self._sftp_client().open(path, "rb") as handle:
-                handle.seek(offset)
-                return handle.read(limit)
-        except FileNotFoundError:
-            return b""
+        return read_slice(lambda: self._sftp_client().open(path, "rb"), offset, limit)
 
     def exists(self, path: str) -> bool:
         try:

@@ -54,11 +54,6 @@ class RedisServer:
             self.process.wait(timeout=10)
         self.process = None
 
-    def restart(self, down_s: float) -> None:
-        self.stop()
-        time.sleep(down_s)
-        self.start()
-
 
 class FaultStack:
     """A worker and a beat, each in its own process group so a test can kill one whole."""

@@ -4,12 +4,13 @@ reconcile passes. Real processes throughout (PostgreSQL, Redis, a Celery
 worker and beat, sshd); only the trainer is the fake one, so a run lasts as long as asked."""
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
 
-from server.models import LogChunk
+from server.models import LogChunk, Run
 from tests.faults.conftest import new_ssh_run, wait_run
 from tests.worker.runpod_standin import ACCOUNT_KEY, RunPodStandIn
 
@@ -28,43 +29,42 @@ def stored_log(engine, run_id: int) -> bytes:
     return "".join(c.text for c in chunks).encode()
 
 
-def test_kill_9_of_the_worker_while_training(fault_stack, fault_db):
-    _, engine = fault_db
-    run_id = new_ssh_run(engine, fake_log_lines=400, fake_pause_s=6)
+def succeeds_through(engine, stop: Callable[[], None], start: Callable[[], None], down_s: float,
+                     **fake: object) -> Run:
+    """An SSH run whose log streams when `stop()` takes a part away and `start()` brings it back
+    `down_s` later: the run still succeeds."""
+    run_id = new_ssh_run(engine, **fake)
     wait_run(engine, run_id, lambda r: r.status == "running" and r.log_offset > 0)
-    fault_stack.kill_worker()
-    time.sleep(1)
-    fault_stack.start_worker()
+    stop()
+    time.sleep(down_s)
+    start()
     run = wait_run(engine, run_id, lambda r: r.status in ENDED)
     assert run.status == "succeeded", run.reason
+    return run
+
+
+def test_kill_9_of_the_worker_while_training(fault_stack, fault_db):
+    _, engine = fault_db
+    run = succeeds_through(engine, fault_stack.kill_worker, fault_stack.start_worker, 1,
+                           fake_log_lines=400, fake_pause_s=6)
     assert run.bytes_total and run.val_bpb == 1.48
     starts = Path(run.remote_dir, "starts").read_text().split()
     assert len(starts) == 1  # exactly one trainer process ever ran
-    assert stored_log(engine, run_id) == Path(run.remote_dir, "train.log").read_bytes()
+    assert stored_log(engine, run.id) == Path(run.remote_dir, "train.log").read_bytes()
 
 
 def test_sshd_stopped_and_restarted_while_the_log_streams(fault_stack, fault_db, sshd):
     _, engine = fault_db
-    run_id = new_ssh_run(engine, fake_log_lines=3000, fake_pause_s=5)
-    wait_run(engine, run_id, lambda r: r.status == "running" and r.log_offset > 0)
-    sshd.stop()
-    time.sleep(2)
-    sshd.start()
-    run = wait_run(engine, run_id, lambda r: r.status in ENDED)
-    assert run.status == "succeeded", run.reason
+    run = succeeds_through(engine, sshd.stop, sshd.start, 2, fake_log_lines=3000, fake_pause_s=5)
     pod_log = Path(run.remote_dir, "train.log").read_bytes()
-    assert len(pod_log) > 100_000 and stored_log(engine, run_id) == pod_log
+    assert len(pod_log) > 100_000 and stored_log(engine, run.id) == pod_log
 
 
 def test_redis_restarted_mid_run(fault_stack, fault_db, redis_server):
     _, engine = fault_db
-    run_id = new_ssh_run(engine, fake_log_lines=400, fake_pause_s=6)
-    wait_run(engine, run_id, lambda r: r.status == "running" and r.log_offset > 0)
-    redis_server.restart(down_s=2)
-    run = wait_run(engine, run_id, lambda r: r.status in ENDED)
-    assert run.status == "succeeded", run.reason
+    run = succeeds_through(engine, redis_server.stop, redis_server.start, 2, fake_log_lines=400, fake_pause_s=6)
     assert len(Path(run.remote_dir, "starts").read_text().split()) == 1
-    assert stored_log(engine, run_id) == Path(run.remote_dir, "train.log").read_bytes()
+    assert stored_log(engine, run.id) == Path(run.remote_dir, "train.log").read_bytes()
 
 
 def test_a_stray_runpod_pod_is_ended_within_two_reconcile_intervals(fault_stack, sshd):

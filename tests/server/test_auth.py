@@ -1,7 +1,7 @@
 """Who may do what: tokens stored hashed, every change needs one, owners and admins."""
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
@@ -10,7 +10,6 @@ from sqlmodel import Session
 
 from app.main import create_app
 from server.auth import Role, create_token, revoke_token
-from server.config import get_settings
 from tests.factories import make_experiment, make_run
 
 SPEC = {"name": "wd 0.04", "preset": "baseline", "seeds": [1, 2, 3]}
@@ -85,11 +84,8 @@ def test_only_the_owner_or_an_admin_may_cancel(settings_env: None, member: str,
 
 
 @pytest.fixture
-def private_reads(settings_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("CADDIE_PUBLIC_READ", "false")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def private_reads(setting: Callable[[str, str], None]) -> None:
+    setting("CADDIE_PUBLIC_READ", "false")
 
 
 def test_reading_is_public_by_default(anonymous: TestClient) -> None:

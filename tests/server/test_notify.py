@@ -2,7 +2,7 @@
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -40,11 +40,8 @@ class Webhook:
 
 
 @pytest.fixture
-def webhook_env(settings_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("CADDIE_WEBHOOK_URL", "http://127.0.0.1:9/hook")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def webhook_env(setting: Callable[[str, str], None]) -> None:
+    setting("CADDIE_WEBHOOK_URL", "http://127.0.0.1:9/hook")
 
 
 def notifications(data_dir: Path) -> list[dict[str, object]]:

@@ -3,7 +3,7 @@ track (the only test that decides record-eligibility), and against a reference c
 submission when there is one; in nats per token of the experiment's validation set."""
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from server import reference
-from server.config import get_settings
 from server.models import Experiment
 from tests.factories import LOSS_PER_BPB, make_finished_experiment
 
@@ -21,11 +20,8 @@ T0 = datetime(2026, 3, 20, tzinfo=UTC)
 
 
 @pytest.fixture
-def record(settings_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("CADDIE_RECORD_BPB", str(RECORD))
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def record(setting: Callable[[str, str], None]) -> None:
+    setting("CADDIE_RECORD_BPB", str(RECORD))
 
 
 def test_without_an_eligible_experiment_the_standing_record_is_the_reference(

@@ -17,6 +17,7 @@ import pytest
 
 from tests.corpora import write_docstring_corpus
 from tests.fixture_files import TOKENIZERS as TOKENIZERS
+from trainer import contract
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS_BYTES = 400_000  # enough text for a 512-piece BPE and a few thousand val tokens
@@ -74,32 +75,41 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 
 
 @dataclass(frozen=True)
-class TinyRun:
+class TrainedRun:
     out: Path
     config_path: Path
     results: dict
     stdout: str
 
+    def again(self, out: Path, env: dict[str, str] | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Train on the same run.json into `out`, with `env` overriding it."""
+        return trainer_cmd("train", "--config", str(self.config_path), "--out", str(out),
+                           env=env, timeout=timeout)
 
-@pytest.fixture(scope="session")
-def tiny_run(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
-    """One full `python -m trainer train` of the tiny preset (fewer steps) on CPU."""
-    root = tmp_path_factory.mktemp("tiny_run")
+
+def train(values: dict, root: Path) -> TrainedRun:
+    """`python -m trainer train` on a run.json of `values` in `root`, into root/run; it must succeed."""
     config_path = root / "run.json"
-    config_path.write_text(
-        json.dumps(
-            {
-                "preset": "tiny",
-                "data_path": str(dataset.data_path),
-                "tokenizer_path": str(dataset.tokenizer),
-                "iterations": TINY_STEPS,
-                "warmdown_iters": 8,
-                "seed": 7,
-            }
-        )
-    )
+    config_path.write_text(json.dumps(values))
     out = root / "run"
     done = trainer_cmd("train", "--config", str(config_path), "--out", str(out), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    return TinyRun(out, config_path, results, done.stdout)
+    results = json.loads((out / contract.RESULTS).read_text())
+    return TrainedRun(out, config_path, results, done.stdout)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """One full `python -m trainer train` of the tiny preset (fewer steps) on CPU."""
+    return train(
+        {
+            "preset": "tiny",
+            "data_path": str(dataset.data_path),
+            "tokenizer_path": str(dataset.tokenizer),
+            "iterations": TINY_STEPS,
+            "warmdown_iters": 8,
+            "seed": 7,
+        },
+        tmp_path_factory.mktemp("tiny_run"),
+    )

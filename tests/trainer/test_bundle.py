@@ -12,7 +12,7 @@ from pathlib import Path
 
 from trainer import contract
 
-from .conftest import TinyRun, trainer_cmd
+from .conftest import TrainedRun, trainer_cmd
 
 
 def step_lines(log: str) -> list[str]:
@@ -46,7 +46,7 @@ def test_the_single_file_is_readable_python_with_a_section_per_module(tmp_path: 
     assert "b85decode" not in text
 
 
-def test_the_single_file_trains_like_the_package(tiny_run: TinyRun, tmp_path: Path):
+def test_the_single_file_trains_like_the_package(tiny_run: TrainedRun, tmp_path: Path):
     built = trainer_cmd("bundle", "--single-file", "--out", str(tmp_path))
     assert built.returncode == 0, built.stderr
     script = tmp_path / "train_gpt.py"
@@ -66,7 +66,7 @@ def test_the_single_file_trains_like_the_package(tiny_run: TinyRun, tmp_path: Pa
 
 
 def test_the_settings_become_the_defaults_and_the_environment_overrides_them(
-        tiny_run: TinyRun, tmp_path: Path):
+        tiny_run: TrainedRun, tmp_path: Path):
     settings = json.loads(tiny_run.config_path.read_text())
     paths = {"DATA_PATH": settings.pop("data_path"), "TOKENIZER_PATH": settings.pop("tokenizer_path")}
     (tmp_path / "settings.json").write_text(json.dumps(settings))
@@ -93,7 +93,7 @@ def test_the_settings_become_the_defaults_and_the_environment_overrides_them(
     assert results["seed"] == 8 and results["steps"] == 3
 
 
-def test_the_compressed_form_runs_the_readable_source_beside_it(tiny_run: TinyRun, tmp_path: Path):
+def test_the_compressed_form_runs_the_readable_source_beside_it(tiny_run: TrainedRun, tmp_path: Path):
     built = trainer_cmd("bundle", "--single-file", "--compressed", "--out", str(tmp_path))
     assert built.returncode == 0, built.stderr
     script, source = tmp_path / "train_gpt.py", tmp_path / "train_gpt_source.py"

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from trainer import contract
 from trainer.muon import Muon
 
-from .conftest import REPO, TinyRun, trainer_cmd
+from .conftest import REPO, TrainedRun, trainer_cmd
 
 
 def free_port() -> int:
@@ -61,7 +61,7 @@ def test_muon_shared_over_ranks_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_trains_and_its_artifact_scores_alone(tiny_run: TinyRun, tmp_path):
+def test_torchrun_two_ranks_trains_and_its_artifact_scores_alone(tiny_run: TrainedRun, tmp_path):
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -104,7 +104,7 @@ def val_losses(run_dir) -> list[float]:
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_rank_with_gradient_accumulation(tiny_run: TinyRun, tmp_path):
+def test_two_ranks_equal_one_rank_with_gradient_accumulation(tiny_run: TrainedRun, tmp_path):
     """Same global batch and seed: 2 gloo ranks x 4 micro-batches and 1 process x 8
     micro-batches see the same sequences, so they take the same steps."""
     env = {

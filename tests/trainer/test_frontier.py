@@ -15,14 +15,14 @@ from trainer import contract, hub
 from trainer.config import PRESETS, load_config
 from trainer.model import ModelShape, build_model
 
-from .conftest import TOKENIZERS, TinyRun, trainer_cmd
+from .conftest import TOKENIZERS, TrainedRun, trainer_cmd
 
 CAP_S, RESERVE_S = 4.0, 1.0
 
 
 @pytest.mark.slow
 def test_frontier_switches_train_within_the_reserved_budget_and_score_alone(
-    tiny_run: TinyRun, tmp_path
+    tiny_run: TrainedRun, tmp_path
 ):
     env = {
         "ITERATIONS": "100000",  # the cap stops training
@@ -41,8 +41,7 @@ def test_frontier_switches_train_within_the_reserved_budget_and_score_alone(
         "WARMUP_STEPS": "1",
         "TRAIN_LOG_EVERY": "1",
     }
-    done = trainer_cmd("train", "--config", str(tiny_run.config_path), "--out", str(tmp_path),
-                       env=env, timeout=300)
+    done = tiny_run.again(tmp_path, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     log = (tmp_path / contract.TRAIN_LOG).read_text()
     effective_ms = 1000 * (CAP_S - RESERVE_S)

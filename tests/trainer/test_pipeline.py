@@ -12,7 +12,7 @@ import sentencepiece as spm
 from trainer import contract
 from trainer.data import find_shards, read_shard
 
-from .conftest import REPO, TINY_STEPS, VAL_DOCS, VOCAB, Dataset, TinyRun, trainer_cmd
+from .conftest import REPO, TINY_STEPS, VAL_DOCS, VOCAB, Dataset, TrainedRun, trainer_cmd
 
 # --- data build -------------------------------------------------------------------------
 
@@ -89,7 +89,7 @@ def test_data_build_errors_name_the_missing_path(tmp_path):
 # --- train --------------------------------------------------------------------------------
 
 
-def test_tiny_run_writes_every_output_with_sane_values(tiny_run: TinyRun):
+def test_tiny_run_writes_every_output_with_sane_values(tiny_run: TrainedRun):
     r = tiny_run.results
     assert set(contract.RESULT_KEYS) <= set(r)
     assert r["steps"] == TINY_STEPS and r["seed"] == 7
@@ -115,7 +115,7 @@ def test_tiny_run_writes_every_output_with_sane_values(tiny_run: TinyRun):
     assert set(r["versions"]) == {"python", "torch", "numpy", "sentencepiece"}
 
 
-def test_code_bytes_are_the_trainer_package_files(tiny_run: TinyRun):
+def test_code_bytes_are_the_trainer_package_files(tiny_run: TrainedRun):
     r = tiny_run.results
     expected = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "trainer").glob("*.py"))
     expected = sorted([*expected, "trainer/schema.json"], key=lambda p: p.split("/")[-1])
@@ -128,7 +128,7 @@ def test_code_bytes_are_the_trainer_package_files(tiny_run: TinyRun):
     assert r["bytes_total"] == r["code_bytes"] + r["model_bytes"]
 
 
-def test_train_log_has_the_community_lines(tiny_run: TinyRun):
+def test_train_log_has_the_community_lines(tiny_run: TrainedRun):
     log = (tiny_run.out / contract.TRAIN_LOG).read_text()
     r = tiny_run.results
     assert log.startswith("run_id:")
@@ -172,7 +172,7 @@ def test_train_log_has_the_community_lines(tiny_run: TinyRun):
     assert exact in tiny_run.stdout
 
 
-def test_metrics_jsonl_holds_the_contract_events(tiny_run: TinyRun):
+def test_metrics_jsonl_holds_the_contract_events(tiny_run: TrainedRun):
     lines = (tiny_run.out / contract.METRICS).read_text().splitlines()
     events = [json.loads(line) for line in lines]
     by_kind: dict[str, list[dict]] = {}
@@ -195,7 +195,7 @@ def test_metrics_jsonl_holds_the_contract_events(tiny_run: TinyRun):
     assert times == sorted(times)
 
 
-def test_eval_in_a_fresh_process_reproduces_the_score_exactly(tiny_run: TinyRun):
+def test_eval_in_a_fresh_process_reproduces_the_score_exactly(tiny_run: TrainedRun):
     done = trainer_cmd("eval", "--artifact", str(tiny_run.out / contract.ARTIFACT), "--json")
     assert done.returncode == 0, done.stderr
     scored = json.loads(done.stdout)
@@ -205,7 +205,7 @@ def test_eval_in_a_fresh_process_reproduces_the_score_exactly(tiny_run: TinyRun)
     assert scored["artifact_sha256"] == tiny_run.results["artifact_sha256"]
 
 
-def test_eval_errors_are_one_line(tiny_run: TinyRun, tmp_path):
+def test_eval_errors_are_one_line(tiny_run: TrainedRun, tmp_path):
     missing = tmp_path / "none.ptz"
     done = trainer_cmd("eval", "--artifact", str(missing))
     assert done.returncode == 2 and done.stderr.strip() == f"error: artifact not found: {missing}"
@@ -215,15 +215,8 @@ def test_eval_errors_are_one_line(tiny_run: TinyRun, tmp_path):
     assert done.returncode == 2 and "no shards matching fineweb_val_*.bin" in done.stderr
 
 
-def test_bad_config_exits_2_naming_the_variable(tiny_run: TinyRun, tmp_path):
-    done = trainer_cmd(
-        "train",
-        "--config",
-        str(tiny_run.config_path),
-        "--out",
-        str(tmp_path),
-        env={"NUM_LAYERS": "abc"},
-    )
+def test_bad_config_exits_2_naming_the_variable(tiny_run: TrainedRun, tmp_path):
+    done = tiny_run.again(tmp_path, env={"NUM_LAYERS": "abc"})
     assert done.returncode == 2
     assert done.stderr.strip() == "error: NUM_LAYERS='abc' is not an int"
     bad = tmp_path / "run.json"
@@ -233,30 +226,21 @@ def test_bad_config_exits_2_naming_the_variable(tiny_run: TinyRun, tmp_path):
     assert not (tmp_path / contract.RESULTS).exists()
 
 
-def test_missing_data_exits_2_naming_the_path(tiny_run: TinyRun, tmp_path):
-    done = trainer_cmd(
-        "train",
-        "--config",
-        str(tiny_run.config_path),
-        "--out",
-        str(tmp_path),
-        env={"DATA_PATH": str(tmp_path / "void")},
-    )
+def test_missing_data_exits_2_naming_the_path(tiny_run: TrainedRun, tmp_path):
+    done = tiny_run.again(tmp_path, env={"DATA_PATH": str(tmp_path / "void")})
     assert done.returncode == 2
     assert f"DATA_PATH='{tmp_path / 'void'}' is not a directory" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_wallclock_cap_stops_training_early(dataset: Dataset, tiny_run: TinyRun, tmp_path):
+def test_wallclock_cap_stops_training_early(dataset: Dataset, tiny_run: TrainedRun, tmp_path):
     env = {
         "ITERATIONS": "100000",
         "MAX_WALLCLOCK_SECONDS": "1.0",
         "WARMUP_STEPS": "0",
         "VAL_MAX_TOKENS": "2048",
     }
-    done = trainer_cmd(
-        "train", "--config", str(tiny_run.config_path), "--out", str(tmp_path), env=env, timeout=120
-    )
+    done = tiny_run.again(tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / contract.RESULTS).read_text())
     log = (tmp_path / contract.TRAIN_LOG).read_text()

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from trainer import contract
 from trainer.quantize import HEADER_MAGIC
 
-from .conftest import Dataset, trainer_cmd
+from .conftest import Dataset, TrainedRun, train, trainer_cmd
 
 STEPS = 12
 VAL_TOKENS = 4096
@@ -48,28 +46,13 @@ SCALED = {
 }
 
 
-@dataclass(frozen=True)
-class RecordRun:
-    out: Path
-    config_path: Path
-    results: dict
-    log: str
-
-
 @pytest.fixture(scope="module")
-def record_run(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> RecordRun:
-    root = tmp_path_factory.mktemp("record_run")
-    config_path = root / "run.json"
+def record_run(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     values = {**SCALED, "data_path": str(dataset.data_path), "tokenizer_path": str(dataset.tokenizer)}
-    config_path.write_text(json.dumps(values))
-    out = root / "run"
-    done = trainer_cmd("train", "--config", str(config_path), "--out", str(out), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / contract.RESULTS).read_text())
-    return RecordRun(out, config_path, results, (out / contract.TRAIN_LOG).read_text())
+    return train(values, tmp_path_factory.mktemp("record_run"))
 
 
-def test_record_switches_train_export_and_score(record_run: RecordRun):
+def test_record_switches_train_export_and_score(record_run: TrainedRun):
     r = record_run.results
     assert set(contract.RESULT_KEYS) <= set(r)
     assert r["steps"] == STEPS and r["config"]["preset"] == "record"
@@ -84,8 +67,8 @@ def test_record_switches_train_export_and_score(record_run: RecordRun):
     assert r["val_bpb"] < r["config"]["vocab_size"] and abs(r["val_bpb"] - r["pre_quant_val_bpb"]) < 0.2
 
 
-def test_record_log_has_the_switch_lines(record_run: RecordRun):
-    log, r = record_run.log, record_run.results
+def test_record_log_has_the_switch_lines(record_run: TrainedRun):
+    log, r = (record_run.out / contract.TRAIN_LOG).read_text(), record_run.results
     late = re.search(r"^late_qat:enabled step:(\d+) scale:(\d\.\d{4}) bits:6$", log, re.M)
     assert late and float(late.group(2)) < 0.5 and 0 < int(late.group(1)) < STEPS
     assert "\nema:applying EMA weights\n" in log
@@ -98,7 +81,7 @@ def test_record_log_has_the_switch_lines(record_run: RecordRun):
     assert log.rstrip().endswith(exact)
 
 
-def test_record_artifact_scores_alone_to_the_same_number(record_run: RecordRun):
+def test_record_artifact_scores_alone_to_the_same_number(record_run: TrainedRun):
     artifact = record_run.out / record_run.results["artifact_file"]
     done = trainer_cmd("eval", "--artifact", str(artifact), "--json")
     assert done.returncode == 0, done.stderr
@@ -115,7 +98,7 @@ def test_record_artifact_scores_alone_to_the_same_number(record_run: RecordRun):
     )
 
 
-def test_an_eval_over_its_budget_stops_and_reports_it(record_run: RecordRun, tmp_path):
+def test_an_eval_over_its_budget_stops_and_reports_it(record_run: TrainedRun, tmp_path):
     env = {"ITERATIONS": "2", "EMA_DECAY": "0", "EVAL_MAX_SECONDS": "0.000001"}
     done = trainer_cmd(
         "train", "--config", str(record_run.config_path), "--out", str(tmp_path), env=env

@@ -12,14 +12,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.trainer.test_model import TINY_ENV, tiny_model
+from tests.trainer.test_model import CPU, TINY_ENV, batch, tiny_model
 from trainer.config import FIELDS, PRESETS, ConfigError, load_config
 from trainer.model import ModelShape, build_model, fake_quantize, layer_order
 from trainer.muon import Muon, build_optimizers, newton_schulz5
 from trainer.quantize import quantize_rows
 from trainer.train import WeightAverage, lr_scale
 
-CPU = torch.device("cpu")
 # The model switches and a value that turns each on.
 MODEL_SWITCHES = {
     "MLP_ACTIVATION": "leaky_relu2",
@@ -33,11 +32,6 @@ MODEL_SWITCHES = {
     "PARALLEL_LAST_N": "2",
     "RECUR_LAYERS": "2",
 }
-
-
-def batch():
-    g = torch.Generator().manual_seed(1)
-    return torch.randint(0, 64, (2, 16), generator=g), torch.randint(0, 64, (2, 16), generator=g)
 
 
 def perturbed_state(model) -> dict[str, torch.Tensor]:

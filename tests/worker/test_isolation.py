@@ -189,15 +189,20 @@ def test_a_hostile_script_on_local_reads_no_secret_and_cannot_touch_the_database
     assert not alive(child_pid(run))  # the setsid child went with the run, before its pod was released
 
 
-def test_a_setsid_child_is_gone_when_cancel_says_cancelled_on_local(local):
-    director, engine, settings = local
-    run_id = script_run(engine, "local", {"DATA_DIR": str(settings.data_dir), "LINGER": "1"})
+def cancel_a_lingering_script(director, engine, provider: str, data_dir: str) -> tuple[Run, int]:
+    """Cancel a running script that left a setsid child behind: (the ended run, the child's pid)."""
+    run_id = script_run(engine, provider, {"DATA_DIR": data_dir, "LINGER": "1"})
     run = drive(director, run_id, until={RunStatus.running}, timeout_s=60)
     pid = child_pid(run)
     assert alive(pid)
     with Session(engine) as session:
         update_run(session, run_id, fence=None, cancel_requested=True)
-    run = drive(director, run_id, until=FINAL, timeout_s=60)
+    return drive(director, run_id, until=FINAL, timeout_s=60), pid
+
+
+def test_a_setsid_child_is_gone_when_cancel_says_cancelled_on_local(local):
+    director, engine, settings = local
+    run, pid = cancel_a_lingering_script(director, engine, "local", str(settings.data_dir))
     assert (run.status, run.reason) == ("cancelled", "cancelled on request")
     assert not alive(pid)
 
@@ -213,16 +218,10 @@ def test_scripts_are_refused_on_local_when_the_worker_cannot_switch_accounts(loc
 @pytest.mark.sshd
 def test_a_setsid_child_is_gone_when_cancel_says_cancelled_over_ssh(ssh_settings, engine, finalized):
     director = RunDirector(ssh_settings, engine, bundle=TrainerBundle(FAKE_TRAINER), finalize=finalized)
-    run_id = script_run(engine, "ssh", {"DATA_DIR": "/nonexistent", "LINGER": "1"})
-    run = drive(director, run_id, until={RunStatus.running}, timeout_s=60)
-    pid = child_pid(run)
-    assert alive(pid)
-    with Session(engine) as session:
-        update_run(session, run_id, fence=None, cancel_requested=True)
-    run = drive(director, run_id, until=FINAL, timeout_s=60)
+    run, pid = cancel_a_lingering_script(director, engine, "ssh", "/nonexistent")
     assert run.status == "cancelled"
     assert not alive(pid)
-    assert read_run(engine, run_id).reason == "cancelled on request"
+    assert read_run(engine, run.id).reason == "cancelled on request"
 
 
 def test_the_same_script_run_unisolated_does_reach_the_secrets(local):

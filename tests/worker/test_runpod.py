@@ -275,8 +275,9 @@ def test_the_reconciler_ends_a_pod_past_its_deadline_and_the_run_fails(runpod_di
     assert run.status == "failed" and run.reason.startswith(f"its pod caddie-run-{run_id} was ended (past its deadline")
 
 
-def test_the_concurrent_pod_cap_makes_runs_wait_with_a_reason(runpod_director, runpod, engine, runpod_settings):
-    runpod_director.settings = runpod_settings.model_copy(update={"max_pods": 1})
+def second_run_behind_a_live_pod(runpod_director, runpod, engine) -> tuple[Run, Run]:
+    """A second run held back while a first one trains on its pod, then let go by cancelling
+    the first: (the second while it waits, the second when it has ended)."""
     first = new_run(engine, provider="runpod", fake_mode="sleep")
     second = new_run(engine, provider="runpod", seed=8)
     drive(runpod_director, first, until={RunStatus.running})
@@ -284,12 +285,17 @@ def test_the_concurrent_pod_cap_makes_runs_wait_with_a_reason(runpod_director, r
         runpod_director.advance(second)
     waiting = read_run(engine, second)
     assert waiting.status == "provisioning" and len(runpod.live()) == 1
-    assert waiting.reason == ("waiting for a pod: 1 runpod pods are up or ahead in line, "
-                              "the cap is 1 (CADDIE_MAX_PODS)")
     with Session(engine) as session:
         cancel_run(session, first)
     drive(runpod_director, first, until=FINAL)
-    run = drive(runpod_director, second, until=FINAL)
+    return waiting, drive(runpod_director, second, until=FINAL)
+
+
+def test_the_concurrent_pod_cap_makes_runs_wait_with_a_reason(runpod_director, runpod, engine, runpod_settings):
+    runpod_director.settings = runpod_settings.model_copy(update={"max_pods": 1})
+    waiting, run = second_run_behind_a_live_pod(runpod_director, runpod, engine)
+    assert waiting.reason == ("waiting for a pod: 1 runpod pods are up or ahead in line, "
+                              "the cap is 1 (CADDIE_MAX_PODS)")
     assert run.status == "succeeded" and run.reason is None and runpod.live() == []
 
 
@@ -383,19 +389,9 @@ def test_a_run_past_its_own_budget_usd_fails_before_renting(runpod_director, run
 
 def test_a_run_waits_while_live_pods_hold_the_overall_budget(runpod_director, runpod, engine, runpod_settings):
     runpod_director.settings = runpod_settings.model_copy(update={"budget_usd": 20.0})
-    first = new_run(engine, provider="runpod", fake_mode="sleep")
-    second = new_run(engine, provider="runpod", seed=8)
-    drive(runpod_director, first, until={RunStatus.running})
-    for _ in range(3):
-        runpod_director.advance(second)
-    waiting = read_run(engine, second)
-    assert waiting.status == "provisioning" and len(runpod.live()) == 1
+    waiting, run = second_run_behind_a_live_pod(runpod_director, runpod, engine)
     assert waiting.reason.startswith("waiting: a pod estimated at $12.73 would pass the budget "
                                      "(CADDIE_BUDGET_USD) of $20.00 ($0.")
-    with Session(engine) as session:
-        cancel_run(session, first)
-    drive(runpod_director, first, until=FINAL)
-    run = drive(runpod_director, second, until=FINAL)
     assert run.status == "succeeded" and runpod.live() == []
 
 

@@ -21,7 +21,7 @@ from server.models import Pod
 from server.states import LIVE_POD_STATUSES, PodStatus
 from worker.errors import CommandTimeout, RemoteError, StepFailed
 from worker.providers import Placement, Provider
-from worker.remote import CommandResult, Remote
+from worker.remote import CommandResult, Remote, copy_to_local, read_slice
 
 # The only variables a pod command inherits from the worker.
 PASSED_ENV = ("PATH", "HOME", "LANG", "TMPDIR")
@@ -53,21 +53,10 @@ class LocalRemote:
         return expected
 
     def get(self, path: str, local_path: str) -> int:
-        tmp = f"{local_path}.tmp"
-        try:
-            shutil.copyfile(path, tmp)
-        except FileNotFoundError:
-            raise RemoteError(f"{path} does not exist on the local pod") from None
-        Path(tmp).replace(local_path)
-        return Path(local_path).stat().st_size
+        return copy_to_local(shutil.copyfile, path, local_path, "the local pod")
 
     def read_from(self, path: str, offset: int, limit: int) -> bytes:
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                return handle.read(limit)
-        except FileNotFoundError:
-            return b""
+        return read_slice(lambda: open(path, "rb"), offset, limit)
 
     def exists(self, path: str) -> bool:
         return Path(path).exists()
