@@ -10,13 +10,11 @@ instead (lzma + base85, the same recipe as `python -m trainer bundle --compresse
 readable source beside it as `train_gpt_source.py` (not counted). The bytes counted in
 submission.json are the exported `train_gpt.py`'s plus each seed's artifact (docs/validation.md).
 
-The server imports no trainer module but the shared ones (docs/architecture.md), and
-`trainer/bundle.py` is not one: the single file's markers and compressed recipe are restated
-here, and a test checks they agree with it.
+The single file's format (its names, the Hyperparameters markers, the compressed recipe) is the
+shared module `trainer.singlefile`, which the trainer's bundle builder writes with.
 """
 
 import ast
-import base64
 import io
 import json
 import lzma
@@ -38,24 +36,18 @@ from server.models import Experiment, Run
 from server.records import IMPORT_PROVIDER, clean_text, run_log_bytes
 from server.states import RunStatus
 from server.workerfacts import WorkerFacts
+from trainer import singlefile
+from trainer.singlefile import (
+    HYPERPARAMETERS_START,
+    LOCAL_FIELDS,
+    PAYLOAD_NAME,
+    SCRIPT,
+    SOURCE,
+    compress,
+    with_settings,
+)
 
 TRACK = "10min_16mb"
-SCRIPT = "train_gpt.py"
-SOURCE = "train_gpt_source.py"  # the readable source beside a compressed script
-# Restated from trainer/bundle.py (the single file's contract; tests/server/test_export.py).
-HYPERPARAMETERS_START = "# ---- Hyperparameters: this run's settings (begin) ----"
-HYPERPARAMETERS_END = "# ---- Hyperparameters (end) ----"
-COMPRESSED_NAME = "SOURCE"  # the bytes literal of the compressed script
-PAYLOAD_LINE = 100
-COMPRESSED = '''"""Caddie's trainer, compressed (lzma + base85); the readable source is train_gpt_source.py.
-Run it as that file: `torchrun --standalone --nproc_per_node=8 train_gpt.py`."""
-import base64, lzma
-SOURCE = (
-{payload}
-)
-exec(compile(lzma.decompress(base64.b85decode(SOURCE)), __file__, "exec"))
-'''
-LOCAL_FIELDS = ("run_id",)  # never written into an exported script
 # The paths of the machine that ran it: an export shows the records' paths instead.
 PATH_FIELDS = ("data_path", "tokenizer_path")
 TORCHRUN = "torchrun --standalone --nproc_per_node=8"
@@ -201,22 +193,14 @@ def readable_source(script: bytes) -> str | None:
         return None
     for node in tree.body:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == COMPRESSED_NAME
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == PAYLOAD_NAME
                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, bytes)):
             try:
-                inner = lzma.decompress(base64.b85decode(node.value.value)).decode("utf-8")
+                inner = singlefile.decompress(node.value.value)
             except (ValueError, lzma.LZMAError, UnicodeDecodeError):
                 return None
             return inner if HYPERPARAMETERS_START in inner else None
     return None
-
-
-def compress(source: str) -> str:
-    """The records' compressed script that executes `source` (as trainer/bundle.py writes it)."""
-    raw = lzma.compress(source.encode("utf-8"), preset=9 | lzma.PRESET_EXTREME)
-    encoded = base64.b85encode(raw).decode()
-    lines = "\n".join(f"    b{encoded[i : i + PAYLOAD_LINE]!r}" for i in range(0, len(encoded), PAYLOAD_LINE))
-    return COMPRESSED.replace("{payload}", lines)
 
 
 def exported_settings(experiment: Experiment, runs: list[Run]) -> dict[str, Any]:
@@ -238,24 +222,6 @@ def exported_settings(experiment: Experiment, runs: list[Run]) -> dict[str, Any]
     settings["data_path"] = f"./data/datasets/fineweb10B_sp{vocab}"
     settings["tokenizer_path"] = f"./data/tokenizers/fineweb_{vocab}_bpe.model"
     return settings
-
-
-def hyperparameters_block(settings: dict[str, Any]) -> str:
-    """The Hyperparameters class between its markers (trainer/bundle.py writes the same)."""
-    lines = [HYPERPARAMETERS_START, "class Hyperparameters:",
-             "    # Each is overridden by the environment variable named like it in upper case.",
-             f"    preset = {settings.get('preset', 'baseline')!r}"]
-    lines += [f"    {name} = {value!r}" for name, value in settings.items()
-              if name != "preset" and name not in LOCAL_FIELDS]
-    lines.append(HYPERPARAMETERS_END)
-    return "\n".join(lines) + "\n"
-
-
-def with_settings(source: str, settings: dict[str, Any]) -> str:
-    """`source` with its Hyperparameters block replaced by `settings`."""
-    start = source.index(HYPERPARAMETERS_START)
-    end = source.index(HYPERPARAMETERS_END, start) + len(HYPERPARAMETERS_END) + 1
-    return source[:start] + hyperparameters_block(settings) + source[end:]
 
 
 # --- submission.json -----------------------------------------------------------------------

@@ -11,9 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # The trainer modules server/, web/, cli/ and worker/ may import, as docs/architecture.md
-# lists them: names, files and JSON keys (contract) and config resolution with the schema's
-# rules (config).
-SHARED_TRAINER_MODULES = frozenset({"trainer.contract", "trainer.config"})
+# lists them: names, files and JSON keys (contract), config resolution with the schema's
+# rules (config) and the single-file script's format (singlefile).
+SHARED_TRAINER_MODULES = frozenset({"trainer.contract", "trainer.config", "trainer.singlefile"})
 IMPORTERS = ("server", "web", "cli", "worker")
 OURS = {"app", "server", "web", "worker", "cli", "trainer", "migrations", "bench"}
 # package -> our packages it must never import (its own name is always allowed); the trainer

@@ -20,28 +20,20 @@ Torch-free: it reads the package's files as text.
 from __future__ import annotations
 
 import ast
-import base64
 import io
 import json
-import lzma
 import pprint
 import tokenize
 from pathlib import Path
 from typing import Any
 
 from trainer import contract
+from trainer.singlefile import SCRIPT, SOURCE, compress, hyperparameters_block
 
 BUNDLE_ENV = contract.BUNDLE_ENV
-BUNDLE_NAME = "train_gpt.py"
-SOURCE_NAME = "train_gpt_source.py"  # the readable source beside a compressed script
 PACKAGE = "trainer"
-SKIPPED = ("__init__.py", "bundle.py")  # a docstring; this builder
-LINE = 100  # payload characters per line of the compressed script
+SKIPPED = ("__init__.py", "bundle.py", "singlefile.py")  # a docstring; this builder; its format
 RULE = "# " + "=" * 98
-HYPERPARAMETERS_START = "# ---- Hyperparameters: this run's settings (begin) ----"
-HYPERPARAMETERS_END = "# ---- Hyperparameters (end) ----"
-# Machine-local settings a readable script must not carry: the records' own defaults stand.
-LOCAL_FIELDS = ("run_id",)
 
 HEADER = '''"""Caddie's trainer as one file, in the records' style.
 
@@ -69,16 +61,6 @@ ENTRY = '''if __name__ == "__main__":
     sys.exit(main(sys.argv[1:] or ["train"], settings=settings))
 '''
 
-COMPRESSED = '''"""Caddie's trainer, compressed (lzma + base85); the readable source is train_gpt_source.py.
-Run it as that file: `torchrun --standalone --nproc_per_node=8 train_gpt.py`."""
-import base64, lzma
-SOURCE = (
-{payload}
-)
-exec(compile(lzma.decompress(base64.b85decode(SOURCE)), __file__, "exec"))
-'''
-
-
 def package_dir() -> Path:
     return Path(__file__).resolve().parent
 
@@ -89,22 +71,14 @@ def build_single_file(package: Path, out: str | Path, *, settings: dict[str, Any
     train_gpt.py); with `compressed`, the readable source goes beside it. Returns its path."""
     out = Path(out)
     if out.is_dir():
-        out = out / BUNDLE_NAME
+        out = out / SCRIPT
     source = flatten(package, settings)
     if compressed:
-        out.with_name(SOURCE_NAME).write_text(source, encoding="utf-8")
+        out.with_name(SOURCE).write_text(source, encoding="utf-8")
         out.write_text(compress(source), encoding="utf-8")
     else:
         out.write_text(source, encoding="utf-8")
     return out
-
-
-def compress(source: str) -> str:
-    """The compressed script that executes `source` (lzma preset 9e, base85, 100 per line)."""
-    raw = lzma.compress(source.encode("utf-8"), preset=9 | lzma.PRESET_EXTREME)
-    encoded = base64.b85encode(raw).decode()
-    lines = "\n".join(f"    b{encoded[i : i + LINE]!r}" for i in range(0, len(encoded), LINE))
-    return COMPRESSED.replace("{payload}", lines)
 
 
 def flatten(package: Path, settings: dict[str, Any] | None = None) -> str:
@@ -118,17 +92,6 @@ def flatten(package: Path, settings: dict[str, Any] | None = None) -> str:
     parts += [_section(f"{PACKAGE}/{name}.py", _strip(text, name)) for name, text in modules]
     parts.append(_section("entry point", ENTRY))
     return "\n\n".join(part.rstrip("\n") + "\n" for part in parts)
-
-
-def hyperparameters_block(settings: dict[str, Any]) -> str:
-    """The Hyperparameters class between its two marker lines: one attribute per setting."""
-    lines = [HYPERPARAMETERS_START, "class Hyperparameters:",
-             "    # Each is overridden by the environment variable named like it in upper case.",
-             f"    preset = {settings.get(contract.PRESET_KEY, 'baseline')!r}"]
-    lines += [f"    {name} = {value!r}" for name, value in settings.items()
-              if name != contract.PRESET_KEY and name not in LOCAL_FIELDS]
-    lines.append(HYPERPARAMETERS_END)
-    return "\n".join(lines) + "\n"
 
 
 def _baseline(schema: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from tests.server.test_records import (
     honest_submission,
     make_folder,
 )
-from trainer import bundle
+from trainer import bundle, singlefile
 
 
 def test_import_then_export_round_trips_the_numbers(session: Session, tmp_path: Path) -> None:
@@ -204,15 +204,18 @@ def test_a_compressed_export_counts_the_compressed_script_and_keeps_its_source_b
     assert submission["blurb"] == "Wider MLP, 3 seeds."
 
 
-def test_the_server_writes_the_single_file_as_the_trainer_does() -> None:
-    """server/export.py restates trainer/bundle.py's markers and compressed recipe."""
+def test_the_server_reads_and_rewrites_the_single_file_the_trainer_builds(tmp_path: Path) -> None:
+    """Both sides write the format of trainer.singlefile: what `bundle --compressed` writes,
+    the export reads back and re-settles as the builder would have written it."""
     settings = {"preset": "tiny", "num_layers": 2, "seed": 7, "data_path": "./d"}
-    assert export.hyperparameters_block(settings) == bundle.hyperparameters_block(settings)
-    source = bundle.flatten(bundle.package_dir(), settings)
-    assert export.compress(source) == bundle.compress(source)
-    assert export.readable_source(bundle.compress(source).encode()) == source
+    script = bundle.build_single_file(bundle.package_dir(), tmp_path, settings=settings, compressed=True)
+    source = (tmp_path / "train_gpt_source.py").read_text()
+    assert source == bundle.flatten(bundle.package_dir(), settings)
+    assert export.readable_source(script.read_bytes()) == source
     other = {**settings, "num_layers": 3}
-    assert export.with_settings(source, other) == bundle.flatten(bundle.package_dir(), other)
+    assert singlefile.with_settings(source, other) == bundle.flatten(bundle.package_dir(), other)
+    # The format's module describes the single file and is not part of it.
+    assert "trainer/singlefile.py" not in source and "trainer/contract.py" in source
 
 
 def test_code_that_is_not_the_single_file_is_exported_as_uploaded(session: Session, data_dir: Path) -> None:
