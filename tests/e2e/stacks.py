@@ -28,8 +28,10 @@ from tests.sshd import Sshd, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 300
-# The worker's wait between looks at a running trainer, and the tests' between looks at the
-# API (seconds): each run passes several such waits, and a tiny run lasts only seconds.
+# The worker's wait between looks at a pod (seconds; 2 by default): a tiny run lasts seconds.
+# Not shorter: on the `ssh` provider each look is a new SSH connection.
+WORKER_POLL_S = 0.5
+# The tests' wait between looks at the API (seconds).
 POLL_S = 0.25
 
 
@@ -49,7 +51,7 @@ def api(url: str, body: dict[str, Any] | None = None, token: str | None = None) 
 def start_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str]) -> Stack:
     """The stack on a free port, its data and logs under `tmp_path`, healthy; `env` on top of
     the tests' short intervals."""
-    for name, value in {"CADDIE_DATA_DIR": str(tmp_path / "data"), "CADDIE_POLL_INTERVAL_S": str(POLL_S),
+    for name, value in {"CADDIE_DATA_DIR": str(tmp_path / "data"), "CADDIE_POLL_INTERVAL_S": str(WORKER_POLL_S),
                         "CADDIE_RECONCILE_INTERVAL_S": "1", **env}.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
