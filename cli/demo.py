@@ -95,7 +95,8 @@ def demo_token() -> str:
         return create_token(session, name="caddie-demo", role=Role.admin)[1]
 
 
-def run_demo(settings: Settings, *, seeds: list[int], port: int, timeout_s: float) -> int:
+def run_demo(settings: Settings, *, seeds: list[int], port: int, timeout_s: float,
+             iterations: int | None = None) -> int:
     work = settings.data_dir.resolve() / "demo"
     data_path, tokenizer = prepare_data(work, vocab_size=512)
     # The demo runs on this machine: its stack turns the local provider on for admins, unless
@@ -110,8 +111,10 @@ def run_demo(settings: Settings, *, seeds: list[int], port: int, timeout_s: floa
     stack.start()
     try:
         stack.wait_healthy()
-        spec = {"name": "demo", "author": "caddie-demo", "preset": "tiny",
-                "config": {"data_path": str(data_path), "tokenizer_path": str(tokenizer)},
+        config: dict[str, Any] = {"data_path": str(data_path), "tokenizer_path": str(tokenizer)}
+        if iterations is not None:
+            config["iterations"] = iterations
+        spec = {"name": "demo", "author": "caddie-demo", "preset": "tiny", "config": config,
                 "seeds": seeds, "provider": "local"}
         experiment = api(f"{stack.url}/api/experiments", "POST", spec, token=demo_token())
         print(f"submitted experiment {experiment['id']} with seeds {seeds}", flush=True)

@@ -46,7 +46,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     upgrade_head()
     seeds = [int(s) for s in args.seeds.split(",")]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as `up`: a stopped demo stops its stack too
-    return run_demo(get_settings(), seeds=seeds, port=args.port, timeout_s=args.timeout)
+    return run_demo(get_settings(), seeds=seeds, port=args.port, timeout_s=args.timeout,
+                    iterations=args.iterations)
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", default="1337,42,2025", help="comma-separated seeds")
     demo.add_argument("--port", type=int, default=8765)
     demo.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the runs")
+    demo.add_argument("--iterations", type=int, default=None,
+                      help="training steps per seed (default: the tiny preset's)")
     demo.set_defaults(func=cmd_demo)
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(func=cmd_migrate)

@@ -4,69 +4,52 @@ through the REST API: the re-run runs the exported train_gpt.py with the README'
 and is judged "reproduced" against the exported logs."""
 
 import hashlib
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlmodel import Session
 
+from cli.stack import Stack
 from server import export
 from server.config import get_settings
 from server.db import make_engine
-from tests.e2e.test_reproduce import admin_token, wait_verdict
-from tests.e2e.test_submit_to_leaderboard import (  # noqa: F401 (dataset: a fixture)
-    RUN_TIMEOUT_S,
+from tests.e2e.stacks import (
+    admin_token,
     api,
-    dataset,
+    challenge_layout,
+    embedded,
+    local_scripts,
     member_token,
     start_stack,
+    wait_finished,
+    wait_verdict,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-SEEDS = [1, 2, 3]
+# Two seeds: a README of several commands and a verdict over several seeds, in one wave of the
+# worker's two processes per experiment (a third seed would add a wave to each).
+SEEDS = [1, 2]
 # Six CPU steps of the tiny model leave ~0.015 nats between seeds, so the record margin
 # (0.005) cannot be settled by a few seeds; 0.1 nats can, and still fails a re-run that is
 # off by the ~0.15 nats of a different schedule (MAX_WALLCLOCK_SECONDS 600 instead of 0).
 TOLERANCE_NATS = 0.1
 
 
-def pod_data(root: Path, dataset: dict[str, str]) -> Path:  # noqa: F811
-    """The pod's data folder at the challenge's paths, holding the small sp512 set."""
-    (root / "datasets").mkdir(parents=True)
-    (root / "tokenizers").mkdir()
-    (root / "datasets" / "fineweb10B_sp512").symlink_to(dataset["data_path"])
-    (root / "tokenizers" / "fineweb_512_bpe.model").symlink_to(dataset["tokenizer_path"])
-    return root
-
-
-def run_tiny(url: str, token: str, dataset: dict[str, str]) -> dict[str, Any]:  # noqa: F811
+def run_tiny(stack: Stack, token: str, dataset: dict[str, str]) -> dict[str, Any]:
     spec = {"name": "round trip", "author": "e2e", "preset": "tiny", "provider": "local", "seeds": SEEDS,
             "config": {**dataset, "iterations": 6, "train_log_every": 1}}
-    experiment = api(f"{url}/api/experiments", spec, token)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        experiment = api(f"{url}/api/experiments/{experiment['id']}")
-        if experiment["status"] in {"finished", "cancelled"}:
-            return experiment
-        time.sleep(0.5)
-    raise AssertionError(f"experiment not finished in {RUN_TIMEOUT_S} s: {experiment}")
+    return wait_finished(stack, api(f"{stack.url}/api/experiments", spec, token)["id"])
 
 
 def test_an_export_reproduces_from_its_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                              dataset: dict[str, str]) -> None:  # noqa: F811
-    monkeypatch.delenv("CADDIE_DATABASE_URL", raising=False)
-    monkeypatch.delenv("CADDIE_REDIS_URL", raising=False)
-    stack = start_stack(monkeypatch, tmp_path, {
-        "CADDIE_LOCAL_PROVIDER": "members", "CADDIE_POD_TRAIN_SHARDS": "1",
-        # The exported script runs as the worker's own user: pytest's tmp_path (0700) is closed
-        # to the unprivileged account, and isolation is tests/worker/test_isolation.py's subject.
-        "CADDIE_LOCAL_RUN_USER": "", "CADDIE_LOCAL_SCRIPTS_UNISOLATED": "true",
-        "CADDIE_LOCAL_DATA_DIR": str(pod_data(tmp_path / "pod-data", dataset))})
+                                              dataset: dict[str, str]) -> None:
+    embedded(monkeypatch)
+    stack = start_stack(monkeypatch, tmp_path, local_scripts(challenge_layout(tmp_path / "pod-data", dataset)))
     database_url = stack.settings.resolved_database_url()
     folder = tmp_path / "export" / "2026-12-07_RoundTrip"
     try:
-        original = run_tiny(stack.url, member_token(database_url), dataset)
+        original = run_tiny(stack, member_token(database_url), dataset)
         assert [run["status"] for run in original["runs"]] == ["succeeded"] * len(SEEDS), original["runs"]
         get_settings.cache_clear()  # the stack's data dir, where the worker kept the code
         engine = make_engine(database_url)

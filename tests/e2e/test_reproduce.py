@@ -5,39 +5,33 @@ verdict on the re-run's page and on the record's page."""
 
 import io
 import json
-import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlmodel import Session
 
-from cli.stack import Stack
-from server.auth import Role, create_token
 from server.db import make_engine
 from server.records import import_records
-from tests.databases import postgres_database, redis_url
-from tests.e2e.test_byo_script import official_data
-from tests.e2e.test_submit_to_leaderboard import api, start_stack
+from tests.e2e.stacks import (
+    admin_token,
+    api,
+    embedded,
+    local_scripts,
+    official_data,
+    postgres_and_redis,
+    ssh_provider,
+    start_stack,
+    wait_verdict,
+)
 from tests.fixture_files import FIXTURES
 from tests.sshd import Sshd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 RECORDS = FIXTURES / "reproduce" / "records"
-TIMEOUT_S = 300
 REPRODUCE_REDIS_DB = 11
-
-
-def admin_token(database_url: str) -> str:
-    engine = make_engine(database_url)
-    with Session(engine) as session:
-        token = create_token(session, name="reviewer", role=Role.admin)[1]
-    engine.dispose()
-    return token
 
 
 def import_record(database_url: str, folder: Path) -> int:
@@ -47,30 +41,6 @@ def import_record(database_url: str, folder: Path) -> int:
     engine.dispose()
     assert result.experiment_id is not None
     return result.experiment_id
-
-
-def wait_verdict(stack: Stack, experiment_id: int) -> dict[str, Any]:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        stack.check_alive()
-        found = api(f"{stack.url}/api/experiments/{experiment_id}/verdict")["verdict"]
-        if found["outcome"] != "running":
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"re-run {experiment_id} not judged in {TIMEOUT_S} s: {found}\n{stall(stack, found)}")
-
-
-def stall(stack: Stack, verdict: dict[str, Any]) -> str:
-    """Where the unfinished seeds stand: their status changes, and the worker's last lines."""
-    lines = []
-    for row in verdict["seeds"]:
-        if row["status"] not in ("succeeded", "failed", "cancelled"):
-            events = api(f"{stack.url}/api/runs/{row['run_id']}")["events"]
-            lines += [f"run {row['run_id']}: {e['created_at']} {e['from_status']} -> {e['to_status']} {e['reason'] or ''}"
-                      for e in events]
-    assert stack.log_dir is not None
-    worker = (stack.log_dir / "worker.log").read_text(errors="replace").splitlines()
-    return "\n".join(lines + ["worker.log:"] + worker[-60:])
 
 
 def page(url: str) -> str:
@@ -86,14 +56,8 @@ def from_path(url: str, token: str, name: str, overrides: dict[str, Any]) -> dic
 
 
 def test_reproduce_on_local(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("CADDIE_DATABASE_URL", raising=False)
-    monkeypatch.delenv("CADDIE_REDIS_URL", raising=False)
-    stack = start_stack(monkeypatch, tmp_path, {
-        "CADDIE_LOCAL_PROVIDER": "members",
-        # The script runs as the worker's own user: pytest's tmp_path (0700) is closed to the
-        # unprivileged account, and isolation is tests/worker/test_isolation.py's subject.
-        "CADDIE_LOCAL_RUN_USER": "", "CADDIE_LOCAL_SCRIPTS_UNISOLATED": "true",
-        "CADDIE_LOCAL_DATA_DIR": str(official_data(tmp_path / "pod-data")), "CADDIE_POD_TRAIN_SHARDS": "1"})
+    embedded(monkeypatch)
+    stack = start_stack(monkeypatch, tmp_path, local_scripts(official_data(tmp_path / "pod-data")))
     database_url = stack.settings.resolved_database_url()
     try:
         token = admin_token(database_url)
@@ -138,15 +102,11 @@ def test_reproduce_on_local(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 @pytest.mark.redis
 @pytest.mark.sshd
 def test_reproduce_over_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sshd: Sshd) -> None:
-    broker = redis_url(REPRODUCE_REDIS_DB)
-    redis.Redis.from_url(broker).flushdb()
-    with postgres_database("caddie_e2e_reproduce") as database_url:
+    with postgres_and_redis("caddie_e2e_reproduce", REPRODUCE_REDIS_DB) as services:
+        database_url = services["CADDIE_DATABASE_URL"]
         stack = start_stack(monkeypatch, tmp_path, {
-            "CADDIE_DATABASE_URL": database_url, "CADDIE_REDIS_URL": broker,
-            "CADDIE_SSH_HOSTS": sshd.target, "CADDIE_SSH_KEY_FILE": str(sshd.key_path),
-            "CADDIE_SSH_WORKDIR": str(tmp_path / "pod"), "CADDIE_REMOTE_PYTHON": sys.executable,
-            "CADDIE_SSH_DATA_DIR": str(official_data(tmp_path / "pod-data")), "CADDIE_POD_TRAIN_SHARDS": "1",
-        })
+            **services, **ssh_provider(sshd, tmp_path / "pod"),
+            "CADDIE_SSH_DATA_DIR": str(official_data(tmp_path / "pod-data")), "CADDIE_POD_TRAIN_SHARDS": "1"})
         try:
             token = admin_token(database_url)
             created = from_path(stack.url, token, "good", {"provider": "ssh", "seeds": [1, 2]})

@@ -23,14 +23,14 @@ import redis
 from sqlalchemy import MetaData, select
 
 from server.db import make_engine
-from tests.databases import postgres_database, redis_url
-from tests.e2e.test_submit_to_leaderboard import api, dataset, start_stack, submit_and_wait  # noqa: F401
+from tests.e2e.stacks import api, postgres_and_redis, ssh_provider, start_stack
+from tests.e2e.test_submit_to_leaderboard import submit_and_wait
 from tests.server.test_notify import Webhook
 from tests.sshd import Sshd
 from tests.worker.runpod_standin import RunPodStandIn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.sshd]
-SECRETS_REDIS_DB = 12  # a database of its own on the shared Redis, flushed before use
+SECRETS_REDIS_DB = 12
 CELERY_NOTICE = re.compile(r"^worker: (Warm|Cold) shutdown \(MainProcess\)$")  # printed, not logged
 
 
@@ -109,7 +109,7 @@ def python_wrapper(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_no_secret_reaches_logs_rows_pods_or_answers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sshd: Sshd,
-                                                      dataset: dict[str, str],  # noqa: F811
+                                                      dataset: dict[str, str],
                                                       python_wrapper: tuple[Path, Path]) -> None:
     account_key = "rpa_" + secrets.token_hex(16).upper()
     hook_token = "hooktoken" + secrets.token_hex(12)
@@ -119,15 +119,12 @@ def test_no_secret_reaches_logs_rows_pods_or_answers(monkeypatch: pytest.MonkeyP
     named |= {f"ssh key part {i}": part for i, part in enumerate(key_secrets(sshd.key_path))}
     runpod = RunPodStandIn(sshd, account_key)  # the reconciler lists the account's pods there
     runpod.start()
-    broker = redis_url(SECRETS_REDIS_DB)
-    redis.Redis.from_url(broker).flushdb()
     wrapper, environments = python_wrapper
     try:
-        with postgres_database("caddie_secrets") as database_url:
+        with postgres_and_redis("caddie_secrets", SECRETS_REDIS_DB) as services:
+            database_url, broker = services["CADDIE_DATABASE_URL"], services["CADDIE_REDIS_URL"]
             stack = start_stack(monkeypatch, tmp_path, {
-                "CADDIE_DATABASE_URL": database_url, "CADDIE_REDIS_URL": broker, "CADDIE_LOG_FORMAT": "json",
-                "CADDIE_SSH_HOSTS": sshd.target, "CADDIE_SSH_KEY_FILE": str(sshd.key_path),
-                "CADDIE_SSH_WORKDIR": str(tmp_path / "pod"), "CADDIE_REMOTE_PYTHON": str(wrapper),
+                **services, **ssh_provider(sshd, tmp_path / "pod", python=str(wrapper)), "CADDIE_LOG_FORMAT": "json",
                 "CADDIE_RUNPOD_API_KEY": account_key, "CADDIE_RUNPOD_API_URL": f"{runpod.url}/v2",
                 "CADDIE_RUNPOD_GRAPHQL_URL": f"{runpod.url}/graphql", "CADDIE_WEBHOOK_URL": hook_url,
             })

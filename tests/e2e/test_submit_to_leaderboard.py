@@ -6,85 +6,26 @@ default (SQLite + Celery's filesystem transport, no server) with the `local` pro
 stack is the one `caddie up` starts (API server, worker, one beat), each a real process.
 """
 
-import json
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from sqlmodel import Session, create_engine, select
 
 from cli.stack import Stack
-from server.auth import create_token
-from server.config import Settings
-from server.db import make_engine
-from server.migrate import upgrade_head
-from server.models import LogChunk
-from tests.databases import postgres_database, redis_url
-from tests.sshd import Sshd, free_port
+from tests.e2e.stacks import (
+    api,
+    embedded,
+    member_token,
+    postgres_and_redis,
+    ssh_provider,
+    start_stack,
+    stored_log,
+    wait_finished,
+)
+from tests.sshd import Sshd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
-E2E_REDIS_DB = 13  # a database of its own on the shared Redis, flushed before use
-RUN_TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A small corpus → `python -m trainer data build` → tokenizer and shards."""
-    from cli.corpus import write_corpus
-
-    root = tmp_path_factory.mktemp("dataset")
-    corpus = write_corpus(root / "text", limit_bytes=300_000)
-    built = subprocess.run(
-        [sys.executable, "-m", "trainer", "data", "build", "--text", str(corpus), "--out",
-         str(root / "data"), "--vocab-size", "512", "--val-docs", "20"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-    assert built.returncode == 0, built.stderr
-    tokenizer, data_path = built.stdout.split()
-    return {"tokenizer_path": tokenizer, "data_path": data_path}
-
-
-def api(url: str, body: dict[str, Any] | None = None, token: str | None = None) -> Any:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body else None,
-                                     method="POST" if body else "GET", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        raise AssertionError(f"{url} -> {error.code} {error.read().decode()}") from None
-
-
-def start_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str]) -> Stack:
-    for name, value in {"CADDIE_DATA_DIR": str(tmp_path / "data"), "CADDIE_POLL_INTERVAL_S": "0.5",
-                        "CADDIE_RECONCILE_INTERVAL_S": "1", **env}.items():
-        monkeypatch.setenv(name, value)
-    settings = Settings()
-    upgrade_head(settings.resolved_database_url())
-    stack = Stack(settings, port=free_port(), log_dir=tmp_path / "logs")
-    stack.start()
-    try:
-        stack.wait_healthy()
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
-
-
-def member_token(database_url: str) -> str:
-    engine = make_engine(database_url)
-    with Session(engine) as session:
-        token = create_token(session, name="e2e-user")[1]
-    engine.dispose()
-    return token
+E2E_REDIS_DB = 13
 
 
 def submit_and_wait(stack: Stack, dataset: dict[str, str], provider: str) -> dict[str, Any]:
@@ -93,27 +34,7 @@ def submit_and_wait(stack: Stack, dataset: dict[str, str], provider: str) -> dic
     token = member_token(stack.settings.resolved_database_url())
     experiment = api(f"{stack.url}/api/experiments", spec, token)
     assert experiment["owner"] == "e2e-user"
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        stack.check_alive()
-        experiment = api(f"{stack.url}/api/experiments/{experiment['id']}")
-        if experiment["status"] in {"finished", "cancelled"}:
-            return experiment
-        time.sleep(0.5)
-    raise AssertionError(f"experiment not finished in {RUN_TIMEOUT_S} s: {experiment}")
-
-
-def stored_log(database_url: str, run_id: int) -> bytes:
-    engine = create_engine(database_url)
-    with Session(engine) as session:
-        chunks = session.exec(select(LogChunk).where(LogChunk.run_id == run_id)
-                              .order_by(LogChunk.offset)).all()  # type: ignore[arg-type]
-    engine.dispose()
-    expected_offset = 0
-    for chunk in chunks:  # contiguous: nothing lost, nothing repeated
-        assert chunk.offset == expected_offset
-        expected_offset += chunk.nbytes
-    return "".join(chunk.text for chunk in chunks).encode("utf-8")
+    return wait_finished(stack, experiment["id"])
 
 
 def check_verified_and_ranked(stack: Stack, experiment: dict[str, Any], pod_log: Path) -> None:
@@ -142,14 +63,9 @@ def check_verified_and_ranked(stack: Stack, experiment: dict[str, Any], pod_log:
 @pytest.mark.sshd
 def test_postgres_redis_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sshd: Sshd,
                             dataset: dict[str, str]) -> None:
-    broker = redis_url(E2E_REDIS_DB)
-    redis.Redis.from_url(broker).flushdb()
-    with postgres_database("caddie_e2e") as database_url:
-        stack = start_stack(monkeypatch, tmp_path, {
-            "CADDIE_DATABASE_URL": database_url, "CADDIE_REDIS_URL": broker,
-            "CADDIE_SSH_HOSTS": sshd.target, "CADDIE_SSH_KEY_FILE": str(sshd.key_path),
-            "CADDIE_SSH_WORKDIR": str(tmp_path / "pod"), "CADDIE_REMOTE_PYTHON": sys.executable,
-        })
+    with postgres_and_redis("caddie_e2e", E2E_REDIS_DB) as services:
+        database_url = services["CADDIE_DATABASE_URL"]
+        stack = start_stack(monkeypatch, tmp_path, {**services, **ssh_provider(sshd, tmp_path / "pod")})
         try:
             experiment = submit_and_wait(stack, dataset, "ssh")
         finally:
@@ -167,8 +83,7 @@ def test_postgres_redis_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ssh
 
 def test_embedded_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                           dataset: dict[str, str]) -> None:
-    monkeypatch.delenv("CADDIE_DATABASE_URL", raising=False)
-    monkeypatch.delenv("CADDIE_REDIS_URL", raising=False)
+    embedded(monkeypatch)
     stack = start_stack(monkeypatch, tmp_path, {"CADDIE_LOCAL_PROVIDER": "members"})
     try:
         assert stack.settings.resolved_database_url().startswith("sqlite:///")
