@@ -89,6 +89,13 @@ def ssh_provider(sshd: Sshd, workdir: Path, python: str = sys.executable) -> dic
             "CADDIE_SSH_WORKDIR": str(workdir), "CADDIE_REMOTE_PYTHON": python}
 
 
+def ssh_scripts(sshd: Sshd, tmp_path: Path) -> dict[str, str]:
+    """The `ssh` provider on the test's sshd, its pod's data folder holding the official
+    layout's tiny shards (`official_data`), of which a run checks the first training shard."""
+    return {**ssh_provider(sshd, tmp_path / "pod"),
+            "CADDIE_SSH_DATA_DIR": str(official_data(tmp_path / "pod-data")), "CADDIE_POD_TRAIN_SHARDS": "1"}
+
+
 def local_scripts(pod_data: Path) -> dict[str, str]:
     """The `local` provider open to members, running a submitted script with `pod_data` as the
     pod's data folder (its first training shard only)."""

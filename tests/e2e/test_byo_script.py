@@ -10,9 +10,8 @@ from cli.stack import Stack
 from tests.e2e.stacks import (
     api,
     member_token,
-    official_data,
     postgres_and_redis,
-    ssh_provider,
+    ssh_scripts,
     start_stack,
     stored_log,
     wait_finished,
@@ -36,9 +35,7 @@ def submit(stack: Stack, token: str, name: str, env: dict[str, str]) -> int:
 def test_a_script_experiment_over_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sshd: Sshd) -> None:
     with postgres_and_redis("caddie_e2e_byo", BYO_REDIS_DB) as services:
         database_url = services["CADDIE_DATABASE_URL"]
-        stack = start_stack(monkeypatch, tmp_path, {
-            **services, **ssh_provider(sshd, tmp_path / "pod"),
-            "CADDIE_SSH_DATA_DIR": str(official_data(tmp_path / "pod-data")), "CADDIE_POD_TRAIN_SHARDS": "1"})
+        stack = start_stack(monkeypatch, tmp_path, {**services, **ssh_scripts(sshd, tmp_path)})
         try:
             token = member_token(database_url)
             good = submit(stack, token, "byo-good", {"NUM_LAYERS": "11"})

@@ -22,7 +22,7 @@ from tests.e2e.stacks import (
     local_scripts,
     official_data,
     postgres_and_redis,
-    ssh_provider,
+    ssh_scripts,
     start_stack,
     wait_verdict,
 )
@@ -104,9 +104,7 @@ def test_reproduce_on_local(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 def test_reproduce_over_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sshd: Sshd) -> None:
     with postgres_and_redis("caddie_e2e_reproduce", REPRODUCE_REDIS_DB) as services:
         database_url = services["CADDIE_DATABASE_URL"]
-        stack = start_stack(monkeypatch, tmp_path, {
-            **services, **ssh_provider(sshd, tmp_path / "pod"),
-            "CADDIE_SSH_DATA_DIR": str(official_data(tmp_path / "pod-data")), "CADDIE_POD_TRAIN_SHARDS": "1"})
+        stack = start_stack(monkeypatch, tmp_path, {**services, **ssh_scripts(sshd, tmp_path)})
         try:
             token = admin_token(database_url)
             created = from_path(stack.url, token, "good", {"provider": "ssh", "seeds": [1, 2]})
