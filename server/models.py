@@ -5,6 +5,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     StrictInt,
@@ -289,37 +290,6 @@ GpuType = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, 
                                            pattern=r"^[A-Za-z0-9 ._()/-]+$")]
 
 
-class VariantSpec(BaseModel):
-    """One arm of an ablation study: config fields changed from the control (a trainer
-    experiment), or environment variables changed from the control's env (a script experiment)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: VariantName
-    config: dict[str, Any] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("config")
-    @classmethod
-    def _valid_config(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return presets.check_config(_unicode_only(value, "config"))
-
-    @field_validator("env")
-    @classmethod
-    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
-        return scripts.check_env(value)
-
-    def check_kind(self, kind: str) -> None:
-        """A trainer arm changes config, a script arm env; an arm that changes nothing is refused."""
-        used, other = ("env", "config") if kind == "script" else ("config", "env")
-        if getattr(self, other):
-            raise ValueError(f"variants.{self.name}.{other}: a {kind} experiment's variants set {used}, "
-                             f"not {other}")
-        if not getattr(self, used):
-            raise ValueError(f"variants.{self.name}.{used}: a variant must change at least one "
-                             f"{'variable' if used == 'env' else 'field'} from the control")
-
-
 def _unicode_only(value: Any, where: str) -> Any:
     """`value` if no key or string in it holds a lone surrogate: JSON can carry one, UTF-8
     cannot, so it would be stored and then fail every response (and the run.json) after."""
@@ -336,6 +306,45 @@ def _unicode_only(value: Any, where: str) -> Any:
     return value
 
 
+def _checked_config(value: dict[str, Any]) -> dict[str, Any]:
+    return presets.check_config(_unicode_only(value, "config"))
+
+
+def _unique_seeds(value: list[int]) -> list[int]:
+    repeated = sorted({s for s in value if value.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds must be unique; repeated: {repeated}")
+    return value
+
+
+# A submission's field overrides (config.<field> named in errors), a script's environment
+# (env.<NAME>), and a list of seeds to run: the same checks wherever a schema takes them.
+ConfigOverrides = Annotated[dict[str, Any], AfterValidator(_checked_config)]
+ScriptEnv = Annotated[dict[str, str], AfterValidator(scripts.check_env)]
+Seeds = Annotated[list[Seed], Field(min_length=1, max_length=MAX_SEEDS), AfterValidator(_unique_seeds)]
+
+
+class VariantSpec(BaseModel):
+    """One arm of an ablation study: config fields changed from the control (a trainer
+    experiment), or environment variables changed from the control's env (a script experiment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: VariantName
+    config: ConfigOverrides = Field(default_factory=dict)
+    env: ScriptEnv = Field(default_factory=dict)
+
+    def check_kind(self, kind: str) -> None:
+        """A trainer arm changes config, a script arm env; an arm that changes nothing is refused."""
+        used, other = ("env", "config") if kind == "script" else ("config", "env")
+        if getattr(self, other):
+            raise ValueError(f"variants.{self.name}.{other}: a {kind} experiment's variants set {used}, "
+                             f"not {other}")
+        if not getattr(self, used):
+            raise ValueError(f"variants.{self.name}.{used}: a variant must change at least one "
+                             f"{'variable' if used == 'env' else 'field'} from the control")
+
+
 # Properties to receive on creation: ExperimentBase's, each narrowed to what a submission may
 # hold, and the script's files.
 class ExperimentCreate(ExperimentBase):
@@ -343,11 +352,13 @@ class ExperimentCreate(ExperimentBase):
 
     name: Name
     author: Author = ""
-    seeds: list[Seed] = Field(min_length=1, max_length=MAX_SEEDS)
+    config: ConfigOverrides = Field(default_factory=dict)
+    seeds: Seeds
     provider: Literal["local", "ssh", "runpod"] = "local"
     reference_experiment_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
     reference_bpb: float | None = Field(default=None, gt=0, lt=10)
     kind: Literal["trainer", "script"] = "trainer"
+    env: ScriptEnv = Field(default_factory=dict)
     failure_policy: Literal["none", "retry", "replace"] = "none"
     max_retries: int = Field(default=2, ge=0, le=MAX_RETRIES)
     alpha: float = Field(default=0.01, gt=0, le=0.5)
@@ -368,11 +379,6 @@ class ExperimentCreate(ExperimentBase):
     @classmethod
     def _valid_files(cls, value: dict[str, str]) -> dict[str, str]:
         return scripts.check_files(value)
-
-    @field_validator("env")
-    @classmethod
-    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
-        return scripts.check_env(value)
 
     @field_validator("variants")
     @classmethod
@@ -429,31 +435,13 @@ class ExperimentCreate(ExperimentBase):
     def _known_preset(cls, value: str) -> str:
         return presets.check_preset(value)
 
-    @field_validator("config")
-    @classmethod
-    def _valid_config(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return presets.check_config(_unicode_only(value, "config"))
-
-    @field_validator("seeds")
-    @classmethod
-    def _unique_seeds(cls, value: list[int]) -> list[int]:
-        repeated = sorted({s for s in value if value.count(s) > 1})
-        if repeated:
-            raise ValueError(f"seeds must be unique; repeated: {repeated}")
-        return value
-
 
 class SeedsAdd(BaseModel):
     """Seeds to add to an experiment: each runs in every arm."""
 
     model_config = ConfigDict(extra="forbid")
 
-    seeds: list[Seed] = Field(min_length=1, max_length=MAX_SEEDS)
-
-    @field_validator("seeds")
-    @classmethod
-    def _unique_seeds(cls, value: list[int]) -> list[int]:
-        return ExperimentCreate._unique_seeds(value)
+    seeds: Seeds
 
 
 class FilePublic(ExperimentFileBase):
