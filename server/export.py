@@ -36,7 +36,6 @@ from server.models import Experiment, Run
 from server.records import IMPORT_PROVIDER, clean_text, run_log_bytes
 from server.states import RunStatus
 from server.workerfacts import WorkerFacts
-from trainer import singlefile
 from trainer.singlefile import (
     HYPERPARAMETERS_START,
     LOCAL_FIELDS,
@@ -44,6 +43,7 @@ from trainer.singlefile import (
     SCRIPT,
     SOURCE,
     compress,
+    decompress,
     with_settings,
 )
 
@@ -196,7 +196,7 @@ def readable_source(script: bytes) -> str | None:
                 and isinstance(node.targets[0], ast.Name) and node.targets[0].id == PAYLOAD_NAME
                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, bytes)):
             try:
-                inner = singlefile.decompress(node.value.value)
+                inner = decompress(node.value.value)
             except (ValueError, lzma.LZMAError, UnicodeDecodeError):
                 return None
             return inner if HYPERPARAMETERS_START in inner else None
