@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,15 +94,17 @@ def fetch(
         # Iterating the map raises the first failure in shard order; the others still finish.
         for _ in pool.map(lambda relative: session.get(relative, _check_shard), shards):
             pass
-    order = {relative: i for i, relative in enumerate(shards)}  # as fetched one by one
-    session.downloaded.sort(key=lambda relative: order.get(relative, -1 if relative == MANIFEST else len(order)))
-    session.kept.sort(key=lambda relative: order.get(relative, len(order)))
     tokenizer_path = None
+    tokenizer_files = []
     for key in ("model_path", "vocab_path", "path"):
         if tokenizer and tokenizer.get(key):
-            local = session.get(str(tokenizer[key]), _check_nonempty)
+            tokenizer_files.append(str(tokenizer[key]))
+            local = session.get(tokenizer_files[-1], _check_nonempty)
             tokenizer_path = tokenizer_path or (local if key == "model_path" else None)
-    return Fetched(out / folder, tokenizer_path, session.downloaded, session.kept)
+    # Listed in this order whatever finished first, each path once.
+    asked = list(dict.fromkeys([MANIFEST, *shards, *tokenizer_files]))
+    return Fetched(out / folder, tokenizer_path, [r for r in asked if session.fetched[r]],
+                   [r for r in asked if not session.fetched[r]])
 
 
 def _entries(manifest: dict[str, Any], variant: str) -> tuple[dict, dict | None]:
@@ -156,9 +157,9 @@ class _Session:
 
     def __init__(self, source: _Source, out: Path):
         self.source, self.out = source, out
-        self.downloaded: list[str] = []
-        self.kept: list[str] = []
-        self._lock = threading.Lock()  # `get` runs in several threads at once
+        # Remote path -> fetched now (False: a finished local copy kept). `get` runs in several
+        # threads at once, each on its own path, so each key is written by one thread.
+        self.fetched: dict[str, bool] = {}
 
     def manifest(self) -> dict[str, Any]:
         path = self.get(MANIFEST, _check_nonempty, refresh=True)
@@ -178,8 +179,7 @@ class _Session:
             except FetchError:
                 dest.unlink()  # a bad leftover: fetch it again
             else:
-                with self._lock:
-                    self.kept.append(relative)
+                self.fetched.setdefault(relative, False)  # asked again after fetching it: fetched
                 return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
@@ -189,8 +189,7 @@ class _Session:
         except FetchError:  # the cache's copy may be what is bad: once more, from the Hub
             self._place(self._download(relative, force=True), part, check, relative)
         os.replace(part, dest)
-        with self._lock:
-            self.downloaded.append(relative)
+        self.fetched[relative] = True
         return dest
 
     def _place(self, cached: Path, part: Path, check, relative: str) -> None:
